@@ -1,0 +1,86 @@
+# edgeloop: `make demo` runs the whole loop locally, `make test` runs the tests.
+# Both run `setup` first; setup is idempotent (stamp files skip what is done).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+EDGELOOP := $(VENV)/bin/edgeloop
+LS_VENV := .tools/label-studio
+LS_TEMPLATE := .tools/label-studio-template/label_studio.sqlite3
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: help setup up down status demo test test-unit lint bench lock compile clean-state
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed node_modules/.installed $(LS_VENV)/.installed $(LS_TEMPLATE) .tools/.debs ## Install everything (venv, Node deps, Label Studio venv, mosquitto); idempotent
+
+$(VENV)/.installed: pyproject.toml requirements/constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 (or run make PYTHON=/path/to/python3.11)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade 'pip==26.*'
+	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[dev]'
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	@command -v node >/dev/null || { echo "error: Node.js is missing (Azurite needs it): install Node.js >= 20 (e.g. apt-get install nodejs npm), then re-run make setup"; exit 1; }
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(LS_VENV)/.installed: requirements/label-studio.lock
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q --upgrade 'pip==26.*'
+	$(LS_VENV)/bin/python -m pip install -q -r requirements/label-studio.lock
+	touch $@
+
+$(LS_TEMPLATE): $(LS_VENV)/.installed $(VENV)/.installed
+	$(EDGELOOP) stack prepare
+
+.tools/.debs:
+	@mkdir -p .tools
+	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || { \
+	  echo "installing Debian package mosquitto"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q mosquitto; }
+	touch $@
+
+up: setup ## Start the local stack (Azurite, MLflow, Label Studio, Mosquitto)
+	$(EDGELOOP) stack up
+
+down: ## Stop the local stack (data is kept under .edgeloop/)
+	@[ -x $(EDGELOOP) ] && $(EDGELOOP) stack down || true
+
+status: ## Show the local stack
+	$(EDGELOOP) stack status
+
+demo: setup ## The whole loop on the sample data, locally
+	$(EDGELOOP) demo
+
+test: setup ## Run the whole test suite (unit + integration against the real stack + e2e)
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-unit: setup ## Only the fast unit tests
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: setup ## ruff (lint + format check) and mypy; fails on errors
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy edgeloop components serving monitoring pipelines
+
+bench: setup ## Benchmarks (writes JSON under benchmarks/results/)
+	$(PY) -m benchmarks.run_all
+
+compile: setup ## Compile the Kubeflow pipeline to pipelines/compiled/
+	$(EDGELOOP) pipeline compile
+
+lock: ## Re-resolve requirements/constraints.txt from requirements/*.in (then review the diff)
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install -q --upgrade 'pip==26.*'
+	.lock-venv/bin/pip install -q -r requirements/base.in -r requirements/dev.in
+	(echo "# Resolved set for the main venv (pip freeze). Regenerate with: make lock"; .lock-venv/bin/pip freeze --exclude-editable) > requirements/constraints.txt
+	rm -rf .lock-venv
+
+clean-state: down ## Delete the local stack's data (.edgeloop/)
+	rm -rf .edgeloop
