@@ -25,7 +25,7 @@ class BlobUri:
     def parse(cls, uri: str) -> BlobUri:
         if not uri.startswith(SCHEME):
             raise ValueError(f"{uri!r} is not a blob URI; expected az://CONTAINER/PATH")
-        container, _, path = uri[len(SCHEME):].partition("/")
+        container, _, path = uri[len(SCHEME) :].partition("/")
         if not container:
             raise ValueError(f"{uri!r} names no container; expected az://CONTAINER/PATH")
         return cls(container, path)
@@ -64,10 +64,13 @@ class BlobStore:
         except ResourceExistsError:
             pass
 
-    def upload(self, uri: str | BlobUri, data: bytes, overwrite: bool = True,
-               metadata: dict[str, str] | None = None) -> BlobUri:
+    def upload(
+        self, uri: str | BlobUri, data: bytes, overwrite: bool = True, metadata: dict[str, str] | None = None
+    ) -> BlobUri:
         u = BlobUri.parse(uri) if isinstance(uri, str) else uri
-        self.client.get_blob_client(u.container, u.path).upload_blob(data, overwrite=overwrite, metadata=metadata)
+        self.client.get_blob_client(u.container, u.path).upload_blob(
+            data, overwrite=overwrite, metadata=metadata
+        )
         return u
 
     def upload_file(self, uri: str | BlobUri, path: Path) -> BlobUri:
@@ -101,8 +104,11 @@ class BlobStore:
         if not self._key:
             raise ValueError("the storage connection string has no AccountKey; SAS URLs need one")
         token = generate_blob_sas(
-            account_name=self.account, container_name=u.container, blob_name=u.path,
-            account_key=self._key, permission=BlobSasPermissions(read=True),
+            account_name=self.account,
+            container_name=u.container,
+            blob_name=u.path,
+            account_key=self._key,
+            permission=BlobSasPermissions(read=True),
             expiry=datetime.now(UTC) + timedelta(hours=hours),
         )
         return f"{self.client.get_blob_client(u.container, u.path).url}?{token}"
@@ -113,7 +119,7 @@ class BlobStore:
         base = self.client.url.rstrip("/")
         if not path.startswith(base + "/"):
             raise ValueError(f"{url} is not a blob of this storage account ({base})")
-        container, _, name = path[len(base) + 1:].partition("/")
+        container, _, name = path[len(base) + 1 :].partition("/")
         from urllib.parse import unquote
 
         return BlobUri(container, unquote(name))

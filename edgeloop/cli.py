@@ -15,7 +15,11 @@ from edgeloop.config import Settings, load_settings
 # name -> (module, attribute, one-line help shown before the module is imported)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "stack": ("edgeloop.commands.stack", "stack", "Start, stop and inspect the local services."),
-    "data": ("edgeloop.commands.data", "data", "Generate the sample dataset and seed blob storage + Label Studio."),
+    "data": (
+        "edgeloop.commands.data",
+        "data",
+        "Generate the sample dataset and seed blob storage + Label Studio.",
+    ),
     "config": ("edgeloop.commands.config", "config", "Show the effective settings (secrets masked)."),
     "labels": ("components.cli", "labels", "Import annotations from Label Studio into a manifest."),
     "dataset": ("components.cli", "dataset", "Build a versioned dataset from a label manifest."),
@@ -23,7 +27,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("serving.cli", "serve", "Run the KServe model server over ONNX Runtime."),
     "deploy": ("edgeloop.deploy.cli", "deploy", "Render KServe manifests for a model version."),
     "plan": ("edgeloop.deploy.cli", "plan", "Capacity and autoscaling plan with a burst simulation."),
-    "pipeline": ("pipelines.cli", "pipeline", "Compile, run locally, submit or schedule the Kubeflow pipeline."),
+    "pipeline": (
+        "pipelines.cli",
+        "pipeline",
+        "Compile, run locally, submit or schedule the Kubeflow pipeline.",
+    ),
     "approve": ("pipelines.cli", "approve", "Approve a candidate model version (the human gate)."),
     "reject": ("pipelines.cli", "reject", "Reject a candidate model version (the human gate)."),
     "rollback": ("pipelines.cli", "rollback", "Point champion back at the previous champion."),
@@ -73,8 +81,13 @@ class AppContext:
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_file", type=click.Path(path_type=Path), envvar="EDGELOOP_CONFIG",
-              help="YAML settings file (also EDGELOOP_CONFIG); environment variables EDGELOOP_* override it.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    envvar="EDGELOOP_CONFIG",
+    help="YAML settings file (also EDGELOOP_CONFIG); environment variables EDGELOOP_* override it.",
+)
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @click.version_option(package_name="edgeloop")
 @click.pass_context
@@ -85,7 +98,9 @@ def cli(ctx: click.Context, config_file: Path | None, verbose: int) -> None:
     `edgeloop pipeline run --local --auto-approve`. Every command has --help.
     """
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     ctx.obj = AppContext(config_file)
 
 

@@ -77,9 +77,7 @@ class MqttSettings(BaseModel):
 class Settings(BaseSettings):
     """Everything edgeloop needs to know about where things are."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="EDGELOOP_", env_nested_delimiter="__", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="EDGELOOP_", env_nested_delimiter="__", extra="ignore")
 
     state_dir: Path = PROJECT_ROOT / ".edgeloop"
     stack: StackSettings = Field(default_factory=StackSettings)
@@ -207,7 +205,9 @@ class _YamlFileSource(PydanticBaseSettingsSource):
             return {}
         file = Path(path)
         if not file.exists():
-            raise FileNotFoundError(f"settings file {file} does not exist (named by --config or EDGELOOP_CONFIG)")
+            raise FileNotFoundError(
+                f"settings file {file} does not exist (named by --config or EDGELOOP_CONFIG)"
+            )
         data = yaml.safe_load(file.read_text()) or {}
         if not isinstance(data, dict):
             raise ValueError(f"settings file {file} must hold a mapping at its top level")

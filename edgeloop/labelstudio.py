@@ -53,11 +53,14 @@ def choice_result(label: str) -> list[dict[str, Any]]:
 def client(settings: Settings) -> LabelStudio:
     from label_studio_sdk import LabelStudio
 
-    return LabelStudio(base_url=settings.labelstudio_url(), api_key=settings.labelstudio_api_key(), timeout=60)
+    return LabelStudio(
+        base_url=settings.labelstudio_url(), api_key=settings.labelstudio_api_key(), timeout=60
+    )
 
 
 def find_project(ls: LabelStudio, title: str) -> Any | None:
-    for project in ls.projects.list():
+    projects: Any = ls.projects.list()
+    for project in projects:
         if project.title == title:
             return project
     return None
@@ -68,10 +71,13 @@ def ensure_project(ls: LabelStudio, title: str, classes: Sequence[str]) -> Any:
 
     Classes new to an existing project are appended to its config (labelers may add classes; never drop any).
     """
-    project = find_project(ls, title)
+    project: Any = find_project(ls, title)
     if project is None:
-        return ls.projects.create(title=title, label_config=label_config(classes),
-                                  description="edgeloop: inspection images to classify")
+        return ls.projects.create(
+            title=title,
+            label_config=label_config(classes),
+            description="edgeloop: inspection images to classify",
+        )
     current = classes_of(project.label_config or "")
     missing = [c for c in classes if c not in current]
     if missing:
@@ -94,10 +100,13 @@ def tasks_by_sha(ls: LabelStudio, project_id: int) -> dict[str, Any]:
     return out
 
 
-def import_tasks(ls: LabelStudio, project_id: int, tasks: list[dict[str, Any]], chunk: int = 200) -> list[int]:
+def import_tasks(
+    ls: LabelStudio, project_id: int, tasks: list[dict[str, Any]], chunk: int = 200
+) -> list[int]:
     ids: list[int] = []
     for i in range(0, len(tasks), chunk):
-        resp = ls.projects.import_tasks(project_id, request=tasks[i:i + chunk], return_task_ids=True)
+        batch: Any = tasks[i : i + chunk]
+        resp = ls.projects.import_tasks(project_id, request=batch, return_task_ids=True)
         ids.extend(getattr(resp, "task_ids", None) or [])
     return ids
 

@@ -77,7 +77,9 @@ class ModelCard(BaseModel):
         """Raise :class:`IntegrityError` unless every listed file exists with its recorded sha256."""
         directory = Path(directory)
         if not self.files:
-            raise IntegrityError(f"model card in {directory} lists no file digests; refusing an unverifiable model")
+            raise IntegrityError(
+                f"model card in {directory} lists no file digests; refusing an unverifiable model"
+            )
         for rel, expected in self.files.items():
             path = directory / rel
             if not path.exists():

@@ -63,8 +63,9 @@ def encode_records(records: Iterable[PayloadRecord]) -> bytes:
     return "".join(r.model_dump_json() + "\n" for r in records).encode()
 
 
-def write_batch(store: BlobStore, container: str, model: str, records: list[PayloadRecord],
-                images: dict[str, bytes]) -> str:
+def write_batch(
+    store: BlobStore, container: str, model: str, records: list[PayloadRecord], images: dict[str, bytes]
+) -> str:
     """Write the images not yet stored and one JSONL blob of records; returns the records blob name."""
     for sha, png in images.items():
         uri = f"az://{container}/{image_blob_name(sha)}"
@@ -75,7 +76,9 @@ def write_batch(store: BlobStore, container: str, model: str, records: list[Payl
     return name
 
 
-def read_window(store: BlobStore, container: str, model: str, start: datetime, end: datetime) -> Iterator[PayloadRecord]:
+def read_window(
+    store: BlobStore, container: str, model: str, start: datetime, end: datetime
+) -> Iterator[PayloadRecord]:
     """Every record of ``model`` with ``start <= ts < end``, oldest blob first."""
     hour = start.replace(minute=0, second=0, microsecond=0)
     t0, t1 = start.timestamp(), end.timestamp()

@@ -32,8 +32,11 @@ class ImageDecodeError(ValueError):
     """Bytes that are not a decodable image (JPEG/PNG/...)."""
 
 
-_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST,
-             "bicubic": Image.Resampling.BICUBIC}
+_RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "bicubic": Image.Resampling.BICUBIC,
+}
 
 
 class Preprocess:

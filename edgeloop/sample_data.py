@@ -38,7 +38,9 @@ def _brushed_metal(rng: np.random.Generator, size: int) -> np.ndarray:
     """Grey texture with horizontal brushing streaks, float in [0, 1], HxW."""
     noise = rng.normal(0.0, 1.0, (size, size * 2))
     kernel = np.ones(size // 3) / (size // 3)
-    streaks = np.apply_along_axis(lambda r: np.convolve(r, kernel, mode="same"), 1, noise)[:, size // 2: size // 2 + size]
+    streaks = np.apply_along_axis(lambda r: np.convolve(r, kernel, mode="same"), 1, noise)[
+        :, size // 2 : size // 2 + size
+    ]
     streaks = (streaks - streaks.mean()) / (streaks.std() + 1e-6)
     base = 0.62 + 0.05 * streaks + 0.02 * rng.normal(0, 1, (size, size))
     return np.clip(base, 0, 1)
@@ -84,8 +86,14 @@ def _draw_defect(rng: np.random.Generator, img: Image.Image, label: str) -> Imag
     return Image.alpha_composite(img.convert("RGBA"), overlay).convert("RGB")
 
 
-def render_tag(seed: int, label: str, size: int = 128, lighting: str = "normal", camera: str = "cam-a",
-               shifted: bool = False) -> Image.Image:
+def render_tag(
+    seed: int,
+    label: str,
+    size: int = 128,
+    lighting: str = "normal",
+    camera: str = "cam-a",
+    shifted: bool = False,
+) -> Image.Image:
     """One tag image, fully determined by its arguments."""
     if label not in CLASSES:
         raise ValueError(f"unknown class {label!r}; expected one of {CLASSES}")
@@ -118,7 +126,9 @@ def render_tag(seed: int, label: str, size: int = 128, lighting: str = "normal",
     if shifted:  # a new site: darker, bluish cast, softer focus, more sensor noise
         arr = arr * 0.55 * np.array([0.85, 0.95, 1.25]) + rng.normal(0, 0.03, arr.shape)
     arr += rng.normal(0, 0.01, arr.shape)
-    out = Image.fromarray((arr.clip(0, 1) * 255).astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR)
+    out = Image.fromarray((arr.clip(0, 1) * 255).astype(np.uint8)).resize(
+        (size, size), Image.Resampling.BILINEAR
+    )
     if shifted:
         out = out.filter(ImageFilter.GaussianBlur(1.2))
     return out
@@ -132,8 +142,14 @@ def iter_samples(per_class: int, seed: int = 0, shifted: bool = False) -> Iterat
             yield (int(rng.integers(0, 2**31)), label, str(rng.choice(LIGHTINGS)), str(rng.choice(CAMERAS)))
 
 
-def generate_dataset(out: Path, per_class: int = 60, seed: int = 0, size: int = 128,
-                     shifted: bool = False, progress: bool = False) -> list[SampleMeta]:
+def generate_dataset(
+    out: Path,
+    per_class: int = 60,
+    seed: int = 0,
+    size: int = 128,
+    shifted: bool = False,
+    progress: bool = False,
+) -> list[SampleMeta]:
     """Write the dataset under ``out``; re-running with the same arguments writes identical files."""
     out = Path(out)
     variant = "shifted" if shifted else "base"

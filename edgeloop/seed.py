@@ -87,8 +87,13 @@ def scan_directory(directory: Path) -> tuple[list[_Image], list[str], int]:
     return images, skipped, duplicates
 
 
-def seed_directory(settings: Settings, directory: Path, source: str | None = None,
-                   project_title: str | None = None, progress: bool = True) -> SeedReport:
+def seed_directory(
+    settings: Settings,
+    directory: Path,
+    source: str | None = None,
+    project_title: str | None = None,
+    progress: bool = True,
+) -> SeedReport:
     from tqdm import tqdm
 
     from edgeloop.blob import BlobStore, BlobUri
@@ -97,8 +102,9 @@ def seed_directory(settings: Settings, directory: Path, source: str | None = Non
     source = source or directory.name
     title = project_title or settings.labelstudio.project_title
     images, skipped, duplicates = scan_directory(directory)
-    report = SeedReport(project_title=title, images_found=len(images), skipped_files=skipped,
-                        duplicate_images=duplicates)
+    report = SeedReport(
+        project_title=title, images_found=len(images), skipped_files=skipped, duplicate_images=duplicates
+    )
     store = BlobStore.from_settings(settings)
     container = settings.blob.images_container
     store.ensure_container(container)
@@ -112,8 +118,13 @@ def seed_directory(settings: Settings, directory: Path, source: str | None = Non
 
     uploaded: list[tuple[_Image, BlobUri]] = []
     with ThreadPoolExecutor(max_workers=8) as pool:
-        for img, uri, new in tqdm(pool.map(upload, images), total=len(images), desc="uploading images",
-                                  unit="img", disable=not progress):
+        for img, uri, new in tqdm(
+            pool.map(upload, images),
+            total=len(images),
+            desc="uploading images",
+            unit="img",
+            disable=not progress,
+        ):
             uploaded.append((img, uri))
             report.uploaded += int(new)
             report.already_in_storage += int(not new)
@@ -128,10 +139,16 @@ def seed_directory(settings: Settings, directory: Path, source: str | None = Non
     for img, uri in uploaded:
         if img.sha256 in existing:
             continue
-        new_tasks.append({
-            "image": store.sas_url(uri), "blob_uri": str(uri), "sha256": img.sha256,
-            "source": source, "source_file": img.rel, **img.meta,
-        })
+        new_tasks.append(
+            {
+                "image": store.sas_url(uri),
+                "blob_uri": str(uri),
+                "sha256": img.sha256,
+                "source": source,
+                "source_file": img.rel,
+                **img.meta,
+            }
+        )
     lsx.import_tasks(ls, project.id, new_tasks)
     report.tasks_created = len(new_tasks)
     report.tasks_existing = len(uploaded) - len(new_tasks)

@@ -107,21 +107,23 @@ def _tcp_ok(host: str, port: int) -> bool:
         return False
 
 
+def group_members(pgid: int | None) -> list[int]:
+    """Live (non-zombie) processes of a process group, read from /proc."""
+    if not pgid:
+        return []
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
 def _group_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.killpg(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    # A zombie leader with no other members still counts as gone.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    except OSError:
-        pass
-    return True
+    return bool(group_members(pid))
 
 
 class Stack:
@@ -178,44 +180,86 @@ class Stack:
         if service == "azurite":
             binary = self.settings.stack.node_modules / ".bin" / "azurite-blob"
             if shutil.which("node") is None:
-                raise MissingToolError("Node.js is not installed (Azurite needs it): run `make setup`, "
-                                       "or install Node.js >= 20 and `npm ci` in the project root")
+                raise MissingToolError(
+                    "Node.js is not installed (Azurite needs it): run `make setup`, "
+                    "or install Node.js >= 20 and `npm ci` in the project root"
+                )
             if not binary.exists():
-                raise MissingToolError(f"Azurite is not installed ({binary} is missing): run `make setup` "
-                                       "(or `npm ci` in the project root)")
+                raise MissingToolError(
+                    f"Azurite is not installed ({binary} is missing): run `make setup` "
+                    "(or `npm ci` in the project root)"
+                )
             return _Launch(
-                [str(binary), "--blobHost", self.host, "--blobPort", str(port), "--location", str(data),
-                 "--silent", "--disableTelemetry", "--skipApiVersionCheck", "--loose"],
+                [
+                    str(binary),
+                    "--blobHost",
+                    self.host,
+                    "--blobPort",
+                    str(port),
+                    "--location",
+                    str(data),
+                    "--silent",
+                    "--disableTelemetry",
+                    "--skipApiVersionCheck",
+                    "--loose",
+                ],
                 env={"AZURITE_ACCOUNTS": f"{self.settings.blob.account}:{secrets['azurite_key']}"},
             )
         if service == "mlflow":
             account = self.settings.blob.account
             container = self.settings.blob.mlflow_container
             return _Launch(
-                [sys.executable, "-m", "mlflow", "server", "--host", self.host, "--port", str(port),
-                 "--workers", "1",
-                 "--backend-store-uri", f"sqlite:///{data / 'mlflow.db'}",
-                 "--artifacts-destination", f"wasbs://{container}@{account}.blob.core.windows.net/artifacts"],
-                env={"AZURE_STORAGE_CONNECTION_STRING": self.settings.blob_connection_string(),
-                     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                [
+                    sys.executable,
+                    "-m",
+                    "mlflow",
+                    "server",
+                    "--host",
+                    self.host,
+                    "--port",
+                    str(port),
+                    "--workers",
+                    "1",
+                    "--backend-store-uri",
+                    f"sqlite:///{data / 'mlflow.db'}",
+                    "--artifacts-destination",
+                    f"wasbs://{container}@{account}.blob.core.windows.net/artifacts",
+                ],
+                env={
+                    "AZURE_STORAGE_CONNECTION_STRING": self.settings.blob_connection_string(),
+                    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                },
                 cwd=data,
             )
         if service == "labelstudio":
             binary = self.settings.stack.tools_dir / "label-studio" / "bin" / "label-studio"
             if not binary.exists():
-                raise MissingToolError(f"Label Studio is not installed ({binary} is missing): run `make setup`")
+                raise MissingToolError(
+                    f"Label Studio is not installed ({binary} is missing): run `make setup`"
+                )
             self._seed_labelstudio_data(data)
             return _Launch(
-                [str(binary), "start", "--no-browser", "--internal-host", self.host, "--port", str(port),
-                 "--data-dir", str(data)],
+                [
+                    str(binary),
+                    "start",
+                    "--no-browser",
+                    "--internal-host",
+                    self.host,
+                    "--port",
+                    str(port),
+                    "--data-dir",
+                    str(data),
+                ],
                 env=self._labelstudio_env(data),
                 cwd=data,
             )
         if service == "mosquitto":
-            binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-            if not Path(binary).exists():
-                raise MissingToolError("mosquitto is not installed: run `make setup` "
-                                       "(it installs the Debian package mosquitto)")
+            mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+            if not Path(mosquitto).exists():
+                raise MissingToolError(
+                    "mosquitto is not installed: run `make setup` "
+                    "(it installs the Debian package mosquitto)"
+                )
             conf = data / "mosquitto.conf"
             user = _current_user()
             conf.write_text(
@@ -223,14 +267,17 @@ class Stack:
                 f"persistence true\npersistence_location {data}/\nuser {user}\n"
                 "log_dest stdout\n"
             )
-            return _Launch([binary, "-c", str(conf)])
+            return _Launch([mosquitto, "-c", str(conf)])
         raise KeyError(service)
 
     def _labelstudio_env(self, data: Path) -> dict[str, str]:
         s = self.settings
         secrets = s.secrets()
-        password = s.labelstudio.password.get_secret_value() if s.labelstudio.password else secrets[
-            "labelstudio_password"]
+        password = (
+            s.labelstudio.password.get_secret_value()
+            if s.labelstudio.password
+            else secrets["labelstudio_password"]
+        )
         return {
             "LABEL_STUDIO_BASE_DATA_DIR": str(data),
             "LABEL_STUDIO_USERNAME": s.labelstudio.username,
@@ -264,7 +311,9 @@ class Stack:
             raise PortInUseError(service, port)
         return int(port) if port else free_port(self.host)
 
-    def up(self, services: tuple[str, ...] = SERVICES, progress: Callable[[str], None] = print) -> list[ServiceStatus]:
+    def up(
+        self, services: tuple[str, ...] = SERVICES, progress: Callable[[str], None] = print
+    ) -> list[ServiceStatus]:
         """Start what is not running and wait until every service is ready. Idempotent."""
         state = self._load()
         started: dict[str, float] = {}
@@ -297,13 +346,23 @@ class Stack:
         env = {**os.environ, **launch.env}
         with open(log_path, "ab") as log_fh:
             proc = subprocess.Popen(
-                launch.argv, stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, cwd=launch.cwd, start_new_session=True,
+                launch.argv,
+                stdout=log_fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=launch.cwd,
+                start_new_session=True,
             )
         return proc.pid
 
-    def _wait(self, services: list[str], state: dict[str, Any], started: dict[str, float],
-              progress: Callable[[str], None]) -> None:
+    def _wait(
+        self,
+        services: list[str],
+        state: dict[str, Any],
+        started: dict[str, float],
+        progress: Callable[[str], None],
+    ) -> None:
         deadline = time.monotonic() + self.settings.stack.ready_timeout_s
         pending = [s for s in services if s in state["pids"]]
         while pending:
@@ -315,11 +374,15 @@ class Stack:
                         progress(f"{service} ready in {time.monotonic() - started.pop(service):.1f} s")
                 elif not _group_alive(state["pids"].get(service)):
                     tail = _tail(self.log_file(service))
-                    raise StackError(f"{service} exited while starting; last lines of "
-                                     f"{self.log_file(service)}:\n{tail}")
+                    raise StackError(
+                        f"{service} exited while starting; last lines of "
+                        f"{self.log_file(service)}:\n{tail}"
+                    )
             if pending and time.monotonic() > deadline:
-                raise StackError(f"{', '.join(pending)} not ready after {self.settings.stack.ready_timeout_s:.0f} s;"
-                                 f" see the logs under {self.dir}")
+                raise StackError(
+                    f"{', '.join(pending)} not ready after {self.settings.stack.ready_timeout_s:.0f} s;"
+                    f" see the logs under {self.dir}"
+                )
             if pending:
                 time.sleep(0.25)
 
@@ -328,8 +391,13 @@ class Stack:
 
         store = BlobStore.from_settings(self.settings)
         b = self.settings.blob
-        for name in {b.images_container, b.datasets_container, b.models_container, b.mlflow_container,
-                     b.payloads_container}:
+        for name in {
+            b.images_container,
+            b.datasets_container,
+            b.models_container,
+            b.mlflow_container,
+            b.payloads_container,
+        }:
             store.ensure_container(name)
 
     def down(self, services: tuple[str, ...] = SERVICES, progress: Callable[[str], None] = print) -> None:
@@ -355,9 +423,17 @@ class Stack:
                 st = "dead"
             else:
                 st = "ready" if port and self.is_ready(service, port) else "starting"
-            out.append(ServiceStatus(service, self.url(service, port), st, str(self.data_dir(service)),
-                                     port, pid if st in ("ready", "starting") else None,
-                                     str(self.log_file(service))))
+            out.append(
+                ServiceStatus(
+                    service,
+                    self.url(service, port),
+                    st,
+                    str(self.data_dir(service)),
+                    port,
+                    pid if st in ("ready", "starting") else None,
+                    str(self.log_file(service)),
+                )
+            )
         return out
 
 
@@ -415,12 +491,24 @@ def prepare_labelstudio_template(settings: Settings) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix="ls-template-", dir=settings.stack.tools_dir))
     package_dir = subprocess.run(
         [str(python), "-c", "import label_studio, os; print(os.path.dirname(label_studio.__file__))"],
-        check=True, capture_output=True, text=True).stdout.strip()
-    env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(tmp), "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
-           "LABEL_STUDIO_LATEST_VERSION_CHECK": "false", "PYTHONPATH": package_dir,
-           "DJANGO_SETTINGS_MODULE": "core.settings.label_studio"}
-    subprocess.run([str(python), "-m", "label_studio.manage", "migrate", "--noinput"], env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    env = {
+        **os.environ,
+        "LABEL_STUDIO_BASE_DATA_DIR": str(tmp),
+        "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
+        "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",
+        "PYTHONPATH": package_dir,
+        "DJANGO_SETTINGS_MODULE": "core.settings.label_studio",
+    }
+    subprocess.run(
+        [str(python), "-m", "label_studio.manage", "migrate", "--noinput"],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     if template.exists():
         shutil.rmtree(template)
     tmp.rename(template)

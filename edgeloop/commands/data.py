@@ -16,8 +16,13 @@ def data() -> None:
 
 
 @data.command()
-@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
-              help="Output folder (default: <state_dir>/sample/<variant>).")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output folder (default: <state_dir>/sample/<variant>).",
+)
 @click.option("--per-class", default=60, show_default=True, help="Images per class.")
 @click.option("--size", default=128, show_default=True, help="Image side in pixels.")
 @click.option("--seed", default=0, show_default=True, help="Random seed: same seed, same images.")
@@ -33,18 +38,30 @@ def generate(obj, out: Path | None, per_class: int, size: int, seed: int, shifte
 
 
 @data.command()
-@click.option("--from", "source_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Your own folder: class sub-folders become annotations, loose images unlabeled tasks. "
-                   "Default: the generated sample (made if missing).")
-@click.option("--project", "project_title", default=None,
-              help="Label Studio project title (default from settings: labelstudio.project_title).")
-@click.option("--source", default=None, help="Name for this batch of images in blob storage (default: folder name).")
+@click.option(
+    "--from",
+    "source_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Your own folder: class sub-folders become annotations, loose images unlabeled tasks. "
+    "Default: the generated sample (made if missing).",
+)
+@click.option(
+    "--project",
+    "project_title",
+    default=None,
+    help="Label Studio project title (default from settings: labelstudio.project_title).",
+)
+@click.option(
+    "--source", default=None, help="Name for this batch of images in blob storage (default: folder name)."
+)
 @click.option("--per-class", default=60, show_default=True, help="Sample images per class when generating.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 @user_errors
-def seed(obj, source_dir: Path | None, project_title: str | None, source: str | None, per_class: int,
-         as_json: bool) -> None:
+def seed(
+    obj, source_dir: Path | None, project_title: str | None, source: str | None, per_class: int, as_json: bool
+) -> None:
     """Upload images to blob storage and create Label Studio tasks (+ labels). Re-running adds no duplicates."""
     from edgeloop.sample_data import generate_dataset
     from edgeloop.seed import seed_directory
@@ -60,10 +77,12 @@ def seed(obj, source_dir: Path | None, project_title: str | None, source: str | 
         click.echo(json.dumps(report.as_dict(), indent=2))
         return
     r = report
-    click.echo(f"project '{r.project_title}' (id {r.project_id}): {r.images_found} images; "
-               f"{r.uploaded} uploaded, {r.already_in_storage} already in storage; "
-               f"{r.tasks_created} tasks created, {r.tasks_existing} existed; "
-               f"{r.annotations_created} labels submitted, {r.unlabeled_tasks} unlabeled tasks")
+    click.echo(
+        f"project '{r.project_title}' (id {r.project_id}): {r.images_found} images; "
+        f"{r.uploaded} uploaded, {r.already_in_storage} already in storage; "
+        f"{r.tasks_created} tasks created, {r.tasks_existing} existed; "
+        f"{r.annotations_created} labels submitted, {r.unlabeled_tasks} unlabeled tasks"
+    )
     if r.skipped_files:
         click.echo(f"skipped {len(r.skipped_files)} non-image files, e.g. {r.skipped_files[:3]}")
     if r.duplicate_images:

@@ -9,8 +9,13 @@ import click
 from edgeloop.errors import user_errors
 from edgeloop.stack import SERVICES, Stack, prepare_labelstudio_template
 
-_only = click.option("--only", "only", multiple=True, type=click.Choice(SERVICES),
-                     help="Act on this service only (repeatable). Default: all four.")
+_only = click.option(
+    "--only",
+    "only",
+    multiple=True,
+    type=click.Choice(SERVICES),
+    help="Act on this service only (repeatable). Default: all four.",
+)
 
 
 @click.group()
