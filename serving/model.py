@@ -1,0 +1,450 @@
+"""The KServe model: an image classifier over ONNX Runtime, with several versions and aliases.
+
+``OnnxImageModel`` is a ``kserve.Model``. ``load()`` verifies, loads and warms up every
+version and sets ``ready`` only at its end. ``preprocess`` turns any accepted request
+(OIP v2 REST/gRPC ``InferRequest`` or a V1 dict) into a normalised batch for the
+version it names; ``predict`` queues it on that version's dynamic batcher;
+``postprocess`` builds the answer (label, probabilities, optional embedding).
+
+A request resolves its version once, at the start, and keeps a reference to it, so
+moving an alias (or loading a new version) never drops a request in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kserve import Model
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from pydantic import ValidationError
+
+from edgeloop.model_card import (
+    EMBEDDING_OUTPUT,
+    MODEL_CARD_FILE,
+    MODEL_FILE,
+    PROBS_OUTPUT,
+    IntegrityError,
+    ModelCard,
+    sha256_bytes,
+)
+from edgeloop.preprocessing import Preprocess
+from serving import codec, metrics
+from serving.batching import DirectRunner, DynamicBatcher
+from serving.errors import (
+    ConflictError,
+    IntegrityRefusedError,
+    InvalidInputError,
+    ModelLoadError,
+    VersionNotFoundError,
+)
+from serving.options import DEFAULT_ALIAS, BatchingOptions, LimitOptions
+from serving.providers import OrtSettings, SessionInfo, create_session
+from serving.sources import ResolvedModel
+
+log = logging.getLogger(__name__)
+
+LABEL_OUTPUT = "label"
+OUTPUT_NAMES = (LABEL_OUTPUT, PROBS_OUTPUT, EMBEDDING_OUTPUT)
+
+
+# --------------------------------------------------------------------------- one version
+@dataclass
+class LoadedVersion:
+    model: str
+    version: str
+    directory: Path
+    card: ModelCard
+    session: Any
+    session_info: SessionInfo
+    preprocess: Preprocess
+    output_names: list[str]
+    load_seconds: float
+    runner: DynamicBatcher | DirectRunner | None = None
+    labels: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
+
+    @property
+    def size(self) -> int:
+        return self.preprocess.size
+
+    @property
+    def digest(self) -> str:
+        return self.card.digest()
+
+    @property
+    def has_embedding(self) -> bool:
+        return EMBEDDING_OUTPUT in self.output_names
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        """[N,3,S,S] float32 -> [probabilities, embedding?]; thread-safe, called off the event loop."""
+        return self.session.run(self.output_names, {self.card.input_name: x})
+
+    def start_runner(self, batching: BatchingOptions) -> None:
+        labels = {"model": self.model, "version": self.version}
+        batch_hist = metrics.BATCH_SIZE.labels(**labels)
+        infer_hist = metrics.INFERENCE_SECONDS.labels(**labels)
+        queue_gauge = metrics.QUEUE_DEPTH.labels(**labels)
+
+        def on_batch(n: int, seconds: float) -> None:
+            batch_hist.observe(n)
+            infer_hist.observe(seconds)
+
+        if batching.enabled and batching.max_batch_size > 1:
+            self.runner = DynamicBatcher(self.run, batching.max_batch_size, batching.max_wait_ms / 1000.0,
+                                         batching.max_queue_rows, on_batch=on_batch, on_queue=queue_gauge.set,
+                                         name=f"{self.model}-{self.version}")
+        else:
+            self.runner = DirectRunner(self.run, batching.direct_concurrency, on_batch=on_batch,
+                                       name=f"{self.model}-{self.version}")
+
+    def describe(self) -> dict[str, Any]:
+        return {"version": self.version, "execution_provider": self.session_info.provider,
+                "providers": self.session_info.providers, "digest": self.digest,
+                "input_size": self.size, "labels": self.card.labels, "precision": self.card.precision.value,
+                "load_seconds": round(self.load_seconds, 3), "outputs": self.output_names}
+
+
+def load_version(directory: Path, ort_settings: OrtSettings, model_name: str | None = None,
+                 version: str | None = None) -> LoadedVersion:
+    """Verify every file against the card, open an ONNX Runtime session, check the I/O, warm it up.
+
+    Raises :class:`IntegrityRefusedError` (and counts it) when a digest does not match,
+    :class:`ModelLoadError` for anything else that makes the directory unservable.
+    """
+    t0 = time.perf_counter()
+    directory = Path(directory)
+    try:
+        card = ModelCard.load(directory)
+    except FileNotFoundError as e:
+        raise ModelLoadError(str(e)) from e
+    except ValidationError as e:
+        raise ModelLoadError(f"{MODEL_CARD_FILE} in {directory.name} is not a valid model card: "
+                             f"{e.error_count()} problems, first: {e.errors()[0]['msg']}") from e
+    name = model_name or card.name
+    model_path = directory / MODEL_FILE
+    try:
+        if not model_path.exists():
+            raise IntegrityError(f"{MODEL_FILE} is missing from the model directory")
+        if MODEL_FILE not in card.files:
+            raise IntegrityError(f"the model card lists no digest for {MODEL_FILE}; refusing an unverifiable model")
+        model_bytes = model_path.read_bytes()
+        if sha256_bytes(model_bytes) != card.files[MODEL_FILE]:
+            raise IntegrityError(f"{MODEL_FILE} does not match the sha256 in its model card: the file was "
+                                 "changed after the model was registered; re-export or re-register it")
+        card.verify(directory)  # every other listed file
+    except IntegrityError as e:
+        metrics.INTEGRITY_FAILURES.labels(name).inc()
+        metrics.LOAD_FAILURES.labels(name, "integrity").inc()
+        log.error("refusing to load %s version %s: %s", name, version or card.version, e)
+        raise IntegrityRefusedError(f"model {name} version {version or card.version or '?'} refused: {e}") from e
+    # Load from the bytes we just verified (no window to swap the file) unless it has external data.
+    source: Any = model_bytes if set(card.files) == {MODEL_FILE} else model_path
+    try:
+        session, info = create_session(source, ort_settings)
+    except Exception as e:
+        metrics.LOAD_FAILURES.labels(name, "onnx").inc()
+        raise ModelLoadError(f"ONNX Runtime cannot load {name} from {directory.name}: {type(e).__name__}") from e
+    pre = Preprocess(card.preprocessing)
+    output_names = _check_io(session, card, name)
+    lv = LoadedVersion(model=name, version=str(version or card.version or "1"), directory=directory, card=card,
+                       session=session, session_info=info, preprocess=pre, output_names=output_names,
+                       load_seconds=0.0, labels=np.array([lbl.encode() for lbl in card.labels], dtype=object))
+    lv.run(np.zeros((1, 3, pre.size, pre.size), dtype=np.float32))  # warm-up: first run allocates
+    lv.load_seconds = time.perf_counter() - t0
+    log.info("loaded %s version %s on %s in %.2fs (digest %s)", name, lv.version, info.provider,
+             lv.load_seconds, lv.digest[:12])
+    return lv
+
+
+def _check_io(session: Any, card: ModelCard, name: str) -> list[str]:
+    inputs = {i.name: i for i in session.get_inputs()}
+    if card.input_name not in inputs:
+        raise ModelLoadError(f"{name}: the ONNX model has no input {card.input_name!r} (has {sorted(inputs)})")
+    outs = {o.name: o for o in session.get_outputs()}
+    if PROBS_OUTPUT not in outs:
+        raise ModelLoadError(f"{name}: the ONNX model has no {PROBS_OUTPUT!r} output (has {sorted(outs)})")
+    n_classes = outs[PROBS_OUTPUT].shape[-1]
+    if isinstance(n_classes, int) and n_classes != len(card.labels):
+        raise ModelLoadError(f"{name}: the model outputs {n_classes} probabilities but the card has "
+                             f"{len(card.labels)} labels")
+    names = [PROBS_OUTPUT]
+    if EMBEDDING_OUTPUT in outs and EMBEDDING_OUTPUT in card.outputs:
+        names.append(EMBEDDING_OUTPUT)
+    return names
+
+
+# --------------------------------------------------------------------------- versions + aliases
+class ModelVersions:
+    """Versions of one model and the aliases pointing at them. Mutated only on the event loop."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.versions: dict[str, LoadedVersion] = {}
+        self.aliases: dict[str, str] = {}
+
+    def resolve(self, ref: str | None) -> LoadedVersion:
+        """A version id or alias -> the loaded version; none given = the champion."""
+        ref = (ref or "").strip() or DEFAULT_ALIAS
+        if ref in self.versions:
+            return self.versions[ref]
+        if ref in self.aliases and self.aliases[ref] in self.versions:
+            return self.versions[self.aliases[ref]]
+        raise VersionNotFoundError(
+            f"model {self.name} has no version or alias {ref!r}; versions: {sorted(self.versions)}, "
+            f"aliases: {dict(sorted(self.aliases.items()))}")
+
+    def add(self, lv: LoadedVersion, aliases: Iterable[str] = ()) -> None:
+        if lv.version in self.versions:
+            raise ConflictError(f"model {self.name} already serves version {lv.version}; unload it first "
+                                "or load the new files under another version id")
+        self.versions[lv.version] = lv
+        metrics.MODEL_INFO.labels(self.name, lv.version, lv.session_info.provider, lv.digest[:16]).set(1)
+        for alias in aliases:
+            self.set_alias(alias, lv.version)
+        if DEFAULT_ALIAS not in self.aliases:
+            self.set_alias(DEFAULT_ALIAS, lv.version)
+
+    def set_alias(self, alias: str, version: str) -> None:
+        if not alias or alias in self.versions:
+            raise InvalidInputError(f"alias {alias!r} is empty or equal to a version id; pick another name")
+        if version not in self.versions:
+            raise VersionNotFoundError(f"model {self.name} has no version {version!r} to point {alias!r} at; "
+                                       f"versions: {sorted(self.versions)}")
+        old = self.aliases.get(alias)
+        if old is not None:
+            metrics.ALIAS_INFO.labels(self.name, alias, old).set(0)
+        self.aliases[alias] = version  # one dict store: the switch is atomic for new requests
+        metrics.ALIAS_INFO.labels(self.name, alias, version).set(1)
+        if old != version:
+            log.info("model %s: alias %s -> version %s (was %s)", self.name, alias, version, old)
+
+    def remove(self, version: str) -> LoadedVersion:
+        if version not in self.versions:
+            raise VersionNotFoundError(f"model {self.name} has no version {version!r}")
+        pointing = sorted(a for a, v in self.aliases.items() if v == version)
+        if DEFAULT_ALIAS in pointing:
+            raise ConflictError(f"version {version} is the {DEFAULT_ALIAS}; move the {DEFAULT_ALIAS} alias "
+                                "to another version before unloading it")
+        for alias in pointing:
+            del self.aliases[alias]
+            metrics.ALIAS_INFO.labels(self.name, alias, version).set(0)
+        lv = self.versions.pop(version)
+        metrics.MODEL_INFO.labels(self.name, version, lv.session_info.provider, lv.digest[:16]).set(0)
+        return lv
+
+
+# --------------------------------------------------------------------------- the kserve model
+@dataclass
+class Prepared:
+    """One request between preprocess, predict and postprocess."""
+
+    version: LoadedVersion
+    inputs: codec.ModelInput
+    protocol: str
+    request_id: str | None
+    outputs: list[str]
+    t0: float
+    v1: bool = False
+    results: list[np.ndarray] | None = None
+
+
+class OnnxImageModel(Model):
+    """An image classifier served from ONNX Runtime; one instance per served model name."""
+
+    def __init__(self, name: str, sources: list[ResolvedModel], ort_settings: OrtSettings | None = None,
+                 batching: BatchingOptions | None = None, limits: LimitOptions | None = None,
+                 aliases: dict[str, str] | None = None, payload_logger: Any = None):
+        super().__init__(name)
+        self.sources = sources
+        self.ort_settings = ort_settings or OrtSettings()
+        self.batching = batching or BatchingOptions()
+        self.limits = limits or LimitOptions()
+        self.initial_aliases = dict(aliases or {})
+        self.payload_logger = payload_logger
+        self.versions = ModelVersions(name)
+
+    # -- loading ----------------------------------------------------------------------------
+    def load(self) -> bool:
+        """Load every configured version (all must pass), apply aliases, then become ready."""
+        for src in self.sources:
+            self.add_version(self.load_source(src), src.aliases)
+        for alias, version in self.initial_aliases.items():
+            self.versions.set_alias(alias, version)
+        self.ready = bool(self.versions.versions)
+        return self.ready
+
+    def load_source(self, src: ResolvedModel) -> LoadedVersion:
+        """Blocking: verify + load + warm up. Safe to run in a worker thread while serving."""
+        version = src.spec.version or src.version_hint or self._next_version(src.directory)
+        lv = load_version(src.directory, self.ort_settings, model_name=self.name, version=version)
+        lv.start_runner(self.batching)
+        return lv
+
+    def _next_version(self, directory: Path) -> str:
+        try:
+            v = ModelCard.load(directory).version
+        except Exception:
+            v = None
+        if v and v not in self.versions.versions:
+            return str(v)
+        n = 1
+        while str(n) in self.versions.versions:
+            n += 1
+        return str(n)
+
+    def add_version(self, lv: LoadedVersion, aliases: Iterable[str] = ()) -> None:
+        self.versions.add(lv, aliases)
+
+    async def unload_version(self, version: str) -> None:
+        lv = self.versions.remove(version)  # new requests can no longer reach it
+        if lv.runner is not None:
+            await lv.runner.close()  # in-flight ones finish first
+        log.info("model %s: unloaded version %s", self.name, version)
+
+    def stop(self) -> None:
+        self.ready = False
+        if self.payload_logger is not None:
+            self.payload_logger.close()
+
+    # -- metadata -----------------------------------------------------------------------------
+    def get_input_types(self) -> list[dict]:
+        s = self.versions.resolve(None).size
+        return [{"name": "images", "datatype": "BYTES", "shape": [-1]},
+                {"name": "images", "datatype": "UINT8", "shape": [-1, -1, -1, 3]},
+                {"name": "images", "datatype": "FP32", "shape": [-1, 3, s, s]}]
+
+    def get_output_types(self) -> list[dict]:
+        lv = self.versions.resolve(None)
+        out = [{"name": LABEL_OUTPUT, "datatype": "BYTES", "shape": [-1]},
+               {"name": PROBS_OUTPUT, "datatype": "FP32", "shape": [-1, len(lv.card.labels)]}]
+        if lv.has_embedding:
+            out.append({"name": EMBEDDING_OUTPUT, "datatype": "FP32", "shape": [-1, -1]})
+        return out
+
+    def metadata(self, version_ref: str | None = None) -> dict[str, Any]:
+        lv = self.versions.resolve(version_ref)
+        inputs = [t for t in self.get_input_types()]
+        for t in inputs:
+            if t["datatype"] == "FP32":
+                t["shape"] = [-1, 3, lv.size, lv.size]
+        return {
+            "name": self.name, "versions": sorted(self.versions.versions), "platform": "onnxruntime_onnx",
+            "inputs": inputs, "outputs": self.get_output_types(),
+            "parameters": {**lv.describe(), "aliases": dict(self.versions.aliases),
+                           "preprocessing": lv.card.preprocessing.model_dump(),
+                           "batching": {"enabled": self.batching.enabled,
+                                        "max_batch_size": self.batching.max_batch_size,
+                                        "max_wait_ms": self.batching.max_wait_ms}},
+        }
+
+    # -- inference ----------------------------------------------------------------------------
+    def validate(self, payload: Any) -> Any:
+        return payload  # preprocess has validated everything
+
+    async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Prepared:
+        t0 = time.perf_counter()
+        if isinstance(payload, dict):
+            return self._prepare_v1(payload, t0)
+        if not isinstance(payload, InferRequest):
+            raise InvalidInputError("unrecognised request body; send an OIP v2 inference request")
+        protocol = "grpc" if payload.from_grpc else getattr(payload, codec.PROTOCOL_ATTR, "rest_v2_json")
+        lv = self.versions.resolve(payload.model_version)
+        if len(payload.inputs) != 1:
+            raise InvalidInputError(f"model {self.name} takes exactly one input tensor named "
+                                    f"{lv.card.input_name!r}; {len(payload.inputs)} were sent")
+        inp = payload.inputs[0]
+        if inp.name != lv.card.input_name:
+            raise InvalidInputError(f"input is named {inp.name!r}; model {self.name} takes {lv.card.input_name!r}")
+        values = codec.tensor_values(inp)
+        model_input = await self._to_model_input(values, inp.name, lv)
+        params = _params(payload.parameters)
+        wanted = self._outputs(payload.request_outputs, bool(params.get("embedding", False)), lv)
+        return Prepared(lv, model_input, protocol, payload.id, wanted, t0)
+
+    def _prepare_v1(self, body: dict[str, Any], t0: float) -> Prepared:
+        params = body.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise InvalidInputError('"parameters" must be an object')
+        lv = self.versions.resolve(params.get("model_version"))
+        values = codec.v1_instances(body)
+        model_input = codec.to_model_input(values, "instances", lv.preprocess, self.limits.max_images,
+                                           self.limits.max_image_pixels)
+        wanted = [LABEL_OUTPUT, PROBS_OUTPUT] + ([EMBEDDING_OUTPUT] if params.get("embedding") else [])
+        if EMBEDDING_OUTPUT in wanted and not lv.has_embedding:
+            raise InvalidInputError(f"model {self.name} version {lv.version} has no embedding output")
+        return Prepared(lv, model_input, "rest_v1", None, wanted, t0, v1=True)
+
+    async def _to_model_input(self, values: Any, name: str, lv: LoadedVersion) -> codec.ModelInput:
+        args = (values, name, lv.preprocess, self.limits.max_images, self.limits.max_image_pixels)
+        if isinstance(values, list) or (values.dtype == np.uint8 and values.shape[-3:-1] != (lv.size, lv.size)):
+            # JPEG decoding / resizing: off the event loop
+            return await asyncio.get_running_loop().run_in_executor(None, codec.to_model_input, *args)
+        return codec.to_model_input(*args)
+
+    def _outputs(self, requested: Any, embedding: bool, lv: LoadedVersion) -> list[str]:
+        if requested:
+            names = [r.name for r in requested]
+            unknown = [n for n in names if n not in OUTPUT_NAMES]
+            if unknown:
+                raise InvalidInputError(f"unknown outputs {unknown}; this model has {list(OUTPUT_NAMES)}")
+        else:
+            names = [LABEL_OUTPUT, PROBS_OUTPUT] + ([EMBEDDING_OUTPUT] if embedding else [])
+        if EMBEDDING_OUTPUT in names and not lv.has_embedding:
+            raise InvalidInputError(f"model {self.name} version {lv.version} has no embedding output")
+        return names
+
+    async def predict(self, payload: Prepared, headers: dict[str, str] | None = None) -> Prepared:
+        assert payload.version.runner is not None
+        payload.results = await payload.version.runner.submit(payload.inputs.x)
+        return payload
+
+    async def postprocess(self, result: Prepared, headers: dict[str, str] | None = None,
+                          response_headers: dict[str, str] | None = None) -> InferResponse | dict:
+        lv, res = result.version, result.results
+        assert res is not None
+        probs = res[0]
+        emb = res[1] if len(res) > 1 else None
+        labels = lv.labels[np.argmax(probs, axis=1)]
+        n = len(probs)
+        m = {"model": self.name, "version": lv.version, "protocol": result.protocol}
+        metrics.REQUEST_SECONDS.labels(**m).observe(time.perf_counter() - result.t0)
+        metrics.REQUEST_IMAGES.labels(**m).inc(n)
+        if self.payload_logger is not None:
+            pre = lv.card.preprocessing
+            self.payload_logger.offer(self.name, lv.version, [b.decode() for b in labels], probs, emb,
+                                      result.inputs.frames, result.inputs.x, pre.mean, pre.std,
+                                      result.request_id)
+        if result.v1:
+            preds = []
+            for i in range(n):
+                p: dict[str, Any] = {"label": labels[i].decode(), "probabilities": probs[i].tolist()}
+                if EMBEDDING_OUTPUT in result.outputs and emb is not None:
+                    p["embedding"] = emb[i].tolist()
+                preds.append(p)
+            return {"predictions": preds, "model_name": self.name, "model_version": lv.version}
+        tensors = {LABEL_OUTPUT: (labels, "BYTES"), PROBS_OUTPUT: (probs, "FP32"), EMBEDDING_OUTPUT: (emb, "FP32")}
+        outs = []
+        for name in result.outputs:
+            arr, dtype = tensors[name]
+            outs.append(InferOutput(name=name, shape=list(arr.shape), datatype=dtype, data=arr))
+        return InferResponse(response_id=result.request_id or "", model_name=self.name, model_version=lv.version,
+                             infer_outputs=outs)
+
+
+def _params(params: Any) -> dict[str, Any]:
+    """Request parameters from REST (dict) or gRPC (map of InferParameter) as plain values."""
+    if not params:
+        return {}
+    if isinstance(params, dict):
+        return params
+    out = {}
+    for k, v in params.items():
+        kind = v.WhichOneof("parameter_choice")
+        out[k] = getattr(v, kind) if kind else None
+    return out

@@ -1,0 +1,57 @@
+"""The server's own options (ports, batching, limits, admin), built by the CLI or ``python -m serving``.
+
+Where things are (blob storage, MLflow) stays in :class:`edgeloop.config.Settings`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serving.providers import OrtSettings
+
+DEFAULT_ALIAS = "champion"
+
+
+@dataclass
+class BatchingOptions:
+    enabled: bool = True
+    max_batch_size: int = 16
+    max_wait_ms: float = 2.0
+    max_queue_rows: int = 1024
+    # With batching off: how many requests run ONNX Runtime at once.
+    direct_concurrency: int = 2
+
+
+@dataclass
+class LimitOptions:
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_images: int = 256
+    max_image_pixels: int = 40_000_000
+
+
+@dataclass
+class PayloadLogOptions:
+    sample_rate: float = 0.0  # 0 = off
+    queue_size: int = 256
+    batch_records: int = 64
+    flush_s: float = 5.0
+    container: str | None = None  # None: settings.blob.payloads_container
+
+
+@dataclass
+class ServingOptions:
+    http_port: int = 8080
+    grpc_port: int = 8081
+    bind_host: str = "127.0.0.1"
+    grpc_threads: int = 4
+    grpc_max_message_bytes: int = 64 * 1024 * 1024
+    batching: BatchingOptions = field(default_factory=BatchingOptions)
+    limits: LimitOptions = field(default_factory=LimitOptions)
+    ort: OrtSettings = field(default_factory=OrtSettings)
+    payload_log: PayloadLogOptions = field(default_factory=PayloadLogOptions)
+    admin_enabled: bool = False
+    admin_token: str | None = None
+    cache_dir: Path | None = None  # where az:// and models:/ downloads go; None = a temp dir
+    model_name: str | None = None  # served name; None = the model card's name
+    aliases: dict[str, str] = field(default_factory=dict)  # alias -> version, applied after loading
