@@ -1,0 +1,59 @@
+"""The result message: one per frame, JSON, described by ``result.schema.json``."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from edgeloop.stream.predictors import Prediction
+from edgeloop.stream.queues import Frame
+
+SCHEMA_ID = "edgeloop.stream.result/v1"
+SCHEMA_FILE = "result.schema.json"
+TOP_K = 3
+
+
+def topic_for(prefix: str, line: str, camera: str) -> str:
+    """``<prefix>/<line>/<camera>``."""
+    return f"{prefix.rstrip('/')}/{line}/{camera}"
+
+
+@cache
+def result_schema() -> dict[str, Any]:
+    return json.loads(resources.files("edgeloop.stream").joinpath(SCHEMA_FILE).read_text())
+
+
+def build_result(frame: Frame, pred: Prediction, *, line: str, model_name: str, model_version: str | None,
+                 labels: list[str] | None, latency_s: float) -> dict[str, Any]:
+    probs = pred.probabilities
+    k = min(TOP_K, len(probs))
+    if labels and len(labels) == len(probs) and k:
+        idx = np.argsort(-probs)[:k]
+        top = [{"label": labels[i], "score": _unit(float(probs[i]))} for i in idx]
+    else:
+        top = [{"label": pred.label, "score": _unit(pred.score)}]
+    return {
+        "schema": SCHEMA_ID,
+        "line": line,
+        "camera": frame.source,
+        "frame_index": frame.index,
+        "frame_time": round(frame.captured_at, 6),
+        "media_time": None if frame.media_time is None else round(float(frame.media_time), 6),
+        "model": {"name": model_name, "version": model_version},
+        "label": pred.label,
+        "score": _unit(pred.score),
+        "top": top,
+        "latency_ms": round(latency_s * 1e3, 3),
+    }
+
+
+def _unit(x: float) -> float:
+    return round(min(max(x, 0.0), 1.0), 6)
+
+
+def encode(result: dict[str, Any]) -> bytes:
+    return json.dumps(result, separators=(",", ":")).encode()
