@@ -1,0 +1,219 @@
+"""The reference profile: what "normal" looks like for one model version.
+
+Built once at training time from held-out images (the validation split: images the
+model did not fit, so confidences are not inflated) and stored next to the model as
+``reference_profile.npz``. Drift scans and per-image flags compare served traffic with it.
+
+It holds:
+
+* a seeded subsample of reference embeddings (for MMD and kNN out-of-distribution scores)
+  and their mean/std;
+* the confidence (top-1 probability) and margin (top-1 minus top-2) of every reference image;
+* image statistics per image: brightness, contrast, sharpness (variance of the Laplacian)
+  and the three colour channel means;
+* thresholds derived from them: low-confidence and small-margin quantiles, and the
+  kNN-distance quantile above which an image counts as out of distribution.
+
+For the training / pipeline step, one call::
+
+    from monitoring.profile import build_reference_profile
+    build_reference_profile(model_dir, val_image_paths)   # writes model_dir/reference_profile.npz
+
+Call it before ``ModelCard.with_digests`` so the profile's digest is in the card.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PROFILE_FILE = "reference_profile.npz"
+IMAGE_STAT_NAMES = ("brightness", "contrast", "sharpness", "mean_r", "mean_g", "mean_b")
+STATS_SIZE = 128  # images are resized to this square before statistics, whatever size they arrive in
+
+
+class ProfileError(FileNotFoundError):
+    """A model directory has no (readable) reference profile: build one at training time."""
+
+
+def image_stats(image: Any, size: int = STATS_SIZE) -> np.ndarray:
+    """Brightness, contrast, sharpness (Laplacian variance), mean R/G/B of one image, on a 0-255 scale.
+
+    The image is first resized to ``size`` x ``size`` so sharpness does not depend on the
+    resolution it was sent at.
+    """
+    from monitoring.model import to_rgb_array
+
+    rgb = _resize(to_rgb_array(image), size).astype(np.float32)
+    gray = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    lap = (-4.0 * gray[1:-1, 1:-1] + gray[:-2, 1:-1] + gray[2:, 1:-1] + gray[1:-1, :-2] + gray[1:-1, 2:])
+    means = rgb.reshape(-1, 3).mean(axis=0)
+    return np.array([gray.mean(), gray.std(), lap.var(), *means], dtype=np.float64)
+
+
+def _resize(hwc: np.ndarray, size: int) -> np.ndarray:
+    if hwc.shape[0] == size and hwc.shape[1] == size:
+        return hwc
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(hwc).resize((size, size), Image.Resampling.BILINEAR))
+
+
+def image_stats_batch(images: Iterable[Any], size: int = STATS_SIZE) -> np.ndarray:
+    rows = [image_stats(im, size) for im in images]
+    return np.vstack(rows) if rows else np.zeros((0, len(IMAGE_STAT_NAMES)))
+
+
+def confidence_and_margin(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] == 0:
+        return np.zeros(0), np.zeros(0)
+    top2 = np.sort(p, axis=1)[:, -2:] if p.shape[1] > 1 else np.hstack([np.zeros((len(p), 1)), p])
+    return top2[:, 1], top2[:, 1] - top2[:, 0]
+
+
+def knn_distances(queries: np.ndarray, reference: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
+    """Mean Euclidean distance of each query to its ``k`` nearest reference embeddings."""
+    q = np.asarray(queries, dtype=np.float64)
+    r = np.asarray(reference, dtype=np.float64)
+    if len(q) == 0:
+        return np.zeros(0)
+    d2 = (q * q).sum(1)[:, None] + (r * r).sum(1)[None, :] - 2.0 * q @ r.T
+    d = np.sqrt(np.maximum(d2, 0.0))
+    if exclude_self:
+        np.fill_diagonal(d, np.inf)
+    k = max(1, min(k, r.shape[0] - int(exclude_self)))
+    return np.sort(d, axis=1)[:, :k].mean(axis=1)
+
+
+@dataclass
+class ReferenceProfile:
+    """Reference statistics of one model version (see the module docstring)."""
+
+    model: str
+    version: str | None
+    labels: list[str]
+    embeddings: np.ndarray  # [M, D] subsample
+    confidence: np.ndarray  # [N]
+    margin: np.ndarray  # [N]
+    image_stats: np.ndarray  # [N, len(IMAGE_STAT_NAMES)]
+    predicted: np.ndarray  # [N] predicted class index
+    knn_k: int = 5
+    ood_quantile: float = 0.95
+    ood_threshold: float = 0.0
+    low_confidence_threshold: float = 0.0
+    small_margin_threshold: float = 0.0
+    n_images: int = 0
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    @property
+    def embedding_mean(self) -> np.ndarray:
+        return self.embeddings.mean(axis=0)
+
+    @property
+    def embedding_std(self) -> np.ndarray:
+        return self.embeddings.std(axis=0)
+
+    def class_frequencies(self) -> dict[str, float]:
+        counts = np.bincount(self.predicted.astype(int), minlength=len(self.labels))
+        return {lbl: float(c) / max(1, counts.sum()) for lbl, c in zip(self.labels, counts, strict=True)}
+
+    def ood_scores(self, embeddings: np.ndarray) -> np.ndarray:
+        """kNN distance of each embedding to the reference embeddings (higher: less familiar)."""
+        return knn_distances(embeddings, self.embeddings, self.knn_k)
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "version": self.version, "labels": self.labels, "knn_k": self.knn_k,
+            "ood_quantile": self.ood_quantile, "ood_threshold": self.ood_threshold,
+            "low_confidence_threshold": self.low_confidence_threshold,
+            "small_margin_threshold": self.small_margin_threshold, "n_images": self.n_images,
+            "created_at": self.created_at, "image_stat_names": list(IMAGE_STAT_NAMES), "format": 1,
+        }
+
+    def save(self, path: Path) -> Path:
+        """Write ``path`` (a model directory, or a ``.npz`` file path)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / PROFILE_FILE
+        with open(path, "wb") as fh:  # np.savez adds ".npz" to names without it; a handle keeps ours
+            np.savez_compressed(fh, embeddings=self.embeddings.astype(np.float32),
+                                confidence=self.confidence, margin=self.margin, image_stats=self.image_stats,
+                                predicted=self.predicted.astype(np.int32),
+                                meta=np.array(json.dumps(self.meta())))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> ReferenceProfile:
+        path = Path(path)
+        if path.is_dir():
+            path = path / PROFILE_FILE
+        if not path.exists():
+            raise ProfileError(
+                f"no reference profile at {path}: build it at training time with "
+                "monitoring.profile.build_reference_profile(model_dir, validation_images)")
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            return cls(model=meta["model"], version=meta["version"], labels=meta["labels"],
+                       embeddings=z["embeddings"].astype(np.float64), confidence=z["confidence"],
+                       margin=z["margin"], image_stats=z["image_stats"], predicted=z["predicted"],
+                       knn_k=meta["knn_k"], ood_quantile=meta["ood_quantile"],
+                       ood_threshold=meta["ood_threshold"],
+                       low_confidence_threshold=meta["low_confidence_threshold"],
+                       small_margin_threshold=meta["small_margin_threshold"], n_images=meta["n_images"],
+                       created_at=meta["created_at"])
+
+
+def profile_from_outputs(model: str, version: str | None, labels: Sequence[str], probabilities: np.ndarray,
+                         embeddings: np.ndarray, stats: np.ndarray, max_embeddings: int = 1000,
+                         knn_k: int = 5, ood_quantile: float = 0.95, flag_quantile: float = 0.05,
+                         seed: int = 0) -> ReferenceProfile:
+    """A profile from model outputs and image statistics already computed (no model run)."""
+    n = len(probabilities)
+    if n < 10:
+        raise ValueError(f"a reference profile needs at least 10 images, got {n}")
+    conf, margin = confidence_and_margin(probabilities)
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.choice(n, size=min(n, max_embeddings), replace=False))
+    emb = np.asarray(embeddings, dtype=np.float64)[keep]
+    loo = knn_distances(emb, emb, knn_k, exclude_self=True)  # leave-one-out: what a new in-distribution image scores
+    return ReferenceProfile(
+        model=model, version=version, labels=list(labels), embeddings=emb, confidence=conf, margin=margin,
+        image_stats=np.asarray(stats, dtype=np.float64), predicted=np.asarray(probabilities).argmax(1),
+        knn_k=knn_k, ood_quantile=ood_quantile, ood_threshold=float(np.quantile(loo, ood_quantile)),
+        low_confidence_threshold=float(np.quantile(conf, flag_quantile)),
+        small_margin_threshold=float(np.quantile(margin, flag_quantile)), n_images=n,
+    )
+
+
+def build_reference_profile(model_dir: Path | str, images: Iterable[Any], *, save: bool = True,
+                            max_embeddings: int = 1000, knn_k: int = 5, ood_quantile: float = 0.95,
+                            flag_quantile: float = 0.05, seed: int = 0) -> ReferenceProfile:
+    """Run the model in ``model_dir`` over ``images`` (paths, PIL images or uint8 HWC arrays) and
+    build its :class:`ReferenceProfile`; with ``save`` (default) write ``model_dir/reference_profile.npz``.
+
+    Pass held-out images (validation split), a few hundred is plenty; at least 10.
+    """
+    from monitoring.model import ModelRunner, to_rgb_array
+
+    model_dir = Path(model_dir)
+    runner = ModelRunner(model_dir)
+    arrays = [to_rgb_array(im) for im in images]
+    out = runner.run(arrays)
+    stats = image_stats_batch(arrays)
+    profile = profile_from_outputs(runner.card.name, runner.card.version, runner.card.labels, out.probabilities,
+                                   out.embeddings, stats, max_embeddings=max_embeddings, knn_k=knn_k,
+                                   ood_quantile=ood_quantile, flag_quantile=flag_quantile, seed=seed)
+    if save:
+        profile.save(model_dir / PROFILE_FILE)
+    return profile
+
+
+def load_reference_profile(model_dir: Path | str) -> ReferenceProfile:
+    return ReferenceProfile.load(Path(model_dir))

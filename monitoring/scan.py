@@ -1,0 +1,346 @@
+"""One drift scan over a window of served traffic, and the relabel queueing that follows it.
+
+``scan_window`` reads the payload log for the window, compares it with the model's
+reference profile (embedding MMD, confidence PSI, image-statistics KS, predicted-class
+chi-square), flags images, selects at most ``budget`` of them, puts them in the relabel
+outbox and delivers the outbox to Label Studio (whatever an earlier scan could not
+deliver included). It never starts training.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgeloop.payload_log import PayloadRecord, read_window
+from monitoring.drift import CategoricalDrift, DriftResult, KSDrift, MMDDrift, PSIDrift
+from monitoring.flags import Flag, flag_images, select_for_labeling
+from monitoring.profile import IMAGE_STAT_NAMES, ReferenceProfile, confidence_and_margin, image_stats
+
+if TYPE_CHECKING:
+    from edgeloop.blob import BlobStore
+    from edgeloop.config import Settings
+    from monitoring.relabel import DeliveryReport, EnqueueReport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScanOptions:
+    budget: int = 20  # at most this many images queued for labeling per window
+    alpha: float = 0.05  # family-wise significance over all detectors (Bonferroni)
+    n_permutations: int = 200
+    max_stat_images: int = 200  # images downloaded for image statistics (seeded sample)
+    seed: int = 0
+    any_version: bool = False  # include records of other model versions (embeddings may not be comparable)
+    queue: bool = True  # put selected images in the relabel outbox
+    deliver: bool = True  # deliver the outbox to Label Studio after queueing
+    project_title: str | None = None  # default: settings.labelstudio.project_title
+    payload_model: str | None = None  # model name in the payload log; default: the model card's name
+
+
+@dataclass
+class Window:
+    """The records of one window as arrays (rows aligned with ``records``)."""
+
+    records: list[PayloadRecord]
+    probabilities: np.ndarray
+    embeddings: np.ndarray
+    stats: np.ndarray  # image statistics of a sample of rows
+    stats_rows: list[int]
+    other_versions: int = 0
+    images: dict[str, np.ndarray] = field(default_factory=dict)  # sha -> image, for the rows downloaded
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1) if len(self.probabilities) else np.zeros(0, int)
+
+
+@dataclass
+class ScanReport:
+    model: str
+    version: str | None
+    start: str
+    end: str
+    records: int
+    images: int
+    other_versions: int
+    drift: bool
+    results: list[DriftResult]
+    flagged: int
+    flag_reasons: dict[str, int]
+    selected: list[dict[str, Any]]
+    enqueue: dict[str, Any] | None
+    delivery: dict[str, Any] | None
+    outbox_size: int | None
+    wall_s: float
+    report_path: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["results"] = [r.as_dict() for r in self.results]
+        return d
+
+    def summary(self) -> str:
+        lines = [f"model {self.model} v{self.version}: window {self.start} .. {self.end}: "
+                 f"{self.records} records, {self.images} distinct images"
+                 + (f" ({self.other_versions} records of other versions ignored)" if self.other_versions else ""),
+                 f"DRIFT: {'yes' if self.drift else 'no'}"]
+        for r in self.results:
+            if "skipped" in r.extra:
+                lines.append(f"  {r.name:<16} skipped: {r.extra['skipped']}")
+                continue
+            extra = ""
+            if r.extra.get("drifted_features"):
+                extra = f"  features: {', '.join(r.extra['drifted_features'])}"
+            lines.append(f"  {r.name:<16} {'DRIFT' if r.is_drift else 'ok   '}  p={r.p_val:.4g} "
+                         f"(threshold {r.threshold:.4g})  distance={r.distance:.4g}{extra}")
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.flag_reasons.items())) or "none"
+        lines.append(f"flagged {self.flagged} images ({reasons}); selected {len(self.selected)} for labeling")
+        if self.enqueue is not None:
+            e = self.enqueue
+            lines.append(f"relabel queue: {e['enqueued']} new, {e['already_delivered']} already delivered, "
+                         f"{e['already_pending']} already waiting")
+        if self.delivery is not None:
+            d = self.delivery
+            msg = f"delivered {d['delivered']} tasks to Label Studio ({d['already_in_project']} already there)"
+            if d.get("error"):
+                msg += f"; delivery failed: {d['error']}"
+            lines.append(msg)
+        if self.outbox_size is not None:
+            lines.append(f"outbox: {self.outbox_size} waiting")
+        if self.report_path:
+            lines.append(f"report: {self.report_path}")
+        lines.append(f"scan took {self.wall_s:.1f} s")
+        return "\n".join(lines)
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90s', '10m', '1h', '2d' (or a plain number of seconds) -> timedelta."""
+    text = text.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text and text[-1] in units:
+            return timedelta(seconds=float(text[:-1]) * units[text[-1]])
+        return timedelta(seconds=float(text))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration; use e.g. 30s, 10m, 1h, 2d") from None
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """ISO 8601 (naive = UTC), 'now', or a duration ago ('2h' = two hours before now)."""
+    now = now or datetime.now(UTC)
+    if text.strip().lower() == "now":
+        return now
+    try:
+        t = datetime.fromisoformat(text)
+        return t if t.tzinfo else t.replace(tzinfo=UTC)
+    except ValueError:
+        return now - parse_duration(text)
+
+
+def resolve_window(window: str | timedelta = "1h", since: str | datetime | None = None,
+                   until: str | datetime | None = None) -> tuple[datetime, datetime]:
+    now = datetime.now(UTC)
+    end = until if isinstance(until, datetime) else parse_time(until, now) if until else now
+    length = window if isinstance(window, timedelta) else parse_duration(window)
+    start = since if isinstance(since, datetime) else parse_time(since, now) if since else end - length
+    if start >= end:
+        raise ValueError(f"empty window: {start.isoformat()} is not before {end.isoformat()}")
+    return start, end
+
+
+def _download_images(store: BlobStore, records: list[PayloadRecord]) -> dict[str, np.ndarray]:
+    from edgeloop.payload_log import load_image
+
+    unique = {r.image_sha256: r for r in records}
+
+    def get(rec: PayloadRecord) -> tuple[str, np.ndarray | None]:
+        try:
+            return rec.image_sha256, load_image(store, rec)
+        except Exception as e:  # a missing image must not stop the scan; it only drops out of the stats
+            log.warning("could not load %s: %s", rec.image_uri, e)
+            return rec.image_sha256, None
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return {sha: img for sha, img in pool.map(get, unique.values()) if img is not None}
+
+
+def load_window(store: BlobStore, container: str, model: str, start: datetime, end: datetime,
+                version: str | None, runner: Any = None, max_stat_images: int = 200, seed: int = 0) -> Window:
+    """Read the window's records (of ``version`` unless None), fill in missing embeddings with
+    ``runner`` (a :class:`monitoring.model.ModelRunner`), and compute image statistics on a sample."""
+    all_records = list(read_window(store, container, model, start, end))
+    records = [r for r in all_records if version is None or r.version == version]
+    other = len(all_records) - len(records)
+    n = len(records)
+    rng = np.random.default_rng(seed)
+    by_sha: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        by_sha.setdefault(r.image_sha256, []).append(i)
+    shas = sorted(by_sha)
+    sample = sorted(rng.choice(len(shas), size=min(len(shas), max_stat_images), replace=False).tolist()) if shas else []
+    need = {shas[i] for i in sample} | {r.image_sha256 for r in records if r.embedding is None}
+    images = _download_images(store, [records[by_sha[s][0]] for s in sorted(need)])
+
+    probs = np.array([r.probabilities for r in records], dtype=np.float64).reshape(n, -1)
+    missing = [i for i, r in enumerate(records) if r.embedding is None]
+    if missing and runner is None:
+        raise ValueError("payload records carry no embeddings and no model was given to compute them")
+    dim = len(next((r.embedding for r in records if r.embedding is not None), [])) or None
+    computed: dict[int, np.ndarray] = {}
+    if missing:
+        have = [i for i in missing if records[i].image_sha256 in images]
+        out = runner.run([images[records[i].image_sha256] for i in have])
+        dim = dim or out.embeddings.shape[1]
+        computed = dict(zip(have, out.embeddings, strict=True))
+    emb = np.zeros((n, dim or 0))
+    for i, r in enumerate(records):
+        if r.embedding is not None:
+            emb[i] = r.embedding
+        elif i in computed:
+            emb[i] = computed[i]
+        else:
+            emb[i] = np.nan
+    keep = ~np.isnan(emb).any(axis=1) if n else np.zeros(0, bool)
+    if n and not keep.all():
+        log.warning("%d records dropped: no embedding and no image to compute one", int((~keep).sum()))
+        records = [r for r, k in zip(records, keep, strict=True) if k]
+        probs, emb = probs[keep], emb[keep]
+    stat_rows, stats = [], []
+    row_of = {r.image_sha256: i for i, r in enumerate(records)}
+    for s in (shas[i] for i in sample):
+        if s in images and s in row_of:
+            stat_rows.append(row_of[s])
+            stats.append(image_stats(images[s]))
+    stats_arr = np.vstack(stats) if stats else np.zeros((0, len(IMAGE_STAT_NAMES)))
+    return Window(records, probs, emb, stats_arr, stat_rows, other, images)
+
+
+def detectors(profile: ReferenceProfile, options: ScanOptions) -> list[Any]:
+    """The detectors of a scan; each at ``alpha / n`` so the scan's false-alarm rate stays at ``alpha``."""
+    level = options.alpha / 4
+    return [
+        MMDDrift(profile.embeddings, p_val=level, n_permutations=options.n_permutations, seed=options.seed),
+        PSIDrift(profile.confidence, p_val=level),
+        KSDrift(profile.image_stats, p_val=level, feature_names=IMAGE_STAT_NAMES),
+        CategoricalDrift(profile.predicted, len(profile.labels), p_val=level, labels=profile.labels),
+    ]
+
+
+def run_detectors(profile: ReferenceProfile, window: Window, options: ScanOptions) -> list[DriftResult]:
+    conf, _ = confidence_and_margin(window.probabilities)
+    mmd, psi, ks, cat = detectors(profile, options)
+    return [mmd.predict(window.embeddings), psi.predict(conf), ks.predict(window.stats), cat.predict(window.predicted)]
+
+
+def scan_window(settings: Settings, model_dir: Path | str, start: datetime, end: datetime,
+                options: ScanOptions | None = None, report_path: Path | str | None = None,
+                store: BlobStore | None = None, metrics: Any = None) -> ScanReport:
+    """Scan one window for ``model_dir``'s model: drift, flags, relabel queue; see the module docstring."""
+    from edgeloop.blob import BlobStore
+    from edgeloop.model_card import ModelCard
+    from monitoring.model import ModelRunner
+    from monitoring.relabel import RelabelQueue
+
+    t0 = time.perf_counter()
+    options = options or ScanOptions()
+    model_dir = Path(model_dir)
+    card = ModelCard.load(model_dir)
+    profile = ReferenceProfile.load(model_dir)
+    store = store or BlobStore.from_settings(settings)
+    container = settings.blob.payloads_container
+    payload_model = options.payload_model or card.name
+    version = None if options.any_version else card.version
+    runner = _LazyRunner(lambda: ModelRunner(model_dir))
+    window = load_window(store, container, payload_model, start, end, version, runner=runner,
+                         max_stat_images=options.max_stat_images, seed=options.seed)
+    results = run_detectors(profile, window, options)
+
+    shas = [r.image_sha256 for r in window.records]
+    flags = flag_images(profile, window.probabilities, window.embeddings, shas)
+    selected = select_for_labeling(flags, window.embeddings, options.budget)
+    reasons: dict[str, int] = {}
+    for f in flags:
+        for reason in f.reasons:
+            reasons[reason] = reasons.get(reason, 0) + 1
+
+    enqueue_report: EnqueueReport | None = None
+    delivery: DeliveryReport | None = None
+    outbox_size: int | None = None
+    queue = RelabelQueue.for_settings(settings)
+    project = options.project_title or settings.labelstudio.project_title
+    if options.queue and selected:
+        items = [_relabel_item(store, card, window.records[f.index], f) for f in selected]
+        enqueue_report = queue.enqueue(project, items)
+    if options.deliver:
+        delivery = queue.deliver(settings)  # also what earlier scans could not deliver
+    outbox_size = queue.outbox_size()
+
+    selected_rows = [_selected_row(window.records[f.index], f) for f in selected]
+    report = ScanReport(
+        model=payload_model, version=card.version, start=start.isoformat(), end=end.isoformat(),
+        records=len(window.records), images=len(set(shas)), other_versions=window.other_versions,
+        drift=any(r.is_drift for r in results), results=results, flagged=len({f.sha256 for f in flags}),
+        flag_reasons=reasons, selected=selected_rows,
+        enqueue=asdict(enqueue_report) if enqueue_report else None,
+        delivery=delivery.as_dict() if delivery else None, outbox_size=outbox_size, wall_s=0.0,
+    )
+    if report_path is not None:
+        from monitoring.report import write_html_report
+
+        thumbs = _images_for(store, window, selected)
+        write_html_report(Path(report_path), report, profile, window, selected, thumbs)
+        report.report_path = str(report_path)
+    report.wall_s = time.perf_counter() - t0
+    if metrics is not None:
+        metrics.observe_scan(report)
+    return report
+
+
+class _LazyRunner:
+    """Builds the ONNX session only if some record lacks an embedding."""
+
+    def __init__(self, factory: Any):
+        self._factory = factory
+        self._runner: Any = None
+
+    def run(self, images: Any) -> Any:
+        if self._runner is None:
+            self._runner = self._factory()
+        return self._runner.run(images)
+
+
+def _relabel_item(store: BlobStore, card: Any, record: PayloadRecord, flag: Flag) -> Any:
+    from monitoring.relabel import RelabelItem
+
+    meta: dict[str, Any] = {"served_at": datetime.fromtimestamp(record.ts, UTC).isoformat(),
+                            "payload_id": record.id}
+    if record.source:
+        meta["stream"] = record.source
+    return RelabelItem(
+        sha256=record.image_sha256, blob_uri=record.image_uri, image_url=store.sas_url(record.image_uri),
+        predicted_label=record.label, score=record.score, model_version=f"{record.model}:{record.version}",
+        flag_reason=flag.reason, flag_score=flag.value, labels=list(card.labels), metadata=meta,
+    )
+
+
+def _selected_row(record: PayloadRecord, flag: Flag) -> dict[str, Any]:
+    return {"sha256": record.image_sha256, "blob_uri": record.image_uri, "label": record.label,
+            "score": round(record.score, 4), "reason": flag.reason, "value": round(flag.value, 4),
+            "margin": round(flag.margin, 4), "ood_score": round(flag.ood_score, 4)}
+
+
+def _images_for(store: BlobStore, window: Window, flags: list[Flag]) -> dict[str, np.ndarray]:
+    missing = [window.records[f.index] for f in flags if f.sha256 not in window.images]
+    images = dict(window.images)
+    if missing:
+        images.update(_download_images(store, missing))
+    return {f.sha256: images[f.sha256] for f in flags if f.sha256 in images}
