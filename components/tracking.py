@@ -1,0 +1,70 @@
+"""MLflow plumbing shared by the steps: one run per training path, resumed by id in each step."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgeloop.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def git_commit(cwd: Path = ROOT) -> str:
+    """The repository's HEAD commit, with ``-dirty`` when tracked files changed; ``unknown`` outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return f"{sha}-dirty" if dirty else sha
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def configure(tracking_uri: str, experiment: str) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+
+
+@contextlib.contextmanager
+def mlflow_run_at(tracking_uri: str, experiment: str, run_id: str | None = None,
+                  run_name: str | None = None, tags: dict[str, str] | None = None) -> Iterator[Any]:
+    """Resume ``run_id`` (or start a new run) and end it (not fail it) on exit, unless it was active."""
+    import mlflow
+
+    configure(tracking_uri, experiment)
+    active = mlflow.active_run()
+    if active is not None and (run_id is None or active.info.run_id == run_id):
+        yield active
+        return
+    with mlflow.start_run(run_id=run_id, run_name=run_name if run_id is None else None, tags=tags) as run:
+        yield run
+
+
+@contextlib.contextmanager
+def mlflow_run(settings: Settings, run_id: str | None = None, run_name: str | None = None,
+               tags: dict[str, str] | None = None) -> Iterator[Any]:
+    with mlflow_run_at(settings.mlflow_tracking_uri(), settings.mlflow.experiment, run_id, run_name, tags) as run:
+        yield run
+
+
+def start_run(settings: Settings, run_name: str | None = None, tags: dict[str, str] | None = None) -> str:
+    """Create the training path's run (git commit tagged) and return its id; steps resume it by id."""
+    base = {"edgeloop.step": "training-path", "git_commit": git_commit(), "mlflow.source.git.commit": git_commit()}
+    with mlflow_run(settings, None, run_name, {**base, **(tags or {})}) as run:
+        return str(run.info.run_id)
+
+
+def run_url(settings: Settings, run_id: str) -> str:
+    import mlflow
+
+    configure(settings.mlflow_tracking_uri(), settings.mlflow.experiment)
+    run = mlflow.get_run(run_id)
+    return f"{settings.mlflow_tracking_uri().rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
