@@ -1,0 +1,336 @@
+"""A small client for the edgeloop model server: gRPC and REST (binary tensors), sync and async.
+
+No kserve or tritonclient import: the OIP messages come from a private protobuf
+descriptor pool (:mod:`serving._oip_descriptor`), so this module can live in the same
+process as either of them. Used by the stream processor and the staging evaluation::
+
+    with GrpcClient("127.0.0.1:8081", model="inspection") as c:
+        pred = c.infer_frames(frames)          # uint8 [N,H,W,3], any H, W
+        pred.labels, pred.probabilities        # list[str], float32 [N, C]
+    RestClient("http://127.0.0.1:8080").infer_images([jpeg_bytes], version="candidate")
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import numpy as np
+import orjson
+
+INPUT = "images"
+
+
+@dataclass
+class Prediction:
+    labels: list[str]
+    probabilities: np.ndarray  # float32 [N, C]
+    embedding: np.ndarray | None  # float32 [N, D] when asked for
+    model_name: str
+    model_version: str
+
+
+class ClientError(RuntimeError):
+    """The server refused the request; ``status`` is the HTTP status or the gRPC code name."""
+
+    def __init__(self, status: int | str, message: str):
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+# ------------------------------------------------------------------------------- tensors
+def _tensor(data: np.ndarray | Sequence[bytes]) -> tuple[str, list[int], bytes]:
+    """(datatype, shape, raw bytes) for frames (UINT8), normalised input (FP32) or encoded images (BYTES)."""
+    if isinstance(data, np.ndarray):
+        if data.dtype == np.uint8:
+            return "UINT8", list(data.shape), np.ascontiguousarray(data).tobytes()
+        if data.dtype == np.float32:
+            return "FP32", list(data.shape), np.ascontiguousarray(data).tobytes()
+        raise TypeError(f"send uint8 frames or float32 normalised input, not {data.dtype}")
+    items = [bytes(b) for b in data]
+    return "BYTES", [len(items)], b"".join(struct.pack("<I", len(b)) + b for b in items)
+
+
+def _split_bytes(raw: bytes) -> list[str]:
+    out, off = [], 0
+    while off < len(raw):
+        (n,) = struct.unpack_from("<I", raw, off)
+        out.append(raw[off + 4:off + 4 + n].decode())
+        off += 4 + n
+    return out
+
+
+def _prediction(name: str, version: str, outputs: dict[str, tuple[str, list[int], Any]]) -> Prediction:
+    def arr(key: str) -> np.ndarray | None:
+        if key not in outputs:
+            return None
+        dtype, shape, data = outputs[key]
+        if isinstance(data, bytes | bytearray | memoryview):
+            return np.frombuffer(data, dtype=np.float32).reshape(shape)
+        return np.asarray(data, dtype=np.float32).reshape(shape)
+
+    label = outputs.get("label")
+    labels: list[str] = []
+    if label is not None:
+        data = label[2]
+        labels = _split_bytes(bytes(data)) if isinstance(data, bytes | bytearray | memoryview) else list(data)
+    probs = arr("probabilities")
+    return Prediction(labels, probs if probs is not None else np.empty((0, 0), np.float32), arr("embedding"),
+                      name, version)
+
+
+# ------------------------------------------------------------------------------- REST
+def rest_request(data: np.ndarray | Sequence[bytes], embedding: bool = False,
+                 binary: bool = True) -> tuple[bytes, dict[str, str]]:
+    """An OIP v2 REST body + headers (binary tensor extension, binary outputs) for ``data``."""
+    datatype, shape, raw = _tensor(data)
+    params: dict[str, Any] = {"binary_data_output": binary}
+    if embedding:
+        params["embedding"] = True
+    if binary:
+        header = orjson.dumps({"inputs": [{"name": INPUT, "shape": shape, "datatype": datatype,
+                                           "parameters": {"binary_data_size": len(raw)}}], "parameters": params})
+        return header + raw, {"Inference-Header-Content-Length": str(len(header)),
+                              "Content-Type": "application/octet-stream"}
+    if datatype == "BYTES":
+        import base64
+
+        values: Any = [{"b64": base64.b64encode(b).decode()} for b in data]  # type: ignore[union-attr]
+    else:
+        values = np.asarray(data).reshape(-1).tolist()
+    body = orjson.dumps({"inputs": [{"name": INPUT, "shape": shape, "datatype": datatype, "data": values}],
+                         "parameters": params})
+    return body, {"Content-Type": "application/json"}
+
+
+def rest_response(status: int, headers: Any, body: bytes) -> Prediction:
+    if status != 200:
+        try:
+            msg = orjson.loads(body).get("error", body[:200].decode(errors="replace"))
+        except orjson.JSONDecodeError:
+            msg = body[:200].decode(errors="replace")
+        raise ClientError(status, msg)
+    hl = headers.get("inference-header-content-length")
+    doc = orjson.loads(body[:int(hl)] if hl else body)
+    off = int(hl) if hl else 0
+    outputs = {}
+    for o in doc["outputs"]:
+        size = (o.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            data: Any = body[off:off + size]
+            off += size
+        else:
+            data = o["data"]
+        outputs[o["name"]] = (o["datatype"], o["shape"], data)
+    return _prediction(doc["model_name"], doc.get("model_version") or "", outputs)
+
+
+def _rest_path(model: str, version: str | None) -> str:
+    return f"/v2/models/{model}/versions/{version}/infer" if version else f"/v2/models/{model}/infer"
+
+
+class RestClient:
+    def __init__(self, url: str, model: str = "inspection", timeout_s: float = 30.0, binary: bool = True):
+        import httpx
+
+        self.model = model
+        self.binary = binary
+        self._http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s)
+
+    def infer(self, data: np.ndarray | Sequence[bytes], version: str | None = None,
+              embedding: bool = False) -> Prediction:
+        body, headers = rest_request(data, embedding, self.binary)
+        r = self._http.post(_rest_path(self.model, version), content=body, headers=headers)
+        return rest_response(r.status_code, r.headers, r.content)
+
+    def infer_frames(self, frames: np.ndarray, version: str | None = None, embedding: bool = False) -> Prediction:
+        return self.infer(np.asarray(frames, dtype=np.uint8), version, embedding)
+
+    def infer_images(self, images: Sequence[bytes], version: str | None = None,
+                     embedding: bool = False) -> Prediction:
+        return self.infer(list(images), version, embedding)
+
+    def ready(self) -> bool:
+        try:
+            return self._http.get("/v2/health/ready").status_code == 200
+        except Exception:
+            return False
+
+    def metadata(self, version: str | None = None) -> dict[str, Any]:
+        path = f"/v2/models/{self.model}" + (f"/versions/{version}" if version else "")
+        r = self._http.get(path)
+        if r.status_code != 200:
+            raise ClientError(r.status_code, r.text)
+        return r.json()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RestClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncRestClient:
+    def __init__(self, url: str, model: str = "inspection", timeout_s: float = 30.0, binary: bool = True,
+                 max_connections: int = 64):
+        import httpx
+
+        self.model = model
+        self.binary = binary
+        self._http = httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout_s,
+                                       limits=httpx.Limits(max_connections=max_connections,
+                                                           max_keepalive_connections=max_connections))
+
+    async def infer(self, data: np.ndarray | Sequence[bytes], version: str | None = None,
+                    embedding: bool = False) -> Prediction:
+        body, headers = rest_request(data, embedding, self.binary)
+        r = await self._http.post(_rest_path(self.model, version), content=body, headers=headers)
+        return rest_response(r.status_code, r.headers, r.content)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+# ------------------------------------------------------------------------------- gRPC
+@cache
+def _messages() -> dict[str, Any]:
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    from serving._oip_descriptor import serialized
+
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(descriptor_pb2.FileDescriptorProto.FromString(serialized()))
+    names = ("ModelInferRequest", "ModelInferResponse", "ServerReadyRequest", "ServerReadyResponse",
+             "ModelMetadataRequest", "ModelMetadataResponse")
+    return {n: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"inference.{n}")) for n in names}
+
+
+_SERVICE = "/inference.GRPCInferenceService/"
+
+
+def grpc_request(model: str, data: np.ndarray | Sequence[bytes], version: str | None = None,
+                 embedding: bool = False) -> Any:
+    """A ``ModelInferRequest`` with the tensor in ``raw_input_contents`` (no per-element encoding)."""
+    m = _messages()
+    datatype, shape, raw = _tensor(data)
+    req = m["ModelInferRequest"](model_name=model, model_version=version or "")
+    t = req.inputs.add()
+    t.name, t.datatype = INPUT, datatype
+    t.shape.extend(shape)
+    req.raw_input_contents.append(raw)
+    if embedding:
+        req.parameters["embedding"].bool_param = True
+    return req
+
+
+def grpc_response(resp: Any) -> Prediction:
+    outputs = {}
+    raws = list(resp.raw_output_contents)
+    for i, o in enumerate(resp.outputs):
+        if raws:
+            data: Any = raws[i]
+        elif o.datatype == "BYTES":
+            data = [b.decode() for b in o.contents.bytes_contents]
+        else:
+            data = list(o.contents.fp32_contents)
+        outputs[o.name] = (o.datatype, list(o.shape), data)
+    return _prediction(resp.model_name, resp.model_version, outputs)
+
+
+def _grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes)]
+
+
+class GrpcClient:
+    def __init__(self, target: str, model: str = "inspection", timeout_s: float = 30.0,
+                 max_message_bytes: int = 64 * 1024 * 1024):
+        import grpc
+
+        self.model = model
+        self.timeout_s = timeout_s
+        self._grpc = grpc
+        self._channel = grpc.insecure_channel(target, options=_grpc_options(max_message_bytes))
+        m = _messages()
+        self._infer = self._channel.unary_unary(_SERVICE + "ModelInfer",
+                                                request_serializer=m["ModelInferRequest"].SerializeToString,
+                                                response_deserializer=m["ModelInferResponse"].FromString)
+        self._ready = self._channel.unary_unary(_SERVICE + "ServerReady",
+                                                request_serializer=m["ServerReadyRequest"].SerializeToString,
+                                                response_deserializer=m["ServerReadyResponse"].FromString)
+        self._metadata = self._channel.unary_unary(
+            _SERVICE + "ModelMetadata", request_serializer=m["ModelMetadataRequest"].SerializeToString,
+            response_deserializer=m["ModelMetadataResponse"].FromString)
+
+    def infer(self, data: np.ndarray | Sequence[bytes], version: str | None = None,
+              embedding: bool = False) -> Prediction:
+        try:
+            resp = self._infer(grpc_request(self.model, data, version, embedding), timeout=self.timeout_s)
+        except self._grpc.RpcError as e:
+            raise ClientError(e.code().name, e.details() or "") from e
+        return grpc_response(resp)
+
+    def infer_frames(self, frames: np.ndarray, version: str | None = None, embedding: bool = False) -> Prediction:
+        return self.infer(np.asarray(frames, dtype=np.uint8), version, embedding)
+
+    def infer_images(self, images: Sequence[bytes], version: str | None = None,
+                     embedding: bool = False) -> Prediction:
+        return self.infer(list(images), version, embedding)
+
+    def ready(self) -> bool:
+        try:
+            return bool(self._ready(_messages()["ServerReadyRequest"](), timeout=self.timeout_s).ready)
+        except self._grpc.RpcError:
+            return False
+
+    def metadata(self, version: str | None = None) -> dict[str, Any]:
+        from google.protobuf.json_format import MessageToDict
+
+        req = _messages()["ModelMetadataRequest"](name=self.model, version=version or "")
+        try:
+            return MessageToDict(self._metadata(req, timeout=self.timeout_s))
+        except self._grpc.RpcError as e:
+            raise ClientError(e.code().name, e.details() or "") from e
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> GrpcClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncGrpcClient:
+    def __init__(self, target: str, model: str = "inspection", timeout_s: float = 30.0,
+                 max_message_bytes: int = 64 * 1024 * 1024):
+        import grpc
+        from grpc import aio
+
+        self.model = model
+        self.timeout_s = timeout_s
+        self._grpc = grpc
+        self._channel = aio.insecure_channel(target, options=_grpc_options(max_message_bytes))
+        m = _messages()
+        self._infer = self._channel.unary_unary(_SERVICE + "ModelInfer",
+                                                request_serializer=m["ModelInferRequest"].SerializeToString,
+                                                response_deserializer=m["ModelInferResponse"].FromString)
+
+    async def infer(self, data: np.ndarray | Sequence[bytes], version: str | None = None,
+                    embedding: bool = False) -> Prediction:
+        try:
+            resp = await self._infer(grpc_request(self.model, data, version, embedding), timeout=self.timeout_s)
+        except self._grpc.RpcError as e:
+            raise ClientError(e.code().name, e.details() or "") from e
+        return grpc_response(resp)
+
+    async def aclose(self) -> None:
+        await self._channel.close()

@@ -1,0 +1,173 @@
+"""Start the model server as a subprocess (tests, benchmarks, the pipeline's staging evaluation).
+
+    with running_server(["/models/v1", "models:/inspection@candidate"], settings) as srv:
+        GrpcClient(srv.grpc_target).infer_frames(frames)
+
+The server runs ``python -m serving`` (the container's entry point) on free 127.0.0.1
+ports in its own process group; the context waits for ``/v2/health/ready`` (which the
+server only reaches after every model is verified, loaded and warmed up) and the gRPC
+port, and on exit sends SIGTERM to the group, then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgeloop.config import Settings
+
+    from serving.client import GrpcClient, RestClient
+
+
+class ServerStartError(RuntimeError):
+    """The server exited or did not become ready; the message ends with its log tail."""
+
+
+@dataclass
+class ServerHandle:
+    http_port: int
+    grpc_port: int
+    process: subprocess.Popen
+    log_path: Path
+    started_s: float  # launch to ready
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def rest_client(self, model: str = "inspection", **kwargs: Any) -> RestClient:
+        from serving.client import RestClient
+
+        return RestClient(self.rest_url, model, **kwargs)
+
+    def grpc_client(self, model: str = "inspection", **kwargs: Any) -> GrpcClient:
+        from serving.client import GrpcClient
+
+        return GrpcClient(self.grpc_target, model, **kwargs)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _settings_env(settings: Settings, directory: Path) -> dict[str, str]:
+    """Hand the parent's settings to the child as a YAML file (0600: it may hold secrets)."""
+    import yaml
+    from pydantic import SecretStr
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, SecretStr):
+            return v.get_secret_value()
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    data = plain(settings.model_dump(mode="python", exclude={"config_file"}))
+    path = directory / "settings.yaml"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        yaml.safe_dump(data, fh)
+    return {"EDGELOOP_CONFIG": str(path)}
+
+
+@contextlib.contextmanager
+def running_server(models: Sequence[str | Path], settings: Settings | None = None, http_port: int | None = None,
+                   grpc_port: int | None = None, extra_args: Sequence[str] = (), admin: bool = False,
+                   env: dict[str, str] | None = None, ready_timeout_s: float = 120.0,
+                   log_dir: Path | None = None, stop_grace_s: float = 10.0) -> Iterator[ServerHandle]:
+    """Run a model server over ``models`` (directories or URIs) until the block ends."""
+    http_port = http_port or free_port()
+    grpc_port = grpc_port or free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="edgeloop-serve-", dir=log_dir))
+    log_path = workdir / "server.log"
+    child_env = {k: v for k, v in os.environ.items() if not (settings is not None and k.startswith("EDGELOOP_"))}
+    if settings is not None:
+        child_env.update(_settings_env(settings, workdir))
+    child_env.update(env or {})
+    cmd = [sys.executable, "-m", "serving", "--http_port", str(http_port), "--grpc_port", str(grpc_port),
+           "--bind_host", "127.0.0.1", "--cache_dir", str(workdir / "cache")]
+    for m in models:
+        cmd += ["--model", str(m)]
+    if admin:
+        cmd += ["--enable_admin", "true"]
+    cmd += list(extra_args)
+    t0 = time.perf_counter()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env, start_new_session=True,
+                                cwd=str(Path(__file__).resolve().parent.parent))
+    try:
+        _wait_ready(proc, http_port, grpc_port, ready_timeout_s, log_path)
+        yield ServerHandle(http_port, grpc_port, proc, log_path, time.perf_counter() - t0)
+    finally:
+        _stop(proc, stop_grace_s)
+
+
+def _wait_ready(proc: subprocess.Popen, http_port: int, grpc_port: int, timeout_s: float, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    url = f"http://127.0.0.1:{http_port}/v2/health/ready"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServerStartError(f"the model server exited with code {proc.returncode}:\n{_tail(log_path)}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200 and _port_open(grpc_port):
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        time.sleep(0.05)
+    raise ServerStartError(f"the model server was not ready after {timeout_s:.0f}s:\n{_tail(log_path)}")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _stop(proc: subprocess.Popen, grace_s: float) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
