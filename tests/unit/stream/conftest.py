@@ -1,0 +1,22 @@
+"""Fixtures for the stream processor's unit tests: a tiny model and short synthetic videos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edgeloop.stream.synthetic import build_test_model
+
+    return build_test_model(tmp_path_factory.mktemp("stream-model"), size=64)
+
+
+@pytest.fixture(scope="session")
+def short_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 s, 15 fps, 160x120 H.264 in MP4: 30 frames."""
+    from edgeloop.stream.synthetic import make_video
+
+    return make_video(tmp_path_factory.mktemp("stream-video") / "clip.mp4", seconds=2, fps=15)

@@ -1,0 +1,76 @@
+"""Result messages follow the published JSON Schema; latency quantiles are accurate with bounded memory."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jsonschema
+import numpy as np
+import pytest
+
+from edgeloop.stream.predictors import Prediction, decode_bytes_tensor
+from edgeloop.stream.queues import Frame
+from edgeloop.stream.result import build_result, encode, result_schema, topic_for
+from edgeloop.stream.stats import LatencyHistogram
+
+
+def _result(**overrides):
+    frame = Frame("cam-1", 42, np.zeros((2, 2, 3), np.uint8), time.time(), time.monotonic(), media_time=1.4)
+    pred = Prediction("scratch", 0.7, np.array([0.2, 0.7, 0.1], np.float32))
+    kwargs = dict(line="line1", model_name="inspect", model_version="3", labels=["ok", "scratch", "dent"],
+                  latency_s=0.0123)
+    kwargs.update(overrides)
+    return build_result(frame, pred, **kwargs)
+
+
+def test_result_validates_against_the_schema():
+    jsonschema.Draft202012Validator.check_schema(result_schema())
+    result = _result()
+    jsonschema.validate(json.loads(encode(result)), result_schema())
+    assert result["top"][0] == {"label": "scratch", "score": pytest.approx(0.7)}
+    assert [t["label"] for t in result["top"]] == ["scratch", "ok", "dent"]
+    assert result["latency_ms"] == pytest.approx(12.3)
+    assert (result["camera"], result["frame_index"], result["model"]) == ("cam-1", 42, {"name": "inspect",
+                                                                                        "version": "3"})
+
+
+def test_result_without_labels_or_version_is_still_valid():
+    result = _result(labels=None, model_version=None)
+    jsonschema.validate(result, result_schema())
+    assert result["top"] == [{"label": "scratch", "score": pytest.approx(0.7)}]
+
+
+@pytest.mark.parametrize("breaks", [
+    lambda r: r.pop("frame_index"),
+    lambda r: r.update(score=1.5),
+    lambda r: r.update(camera="a/b"),
+    lambda r: r.update(extra=1),
+    lambda r: r["model"].pop("version"),
+])
+def test_schema_rejects_broken_results(breaks):
+    result = _result()
+    breaks(result)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(result, result_schema())
+
+
+def test_topic():
+    assert topic_for("edgeloop/results/", "line1", "cam-1") == "edgeloop/results/line1/cam-1"
+
+
+def test_latency_histogram_quantiles_match_numpy():
+    rng = np.random.default_rng(0)
+    samples = rng.lognormal(mean=np.log(0.02), sigma=0.6, size=20_000)
+    h = LatencyHistogram()
+    for s in samples:
+        h.record(float(s))
+    for q in (0.5, 0.9, 0.99):
+        assert h.quantile(q) == pytest.approx(np.quantile(samples, q), rel=0.02)
+    assert h.count == 20_000 and h.max == pytest.approx(samples.max())
+    assert LatencyHistogram().quantile(0.5) is None
+
+
+def test_decode_bytes_tensor():
+    raw = b"".join(len(s).to_bytes(4, "little") + s for s in (b"ok", b"", b"dent"))
+    assert decode_bytes_tensor(raw) == ["ok", "", "dent"]
