@@ -1,0 +1,184 @@
+"""`edgeloop pipeline compile|run|submit|schedule`, `edgeloop approve|reject|rollback`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from edgeloop.errors import user_errors
+
+if TYPE_CHECKING:
+    from edgeloop.config import Settings
+
+_param = click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
+                      help="A pipeline parameter (repeatable), e.g. -p epochs=5 -p min_accuracy=0.8.")
+
+
+def _parse_params(params: tuple[str, ...]) -> dict[str, object]:
+    from pipelines.training_pipeline import parameter_types
+
+    types = parameter_types()
+    out: dict[str, object] = {}
+    for item in params:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--param")
+        if key not in types:
+            raise click.BadParameter(f"unknown pipeline parameter {key!r}; known: {', '.join(sorted(types))}",
+                                     param_hint="--param")
+        kind = types[key]
+        try:
+            if kind is bool:
+                out[key] = value.lower() in ("1", "true", "yes", "on")
+            else:
+                out[key] = kind(value)
+        except ValueError as e:
+            raise click.BadParameter(f"{key}: {e}", param_hint="--param") from e
+    return out
+
+
+def _for_model(settings: Settings, model: str | None) -> Settings:
+    if not model or model == settings.mlflow.registered_model:
+        return settings
+    return settings.model_copy(update={"mlflow": settings.mlflow.model_copy(update={"registered_model": model})})
+
+
+@click.group()
+def pipeline() -> None:
+    """The Kubeflow training pipeline: label import -> dataset -> DDP training -> ONNX -> staging
+    evaluation -> registry + human gate -> image build -> deploy."""
+
+
+@pipeline.command()
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
+              help="Output YAML (default: pipelines/compiled/training_pipeline.yaml).")
+def compile(out: Path | None) -> None:  # noqa: A001 - the command's name
+    """Compile the pipeline to KFP IR YAML (what you upload to Kubeflow)."""
+    from pipelines.runner import compile_pipeline
+
+    path = compile_pipeline(out)
+    click.echo(f"wrote {path}")
+
+
+@pipeline.command()
+@click.option("--local", "local", is_flag=True, required=True,
+              help="Run on this machine with the KFP local subprocess runner (against the local stack).")
+@click.option("--auto-approve", is_flag=True, help="Approve the candidate automatically (recorded as such).")
+@_param
+@click.option("--pipeline-root", type=click.Path(path_type=Path), default=None,
+              help="Where task outputs go (default: <state_dir>/kfp-local).")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@click.pass_obj
+@user_errors
+def run(obj, local: bool, auto_approve: bool, params: tuple[str, ...], pipeline_root: Path | None,
+        as_json: bool) -> None:
+    """Run the whole pipeline locally, end to end."""
+    from pipelines.runner import run_local
+
+    args = _parse_params(params)
+    if auto_approve:
+        args["auto_approve"] = True
+    outcome = run_local(obj.settings, args, pipeline_root=pipeline_root)
+    if as_json:
+        click.echo(json.dumps(outcome.as_dict(), indent=2, default=str))
+    else:
+        click.echo(outcome.summary())
+    if not outcome.succeeded:
+        raise SystemExit(1)
+
+
+@pipeline.command()
+@click.option("--host", required=True, help="Kubeflow Pipelines API URL, e.g. http://localhost:8080.")
+@_param
+@click.option("--experiment", default="edgeloop", show_default=True)
+@click.option("--run-name", default=None)
+@click.option("--namespace", default=None, help="Kubeflow profile namespace (multi-user installs).")
+@click.pass_obj
+@user_errors
+def submit(obj, host: str, params: tuple[str, ...], experiment: str, run_name: str | None,
+           namespace: str | None) -> None:
+    """Upload the compiled pipeline and start a run (kfp.Client)."""
+    from pipelines.runner import submit_run
+
+    url = submit_run(host, _parse_params(params), experiment=experiment, run_name=run_name, namespace=namespace)
+    click.echo(f"started: {url}")
+
+
+@pipeline.command()
+@click.option("--host", required=True, help="Kubeflow Pipelines API URL.")
+@click.option("--cron", required=True, help="Cron expression with seconds, e.g. '0 0 3 * * *' (03:00 daily).")
+@_param
+@click.option("--experiment", default="edgeloop", show_default=True)
+@click.option("--name", "job_name", default="edgeloop-retrain", show_default=True)
+@click.option("--max-concurrency", default=1, show_default=True)
+@click.option("--namespace", default=None)
+@click.pass_obj
+@user_errors
+def schedule(obj, host: str, cron: str, params: tuple[str, ...], experiment: str, job_name: str,
+             max_concurrency: int, namespace: str | None) -> None:
+    """Create a recurring run (label import is never cached, so each run sees the latest labels)."""
+    from pipelines.runner import schedule_runs
+
+    job_id = schedule_runs(host, cron, _parse_params(params), experiment=experiment, job_name=job_name,
+                           max_concurrency=max_concurrency, namespace=namespace)
+    click.echo(f"recurring run {job_name} created (id {job_id}), cron '{cron}'")
+
+
+# -- the human gate -------------------------------------------------------------------------------------------
+def _decide(obj, decision: str, model: str, version: str, by: str, note: str, evidence: str | None) -> None:
+    from pipelines import registry
+
+    settings = _for_model(obj.settings, model)
+    d = registry.record_decision(settings, version, decision, by=by, note=note, mode="human",
+                                 evidence_digest=evidence)
+    click.echo(f"{d.name} version {d.version} {d.decision} by {d.by} at {d.at} "
+               f"(evidence {d.evidence_digest[:12] or 'n/a'})")
+
+
+@click.command()
+@click.argument("model")
+@click.argument("version")
+@click.option("--by", required=True, help="Who approves (name or e-mail); recorded on the version.")
+@click.option("--note", default="", help="Why (recorded).")
+@click.option("--evidence", default=None,
+              help="Digest of the evidence you reviewed (tag edgeloop.evidence_digest); refused if it changed.")
+@click.pass_obj
+@user_errors
+def approve(obj, model: str, version: str, by: str, note: str, evidence: str | None) -> None:
+    """Approve candidate VERSION of MODEL: the waiting pipeline run goes on to build and deploy."""
+    _decide(obj, "approved", model, version, by, note, evidence)
+
+
+@click.command()
+@click.argument("model")
+@click.argument("version")
+@click.option("--by", required=True, help="Who rejects; recorded on the version.")
+@click.option("--note", default="", help="Why (recorded).")
+@click.pass_obj
+@user_errors
+def reject(obj, model: str, version: str, by: str, note: str) -> None:
+    """Reject candidate VERSION of MODEL: the waiting pipeline run stops before image build and deploy."""
+    _decide(obj, "rejected", model, version, by, note, None)
+
+
+@click.command()
+@click.argument("model")
+@click.option("--no-deploy", is_flag=True, help="Only move the alias; do not re-render/apply the deployment.")
+@click.pass_obj
+@user_errors
+def rollback(obj, model: str, no_deploy: bool) -> None:
+    """Point champion back at the previous champion of MODEL and redeploy it."""
+    from pipelines import registry
+
+    settings = _for_model(obj.settings, model)
+    if no_deploy:
+        old, new = registry.rollback(settings)
+        click.echo(f"{model}: champion {old} -> {new}")
+        return
+    from pipelines.deploy import rollback_and_deploy
+
+    old, new, where = rollback_and_deploy(settings)
+    click.echo(f"{model}: champion {old} -> {new}; deployed to {where}")

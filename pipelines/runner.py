@@ -1,0 +1,257 @@
+"""Compile, run locally (KFP SubprocessRunner), submit to Kubeflow, schedule recurring runs."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeloop.errors import EdgeloopError
+
+if TYPE_CHECKING:
+    from edgeloop.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPILED = Path(__file__).resolve().parent / "compiled" / "training_pipeline.yaml"
+# Parameters a local run sets on top of the pipeline's (cluster-oriented) defaults.
+LOCAL_DEFAULTS: dict[str, Any] = {"image_builder": "local", "deploy_target": "gitops"}
+
+
+class PipelineRunError(EdgeloopError):
+    """A pipeline step failed; the message names the step and the cause."""
+
+
+def compile_pipeline(out: Path | None = None) -> Path:
+    from kfp import compiler
+
+    from pipelines.training_pipeline import training_pipeline
+
+    out = Path(out) if out else COMPILED
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(training_pipeline, str(out))
+    return out
+
+
+def git_commit() -> str:
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        sha = r.stdout.strip() if r.returncode == 0 else ""
+        if sha:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return "unknown"
+
+
+# -- local runs ------------------------------------------------------------------------------------------------------
+@dataclass
+class TaskResult:
+    name: str
+    state: str  # succeeded | failed | cached | skipped
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LocalOutcome:
+    run_name: str
+    run_dir: str
+    seconds: float
+    succeeded: bool
+    tasks: dict[str, TaskResult]
+    version: str | None = None
+    gate_passed: bool | None = None
+    decision: str | None = None
+    deployed_to: str | None = None
+    failed_step: str | None = None
+    cause: str | None = None
+    model: str = ""
+    tracking_uri: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        lines = [f"pipeline run {self.run_name}: {'succeeded' if self.succeeded else 'FAILED'} "
+                 f"in {self.seconds:.1f} s (outputs under {self.run_dir})"]
+        if self.failed_step:
+            lines.append(f"  failed step: {self.failed_step}: {self.cause}")
+        if self.version:
+            lines.append(f"  registered {self.model} version {self.version}: gate "
+                         f"{'passed' if self.gate_passed else 'FAILED'}")
+        if self.decision:
+            lines.append(f"  decision: {self.decision}")
+        if self.deployed_to:
+            lines.append(f"  deployed to {self.deployed_to}; alias champion -> version {self.version}")
+        elif self.succeeded and self.version:
+            lines.append("  not deployed (rejected or waiting ended); see the version's tags in MLflow")
+        if self.tracking_uri:
+            lines.append(f"  MLflow: {self.tracking_uri}/#/models/{self.model}")
+        return "\n".join(lines)
+
+
+class _Tee(io.TextIOBase):
+    """Copy of what the local runner prints, so a failure's cause can be named."""
+
+    def __init__(self, stream: Any):
+        self.stream, self.buf = stream, io.StringIO()
+
+    def write(self, s: str) -> int:
+        self.buf.write(s)
+        return self.stream.write(s)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _failure_cause(log_text: str, step: str) -> str:
+    """The last exception line printed by the failed step."""
+    text = _ANSI.sub("", log_text)
+    start = text.rfind(f"Executing task '{step}'")
+    chunk = text[start:] if start >= 0 else text
+    exc = [ln.strip() for ln in chunk.splitlines()
+           if re.match(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Failed|Rejected|Interrupt)|[\w.]+Error)\b.*:", ln)]
+    return exc[-1] if exc else "see the step's log above"
+
+
+def _read_task_outputs(task_dir: Path) -> dict[str, Any]:
+    eo = task_dir / "executor_output.json"
+    if not eo.exists():
+        return {}
+    data = json.loads(eo.read_text())
+    out = dict(data.get("parameterValues", {}))
+    for name, arts in (data.get("artifacts") or {}).items():
+        a = (arts.get("artifacts") or [{}])[0]
+        out[name] = {"uri": a.get("uri"), "metadata": a.get("metadata", {})}
+    return out
+
+
+def run_local(settings: Settings, params: dict[str, Any] | None = None, *, pipeline_root: Path | None = None,
+              enable_caching: bool = True) -> LocalOutcome:
+    """Run the pipeline on this machine with ``kfp.local.SubprocessRunner(use_venv=False)``.
+
+    The steps run as subprocesses of this venv and inherit this process's environment; the
+    settings reach them through ``EDGELOOP_STATE_DIR`` (and ``EDGELOOP_CONFIG`` if a config file
+    was given), so they talk to the same local stack.
+    """
+    from kfp import local
+
+    from pipelines.training_pipeline import PIPELINE_NAME, training_pipeline
+
+    root = Path(pipeline_root) if pipeline_root else settings.state_dir / "kfp-local"
+    root.mkdir(parents=True, exist_ok=True)
+    args = {**LOCAL_DEFAULTS, "git_commit": git_commit(), **(params or {})}
+    env = {"EDGELOOP_STATE_DIR": str(settings.state_dir)}
+    if settings.config_file:
+        env["EDGELOOP_CONFIG"] = str(settings.config_file)
+    if settings.mlflow.registered_model != type(settings.mlflow)().registered_model:
+        env["EDGELOOP_MLFLOW__REGISTERED_MODEL"] = settings.mlflow.registered_model
+    if settings.mlflow.experiment != type(settings.mlflow)().experiment:
+        env["EDGELOOP_MLFLOW__EXPERIMENT"] = settings.mlflow.experiment
+    if settings.labelstudio.project_title != type(settings.labelstudio)().project_title:
+        env["EDGELOOP_LABELSTUDIO__PROJECT_TITLE"] = settings.labelstudio.project_title
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), enable_caching=enable_caching,
+               raise_on_error=True)
+    before = {p.name for p in root.glob(f"{PIPELINE_NAME}-*")}
+    tee = _Tee(sys.stdout)
+    t0 = time.perf_counter()
+    error: BaseException | None = None
+    try:
+        with contextlib.redirect_stdout(tee):
+            training_pipeline(**args)
+    except RuntimeError as e:
+        error = e
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    seconds = time.perf_counter() - t0
+    new = sorted(p for p in root.glob(f"{PIPELINE_NAME}-*") if p.name not in before)
+    run_dir = new[-1] if new else root
+    log_text = _ANSI.sub("", tee.buf.getvalue())
+    tasks: dict[str, TaskResult] = {}
+    for m in re.finditer(r"Task '([\w-]+)' finished with status (\w+)", log_text):
+        tasks[m.group(1)] = TaskResult(m.group(1), m.group(2).lower())
+    for m in re.finditer(r"Task '?([\w-]+)'? cache hit", log_text):
+        tasks.setdefault(m.group(1), TaskResult(m.group(1), "cached")).state = "cached"
+    for d in run_dir.iterdir() if run_dir.is_dir() else []:
+        if d.is_dir():
+            tasks.setdefault(d.name, TaskResult(d.name, "succeeded")).outputs = _read_task_outputs(d)
+    reg = tasks.get("register-model")
+    outcome = LocalOutcome(run_name=run_dir.name, run_dir=str(run_dir), seconds=round(seconds, 2),
+                           succeeded=error is None, tasks=tasks, model=settings.mlflow.registered_model)
+    with contextlib.suppress(Exception):
+        outcome.tracking_uri = settings.mlflow_tracking_uri()
+    if reg and reg.outputs:
+        outcome.version = reg.outputs.get("version")
+        outcome.gate_passed = reg.outputs.get("gate_passed")
+    appr = tasks.get("await-approval")
+    if appr and appr.outputs:
+        outcome.decision = appr.outputs.get("Output")
+    for name, t in tasks.items():
+        if name.startswith("deploy-model") and t.outputs.get("Output"):
+            outcome.deployed_to = t.outputs["Output"]
+    if error is not None:
+        chain = re.findall(r"'([\w-]+)'", _ANSI.sub("", str(error)).partition("Inner task failed:")[2])
+        failed = [n for n, t in tasks.items() if t.state == "failure"]
+        outcome.failed_step = chain[0] if chain else (failed[0] if failed else None)
+        outcome.cause = _failure_cause(log_text, outcome.failed_step) if outcome.failed_step else str(error)
+    return outcome
+
+
+# -- Kubeflow --------------------------------------------------------------------------------------------------------
+def _client(host: str, namespace: str | None = None):
+    import kfp
+
+    return kfp.Client(host=host, namespace=namespace)
+
+
+def _package(tmp: Path) -> Path:
+    return compile_pipeline(tmp / "training_pipeline.yaml")
+
+
+def submit_run(host: str, params: dict[str, Any], *, experiment: str = "edgeloop", run_name: str | None = None,
+               namespace: str | None = None) -> str:
+    import tempfile
+
+    client = _client(host, namespace)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = _package(Path(tmp))
+        result = client.create_run_from_pipeline_package(
+            str(package), arguments=params, run_name=run_name or f"edgeloop-training-{time.strftime('%Y%m%d-%H%M%S')}",
+            experiment_name=experiment, namespace=namespace, enable_caching=None)
+    return f"{host.rstrip('/')}/#/runs/details/{result.run_id}"
+
+
+def schedule_runs(host: str, cron: str, params: dict[str, Any], *, experiment: str = "edgeloop",
+                  job_name: str = "edgeloop-retrain", max_concurrency: int = 1, namespace: str | None = None) -> str:
+    """A recurring run. ``snapshot-labels`` is never cached, so each scheduled run trains on the labels of its time
+    (unchanged labels -> same manifest digest -> the dataset/training steps are reused from the cache)."""
+    import tempfile
+
+    if len(cron.split()) != 6:
+        raise PipelineRunError(f"cron {cron!r} needs 6 fields (seconds first), e.g. '0 0 3 * * *' for 03:00 daily")
+    client = _client(host, namespace)
+    exp = client.create_experiment(experiment, namespace=namespace)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = _package(Path(tmp))
+        job = client.create_recurring_run(
+            experiment_id=exp.experiment_id, job_name=job_name, cron_expression=cron,
+            max_concurrency=max_concurrency, pipeline_package_path=str(package), params=params, no_catchup=True)
+    return str(getattr(job, "recurring_run_id", None) or getattr(job, "id", ""))

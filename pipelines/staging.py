@@ -1,0 +1,242 @@
+"""Staging evaluation of a candidate through the real model server.
+
+The candidate (chosen precision) is served by edgeloop's KServe server, started
+for the evaluation on free local ports; every held-out test image is sent
+through it (REST, OIP v2, one image per request, as a camera client would) for
+predictions and latency. The fp32 reference and the current champion run
+in-process with ONNX Runtime on the same images, for parity and for the
+no-regression rule. The result: an :class:`EvaluationReport` for the candidate
+(and the champion), the gate's decision and the Markdown evidence report.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgeloop.errors import EdgeloopError
+from pipelines.evaluation import EvaluationReport, evaluate_predictions, render_markdown
+from pipelines.gate import GateDecision, GateThresholds, evaluate_rules
+
+if TYPE_CHECKING:
+    from edgeloop.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class StagingError(EdgeloopError):
+    """The staging evaluation could not run (no test images, the server did not start or answer)."""
+
+
+@dataclass
+class TestImage:
+    data: bytes
+    label: str
+    meta: dict[str, Any]
+
+
+@dataclass
+class StagingResult:
+    report: EvaluationReport
+    champion_report: EvaluationReport | None
+    champion_version: str | None
+    decision: GateDecision
+    markdown: str
+
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps({
+            "report": self.report.model_dump(mode="json"),
+            "champion_report": self.champion_report.model_dump(mode="json") if self.champion_report else None,
+            "champion_version": self.champion_version,
+            "decision": self.decision.model_dump(mode="json"),
+            "markdown": self.markdown,
+        }, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> StagingResult:
+        import json
+
+        d = json.loads(text)
+        return cls(report=EvaluationReport.model_validate(d["report"]),
+                   champion_report=EvaluationReport.model_validate(d["champion_report"]) if d["champion_report"] else None,
+                   champion_version=d["champion_version"], decision=GateDecision.model_validate(d["decision"]),
+                   markdown=d["markdown"])
+
+
+def load_split_images(dataset_dir: Path, split: str = "test") -> list[TestImage]:
+    from components.dataset import load_rows
+
+    dataset_dir = Path(dataset_dir)
+    return [TestImage((dataset_dir / r.file).read_bytes(), r.label, dict(r.metadata or {}))
+            for r in load_rows(dataset_dir, split)]
+
+
+def test_set_digest(images: Sequence[TestImage]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for img in sorted(images, key=lambda i: hashlib.sha256(i.data).hexdigest()):
+        h.update(hashlib.sha256(img.data).digest() + img.label.encode())
+    return h.hexdigest()
+
+
+def _rgb(data: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def predict_in_process(model_dir: Path, images: Sequence[TestImage]) -> np.ndarray:
+    from monitoring.model import ModelRunner
+
+    return ModelRunner(model_dir).run([_rgb(i.data) for i in images]).probabilities
+
+
+class RestV2Client:
+    """Minimal OIP v2 REST client: one encoded image per request, JSON body with a b64 BYTES tensor."""
+
+    def __init__(self, base_url: str, model_name: str, input_name: str, timeout_s: float = 30.0):
+        import httpx
+
+        self.url = f"{base_url.rstrip('/')}/v2/models/{model_name}/infer"
+        self.input_name = input_name
+        self.http = httpx.Client(timeout=timeout_s)
+
+    def infer(self, image: bytes) -> np.ndarray:
+        body = {"inputs": [{"name": self.input_name, "shape": [1], "datatype": "BYTES",
+                            "data": [{"b64": base64.b64encode(image).decode()}]}],
+                "outputs": [{"name": "probabilities"}]}
+        r = self.http.post(self.url, json=body)
+        if r.status_code != 200:
+            raise StagingError(f"the staging server answered {r.status_code} to {self.url}: {r.text[:300]}")
+        for out in r.json()["outputs"]:
+            if out["name"] == "probabilities":
+                return np.asarray(out["data"], dtype=np.float64).reshape(out["shape"])[0]
+        raise StagingError(f"the staging server's answer has no 'probabilities' output: {r.text[:300]}")
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def serve_and_measure(model_dir: Path, images: Sequence[TestImage], latency_requests: int = 200,
+                      warmup: int = 5) -> tuple[np.ndarray, list[float]]:
+    """Start the real model server on ``model_dir``; return per-image probabilities and request latencies (ms)."""
+    from edgeloop.model_card import ModelCard
+    from serving.launcher import running_server
+
+    card = ModelCard.load(model_dir)
+    with running_server(model_dir) as server:
+        model_name = getattr(server, "model_name", None) or card.name
+        client = RestV2Client(server.rest_url, model_name, card.input_name)
+        try:
+            for i in range(min(warmup, len(images))):
+                client.infer(images[i].data)
+            probs, latencies = [], []
+            total = max(latency_requests, len(images))
+            for k in range(total):
+                img = images[k % len(images)]
+                t0 = time.perf_counter()
+                p = client.infer(img.data)
+                latencies.append((time.perf_counter() - t0) * 1000.0)
+                if k < len(images):
+                    probs.append(p)
+        finally:
+            client.close()
+    return np.stack(probs), latencies
+
+
+def run_staging_evaluation(settings: Settings | None, dataset_dir: Path, model_dir: Path,
+                           reference_model_dir: Path | None = None,
+                           thresholds: GateThresholds | None = None, latency_requests: int = 200,
+                           compare_with_champion: bool = True,
+                           serve: Callable[..., tuple[np.ndarray, list[float]]] | None = None) -> StagingResult:
+    from edgeloop.model_card import ModelCard
+
+    model_dir = Path(model_dir)
+    card = ModelCard.load(model_dir)
+    card.verify(model_dir)
+    images = load_split_images(dataset_dir, "test")
+    if not images:
+        raise StagingError(f"the dataset in {dataset_dir} has no test images; label more images "
+                           "(each class needs a few in the held-out split)")
+    unknown = sorted({i.label for i in images} - set(card.labels))
+    if unknown:
+        raise StagingError(f"test images carry labels the model does not know: {unknown} (model: {card.labels})")
+    y_true = [card.labels.index(i.label) for i in images]
+    metas = [i.meta for i in images]
+    digest = test_set_digest(images)
+
+    probs, latencies = (serve or serve_and_measure)(model_dir, images, latency_requests)
+    reference = predict_in_process(reference_model_dir, images) if reference_model_dir else None
+    report = evaluate_predictions(card.labels, y_true, probs, metas=metas, latencies_ms=latencies,
+                                  reference_probs=reference, precision=card.precision.value,
+                                  model_digest=card.digest(), test_set_digest=digest)
+
+    champion_report, champion_version = None, None
+    if compare_with_champion and settings is not None:
+        champion_report, champion_version = evaluate_champion(settings, images, y_true, metas, digest, card.labels)
+    decision = evaluate_rules(report, champion_report, thresholds)
+    title = f"Staging evaluation of {card.name} ({card.architecture}, {card.precision.value})"
+    if champion_version:
+        title += f" vs champion v{champion_version}"
+    md = render_markdown(report, decision, champion_report, title=title)
+    return StagingResult(report, champion_report, champion_version, decision, md)
+
+
+def evaluate_champion(settings: Settings, images: Sequence[TestImage], y_true: Sequence[int],
+                      metas: Sequence[dict[str, Any]], digest: str,
+                      labels: Sequence[str]) -> tuple[EvaluationReport | None, str | None]:
+    """The current champion on the same test images (in-process), or (None, None) without a champion."""
+    from edgeloop.model_card import ModelCard
+    from pipelines import registry
+
+    version = registry.champion_version(settings)
+    if version is None:
+        return None, None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = registry.download_version(settings, version, Path(tmp))
+        champ_card = ModelCard.load(path)
+        if list(champ_card.labels) != list(labels):
+            log.warning("champion v%s has labels %s, the candidate %s: comparing shared classes only",
+                        version, champ_card.labels, labels)
+            keep = [k for k, i in enumerate(images) if i.label in champ_card.labels]
+            images = [images[k] for k in keep]
+            metas = [metas[k] for k in keep]
+            y_true = [champ_card.labels.index(i.label) for i in images]
+        probs = predict_in_process(path, images)
+        rep = evaluate_predictions(champ_card.labels, y_true, probs, metas=metas,
+                                   precision=champ_card.precision.value, model_digest=champ_card.digest(),
+                                   test_set_digest=digest)
+    return rep, version
+
+
+def stage_model(model_dir: Path, out_dir: Path, dataset_dir: Path) -> Path:
+    """Copy the candidate to ``out_dir`` and add its monitoring reference profile (validation images)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    shutil.copytree(model_dir, out_dir)
+    try:
+        from monitoring.profile import build_reference_profile
+    except ImportError:  # pragma: no cover - monitoring not installed
+        log.warning("monitoring is not available: no reference profile stored with the model")
+        return out_dir
+    images = load_split_images(dataset_dir, "val")
+    if len(images) < 10:
+        images += load_split_images(dataset_dir, "train")[: 300 - len(images)]
+    build_reference_profile(out_dir, [_rgb(i.data) for i in images[:300]])
+    return out_dir

@@ -1,0 +1,123 @@
+"""The edgeloop training pipeline (KFP v2).
+
+    snapshot-labels (never cached) -> build-dataset -> train-model (DDP) -> export-onnx
+      -> select-precision -> staging-evaluation (real model server) -> register-model
+      -> [gate passed] await-approval -> [approved] prepare-image-build
+      -> kaniko-build (cluster) | local-image-build (local) -> deploy-model (moves champion)
+
+Caching: ``snapshot-labels`` is never cached; it writes the label manifest to
+blob storage under its own sha256 and passes that URI on. ``build-dataset``,
+``train-model``, ``export-onnx`` and ``select-precision`` are cached on their
+inputs, so a run over unchanged labels reuses them, and a run over new labels
+(a new manifest digest) recomputes them: a scheduled run can never train on a
+stale label import. Steps with side effects or that depend on the registry's
+state (evaluation vs the current champion, register, approval, build, deploy)
+are never cached.
+
+Every default below is a literal: nothing is read from the environment at
+import or compile time. Service endpoints reach the steps at run time through
+``config_file`` / ``EDGELOOP_*`` variables of the step's environment.
+"""
+
+
+from kfp import dsl
+
+from pipelines import steps
+
+PIPELINE_NAME = "edgeloop-training"
+
+
+@dsl.pipeline(name=PIPELINE_NAME, description="Label Studio labels -> DDP training -> ONNX -> staging evaluation "
+                                              "-> human-gated registry -> serving image -> KServe deploy.")
+def training_pipeline(
+    project: str = "",
+    label_policy: str = "latest",
+    architecture: str = "resnet18",
+    epochs: int = 20,
+    batch_size: int = 32,
+    image_size: int = 96,
+    learning_rate: float = 0.002,
+    nproc_per_node: int = 2,
+    seed: int = 0,
+    target_profile: str = "cpu-avx2",
+    min_accuracy: float = 0.7,
+    max_regression: float = 0.02,
+    min_class_recall: float = 0.5,
+    class_recall_floors: dict = {},  # noqa: B006 - KFP parameter default, never mutated
+    max_latency_p95_ms: float = 250.0,
+    max_ece: float = 0.25,
+    max_parity_diff: float = 0.05,
+    latency_requests: int = 200,
+    approval_timeout_s: float = 86400.0,
+    approval_poll_s: float = 15.0,
+    auto_approve: bool = False,
+    image_builder: str = "kaniko",
+    image_repository: str = "ghcr.io/edgeloop/edgeloop-serving",
+    deploy_target: str = "auto",
+    namespace: str = "edgeloop",
+    gitops_dir: str = "",
+    git_commit: str = "",
+    config_file: str = "",
+) -> None:
+    """Parameters a Kubeflow UI user sets: project (Label Studio project title, empty: the configured one),
+    model architecture, epochs, gate thresholds, approval timeout, target hardware profile, auto_approve."""
+    labels = steps.snapshot_labels(project=project, label_policy=label_policy, config_file=config_file)
+    labels.set_caching_options(False)  # always a fresh export: see the module docstring
+
+    dataset = steps.build_dataset(manifest_uri=labels.outputs["manifest_uri"], config_file=config_file)
+    trained = steps.train_model(dataset=dataset.outputs["dataset"], architecture=architecture, epochs=epochs,
+                                batch_size=batch_size, image_size=image_size, learning_rate=learning_rate,
+                                nproc_per_node=nproc_per_node, seed=seed, config_file=config_file)
+    trained.set_cpu_limit("8").set_memory_limit("16G")
+    exported = steps.export_onnx(model=trained.outputs["model"], dataset=dataset.outputs["dataset"])
+    chosen = steps.select_precision(onnx_model=exported.outputs["onnx_model"], dataset=dataset.outputs["dataset"],
+                                    target_profile=target_profile)
+
+    staging = steps.staging_evaluation(
+        dataset=dataset.outputs["dataset"], candidate=chosen.outputs["chosen_model"],
+        reference=exported.outputs["onnx_model"], min_accuracy=min_accuracy, max_regression=max_regression,
+        min_class_recall=min_class_recall, class_recall_floors=class_recall_floors,
+        max_latency_p95_ms=max_latency_p95_ms, max_ece=max_ece, max_parity_diff=max_parity_diff,
+        latency_requests=latency_requests, config_file=config_file)
+    staging.set_cpu_limit("4").set_memory_limit("8G").set_caching_options(False)  # depends on the champion
+
+    registered = steps.register_model(
+        staged_model=staging.outputs["staged_model"], evaluation=staging.outputs["evaluation"],
+        dataset=dataset.outputs["dataset"], dataset_version=dataset.outputs["Output"],
+        labels_digest=labels.outputs["labels_digest"], pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        git_commit=git_commit, architecture=architecture, target_profile=target_profile, config_file=config_file)
+    registered.set_caching_options(False)
+
+    with dsl.If(registered.outputs["gate_passed"] == True, name="gate-passed"):  # noqa: E712 - KFP condition
+        approval = steps.await_approval(version=registered.outputs["version"], timeout_s=approval_timeout_s,
+                                        poll_s=approval_poll_s, auto_approve=auto_approve,
+                                        pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, config_file=config_file)
+        approval.set_caching_options(False)
+        with dsl.If(approval.output == "approved", name="approved"):
+            context = steps.prepare_image_build(image_repository=image_repository).set_caching_options(False)
+            with dsl.If(image_builder == "kaniko", name="build-in-cluster"):
+                kaniko = steps.kaniko_build(context=context.outputs["context"], image=context.outputs["image"],
+                                            needs_build=context.outputs["needs_build"]).set_caching_options(False)
+                steps.deploy_model(version=registered.outputs["version"], image=context.outputs["image"],
+                                   deploy_target=deploy_target, namespace=namespace, gitops_dir=gitops_dir,
+                                   config_file=config_file).after(kaniko).set_caching_options(False)
+            with dsl.Else(name="build-locally"):
+                local = steps.local_image_build(context=context.outputs["context"],
+                                                image=context.outputs["image"],
+                                                config_file=config_file).set_caching_options(False)
+                steps.deploy_model(version=registered.outputs["version"], image=context.outputs["image"],
+                                   deploy_target=deploy_target, namespace=namespace, gitops_dir=gitops_dir,
+                                   config_file=config_file).after(local).set_caching_options(False)
+
+
+def parameter_types() -> dict[str, type]:
+    """Pipeline parameter name -> Python type (for the CLI's ``-p KEY=VALUE``)."""
+    import inspect
+
+    sig = inspect.signature(training_pipeline.pipeline_func)
+    mapping = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict}
+    out: dict[str, type] = {}
+    for name, p in sig.parameters.items():
+        ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "str")
+        out[name] = mapping.get(ann, str)
+    return out
