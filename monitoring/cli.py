@@ -46,13 +46,15 @@ def resolve_model_dir(settings: Any, model_dir: Path | None, model: str | None, 
     return cards[0].parent
 
 
-def _options(budget: int, alpha: float, permutations: int, any_version: bool, no_queue: bool,
-             project: str | None, payload_model: str | None) -> Any:
+def _options(kw: dict[str, Any]) -> Any:
+    """ScanOptions from the shared options (popped from ``kw``)."""
     from monitoring.scan import ScanOptions
 
-    return ScanOptions(budget=budget, alpha=alpha, n_permutations=permutations, any_version=any_version,
-                       queue=not no_queue, deliver=not no_queue, project_title=project,
-                       payload_model=payload_model)
+    no_queue = kw.pop("no_queue")
+    return ScanOptions(budget=kw.pop("budget"), alpha=kw.pop("alpha"), n_permutations=kw.pop("permutations"),
+                       any_version=kw.pop("any_version"), version=kw.pop("payload_version"),
+                       queue=not no_queue, deliver=not no_queue, project_title=kw.pop("project"),
+                       payload_model=kw.pop("payload_model"))
 
 
 def _common(fn: Any) -> Any:
@@ -71,6 +73,8 @@ def _common(fn: Any) -> Any:
         click.option("--project", default=None, help="Label Studio project (default: labelstudio.project_title)."),
         click.option("--payload-model", default=None,
                      help="Model name in the payload log (default: the model card's name)."),
+        click.option("--payload-version", default=None,
+                     help="Model version in the payload log (default: the model card's version)."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -96,9 +100,8 @@ def monitor() -> None:
 @click.option("--fail-on-drift", is_flag=True, help="Exit 1 when drift is detected (for CI / alerting).")
 @click.pass_obj
 @user_errors
-def scan(obj, model_dir, model_name, alias, window, budget, alpha, permutations, any_version, no_queue, project,
-         payload_model, since, until, report_path, as_json, print_metrics, metrics_file, pushgateway,
-         fail_on_drift) -> None:
+def scan(obj, model_dir, model_name, alias, window, since, until, report_path, as_json, print_metrics, metrics_file,
+         pushgateway, fail_on_drift, **kw) -> None:
     """Scan one window: drift report, flagged images queued for labeling (at most --budget)."""
     from monitoring.metrics import MonitorMetrics
     from monitoring.scan import resolve_window, scan_window
@@ -110,9 +113,7 @@ def scan(obj, model_dir, model_name, alias, window, budget, alpha, permutations,
     except ValueError as e:
         raise MonitorError(str(e)) from e
     metrics = MonitorMetrics()
-    report = scan_window(settings, directory, start, end,
-                         _options(budget, alpha, permutations, any_version, no_queue, project, payload_model),
-                         report_path=report_path, metrics=metrics)
+    report = scan_window(settings, directory, start, end, _options(kw), report_path=report_path, metrics=metrics)
     click.echo(json.dumps(report.as_dict(), indent=2) if as_json else report.summary())
     if print_metrics:
         click.echo(metrics.text())
@@ -135,8 +136,8 @@ def scan(obj, model_dir, model_name, alias, window, budget, alpha, permutations,
 @click.option("--iterations", default=0, show_default=True, help="Stop after this many scans (0: run forever).")
 @click.pass_obj
 @user_errors
-def run(obj, model_dir, model_name, alias, window, budget, alpha, permutations, any_version, no_queue, project,
-        payload_model, interval, metrics_port, metrics_host, report_dir, iterations) -> None:
+def run(obj, model_dir, model_name, alias, window, interval, metrics_port, metrics_host, report_dir, iterations,
+        **kw) -> None:
     """Scan the last --window every --interval, serving metrics; retries the relabel outbox each time."""
     from monitoring.metrics import MonitorMetrics
     from monitoring.scan import parse_duration, resolve_window, scan_window
@@ -152,7 +153,7 @@ def run(obj, model_dir, model_name, alias, window, budget, alpha, permutations, 
         every = parse_duration(interval).total_seconds()
     except ValueError as e:
         raise MonitorError(str(e)) from e
-    options = _options(budget, alpha, permutations, any_version, no_queue, project, payload_model)
+    options = _options(kw)
     done = 0
     while True:
         t0 = time.monotonic()

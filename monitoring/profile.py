@@ -35,7 +35,7 @@ import numpy as np
 
 PROFILE_FILE = "reference_profile.npz"
 IMAGE_STAT_NAMES = ("brightness", "contrast", "sharpness", "mean_r", "mean_g", "mean_b")
-STATS_SIZE = 128  # images are resized to this square before statistics, whatever size they arrive in
+STATS_SIZE = 128  # default side images are resized to before statistics (profiles use the model's input size)
 
 
 class ProfileError(FileNotFoundError):
@@ -45,8 +45,9 @@ class ProfileError(FileNotFoundError):
 def image_stats(image: Any, size: int = STATS_SIZE) -> np.ndarray:
     """Brightness, contrast, sharpness (Laplacian variance), mean R/G/B of one image, on a 0-255 scale.
 
-    The image is first resized to ``size`` x ``size`` so sharpness does not depend on the
-    resolution it was sent at.
+    The image is first resized to ``size`` x ``size`` (bilinear, as the model's preprocessing
+    does) so sharpness does not depend on the resolution it was sent at. Profiles use the
+    model's input size: the model server logs images at that size.
     """
     from monitoring.model import to_rgb_array
 
@@ -104,6 +105,7 @@ class ReferenceProfile:
     margin: np.ndarray  # [N]
     image_stats: np.ndarray  # [N, len(IMAGE_STAT_NAMES)]
     predicted: np.ndarray  # [N] predicted class index
+    stats_size: int = STATS_SIZE
     knn_k: int = 5
     ood_quantile: float = 0.95
     ood_threshold: float = 0.0
@@ -131,6 +133,7 @@ class ReferenceProfile:
     def meta(self) -> dict[str, Any]:
         return {
             "model": self.model, "version": self.version, "labels": self.labels, "knn_k": self.knn_k,
+            "stats_size": self.stats_size,
             "ood_quantile": self.ood_quantile, "ood_threshold": self.ood_threshold,
             "low_confidence_threshold": self.low_confidence_threshold,
             "small_margin_threshold": self.small_margin_threshold, "n_images": self.n_images,
@@ -163,7 +166,7 @@ class ReferenceProfile:
             return cls(model=meta["model"], version=meta["version"], labels=meta["labels"],
                        embeddings=z["embeddings"].astype(np.float64), confidence=z["confidence"],
                        margin=z["margin"], image_stats=z["image_stats"], predicted=z["predicted"],
-                       knn_k=meta["knn_k"], ood_quantile=meta["ood_quantile"],
+                       stats_size=meta.get("stats_size", STATS_SIZE), knn_k=meta["knn_k"], ood_quantile=meta["ood_quantile"],
                        ood_threshold=meta["ood_threshold"],
                        low_confidence_threshold=meta["low_confidence_threshold"],
                        small_margin_threshold=meta["small_margin_threshold"], n_images=meta["n_images"],
@@ -173,7 +176,7 @@ class ReferenceProfile:
 def profile_from_outputs(model: str, version: str | None, labels: Sequence[str], probabilities: np.ndarray,
                          embeddings: np.ndarray, stats: np.ndarray, max_embeddings: int = 1000,
                          knn_k: int = 5, ood_quantile: float = 0.95, flag_quantile: float = 0.05,
-                         seed: int = 0) -> ReferenceProfile:
+                         seed: int = 0, stats_size: int = STATS_SIZE) -> ReferenceProfile:
     """A profile from model outputs and image statistics already computed (no model run)."""
     n = len(probabilities)
     if n < 10:
@@ -186,7 +189,7 @@ def profile_from_outputs(model: str, version: str | None, labels: Sequence[str],
     return ReferenceProfile(
         model=model, version=version, labels=list(labels), embeddings=emb, confidence=conf, margin=margin,
         image_stats=np.asarray(stats, dtype=np.float64), predicted=np.asarray(probabilities).argmax(1),
-        knn_k=knn_k, ood_quantile=ood_quantile, ood_threshold=float(np.quantile(loo, ood_quantile)),
+        stats_size=stats_size, knn_k=knn_k, ood_quantile=ood_quantile, ood_threshold=float(np.quantile(loo, ood_quantile)),
         low_confidence_threshold=float(np.quantile(conf, flag_quantile)),
         small_margin_threshold=float(np.quantile(margin, flag_quantile)), n_images=n,
     )
@@ -206,10 +209,12 @@ def build_reference_profile(model_dir: Path | str, images: Iterable[Any], *, sav
     runner = ModelRunner(model_dir)
     arrays = [to_rgb_array(im) for im in images]
     out = runner.run(arrays)
-    stats = image_stats_batch(arrays)
+    size = runner.preprocess.size
+    stats = image_stats_batch(arrays, size)
     profile = profile_from_outputs(runner.card.name, runner.card.version, runner.card.labels, out.probabilities,
                                    out.embeddings, stats, max_embeddings=max_embeddings, knn_k=knn_k,
-                                   ood_quantile=ood_quantile, flag_quantile=flag_quantile, seed=seed)
+                                   ood_quantile=ood_quantile, flag_quantile=flag_quantile, seed=seed,
+                                   stats_size=size)
     if save:
         profile.save(model_dir / PROFILE_FILE)
     return profile

@@ -213,6 +213,7 @@ class RelabelQueue:
 
     def _deliver_project(self, settings: Settings, project: str, items: list[RelabelItem], chunk: int,
                          report: DeliveryReport) -> None:
+        _check_reachable(settings)
         ls = lsx.client(settings)
         labels: list[str] = []
         for item in items:
@@ -256,3 +257,18 @@ class RelabelQueue:
             db.executemany("UPDATE outbox SET attempts=attempts+1, last_error=?, last_attempt_at=? "
                            "WHERE project=? AND sha256=?", [(error, now, project, s) for s in shas])
             db.execute("COMMIT")
+
+
+class LabelStudioUnreachable(ConnectionError):
+    """Label Studio did not answer its health check; relabel items wait in the outbox."""
+
+
+def _check_reachable(settings: Settings, timeout_s: float = 5.0) -> None:
+    """Fail fast when the server is down (the SDK would retry with back-off for seconds first)."""
+    import httpx
+
+    url = settings.labelstudio_url()
+    try:
+        httpx.get(f"{url}/health/", timeout=timeout_s).raise_for_status()
+    except httpx.HTTPError as e:
+        raise LabelStudioUnreachable(f"Label Studio at {url} is unreachable ({type(e).__name__}: {e})") from e

@@ -39,6 +39,7 @@ class ScanOptions:
     n_permutations: int = 200
     max_stat_images: int = 200  # images downloaded for image statistics (seeded sample)
     seed: int = 0
+    version: str | None = None  # model version in the payload log; default: the model card's version
     any_version: bool = False  # include records of other model versions (embeddings may not be comparable)
     queue: bool = True  # put selected images in the relabel outbox
     deliver: bool = True  # deliver the outbox to Label Studio after queueing
@@ -174,7 +175,8 @@ def _download_images(store: BlobStore, records: list[PayloadRecord]) -> dict[str
 
 
 def load_window(store: BlobStore, container: str, model: str, start: datetime, end: datetime,
-                version: str | None, runner: Any = None, max_stat_images: int = 200, seed: int = 0) -> Window:
+                version: str | None, runner: Any = None, max_stat_images: int = 200, seed: int = 0,
+                stats_size: int = 128) -> Window:
     """Read the window's records (of ``version`` unless None), fill in missing embeddings with
     ``runner`` (a :class:`monitoring.model.ModelRunner`), and compute image statistics on a sample."""
     all_records = list(read_window(store, container, model, start, end))
@@ -219,7 +221,7 @@ def load_window(store: BlobStore, container: str, model: str, start: datetime, e
     for s in (shas[i] for i in sample):
         if s in images and s in row_of:
             stat_rows.append(row_of[s])
-            stats.append(image_stats(images[s]))
+            stats.append(image_stats(images[s], stats_size))
     stats_arr = np.vstack(stats) if stats else np.zeros((0, len(IMAGE_STAT_NAMES)))
     return Window(records, probs, emb, stats_arr, stat_rows, other, images)
 
@@ -258,10 +260,11 @@ def scan_window(settings: Settings, model_dir: Path | str, start: datetime, end:
     store = store or BlobStore.from_settings(settings)
     container = settings.blob.payloads_container
     payload_model = options.payload_model or card.name
-    version = None if options.any_version else card.version
+    version = None if options.any_version else (options.version or card.version)
     runner = _LazyRunner(lambda: ModelRunner(model_dir))
     window = load_window(store, container, payload_model, start, end, version, runner=runner,
-                         max_stat_images=options.max_stat_images, seed=options.seed)
+                         max_stat_images=options.max_stat_images, seed=options.seed,
+                         stats_size=profile.stats_size)
     results = run_detectors(profile, window, options)
 
     shas = [r.image_sha256 for r in window.records]

@@ -41,7 +41,8 @@ def replay_images(settings: Settings, model_dir: Path | str, images: Sequence[An
     when_dt = datetime.fromtimestamp(when, UTC)
     written: list[PayloadRecord] = []
     for i in range(0, len(images), batch_size):
-        arrays = [to_rgb_array(im) for im in images[i:i + batch_size]]
+        # the server logs what the model saw: the image resized to the model's input size
+        arrays = [runner.preprocess.resize(to_rgb_array(im)) for im in images[i:i + batch_size]]
         out = runner.run(arrays)
         pngs: dict[str, bytes] = {}
         records = []

@@ -91,3 +91,48 @@ def _open(path: Path):
 
     with Image.open(path) as im:
         return im.convert("RGB")
+
+
+class MonitorAssets:
+    """Seeded sample sets and a tiny model with its reference profile, built once under ``root``.
+
+    * ``train`` (seed 7) - what the model was fitted on;
+    * ``ref`` (seed 11) - held-out images the reference profile is built from;
+    * ``same`` (seed 23) - in-distribution traffic;
+    * ``shifted`` (seed 23, shifted variant) - traffic from a new site (darker, colour cast, blur).
+    """
+
+    SETS = {"train": (7, False), "ref": (11, False), "same": (23, False), "shifted": (23, True)}
+
+    def __init__(self, root: Path, per_class: int = 20, size: int = 64):
+        self.root = Path(root)
+        self.per_class = per_class
+        self.size = size
+
+    def dir(self, name: str) -> Path:
+        return self.root / name
+
+    def images(self, name: str) -> list[Path]:
+        return labeled_images(self.dir(name))[0]
+
+    def labels(self, name: str) -> list[str]:
+        return labeled_images(self.dir(name))[1]
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "model"
+
+    def build(self) -> MonitorAssets:
+        from edgeloop.sample_data import CLASSES, generate_dataset
+        from monitoring.profile import PROFILE_FILE, build_reference_profile
+
+        for name, (seed, shifted) in self.SETS.items():
+            if not (self.dir(name) / "metadata.jsonl").exists():
+                generate_dataset(self.dir(name), per_class=self.per_class, seed=seed, size=self.size, shifted=shifted)
+        if not (self.model_dir / PROFILE_FILE).exists():
+            paths, labels = labeled_images(self.dir("train"))
+            train_tiny_model(self.model_dir, paths, labels, CLASSES, size=self.size)
+            build_reference_profile(self.model_dir, self.images("ref"))
+            card = ModelCard.load(self.model_dir)
+            card.with_digests(self.model_dir).save(self.model_dir)
+        return self

@@ -1,0 +1,53 @@
+"""Per-image flags and the budgeted, diverse selection."""
+
+import numpy as np
+
+from monitoring.flags import OOD, Flag, flag_images, select_for_labeling
+from monitoring.profile import ReferenceProfile
+
+
+def _flags(assets, outputs, name):
+    profile = ReferenceProfile.load(assets.model_dir)
+    out, _ = outputs[name]
+    shas = [f"{name}-{i}" for i in range(len(out.probabilities))]
+    return flag_images(profile, out.probabilities, out.embeddings, shas), out
+
+
+def test_shifted_images_are_flagged_out_of_distribution_more_often(mon_assets, mon_outputs):
+    same, _ = _flags(mon_assets, mon_outputs, "same")
+    shifted, _ = _flags(mon_assets, mon_outputs, "shifted")
+    n_ood = lambda flags: sum(OOD in f.reasons for f in flags)  # noqa: E731
+    assert n_ood(shifted) > 2 * max(1, n_ood(same))
+    assert all(f.value > 0 and f.reasons for f in shifted)
+
+
+def test_selection_respects_budget_and_orders_by_value(mon_assets, mon_outputs):
+    flags, out = _flags(mon_assets, mon_outputs, "shifted")
+    picked = select_for_labeling(flags, out.embeddings, budget=5)
+    assert len(picked) == 5
+    assert len({f.sha256 for f in picked}) == 5
+    values = [f.value for f in picked]
+    assert values == sorted(values, reverse=True)
+    assert picked[0].value == max(f.value for f in flags)  # the most valuable image is always kept
+    assert select_for_labeling(flags, out.embeddings, budget=5) == picked  # deterministic
+    assert select_for_labeling(flags, out.embeddings, budget=0) == []
+
+
+def test_selection_prefers_diverse_images_over_near_copies():
+    rng = np.random.default_rng(0)
+    # ten near-copies of one frame with the highest values, and six distinct images slightly below
+    emb = np.vstack([np.ones((10, 4)) + rng.normal(0, 1e-3, (10, 4)), rng.normal(0, 5, (6, 4))])
+    flags = [Flag(i, f"img{i}", ["out_of_distribution"], 3.0 - 0.01 * i if i < 10 else 2.5, 0.5, 0.1, 1.0)
+             for i in range(16)]
+    picked = select_for_labeling(flags, emb, budget=4)
+    assert sum(f.index < 10 for f in picked) == 1  # one of the copies, not four
+    assert picked[0].index == 0
+
+
+def test_same_image_served_twice_is_selected_once():
+    emb = np.eye(3)
+    flags = [Flag(0, "a", ["low_confidence"], 1.0, 0.3, 0.1, 0.0), Flag(1, "a", ["low_confidence"], 1.2, 0.3, 0.1, 0.0),
+             Flag(2, "b", ["low_confidence"], 0.9, 0.3, 0.1, 0.0)]
+    picked = select_for_labeling(flags, emb, budget=3)
+    assert [f.sha256 for f in picked] == ["a", "b"]
+    assert picked[0].value == 1.2
