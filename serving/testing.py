@@ -95,3 +95,43 @@ def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+def build_tiny_model_dir(out: Path, size: int = 64, seed: int = 0, labels: list[str] | None = None,
+                         name: str = "inspection", version: str | None = None) -> Path:
+    """A tiny ONNX classifier built with ``onnx.helper`` (no torch, milliseconds): conv -> relu ->
+    global pool -> embedding [N,8] -> linear -> softmax. Same I/O contract as the real export."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    labels = labels or LABELS
+    rng = np.random.default_rng(seed)
+    c = len(labels)
+    w_conv = numpy_helper.from_array(rng.normal(0, 0.4, (8, 3, 3, 3)).astype(np.float32), "w_conv")
+    w_fc = numpy_helper.from_array(rng.normal(0, 2.0, (8, c)).astype(np.float32), "w_fc")
+    b_fc = numpy_helper.from_array(rng.normal(0, 0.5, (c,)).astype(np.float32), "b_fc")
+    nodes = [
+        helper.make_node("Conv", [INPUT_NAME, "w_conv"], ["conv"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv"], ["relu"]),
+        helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
+        helper.make_node("Flatten", ["pool"], [EMBEDDING_OUTPUT], axis=1),
+        helper.make_node("MatMul", [EMBEDDING_OUTPUT, "w_fc"], ["logits0"]),
+        helper.make_node("Add", ["logits0", "b_fc"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], [PROBS_OUTPUT], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["n", 3, size, size])],
+        [helper.make_tensor_value_info(PROBS_OUTPUT, TensorProto.FLOAT, ["n", c]),
+         helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, ["n", 8])],
+        initializer=[w_conv, w_fc, b_fc])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MODEL_FILE).write_bytes(model.SerializeToString())
+    card = ModelCard(name=name, version=version, architecture="tiny-cnn", labels=labels,
+                     preprocessing=PreprocessConfig(size=size), embedding_dim=8)
+    card.with_digests(out).save(out)
+    return out

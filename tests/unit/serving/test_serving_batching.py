@@ -1,0 +1,117 @@
+"""Dynamic batching: concurrent requests share runs, each gets its own rows back."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from serving.batching import DirectRunner, DynamicBatcher
+from serving.errors import OverloadedError
+
+
+def slow_double(delay: float = 0.02):
+    calls: list[int] = []
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        calls.append(len(x))
+        time.sleep(delay)  # long enough for the other requests to queue up behind the first batch
+        return [x * 2, x.sum(axis=1, keepdims=True)]
+
+    return run, calls
+
+
+def test_concurrent_requests_are_batched_and_answered_with_their_own_rows():
+    run, calls = slow_double()
+    batcher = DynamicBatcher(run, max_batch_size=8, max_wait_s=0.01)
+
+    async def main():
+        xs = [np.full((1 + i % 2, 3), i, dtype=np.float32) for i in range(12)]
+        outs = await asyncio.gather(*(batcher.submit(x) for x in xs))
+        return xs, outs
+
+    xs, outs = asyncio.run(main())
+    for x, (doubled, summed) in zip(xs, outs, strict=True):
+        np.testing.assert_array_equal(doubled, x * 2)
+        np.testing.assert_array_equal(summed, x.sum(axis=1, keepdims=True))
+    assert sum(calls) == sum(len(x) for x in xs)
+    assert max(calls) > 1, "concurrent requests should share a run"
+    assert all(c <= 8 for c in calls) and len(calls) < len(xs)
+
+
+def test_a_request_larger_than_the_batch_runs_alone():
+    run, calls = slow_double(0.0)
+    batcher = DynamicBatcher(run, max_batch_size=4, max_wait_s=0.0)
+    out = asyncio.run(batcher.submit(np.ones((10, 2), np.float32)))
+    assert out[0].shape == (10, 2) and calls == [10]
+
+
+def test_model_failure_fails_only_that_batch():
+    state = {"fail": True}
+
+    def run(x):
+        if state.pop("fail", False):
+            raise RuntimeError("boom")
+        return [x]
+
+    batcher = DynamicBatcher(run, max_batch_size=4, max_wait_s=0.0)
+
+    async def main():
+        with pytest.raises(RuntimeError, match="boom"):
+            await batcher.submit(np.ones((1, 1), np.float32))
+        return await batcher.submit(np.ones((1, 1), np.float32))
+
+    assert asyncio.run(main())[0].shape == (1, 1)
+
+
+def test_full_queue_refuses_instead_of_growing():
+    gate = threading.Event()
+
+    def run(x):
+        gate.wait(5)
+        return [x]
+
+    batcher = DynamicBatcher(run, max_batch_size=2, max_wait_s=0.0, max_queue_rows=3)
+
+    async def main():
+        first = asyncio.ensure_future(batcher.submit(np.ones((2, 1), np.float32)))
+        await asyncio.sleep(0.05)  # first batch is running; the queue is empty again
+        queued = asyncio.ensure_future(batcher.submit(np.ones((3, 1), np.float32)))
+        await asyncio.sleep(0.01)
+        with pytest.raises(OverloadedError, match="queue is full"):
+            await batcher.submit(np.ones((1, 1), np.float32))
+        gate.set()
+        await asyncio.gather(first, queued)
+
+    asyncio.run(main())
+
+
+def test_close_lets_queued_requests_finish_then_refuses_new_ones():
+    run, _ = slow_double(0.01)
+    batcher = DynamicBatcher(run, max_batch_size=2, max_wait_s=0.0)
+
+    async def main():
+        pending = [asyncio.ensure_future(batcher.submit(np.ones((1, 1), np.float32))) for _ in range(5)]
+        await asyncio.sleep(0)
+        await batcher.close()
+        results = await asyncio.gather(*pending)
+        with pytest.raises(OverloadedError):
+            await batcher.submit(np.ones((1, 1), np.float32))
+        return results
+
+    assert len(asyncio.run(main())) == 5
+
+
+def test_direct_runner_runs_each_request_on_its_own():
+    run, calls = slow_double(0.005)
+    runner = DirectRunner(run, concurrency=2)
+
+    async def main():
+        return await asyncio.gather(*(runner.submit(np.full((1, 2), i, np.float32)) for i in range(6)))
+
+    outs = asyncio.run(main())
+    assert calls == [1] * 6
+    assert [int(o[0][0, 0]) for o in outs] == [0, 2, 4, 6, 8, 10]
