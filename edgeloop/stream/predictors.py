@@ -9,6 +9,7 @@ Switching is one constructor: ``OnnxPredictor(model_dir)`` or
 
 from __future__ import annotations
 
+import json
 import logging
 import struct
 from dataclasses import dataclass
@@ -100,90 +101,84 @@ class OnnxPredictor:
 
 
 class GrpcPredictor:
-    """The model server over OIP v2 gRPC: UINT8 [N, S, S, 3] frames in, ``label`` and ``probabilities`` out.
+    """The model server over OIP v2 gRPC (through :class:`serving.client.GrpcClient`).
 
-    The input size comes from the model's metadata (its FP32 input is [-1, 3, S, S]);
-    frames are resized client side so only S x S pixels cross the wire.
+    Sends UINT8 [N, S, S, 3] frames and reads ``label`` and ``probabilities``. The
+    input size S comes from the model's metadata (its FP32 input is [-1, 3, S, S]),
+    so frames are resized here, on the readers' threads, and only S x S pixels
+    cross the wire; the server applies the same preprocessing from the same card.
     """
 
     def __init__(self, address: str, model_name: str, model_version: str | None = None,
                  input_size: int | None = None, timeout_s: float = 10.0, connect_timeout_s: float = 10.0):
         import grpc
 
-        from edgeloop.stream._grpc import pb, pb_grpc
+        from serving.client import ClientError, GrpcClient
 
-        self._pb = pb
         self.address = address
-        self._timeout = timeout_s
-        self._channel = grpc.insecure_channel(
-            address, options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+        self._client = GrpcClient(address, model_name, timeout_s=timeout_s)
         try:
-            grpc.channel_ready_future(self._channel).result(timeout=connect_timeout_s)
+            grpc.channel_ready_future(self._client._channel).result(timeout=connect_timeout_s)
         except grpc.FutureTimeoutError:
-            self._channel.close()
+            self._client.close()
             raise PredictorError(
                 f"cannot reach the model server at {address} (gRPC) within {connect_timeout_s:.0f} s: "
                 "start it with `edgeloop serve`, or check --server host:port") from None
-        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         try:
-            meta = self._stub.ModelMetadata(pb.ModelMetadataRequest(name=model_name, version=model_version or ""),
-                                            timeout=timeout_s)
-        except grpc.RpcError as e:
-            self._channel.close()
-            raise PredictorError(f"model server at {address} has no model {model_name!r} ready "
-                                 f"({e.code().name}: {e.details()}); pass --model-name") from e
-        self.model_name = meta.name or model_name
-        self.model_version = model_version
-        self.labels: list[str] | None = None
+            meta = self._client.metadata(model_version)
+        except ClientError as e:
+            self._client.close()
+            raise PredictorError(f"the model server at {address} has no model {model_name!r} "
+                                 f"(version {model_version or 'default'}) ready: {e}; check --model-name") from e
+        self.model_name = meta.get("name") or model_name
+        versions = meta.get("versions") or []
+        self.model_version = model_version or (versions[0] if len(versions) == 1 else None)
+        self._version = model_version
+        self.labels: list[str] | None = _labels_from_metadata(meta)
         size = input_size or _size_from_metadata(meta)
         if size is None:
             size = 224
             log.warning("model %s: input size not in its metadata; sending 224x224 frames (set --input-size)",
                         model_name)
         self.preprocess = Preprocess(PreprocessConfig(size=size))
-        self._requested_version = model_version or ""
 
     def predict(self, frames: np.ndarray) -> list[Prediction]:
-        pb = self._pb
-        frames = np.ascontiguousarray(frames, dtype=np.uint8)
-        req = pb.ModelInferRequest(model_name=self.model_name, model_version=self._requested_version)
-        inp = req.inputs.add()
-        inp.name, inp.datatype = "images", "UINT8"
-        inp.shape.extend(frames.shape)
-        req.raw_input_contents.append(frames.tobytes())
-        for name in ("label", PROBS_OUTPUT):
-            req.outputs.add().name = name
-        resp = self._stub.ModelInfer(req, timeout=self._timeout)
-        if resp.model_version:
-            self.model_version = resp.model_version
-        outs = {o.name: (o, i) for i, o in enumerate(resp.outputs)}
-        if PROBS_OUTPUT not in outs:
-            raise PredictorError(f"model server answered without {PROBS_OUTPUT!r}")
-        o, i = outs[PROBS_OUTPUT]
-        if resp.raw_output_contents:
-            probs = np.frombuffer(resp.raw_output_contents[i], dtype="<f4").reshape(tuple(o.shape))
-        else:
-            probs = np.asarray(o.contents.fp32_contents, dtype=np.float32).reshape(tuple(o.shape))
-        names = None
-        if "label" in outs:
-            lo, li = outs["label"]
-            if resp.raw_output_contents:
-                names = decode_bytes_tensor(resp.raw_output_contents[li])
-            else:
-                names = [b.decode() for b in lo.contents.bytes_contents]
-        return _predictions(probs, None, names)
+        from serving.client import ClientError
+
+        try:
+            pred = self._client.infer_frames(frames, version=self._version)
+        except ClientError as e:
+            raise PredictorError(f"model server {self.address}: {e}") from e
+        self.model_version = pred.model_version or self.model_version
+        probs = np.asarray(pred.probabilities, dtype=np.float32)
+        return _predictions(probs, self.labels, list(pred.labels) if pred.labels else None)
 
     def close(self) -> None:
-        self._channel.close()
+        self._client.close()
 
 
-def _size_from_metadata(meta: Any) -> int | None:
-    for t in meta.inputs:
-        shape = list(t.shape)
+def _size_from_metadata(meta: dict[str, Any]) -> int | None:
+    for t in meta.get("inputs", []):
+        shape = [int(d) for d in t.get("shape", [])]
         if len(shape) == 4 and shape[1] == 3 and shape[2] > 0 and shape[2] == shape[3]:
             return int(shape[2])
         if len(shape) == 4 and shape[3] == 3 and shape[1] > 0 and shape[1] == shape[2]:
             return int(shape[1])
+    return None
+
+
+def _labels_from_metadata(meta: dict[str, Any]) -> list[str] | None:
+    """The class names, when the server lists them in the model's metadata parameters."""
+    value = meta.get("parameters", {}).get("labels")
+    if isinstance(value, dict):  # an InferParameter: {"stringParam": "[...]"}
+        value = next(iter(value.values()), None)
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
     return None
 
 

@@ -1,0 +1,157 @@
+"""Fixtures for the stream processor's integration tests: own Mosquitto brokers, a subscriber, inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgeloop.stack import free_port
+
+
+class Broker:
+    """A Mosquitto of our own (own config, port, process group) that a test may stop and restart."""
+
+    def __init__(self, directory: Path, port: int | None = None):
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        import pwd
+
+        user = pwd.getpwuid(os.getuid()).pw_name
+        self.conf = self.dir / "mosquitto.conf"
+        # persistence keeps the subscriber's session (and its queued QoS 1 messages) across a restart
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                             f"persistence_location {self.dir}/\nuser {user}\nlog_dest stdout\n")
+
+    def start(self, timeout: float = 10.0) -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(binary).exists():
+            pytest.skip("mosquitto is not installed (make setup installs it)")
+        log = open(self.dir / "mosquitto.log", "ab")
+        self.proc = subprocess.Popen([binary, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError((self.dir / "mosquitto.log").read_text()[-2000:]) from None
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+
+class Subscriber:
+    """Collects JSON results; a persistent session (clean_session=False) so a broker restart loses nothing."""
+
+    def __init__(self, host: str, port: int, topic: str, client_id: str):
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, dict]] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.topic = topic
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        self.client.reconnect_delay_set(1, 2)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect(host, port, keepalive=10)
+        self.client.loop_start()
+        assert self._subscribed.wait(10), "subscription not acknowledged"
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, json.loads(msg.payload)))
+
+    def by_camera(self) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {}
+        with self._lock:
+            for _, m in self.messages:
+                out.setdefault(m["camera"], []).append(m)
+        return out
+
+    def unique_frames(self, camera: str) -> list[int]:
+        """Frame indices of ``camera`` in arrival order with QoS 1 duplicates removed."""
+        seen: set[int] = set()
+        out = []
+        for m in self.by_camera().get(camera, []):
+            if m["frame_index"] not in seen:
+                seen.add(m["frame_index"])
+                out.append(m["frame_index"])
+        return out
+
+    def wait_for(self, predicate, timeout: float = 15.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self):
+                return True
+            time.sleep(0.05)
+        return predicate(self)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(tmp_path / "mosquitto")
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def subscribe():
+    subs: list[Subscriber] = []
+
+    def make(host: str, port: int, topic: str = "#") -> Subscriber:
+        s = Subscriber(host, port, topic, client_id=f"test-sub-{len(subs)}-{os.getpid()}-{time.monotonic_ns()}")
+        subs.append(s)
+        return s
+
+    yield make
+    for s in subs:
+        s.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edgeloop.stream.synthetic import build_test_model
+
+    return build_test_model(tmp_path_factory.mktemp("stream-model"), size=64)
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from edgeloop.stream.synthetic import make_video
+
+    d = tmp_path_factory.mktemp("stream-videos")
+    return {
+        "short": make_video(d / "short.mp4", seconds=2, fps=15),  # 30 frames
+        "long": make_video(d / "long.mp4", seconds=4, fps=15, seed=1),  # 60 frames
+        "live": make_video(d / "live.ts", seconds=4, fps=15, seed=2, container_format="mpegts", gop=15),
+    }
