@@ -11,7 +11,6 @@ no-regression rule. The result: an :class:`EvaluationReport` for the candidate
 
 from __future__ import annotations
 
-import base64
 import logging
 import shutil
 import tempfile
@@ -106,56 +105,31 @@ def predict_in_process(model_dir: Path, images: Sequence[TestImage]) -> np.ndarr
     return ModelRunner(model_dir).run([_rgb(i.data) for i in images]).probabilities
 
 
-class RestV2Client:
-    """Minimal OIP v2 REST client: one encoded image per request, JSON body with a b64 BYTES tensor."""
-
-    def __init__(self, base_url: str, model_name: str, input_name: str, timeout_s: float = 30.0):
-        import httpx
-
-        self.url = f"{base_url.rstrip('/')}/v2/models/{model_name}/infer"
-        self.input_name = input_name
-        self.http = httpx.Client(timeout=timeout_s)
-
-    def infer(self, image: bytes) -> np.ndarray:
-        body = {"inputs": [{"name": self.input_name, "shape": [1], "datatype": "BYTES",
-                            "data": [{"b64": base64.b64encode(image).decode()}]}],
-                "outputs": [{"name": "probabilities"}]}
-        r = self.http.post(self.url, json=body)
-        if r.status_code != 200:
-            raise StagingError(f"the staging server answered {r.status_code} to {self.url}: {r.text[:300]}")
-        for out in r.json()["outputs"]:
-            if out["name"] == "probabilities":
-                return np.asarray(out["data"], dtype=np.float64).reshape(out["shape"])[0]
-        raise StagingError(f"the staging server's answer has no 'probabilities' output: {r.text[:300]}")
-
-    def close(self) -> None:
-        self.http.close()
-
-
 def serve_and_measure(model_dir: Path, images: Sequence[TestImage], latency_requests: int = 200,
                       warmup: int = 5) -> tuple[np.ndarray, list[float]]:
-    """Start the real model server on ``model_dir``; return per-image probabilities and request latencies (ms)."""
-    from edgeloop.model_card import ModelCard
-    from serving.launcher import running_server
+    """Start the real model server on ``model_dir``; return per-image probabilities and request latencies (ms).
 
-    card = ModelCard.load(model_dir)
-    with running_server(model_dir) as server:
-        model_name = getattr(server, "model_name", None) or card.name
-        client = RestV2Client(server.rest_url, model_name, card.input_name)
-        try:
+    One encoded image per request over REST (OIP v2, binary extension), as a camera client sends them;
+    the latencies are what such a client observes, server decode and preprocessing included.
+    """
+    from edgeloop.model_card import ModelCard
+    from serving.launcher import ServerStartError, running_server
+
+    name = ModelCard.load(model_dir).name  # the server serves a model under its card's name
+    try:
+        with running_server([model_dir]) as server, server.rest_client(name) as client:
             for i in range(min(warmup, len(images))):
-                client.infer(images[i].data)
+                client.infer_images([images[i].data])
             probs, latencies = [], []
-            total = max(latency_requests, len(images))
-            for k in range(total):
+            for k in range(max(latency_requests, len(images))):
                 img = images[k % len(images)]
                 t0 = time.perf_counter()
-                p = client.infer(img.data)
+                pred = client.infer_images([img.data])
                 latencies.append((time.perf_counter() - t0) * 1000.0)
                 if k < len(images):
-                    probs.append(p)
-        finally:
-            client.close()
+                    probs.append(np.asarray(pred.probabilities[0], dtype=np.float64))
+    except ServerStartError as e:
+        raise StagingError(f"the staging model server did not start for {model_dir}: {e}") from e
     return np.stack(probs), latencies
 
 
