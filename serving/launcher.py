@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from edgeloop.config import Settings
-
     from serving.client import GrpcClient, RestClient
 
 
