@@ -6,6 +6,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,9 @@ def stream(ctx: click.Context, sources: tuple[str, ...], model_dir: Path | None,
         signal.signal(signum, signal.SIG_DFL)
         processor.request_stop()
 
-    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {}
+    if threading.current_thread() is threading.main_thread():  # signals can only be caught there
+        old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         summary = processor.run(duration_s=duration or None)
     finally:
