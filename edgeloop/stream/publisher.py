@@ -136,7 +136,7 @@ class MqttPublisher:
             self._metrics.mqtt_connected.set(1)
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        if self._connected.is_set():
+        if self._connected.is_set() and not self._closing.is_set():
             log.warning("lost the MQTT broker %s:%s (%s); results go to the outbox until it is back",
                         self.host, self.port, reason_code)
         self._connected.clear()

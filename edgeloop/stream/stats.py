@@ -69,6 +69,20 @@ class LatencyHistogram:
         upper = self._lo * self._growth ** (idx + 1)  # upper edge of the bucket
         return min(upper, self.max)
 
+    def copy(self) -> LatencyHistogram:
+        other = LatencyHistogram.__new__(LatencyHistogram)
+        other.__dict__.update(self.__dict__)
+        other._counts = self._counts.copy()
+        return other
+
+    def since(self, earlier: LatencyHistogram) -> LatencyHistogram:
+        """The samples recorded after ``earlier`` (a :meth:`copy` of this histogram) was taken."""
+        out = self.copy()
+        out._counts = self._counts - earlier._counts
+        out.count = self.count - earlier.count
+        out.total = self.total - earlier.total
+        return out
+
     @property
     def mean(self) -> float | None:
         return self.total / self.count if self.count else None
