@@ -320,10 +320,11 @@ def record_decision(settings: Settings, version: str, decision: str, by: str, no
         raise RegistryError(f"the evidence of {name} version {version} is {evidence[:12]}..., not the "
                             f"{evidence_digest[:12]}... you reviewed; review the current report again")
     at = _now()
-    new = {APPROVAL: decision, APPROVAL_BY: by, APPROVAL_AT: at, APPROVAL_MODE: mode,
-           APPROVAL_EVIDENCE: evidence, APPROVAL_NOTE: note[:4900]}
+    new = {APPROVAL_BY: by, APPROVAL_AT: at, APPROVAL_MODE: mode, APPROVAL_EVIDENCE: evidence,
+           APPROVAL_NOTE: note[:4900]}
     if decision == REJECTED_VALUE:
         new |= {REJECTED: "true", REJECTED_REASONS: f"{mode} rejection by {by}" + (f": {note}" if note else "")}
+    new[APPROVAL] = decision  # last: a waiting run reads the decision only once its record is complete
     for k, v in new.items():
         c.set_model_version_tag(name, version, k, v)
     if decision == REJECTED_VALUE and _alias_version(c, name, CANDIDATE) == str(version):
@@ -376,10 +377,10 @@ def record_decision_from_ui(settings: Settings, c: MlflowClient, version: str, s
         by = f"{by} (approval refused: the gate failed)"
     at = _now()
     evidence = tags.get(EVIDENCE_DIGEST, "")
-    updates = {APPROVAL: state, APPROVAL_BY: by, APPROVAL_AT: at, APPROVAL_MODE: "mlflow-ui",
-               APPROVAL_EVIDENCE: evidence}
+    updates = {APPROVAL_BY: by, APPROVAL_AT: at, APPROVAL_MODE: "mlflow-ui", APPROVAL_EVIDENCE: evidence}
     if state == REJECTED_VALUE:
         updates |= {REJECTED: "true", REJECTED_REASONS: f"rejected in the MLflow UI by {by}"}
+    updates[APPROVAL] = state
     for k, v in updates.items():
         c.set_model_version_tag(name, version, k, v)
     if state == REJECTED_VALUE and _alias_version(c, name, CANDIDATE) == str(version):
