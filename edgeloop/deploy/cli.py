@@ -42,23 +42,47 @@ def deploy() -> None:
 @click.argument("model")
 @click.argument("version")
 @click.option("--overlay", default="edge-cpu", show_default=True, help="manifests/overlays/<name> to render.")
-@click.option("--storage-uri", help="Model directory URI for KServe's storage initializer "
-              "[default: https://<blob.account>.blob.core.windows.net/<models container>/<MODEL>/<VERSION>].")
+@click.option(
+    "--storage-uri",
+    help="Model directory URI for KServe's storage initializer "
+    "[default: https://<blob.account>.blob.core.windows.net/<models container>/<MODEL>/<VERSION>].",
+)
 @click.option("--digest", help="ModelCard.digest() of the model version (64 hex chars).")
-@click.option("--model-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Local model directory: its model_card.json gives the digest.")
+@click.option(
+    "--model-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Local model directory: its model_card.json gives the digest.",
+)
 @click.option("--image", help="Full server image reference for this model (overrides the ServingRuntime's).")
 @click.option("--image-tag", help="Server image tag only (KServe runtimeVersion).")
 @click.option("--min-replicas", type=int, help="Replica floor (InferenceService and autoscaler).")
 @click.option("--max-replicas", type=int, help="Replica ceiling (InferenceService and autoscaler).")
-@click.option("--model-only", is_flag=True, help="Only the InferenceService and its autoscaler, not the whole overlay.")
-@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
-              help="Write one file per object plus kustomization.yaml here (a Flux path); default: YAML on stdout.")
+@click.option(
+    "--model-only", is_flag=True, help="Only the InferenceService and its autoscaler, not the whole overlay."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write one file per object plus kustomization.yaml here (a Flux path); default: YAML on stdout.",
+)
 @click.pass_context
 @user_errors
-def render_cmd(ctx: click.Context, model: str, version: str, overlay: str, storage_uri: str | None,
-               digest: str | None, model_dir: Path | None, image: str | None, image_tag: str | None,
-               min_replicas: int | None, max_replicas: int | None, model_only: bool, output: Path | None) -> None:
+def render_cmd(
+    ctx: click.Context,
+    model: str,
+    version: str,
+    overlay: str,
+    storage_uri: str | None,
+    digest: str | None,
+    model_dir: Path | None,
+    image: str | None,
+    image_tag: str | None,
+    min_replicas: int | None,
+    max_replicas: int | None,
+    model_only: bool,
+    output: Path | None,
+) -> None:
     """Final manifests for MODEL at VERSION: the overlay with its InferenceService template
     filled in (name, storageUri, digest, version) and validated."""
     from edgeloop.deploy import render
@@ -70,19 +94,43 @@ def render_cmd(ctx: click.Context, model: str, version: str, overlay: str, stora
 
         card_digest = ModelCard.load(model_dir).digest()
         if digest and render.normalize_digest(digest) != card_digest:
-            raise RenderError(f"--digest {digest[:12]}... differs from {model_dir}'s model card ({card_digest[:12]}...)")
+            raise RenderError(
+                f"--digest {digest[:12]}... differs from {model_dir}'s model card ({card_digest[:12]}...)"
+            )
         digest = card_digest
     if not digest:
-        raise RenderError("pass --digest (ModelCard.digest()) or --model-dir: a deployment must pin its model")
+        raise RenderError(
+            "pass --digest (ModelCard.digest()) or --model-dir: a deployment must pin its model"
+        )
     if storage_uri is None:
         s = _settings(ctx)
-        storage_uri = (f"https://{s.blob.account}.blob.core.windows.net/"
-                       f"{s.blob.models_container}/{model}/{version}")
-    kwargs = dict(image_tag=image_tag, min_replicas=min_replicas, max_replicas=max_replicas)
+        storage_uri = (
+            f"https://{s.blob.account}.blob.core.windows.net/" f"{s.blob.models_container}/{model}/{version}"
+        )
     if model_only:
-        objs = render.render_inference_service(model, version, storage_uri, digest, image, overlay, **kwargs)
+        objs = render.render_inference_service(
+            model,
+            version,
+            storage_uri,
+            digest,
+            image,
+            overlay,
+            image_tag=image_tag,
+            min_replicas=min_replicas,
+            max_replicas=max_replicas,
+        )
     else:
-        objs = render.render_release(model, version, storage_uri, digest, image, overlay, **kwargs)
+        objs = render.render_release(
+            model,
+            version,
+            storage_uri,
+            digest,
+            image,
+            overlay,
+            image_tag=image_tag,
+            min_replicas=min_replicas,
+            max_replicas=max_replicas,
+        )
     validate_objects(objs)
     if output is None:
         click.echo(_dump(objs), nl=False)
@@ -107,8 +155,11 @@ def _load_files(paths: tuple[Path, ...]) -> list[dict[str, Any]]:
 
 @deploy.command("validate")
 @click.option("--overlay", "overlays", multiple=True, help="Overlay(s) to check [default: all].")
-@click.option("--schemas-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Directory with the upstream CRDs [default: <repo>/../shared/schemas].")
+@click.option(
+    "--schemas-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Directory with the upstream CRDs [default: <repo>/../shared/schemas].",
+)
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @user_errors
 def validate_cmd(overlays: tuple[str, ...], schemas_dir: Path | None, paths: tuple[Path, ...]) -> None:
@@ -146,15 +197,33 @@ def validate_cmd(overlays: tuple[str, ...], schemas_dir: Path | None, paths: tup
 @click.option("--memory", default="8Gi", show_default=True, help="Memory per node.")
 @click.option("--namespace", default="edgeloop", show_default=True)
 @user_errors
-def train_job_cmd(name: str, train_args: tuple[str, ...], nproc_per_node: int, num_nodes: int,
-                  gpus_per_node: int, image: str, cpu: str, memory: str, namespace: str) -> None:
+def train_job_cmd(
+    name: str,
+    train_args: tuple[str, ...],
+    nproc_per_node: int,
+    num_nodes: int,
+    gpus_per_node: int,
+    image: str,
+    cpu: str,
+    memory: str,
+    namespace: str,
+) -> None:
     """A Kubeflow Trainer v2 TrainJob running `torchrun -m components.train TRAIN_ARGS...`
     (put `--` before the training arguments)."""
     from edgeloop.deploy.render import render_train_job
     from edgeloop.deploy.validate import validate_objects
 
-    job = render_train_job(name, list(train_args), image=image, num_nodes=num_nodes, nproc_per_node=nproc_per_node,
-                           gpus_per_node=gpus_per_node, cpu=cpu, memory=memory, namespace=namespace)
+    job = render_train_job(
+        name,
+        list(train_args),
+        image=image,
+        num_nodes=num_nodes,
+        nproc_per_node=nproc_per_node,
+        gpus_per_node=gpus_per_node,
+        cpu=cpu,
+        memory=memory,
+        namespace=namespace,
+    )
     validate_objects([job])
     click.echo(_dump([job]), nl=False)
 
@@ -169,29 +238,68 @@ def _fmt(v: Any) -> str:
 
 @click.command("plan")
 @click.option("--streams", type=int, required=True, help="Number of camera streams.")
-@click.option("--fps", type=float, required=True, help="Frames per second per stream (one request per frame).")
-@click.option("--overlay", default="edge-cpu", show_default=True, help="Overlay whose autoscaler is simulated.")
+@click.option(
+    "--fps", type=float, required=True, help="Frames per second per stream (one request per frame)."
+)
+@click.option(
+    "--overlay", default="edge-cpu", show_default=True, help="Overlay whose autoscaler is simulated."
+)
 @click.option("--per-replica-ips", type=float, help="Measured frames/s one replica sustains.")
-@click.option("--bench-json", type=click.Path(path_type=Path),
-              help=f"Benchmark results to read the per-replica throughput from [default: {DEFAULT_BENCH}].")
-@click.option("--target-utilization", type=float, help="Fraction of measured throughput to plan for "
-              "[default: the overlay's CPU target, else 0.7].")
-@click.option("--pod-start-s", type=int, help="Seconds from scale-up to a serving pod [default: 120 with a GPU, else 30].")
-@click.option("--queue-s", type=float, default=1.0, show_default=True,
-              help="Seconds of frames a replica may queue before dropping.")
-@click.option("--concurrency", type=float, default=1.0, show_default=True,
-              help="Requests one replica works on at once (scales the in-flight target).")
+@click.option(
+    "--bench-json",
+    type=click.Path(path_type=Path),
+    help=f"Benchmark results to read the per-replica throughput from [default: {DEFAULT_BENCH}].",
+)
+@click.option(
+    "--target-utilization",
+    type=float,
+    help="Fraction of measured throughput to plan for " "[default: the overlay's CPU target, else 0.7].",
+)
+@click.option(
+    "--pod-start-s",
+    type=int,
+    help="Seconds from scale-up to a serving pod [default: 120 with a GPU, else 30].",
+)
+@click.option(
+    "--queue-s",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Seconds of frames a replica may queue before dropping.",
+)
+@click.option(
+    "--concurrency",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Requests one replica works on at once (scales the in-flight target).",
+)
 @click.option("--burst-factor", type=float, default=3.0, show_default=True)
 @click.option("--burst-s", type=int, default=30, show_default=True)
 @click.option("--min-replicas", type=int, help="Override the planned replica floor.")
 @click.option("--max-replicas", type=int, help="Override the planned replica ceiling.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG of load, capacity, replicas.")
+@click.option(
+    "--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG of load, capacity, replicas."
+)
 @user_errors
-def plan(streams: int, fps: float, overlay: str, per_replica_ips: float | None, bench_json: Path | None,
-         target_utilization: float | None, pod_start_s: int | None, queue_s: float, concurrency: float,
-         burst_factor: float, burst_s: int, min_replicas: int | None, max_replicas: int | None,
-         as_json: bool, plot: Path | None) -> None:
+def plan(
+    streams: int,
+    fps: float,
+    overlay: str,
+    per_replica_ips: float | None,
+    bench_json: Path | None,
+    target_utilization: float | None,
+    pod_start_s: int | None,
+    queue_s: float,
+    concurrency: float,
+    burst_factor: float,
+    burst_s: int,
+    min_replicas: int | None,
+    max_replicas: int | None,
+    as_json: bool,
+    plot: Path | None,
+) -> None:
     """Capacity and autoscaling plan for STREAMS x FPS with a burst simulation.
 
     Turns a measured per-replica throughput into replica counts and autoscaler targets
@@ -226,12 +334,27 @@ def plan(streams: int, fps: float, overlay: str, per_replica_ips: float | None, 
         res = isvc["spec"]["predictor"]["model"].get("resources") or {}
         gpu = "nvidia.com/gpu" in (res.get("limits") or {})
         pod_start_s = 120 if gpu else 30
-    service = p.ServiceModel(per_replica_ips, pod_start_s=pod_start_s, queue_s=queue_s, concurrency=concurrency)
-    result_plan, sim = p.make_plan(streams, fps, service, spec, target_utilization=target_utilization,
-                                   burst_factor=burst_factor, burst_s=burst_s, min_replicas=min_replicas,
-                                   max_replicas=max_replicas, deployed_targets=deployed)
+    service = p.ServiceModel(
+        per_replica_ips, pod_start_s=pod_start_s, queue_s=queue_s, concurrency=concurrency
+    )
+    result_plan, sim = p.make_plan(
+        streams,
+        fps,
+        service,
+        spec,
+        target_utilization=target_utilization,
+        burst_factor=burst_factor,
+        burst_s=burst_s,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        deployed_targets=deployed,
+    )
     if plot is not None:
-        p.plot(sim, plot, title=f"{overlay}: {streams} streams x {fps:g} fps, {per_replica_ips:g} frames/s per replica")
+        p.plot(
+            sim,
+            plot,
+            title=f"{overlay}: {streams} streams x {fps:g} fps, {per_replica_ips:g} frames/s per replica",
+        )
     if as_json:
         out = result_plan.to_dict()
         out["overlay"], out["throughput_source"] = overlay, source
@@ -241,28 +364,42 @@ def plan(streams: int, fps: float, overlay: str, per_replica_ips: float | None, 
     w = click.echo
     w(f"overlay {overlay} ({r.autoscaler['source']}), throughput from {source}")
     w(f"offered load      {r.streams} streams x {r.fps:g} fps = {r.offered_fps:g} frames/s")
-    w(f"per replica       {r.per_replica_ips:g} frames/s measured, planned at {r.target_utilization:.0%} "
-      f"= {r.per_replica_ips * r.target_utilization:g} frames/s")
-    w(f"replicas          {r.replicas_no_headroom} at 100% | {r.replicas_steady} steady | "
-      f"{r.replicas_burst} for the {burst_factor:g}x burst")
-    w(f"autoscaler        min {r.min_replicas}, max {r.max_replicas}; metrics {', '.join(r.autoscaler['metrics'])}; "
-      f"scale-up window {r.autoscaler['scale_up_stabilization_s']} s, scale-down window "
-      f"{r.autoscaler['scale_down_stabilization_s']} s; pod start {r.autoscaler['pod_start_s']} s")
-    w(f"targets           HPA cpu averageUtilization {r.cpu_target_pct} | Pods edgeloop_inflight_requests "
-      f"averageValue {r.inflight_target:g} | KEDA prometheus threshold {r.keda_rate_threshold:g} req/s per replica")
+    w(
+        f"per replica       {r.per_replica_ips:g} frames/s measured, planned at {r.target_utilization:.0%} "
+        f"= {r.per_replica_ips * r.target_utilization:g} frames/s"
+    )
+    w(
+        f"replicas          {r.replicas_no_headroom} at 100% | {r.replicas_steady} steady | "
+        f"{r.replicas_burst} for the {burst_factor:g}x burst"
+    )
+    w(
+        f"autoscaler        min {r.min_replicas}, max {r.max_replicas}; metrics {', '.join(r.autoscaler['metrics'])}; "
+        f"scale-up window {r.autoscaler['scale_up_stabilization_s']} s, scale-down window "
+        f"{r.autoscaler['scale_down_stabilization_s']} s; pod start {r.autoscaler['pod_start_s']} s"
+    )
+    w(
+        f"targets           HPA cpu averageUtilization {r.cpu_target_pct} | Pods edgeloop_inflight_requests "
+        f"averageValue {r.inflight_target:g} | KEDA prometheus threshold {r.keda_rate_threshold:g} req/s per replica"
+    )
     if r.deployed_targets:
         w(f"deployed targets  {', '.join(f'{k}={_fmt(v)}' for k, v in r.deployed_targets.items())}")
     w("")
-    w(f"{'phase':<8}{'t (s)':>11}{'load fps':>10}{'replicas':>9}{'peak queue':>11}{'max wait s':>11}"
-      f"{'dropped':>10}{'drop %':>8}{'to capacity s':>14}{'recovery s':>11}")
+    w(
+        f"{'phase':<8}{'t (s)':>11}{'load fps':>10}{'replicas':>9}{'peak queue':>11}{'max wait s':>11}"
+        f"{'dropped':>10}{'drop %':>8}{'to capacity s':>14}{'recovery s':>11}"
+    )
     for ph in r.phases:
-        w(f"{ph.name:<8}{f'{ph.start_s}-{ph.end_s}':>11}{ph.offered_fps:>10g}{ph.max_replicas:>9}"
-          f"{ph.peak_queue_frames:>11g}{ph.max_queue_delay_s:>11g}{ph.dropped_frames:>10g}{ph.dropped_pct:>8g}"
-          f"{_fmt(ph.time_to_capacity_s):>14}{_fmt(ph.recovery_s):>11}")
+        w(
+            f"{ph.name:<8}{f'{ph.start_s}-{ph.end_s}':>11}{ph.offered_fps:>10g}{ph.max_replicas:>9}"
+            f"{ph.peak_queue_frames:>11g}{ph.max_queue_delay_s:>11g}{ph.dropped_frames:>10g}{ph.dropped_pct:>8g}"
+            f"{_fmt(ph.time_to_capacity_s):>14}{_fmt(ph.recovery_s):>11}"
+        )
     w("")
     if r.min_replicas_zero_drop_burst is not None:
-        w(f"no drops in the {burst_factor:g}x {burst_s} s burst needs minReplicas >= {r.min_replicas_zero_drop_burst} "
-          f"(or a longer queue, --queue-s, if latency allows)")
+        w(
+            f"no drops in the {burst_factor:g}x {burst_s} s burst needs minReplicas >= {r.min_replicas_zero_drop_burst} "
+            f"(or a longer queue, --queue-s, if latency allows)"
+        )
     else:
         w("no replica floor up to the burst size avoids drops: raise --queue-s or the per-replica throughput")
     if plot is not None:

@@ -67,7 +67,9 @@ class ScalingRules:
 
 @dataclass(frozen=True)
 class Behavior:
-    scale_up: ScalingRules = ScalingRules(0, (ScalingPolicy("Percent", 100, 15), ScalingPolicy("Pods", 4, 15)))
+    scale_up: ScalingRules = ScalingRules(
+        0, (ScalingPolicy("Percent", 100, 15), ScalingPolicy("Pods", 4, 15))
+    )
     scale_down: ScalingRules = ScalingRules(300, (ScalingPolicy("Percent", 100, 15),))
 
 
@@ -105,8 +107,17 @@ class Phase:
     end_rate: float
 
 
-def standard_trace(rate: float, *, burst_factor: float = 3.0, burst_s: int = 30, steady_s: int = 120,
-                   settle_s: int = 420, ramp_factor: float = 2.0, ramp_s: int = 300, hold_s: int = 120) -> list[Phase]:
+def standard_trace(
+    rate: float,
+    *,
+    burst_factor: float = 3.0,
+    burst_s: int = 30,
+    steady_s: int = 120,
+    settle_s: int = 420,
+    ramp_factor: float = 2.0,
+    ramp_s: int = 300,
+    hold_s: int = 120,
+) -> list[Phase]:
     """Steady load, a ``burst_factor`` step for ``burst_s``, back to steady long enough for
     scale-down, then a linear ramp to ``ramp_factor`` and a hold."""
     return [
@@ -187,8 +198,14 @@ class HpaController:
             else:
                 proposals = []
                 for p in rules.policies:
-                    start = current - self._changed(self.up_events, now, p.period_s) + self._changed(self.down_events, now, p.period_s)
-                    proposals.append(start + p.value if p.type == "Pods" else math.ceil(start * (1 + p.value / 100)))
+                    start = (
+                        current
+                        - self._changed(self.up_events, now, p.period_s)
+                        + self._changed(self.down_events, now, p.period_s)
+                    )
+                    proposals.append(
+                        start + p.value if p.type == "Pods" else math.ceil(start * (1 + p.value / 100))
+                    )
                 limit = max(proposals) if rules.select == "Max" else min(proposals)
             limit = max(limit, current)
             return min(desired, s.max_replicas, limit)
@@ -199,8 +216,14 @@ class HpaController:
             else:
                 proposals = []
                 for p in rules.policies:
-                    start = current - self._changed(self.up_events, now, p.period_s) + self._changed(self.down_events, now, p.period_s)
-                    proposals.append(start - p.value if p.type == "Pods" else int(start * (1 - p.value / 100)))
+                    start = (
+                        current
+                        - self._changed(self.up_events, now, p.period_s)
+                        + self._changed(self.down_events, now, p.period_s)
+                    )
+                    proposals.append(
+                        start - p.value if p.type == "Pods" else int(start * (1 - p.value / 100))
+                    )
                 limit = min(proposals) if rules.select == "Max" else max(proposals)
             limit = min(limit, current)
             return max(desired, s.min_replicas, limit)
@@ -254,8 +277,13 @@ class SimulationResult:
         return sum(self.dropped)
 
 
-def simulate(phases: list[Phase], service: ServiceModel, scaler: AutoscalerSpec,
-             initial_replicas: int | None = None, recovery_horizon_s: int = 300) -> SimulationResult:
+def simulate(
+    phases: list[Phase],
+    service: ServiceModel,
+    scaler: AutoscalerSpec,
+    initial_replicas: int | None = None,
+    recovery_horizon_s: int = 300,
+) -> SimulationResult:
     """Replay ``phases`` through the HPA and a bounded queue; see the module docstring."""
     if service.per_replica_ips <= 0:
         raise PlanError("per-replica throughput must be > 0")
@@ -263,7 +291,9 @@ def simulate(phases: list[Phase], service: ServiceModel, scaler: AutoscalerSpec,
     n0 = initial_replicas if initial_replicas is not None else scaler.min_replicas
     pods: list[float] = [0.0] * n0  # ready-at times; initial pods are ready
     hpa = HpaController(scaler)
-    windows = {m.kind: deque(maxlen=max(1, m.window_s)) for m in scaler.metrics}
+    windows: dict[MetricKind, deque[float]] = {
+        m.kind: deque(maxlen=max(1, m.window_s)) for m in scaler.metrics
+    }
     q = 0.0
     res = SimulationResult([], [], [], [], [], [], [], [], [])
     for t, (pname, rate) in enumerate(trace_rates(phases)):
@@ -275,7 +305,7 @@ def simulate(phases: list[Phase], service: ServiceModel, scaler: AutoscalerSpec,
                 pods += [t + service.pod_start_s] * (desired - len(pods))
             elif desired < len(pods):
                 pods.sort()  # remove not-ready, then newest, pods first
-                pods = pods[: desired]
+                pods = pods[:desired]
         ready = sum(1 for r in pods if r <= t)
         capacity = ready * mu
         served = min(q + rate, capacity)
@@ -285,12 +315,10 @@ def simulate(phases: list[Phase], service: ServiceModel, scaler: AutoscalerSpec,
         q -= drop
         busy = served / capacity if capacity else 0.0
         for k, w in windows.items():
-            if k is MetricKind.CPU:
-                w.append(busy) if ready else None
-            elif k is MetricKind.INFLIGHT:
-                w.append(busy * service.concurrency + q / ready) if ready else None
-            else:
+            if k is MetricKind.RATE:
                 w.append(rate)
+            elif ready:  # per-pod metrics come from ready pods only
+                w.append(busy if k is MetricKind.CPU else busy * service.concurrency + q / ready)
         res.t.append(t)
         res.phase.append(pname)
         res.offered_fps.append(rate)
@@ -309,22 +337,33 @@ def simulate(phases: list[Phase], service: ServiceModel, scaler: AutoscalerSpec,
         # A phase's aftermath counts towards it while the load that follows is no higher.
         nxt = phases[idx + 1] if idx + 1 < len(phases) else None
         calmer = nxt is not None and max(nxt.start_rate, nxt.end_rate) <= max(p.start_rate, p.end_rate)
-        horizon = range(start, min(len(res.t), end + (min(recovery_horizon_s, nxt.duration_s) if calmer else 0)))
+        tail = min(recovery_horizon_s, nxt.duration_s) if (calmer and nxt is not None) else 0
+        horizon = range(start, min(len(res.t), end + tail))
         ttc = next((i - start for i in sl if res.capacity_fps[i] >= res.offered_fps[i]), None)
         troubled = [i for i in horizon if res.queue[i] >= 1.0 or res.dropped[i] > 0]
-        recovery = (troubled[-1] + 1 - start) if troubled else 0.0
+        recovery: float | None = float(troubled[-1] + 1 - start) if troubled else 0.0
         if troubled and troubled[-1] == horizon[-1]:
             recovery = None  # still queueing or dropping at the end of the window
-        res.phases.append(PhaseReport(
-            name=p.name, start_s=start, end_s=end, offered_fps=max(p.start_rate, p.end_rate),
-            max_replicas=max(res.replicas[i] for i in sl),
-            peak_queue_frames=round(max(res.queue[i] for i in horizon), 1),
-            max_queue_delay_s=round(max((res.queue[i] / res.capacity_fps[i]) if res.capacity_fps[i] else 0.0
-                                        for i in horizon), 3),
-            dropped_frames=round(dropped, 1),
-            dropped_pct=round(100 * dropped / offered, 2) if offered else 0.0,
-            time_to_capacity_s=ttc, recovery_s=recovery,
-        ))
+        res.phases.append(
+            PhaseReport(
+                name=p.name,
+                start_s=start,
+                end_s=end,
+                offered_fps=max(p.start_rate, p.end_rate),
+                max_replicas=max(res.replicas[i] for i in sl),
+                peak_queue_frames=round(max(res.queue[i] for i in horizon), 1),
+                max_queue_delay_s=round(
+                    max(
+                        (res.queue[i] / res.capacity_fps[i]) if res.capacity_fps[i] else 0.0 for i in horizon
+                    ),
+                    3,
+                ),
+                dropped_frames=round(dropped, 1),
+                dropped_pct=round(100 * dropped / offered, 2) if offered else 0.0,
+                time_to_capacity_s=ttc,
+                recovery_s=recovery,
+            )
+        )
         start = end
     return res
 
@@ -356,10 +395,19 @@ class CapacityPlan:
         return asdict(self)
 
 
-def make_plan(streams: int, fps: float, service: ServiceModel, scaler: AutoscalerSpec, *,
-              target_utilization: float = 0.7, burst_factor: float = 3.0, burst_s: int = 30,
-              min_replicas: int | None = None, max_replicas: int | None = None,
-              deployed_targets: dict[str, Any] | None = None) -> tuple[CapacityPlan, SimulationResult]:
+def make_plan(
+    streams: int,
+    fps: float,
+    service: ServiceModel,
+    scaler: AutoscalerSpec,
+    *,
+    target_utilization: float = 0.7,
+    burst_factor: float = 3.0,
+    burst_s: int = 30,
+    min_replicas: int | None = None,
+    max_replicas: int | None = None,
+    deployed_targets: dict[str, Any] | None = None,
+) -> tuple[CapacityPlan, SimulationResult]:
     """Size replicas and targets for ``streams * fps`` and simulate the standard trace with them."""
     if streams < 1 or fps <= 0:
         raise PlanError("--streams must be >= 1 and --fps > 0")
@@ -373,7 +421,11 @@ def make_plan(streams: int, fps: float, service: ServiceModel, scaler: Autoscale
     burst = max(1, math.ceil(lam * burst_factor / (mu * u)))
     lo = min_replicas if min_replicas is not None else steady
     hi = max_replicas if max_replicas is not None else max(lo, math.ceil(peak / (mu * u)))
-    targets = {MetricKind.CPU: u, MetricKind.INFLIGHT: round(u * service.concurrency, 3), MetricKind.RATE: round(mu * u, 2)}
+    targets = {
+        MetricKind.CPU: u,
+        MetricKind.INFLIGHT: round(u * service.concurrency, 3),
+        MetricKind.RATE: round(mu * u, 2),
+    }
     metrics = tuple(replace(m, target=targets[m.kind]) for m in scaler.metrics)
     tuned = replace(scaler, metrics=metrics, min_replicas=lo, max_replicas=hi)
     result = simulate(phases, service, tuned)
@@ -386,24 +438,45 @@ def make_plan(streams: int, fps: float, service: ServiceModel, scaler: Autoscale
             zero_drop = n
             break
     plan = CapacityPlan(
-        streams=streams, fps=fps, offered_fps=lam, per_replica_ips=mu, target_utilization=u,
-        replicas_no_headroom=max(1, math.ceil(lam / mu)), replicas_steady=steady, replicas_burst=burst,
-        min_replicas=lo, max_replicas=hi,
-        cpu_target_pct=round(100 * u), inflight_target=targets[MetricKind.INFLIGHT],
-        keda_rate_threshold=targets[MetricKind.RATE], min_replicas_zero_drop_burst=zero_drop,
-        autoscaler={"source": tuned.source, "metrics": [f"{m.kind.value}>{m.target}/{m.window_s}s" for m in metrics],
-                    "scale_up_stabilization_s": tuned.behavior.scale_up.stabilization_s,
-                    "scale_down_stabilization_s": tuned.behavior.scale_down.stabilization_s,
-                    "pod_start_s": service.pod_start_s, "queue_s": service.queue_s},
-        deployed_targets=deployed_targets or {}, phases=result.phases,
+        streams=streams,
+        fps=fps,
+        offered_fps=lam,
+        per_replica_ips=mu,
+        target_utilization=u,
+        replicas_no_headroom=max(1, math.ceil(lam / mu)),
+        replicas_steady=steady,
+        replicas_burst=burst,
+        min_replicas=lo,
+        max_replicas=hi,
+        cpu_target_pct=round(100 * u),
+        inflight_target=targets[MetricKind.INFLIGHT],
+        keda_rate_threshold=targets[MetricKind.RATE],
+        min_replicas_zero_drop_burst=zero_drop,
+        autoscaler={
+            "source": tuned.source,
+            "metrics": [f"{m.kind.value}>{m.target}/{m.window_s}s" for m in metrics],
+            "scale_up_stabilization_s": tuned.behavior.scale_up.stabilization_s,
+            "scale_down_stabilization_s": tuned.behavior.scale_down.stabilization_s,
+            "pod_start_s": service.pod_start_s,
+            "queue_s": service.queue_s,
+        },
+        deployed_targets=deployed_targets or {},
+        phases=result.phases,
     )
     return plan, result
 
 
 # -- inputs from manifests and benchmarks -------------------------------------------------
 
-_THROUGHPUT_KEYS = ("per_replica_ips", "throughput_ips", "images_per_second", "ips",
-                    "requests_per_second", "rps", "throughput")
+_THROUGHPUT_KEYS = (
+    "per_replica_ips",
+    "throughput_ips",
+    "images_per_second",
+    "ips",
+    "requests_per_second",
+    "rps",
+    "throughput",
+)
 
 
 def per_replica_ips_from_bench(path: Path) -> tuple[float, str]:
@@ -412,7 +485,9 @@ def per_replica_ips_from_bench(path: Path) -> tuple[float, str]:
     (value, where it was found)."""
     path = Path(path)
     if not path.exists():
-        raise PlanError(f"benchmark file {path} not found: run the serving benchmark or pass --per-replica-ips")
+        raise PlanError(
+            f"benchmark file {path} not found: run the serving benchmark or pass --per-replica-ips"
+        )
     data = json.loads(path.read_text())
     if isinstance(data, dict) and isinstance(data.get("per_replica_ips"), int | float):
         return float(data["per_replica_ips"]), "per_replica_ips"
@@ -430,7 +505,9 @@ def per_replica_ips_from_bench(path: Path) -> tuple[float, str]:
 
     walk(data, "")
     if not found:
-        raise PlanError(f"no throughput in {path} (looked for {', '.join(_THROUGHPUT_KEYS)}); pass --per-replica-ips")
+        raise PlanError(
+            f"no throughput in {path} (looked for {', '.join(_THROUGHPUT_KEYS)}); pass --per-replica-ips"
+        )
     return max(found)
 
 
@@ -448,9 +525,14 @@ def parse_quantity(q: Any) -> float:
 def _rules(d: dict[str, Any] | None, default: ScalingRules) -> ScalingRules:
     if not d:
         return default
-    pols = tuple(ScalingPolicy(p["type"], int(p["value"]), int(p["periodSeconds"])) for p in d.get("policies") or [])
-    return ScalingRules(int(d.get("stabilizationWindowSeconds", default.stabilization_s)),
-                        pols or default.policies, d.get("selectPolicy", default.select))
+    pols = tuple(
+        ScalingPolicy(p["type"], int(p["value"]), int(p["periodSeconds"])) for p in d.get("policies") or []
+    )
+    return ScalingRules(
+        int(d.get("stabilizationWindowSeconds", default.stabilization_s)),
+        pols or default.policies,
+        d.get("selectPolicy", default.select),
+    )
 
 
 def _behavior(d: dict[str, Any] | None) -> Behavior:
@@ -459,7 +541,9 @@ def _behavior(d: dict[str, Any] | None) -> Behavior:
     return Behavior(_rules(d.get("scaleUp"), base.scale_up), _rules(d.get("scaleDown"), base.scale_down))
 
 
-def autoscaler_from_objects(objs: list[dict[str, Any]]) -> tuple[AutoscalerSpec, dict[str, Any], dict[str, Any]]:
+def autoscaler_from_objects(
+    objs: list[dict[str, Any]],
+) -> tuple[AutoscalerSpec, dict[str, Any], dict[str, Any]]:
     """The autoscaler an overlay deploys (HPA, KEDA ScaledObject or KServe's own HPA), the
     targets it deploys, and the InferenceService template (for resources)."""
     from edgeloop.deploy.render import is_template
@@ -477,10 +561,14 @@ def autoscaler_from_objects(objs: list[dict[str, Any]]) -> tuple[AutoscalerSpec,
     if hpa is not None:
         for m in hpa["spec"].get("metrics") or []:
             if m["type"] == "Resource" and m["resource"]["name"] == "cpu":
-                metrics.append(MetricSpec(MetricKind.CPU, m["resource"]["target"]["averageUtilization"] / 100, 30))
+                metrics.append(
+                    MetricSpec(MetricKind.CPU, m["resource"]["target"]["averageUtilization"] / 100, 30)
+                )
                 deployed["cpu_target_pct"] = m["resource"]["target"]["averageUtilization"]
             elif m["type"] == "Pods":
-                metrics.append(MetricSpec(MetricKind.INFLIGHT, parse_quantity(m["pods"]["target"]["averageValue"]), 15))
+                metrics.append(
+                    MetricSpec(MetricKind.INFLIGHT, parse_quantity(m["pods"]["target"]["averageValue"]), 15)
+                )
                 deployed["inflight_target"] = parse_quantity(m["pods"]["target"]["averageValue"])
         spec = AutoscalerSpec(tuple(metrics), lo, hi, _behavior(hpa["spec"].get("behavior")), source="hpa")
     elif so is not None:
@@ -492,19 +580,29 @@ def autoscaler_from_objects(objs: list[dict[str, Any]]) -> tuple[AutoscalerSpec,
             elif trig["type"] == "cpu":
                 metrics.append(MetricSpec(MetricKind.CPU, float(trig["metadata"]["value"]) / 100, 30))
         beh = ((s.get("advanced") or {}).get("horizontalPodAutoscalerConfig") or {}).get("behavior")
-        spec = AutoscalerSpec(tuple(metrics), lo, hi, _behavior(beh), sync_period_s=int(s.get("pollingInterval", 15)),
-                              source="keda")
+        spec = AutoscalerSpec(
+            tuple(metrics),
+            lo,
+            hi,
+            _behavior(beh),
+            sync_period_s=int(s.get("pollingInterval", 15)),
+            source="keda",
+        )
     else:
         auto = pred.get("autoScaling") or {}
         for m in auto.get("metrics") or []:
             if m.get("type") == "Resource" and m["resource"]["name"] == "cpu":
-                metrics.append(MetricSpec(MetricKind.CPU, m["resource"]["target"]["averageUtilization"] / 100, 30))
+                metrics.append(
+                    MetricSpec(MetricKind.CPU, m["resource"]["target"]["averageUtilization"] / 100, 30)
+                )
                 deployed["cpu_target_pct"] = m["resource"]["target"]["averageUtilization"]
         if not metrics and pred.get("scaleMetric", "cpu") == "cpu":
             metrics.append(MetricSpec(MetricKind.CPU, pred.get("scaleTarget", 80) / 100, 30))
         spec = AutoscalerSpec(tuple(metrics), lo, hi, _behavior(auto.get("behavior")), source="kserve-hpa")
     if not spec.metrics:
-        raise PlanError("the overlay's autoscaler uses no metric the simulator knows (cpu, inflight, request rate)")
+        raise PlanError(
+            "the overlay's autoscaler uses no metric the simulator knows (cpu, inflight, request rate)"
+        )
     return spec, deployed, isvc
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -40,13 +41,22 @@ KUBERNETES_VERSION = "1.32.0"
 CRD_FILES: dict[tuple[str, str], str] = {
     ("serving.kserve.io/v1beta1", "InferenceService"): "kserve/serving.kserve.io_inferenceservices.yaml",
     ("serving.kserve.io/v1alpha1", "ServingRuntime"): "kserve/serving.kserve.io_servingruntimes.yaml",
-    ("serving.kserve.io/v1alpha1", "ClusterServingRuntime"): "kserve/serving.kserve.io_clusterservingruntimes.yaml",
+    (
+        "serving.kserve.io/v1alpha1",
+        "ClusterServingRuntime",
+    ): "kserve/serving.kserve.io_clusterservingruntimes.yaml",
     ("keda.sh/v1alpha1", "ScaledObject"): "keda/keda.sh_scaledobjects.yaml",
     ("trainer.kubeflow.org/v1alpha1", "TrainJob"): "kubeflow/trainer.kubeflow.org_trainjobs.yaml",
-    ("trainer.kubeflow.org/v1alpha1", "ClusterTrainingRuntime"): "kubeflow/trainer.kubeflow.org_clustertrainingruntimes.yaml",
+    (
+        "trainer.kubeflow.org/v1alpha1",
+        "ClusterTrainingRuntime",
+    ): "kubeflow/trainer.kubeflow.org_clustertrainingruntimes.yaml",
     # TrainingRuntime (namespaced) and ClusterTrainingRuntime share one spec type
     # (TrainingRuntimeSpec) in Kubeflow Trainer; only the scope differs.
-    ("trainer.kubeflow.org/v1alpha1", "TrainingRuntime"): "kubeflow/trainer.kubeflow.org_clustertrainingruntimes.yaml",
+    (
+        "trainer.kubeflow.org/v1alpha1",
+        "TrainingRuntime",
+    ): "kubeflow/trainer.kubeflow.org_clustertrainingruntimes.yaml",
     ("kubeflow.org/v1", "PyTorchJob"): "kubeflow/kubeflow.org_pytorchjobs.yaml",
 }
 
@@ -72,7 +82,10 @@ STRUCTURAL_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                     "selector": _LABEL_SELECTOR,
                     "namespaceSelector": {
                         "type": "object",
-                        "properties": {"any": {"type": "boolean"}, "matchNames": {"type": "array", "items": _STR}},
+                        "properties": {
+                            "any": {"type": "boolean"},
+                            "matchNames": {"type": "array", "items": _STR},
+                        },
                         "additionalProperties": False,
                     },
                     "endpoints": {
@@ -120,11 +133,20 @@ STRUCTURAL_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                                         "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
                                         "properties": {
                                             "alert": _STR,
-                                            "record": {"type": "string", "pattern": r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"},
+                                            "record": {
+                                                "type": "string",
+                                                "pattern": r"^[a-zA-Z_:][a-zA-Z0-9_:]*$",
+                                            },
                                             "expr": _STR,
                                             "for": {"type": "string", "pattern": r"^(\d+(ms|s|m|h|d|w|y))+$"},
-                                            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-                                            "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+                                            "labels": {
+                                                "type": "object",
+                                                "additionalProperties": {"type": "string"},
+                                            },
+                                            "annotations": {
+                                                "type": "object",
+                                                "additionalProperties": {"type": "string"},
+                                            },
                                         },
                                         "additionalProperties": False,
                                     },
@@ -200,13 +222,39 @@ def default_schemas_dir() -> Path:
 
 @functools.lru_cache(maxsize=32)
 def _crd_schema(path: str, version: str) -> dict[str, Any]:
+    """The openAPIV3Schema of ``version`` in a CRD file.
+
+    Parsing the 2 MB InferenceService CRD takes seconds with PyYAML, so the extracted schema
+    is cached as JSON in the temp dir, keyed by the file's path, size and mtime.
+    """
+    import hashlib
+    import tempfile
+
+    st = Path(path).stat()
+    key = hashlib.sha256(
+        f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}|{version}".encode()
+    ).hexdigest()[:24]
+    cache = Path(tempfile.gettempdir()) / "edgeloop-crd-schemas" / f"{key}.json"
+    if cache.exists():
+        try:
+            return json.loads(cache.read_text())
+        except ValueError:
+            pass  # a torn write: rebuild below
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     crd = yaml.load(Path(path).read_text(), Loader=loader)  # noqa: S506 - safe loader (C or Python)
     for v in crd["spec"]["versions"]:
         if v["name"] == version:
             if not v.get("served", True):
                 raise SchemaUnavailableError(f"{path}: version {version} is not served")
-            return v["schema"]["openAPIV3Schema"]
+            schema = v["schema"]["openAPIV3Schema"]
+            try:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(schema))
+                tmp.replace(cache)
+            except OSError:
+                pass  # caching is an optimisation only
+            return schema
     raise SchemaUnavailableError(f"{path} has no version {version}")
 
 
@@ -298,7 +346,11 @@ def schema_problems(
 
     core = _core_validator(kind, api_version, k8s_version)
     if core is None:
-        return [Problem(kind, name, "", f"no schema known for {api_version} {kind}; refusing to pass it unchecked")]
+        return [
+            Problem(
+                kind, name, "", f"no schema known for {api_version} {kind}; refusing to pass it unchecked"
+            )
+        ]
     return [Problem(kind, name, _path(e.absolute_path), e.message) for e in core.iter_errors(obj)]
 
 
@@ -308,9 +360,12 @@ def _pod_specs(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], list[
     spec = obj.get("spec") or {}
 
     def pod(path: str, pspec: dict[str, Any]):
-        conts = [(f"{path}.containers[{c.get('name', i)}]", c) for i, c in enumerate(pspec.get("containers") or [])]
+        conts = [
+            (f"{path}.containers[{c.get('name', i)}]", c) for i, c in enumerate(pspec.get("containers") or [])
+        ]
         conts += [
-            (f"{path}.initContainers[{c.get('name', i)}]", c) for i, c in enumerate(pspec.get("initContainers") or [])
+            (f"{path}.initContainers[{c.get('name', i)}]", c)
+            for i, c in enumerate(pspec.get("initContainers") or [])
         ]
         return path, pspec, conts
 
@@ -324,6 +379,8 @@ def _pod_specs(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], list[
         if isinstance(pred.get("model"), dict):
             conts.append(("spec.predictor.model", pred["model"]))
         yield path, pspec, conts
+    elif kind in ("ServingRuntime", "ClusterServingRuntime"):
+        yield pod("spec", spec)
     elif kind in ("TrainingRuntime", "ClusterTrainingRuntime"):
         for i, rj in enumerate(((spec.get("template") or {}).get("spec") or {}).get("replicatedJobs") or []):
             pspec = rj["template"]["spec"]["template"]["spec"]
@@ -333,27 +390,44 @@ def _pod_specs(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], list[
 def _restricted_problems(obj: dict[str, Any]) -> list[Problem]:
     kind, name = _ident(obj)
     out: list[Problem] = []
-    for path, pspec, containers in _pod_specs(obj):
+    for _where, pspec, containers in _pod_specs(obj):
         psc = pspec.get("securityContext") or {}
         volumes = {v.get("name") for v in pspec.get("volumes") or []}
         for cpath, c in containers:
             csc = c.get("securityContext") or {}
-            if not (csc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True):
+            if csc.get("runAsNonRoot", psc.get("runAsNonRoot")) is not True:
                 out.append(Problem(kind, name, cpath, "runAsNonRoot must be true (Pod Security restricted)"))
             if csc.get("allowPrivilegeEscalation") is not False:
-                out.append(Problem(kind, name, cpath, "allowPrivilegeEscalation must be false (Pod Security restricted)"))
+                out.append(
+                    Problem(
+                        kind, name, cpath, "allowPrivilegeEscalation must be false (Pod Security restricted)"
+                    )
+                )
             if "ALL" not in ((csc.get("capabilities") or {}).get("drop") or []):
-                out.append(Problem(kind, name, cpath, "capabilities.drop must contain ALL (Pod Security restricted)"))
+                out.append(
+                    Problem(kind, name, cpath, "capabilities.drop must contain ALL (Pod Security restricted)")
+                )
             seccomp = (csc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
             if seccomp not in ("RuntimeDefault", "Localhost"):
-                out.append(Problem(kind, name, cpath, "seccompProfile.type must be RuntimeDefault (Pod Security restricted)"))
+                out.append(
+                    Problem(
+                        kind,
+                        name,
+                        cpath,
+                        "seccompProfile.type must be RuntimeDefault (Pod Security restricted)",
+                    )
+                )
             if csc.get("readOnlyRootFilesystem") is not True:
                 out.append(Problem(kind, name, cpath, "readOnlyRootFilesystem must be true"))
             if csc.get("privileged"):
                 out.append(Problem(kind, name, cpath, "privileged containers are not allowed"))
             for m in c.get("volumeMounts") or []:
                 if m.get("name") not in volumes:
-                    out.append(Problem(kind, name, cpath, f"volumeMount {m.get('name')!r} names no volume of the pod"))
+                    out.append(
+                        Problem(
+                            kind, name, cpath, f"volumeMount {m.get('name')!r} names no volume of the pod"
+                        )
+                    )
     return out
 
 
@@ -372,26 +446,59 @@ def _edgeloop_problems(objs: list[dict[str, Any]]) -> list[Problem]:
         meta = obj.get("metadata") or {}
         out += _restricted_problems(obj)
         if kind == "Secret" and (obj.get("data") or obj.get("stringData")):
-            out.append(Problem(kind, name, "data", "Secret values must not be in manifests; reference secrets by name"))
+            out.append(
+                Problem(
+                    kind, name, "data", "Secret values must not be in manifests; reference secrets by name"
+                )
+            )
         if kind == "InferenceService":
             isvcs[(meta.get("namespace"), name)] = obj
             ann = meta.get("annotations") or {}
             if ann.get("serving.kserve.io/deploymentMode") not in ("RawDeployment", "Standard"):
-                out.append(Problem(kind, name, "metadata.annotations", "serving.kserve.io/deploymentMode must be RawDeployment"))
+                out.append(
+                    Problem(
+                        kind,
+                        name,
+                        "metadata.annotations",
+                        "serving.kserve.io/deploymentMode must be RawDeployment",
+                    )
+                )
             if (meta.get("labels") or {}).get(TEMPLATE_LABEL) == "true":
                 continue
             digest = ann.get(DIGEST_ANNOTATION, "")
             if not _HEX64.match(digest):
-                out.append(Problem(kind, name, f"metadata.annotations[{DIGEST_ANNOTATION}]",
-                                   f"must be the model card's sha256 digest (64 hex chars), got {digest!r}"))
+                out.append(
+                    Problem(
+                        kind,
+                        name,
+                        f"metadata.annotations[{DIGEST_ANNOTATION}]",
+                        f"must be the model card's sha256 digest (64 hex chars), got {digest!r}",
+                    )
+                )
             model = (obj.get("spec") or {}).get("predictor", {}).get("model") or {}
             if _env(model, DIGEST_ENV) != digest:
-                out.append(Problem(kind, name, "spec.predictor.model.env", f"{DIGEST_ENV} must equal the digest annotation"))
+                out.append(
+                    Problem(
+                        kind,
+                        name,
+                        "spec.predictor.model.env",
+                        f"{DIGEST_ENV} must equal the digest annotation",
+                    )
+                )
             uri = model.get("storageUri", "")
             if not uri or uri == TEMPLATE_STORAGE_URI:
-                out.append(Problem(kind, name, "spec.predictor.model.storageUri", "must point at the model version"))
+                out.append(
+                    Problem(kind, name, "spec.predictor.model.storageUri", "must point at the model version")
+                )
             if not ann.get(VERSION_ANNOTATION) or ann.get(VERSION_ANNOTATION) == "unset":
-                out.append(Problem(kind, name, f"metadata.annotations[{VERSION_ANNOTATION}]", "must name the model version"))
+                out.append(
+                    Problem(
+                        kind,
+                        name,
+                        f"metadata.annotations[{VERSION_ANNOTATION}]",
+                        "must name the model version",
+                    )
+                )
 
     for obj in objs:
         kind, name = _ident(obj)
@@ -402,18 +509,41 @@ def _edgeloop_problems(objs: list[dict[str, Any]]) -> list[Problem]:
         target = (spec.get("scaleTargetRef") or {}).get("name", "")
         isvc = isvcs.get((ns, target.removesuffix("-predictor")))
         if not target.endswith("-predictor") or isvc is None:
-            out.append(Problem(kind, name, "spec.scaleTargetRef.name",
-                               f"{target!r} is not the predictor Deployment of an InferenceService in this set"))
+            out.append(
+                Problem(
+                    kind,
+                    name,
+                    "spec.scaleTargetRef.name",
+                    f"{target!r} is not the predictor Deployment of an InferenceService in this set",
+                )
+            )
             continue
         pred = isvc["spec"]["predictor"]
-        lo, hi = (spec.get("minReplicas"), spec.get("maxReplicas")) if kind == "HorizontalPodAutoscaler" else (
-            spec.get("minReplicaCount"), spec.get("maxReplicaCount"))
+        lo, hi = (
+            (spec.get("minReplicas"), spec.get("maxReplicas"))
+            if kind == "HorizontalPodAutoscaler"
+            else (spec.get("minReplicaCount"), spec.get("maxReplicaCount"))
+        )
         if (lo, hi) != (pred.get("minReplicas"), pred.get("maxReplicas")):
-            out.append(Problem(kind, name, "spec", f"replica bounds {lo}..{hi} differ from the InferenceService's "
-                               f"{pred.get('minReplicas')}..{pred.get('maxReplicas')}"))
+            out.append(
+                Problem(
+                    kind,
+                    name,
+                    "spec",
+                    f"replica bounds {lo}..{hi} differ from the InferenceService's "
+                    f"{pred.get('minReplicas')}..{pred.get('maxReplicas')}",
+                )
+            )
         if (isvc["metadata"].get("annotations") or {}).get("serving.kserve.io/autoscalerClass") != "external":
-            out.append(Problem(kind, name, "", "the InferenceService must set serving.kserve.io/autoscalerClass: "
-                               "external, or KServe manages a second autoscaler for the same Deployment"))
+            out.append(
+                Problem(
+                    kind,
+                    name,
+                    "",
+                    "the InferenceService must set serving.kserve.io/autoscalerClass: "
+                    "external, or KServe manages a second autoscaler for the same Deployment",
+                )
+            )
     return out
 
 
