@@ -272,7 +272,14 @@ def _fmt(v: Any) -> str:
     type=float,
     default=1.0,
     show_default=True,
-    help="Requests one replica works on at once (scales the in-flight target).",
+    help="Requests one replica works on at once (scales an in-flight target).",
+)
+@click.option(
+    "--queue-target-s",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="Seconds of work queued per pod that the queue-rows target allows.",
 )
 @click.option("--burst-factor", type=float, default=3.0, show_default=True)
 @click.option("--burst-s", type=int, default=30, show_default=True)
@@ -293,6 +300,7 @@ def plan(
     pod_start_s: int | None,
     queue_s: float,
     concurrency: float,
+    queue_target_s: float,
     burst_factor: float,
     burst_s: int,
     min_replicas: int | None,
@@ -303,7 +311,7 @@ def plan(
     """Capacity and autoscaling plan for STREAMS x FPS with a burst simulation.
 
     Turns a measured per-replica throughput into replica counts and autoscaler targets
-    (HPA CPU %, in-flight requests per pod, KEDA requests/s per replica), then replays a
+    (HPA CPU %, queued rows per pod, KEDA served images/s per replica), then replays a
     load trace (steady, a BURST_FACTOR step for BURST_S seconds, back to steady, a ramp to
     2x and a hold) through the overlay's autoscaler: the HPA algorithm (desired =
     ceil(current * metric / target), tolerance 0.1, 15 s sync, stabilization windows and
@@ -348,6 +356,7 @@ def plan(
         min_replicas=min_replicas,
         max_replicas=max_replicas,
         deployed_targets=deployed,
+        queue_target_s=queue_target_s,
     )
     if plot is not None:
         p.plot(
@@ -378,8 +387,8 @@ def plan(
         f"{r.autoscaler['scale_down_stabilization_s']} s; pod start {r.autoscaler['pod_start_s']} s"
     )
     w(
-        f"targets           HPA cpu averageUtilization {r.cpu_target_pct} | Pods edgeloop_inflight_requests "
-        f"averageValue {r.inflight_target:g} | KEDA prometheus threshold {r.keda_rate_threshold:g} req/s per replica"
+        f"targets           cpu averageUtilization {r.cpu_target_pct} | edgeloop_serving_queue_rows "
+        f"{r.queue_target_rows:g} per pod | KEDA served images/s {r.keda_rate_threshold:g} per replica"
     )
     if r.deployed_targets:
         w(f"deployed targets  {', '.join(f'{k}={_fmt(v)}' for k, v in r.deployed_targets.items())}")

@@ -15,9 +15,10 @@ Model (deliberately simple, so its numbers can be checked by hand):
 - **Metrics lag.** Each metric is the mean of its per-second samples over ``window_s``
   (metrics-server for CPU, Prometheus scrape/rate windows for custom metrics):
   ``cpu`` = busy fraction of ready pods (saturates at 1.0: an overloaded pod reads 100%);
+  ``queue`` = rows waiting per ready pod (``edgeloop_serving_queue_rows``; 0 until overload);
   ``inflight`` = per-pod requests in service + queued (``busy * concurrency + queue/ready``);
-  ``rate`` = requests received per second, summed over pods (KEDA's Prometheus query; it
-  must count arrivals, not completions).
+  ``rate`` = images *served* per second over all pods (``edgeloop_serving_images_total``:
+  completions, so it cannot exceed capacity); ``queue_total`` = rows queued over all pods.
 - **HPA algorithm** (kube-controller-manager, every ``sync_period_s`` = 15 s): per metric
   ``ratio = metric / target``; no change while ``|ratio - 1| <= tolerance`` (0.1); else
   ``desired = ceil(ratio * ready)``. When scaling up with pods not yet ready, those count
@@ -46,9 +47,11 @@ from edgeloop.deploy.errors import PlanError
 
 
 class MetricKind(str, Enum):
-    CPU = "cpu"
-    INFLIGHT = "inflight"
-    RATE = "rate"
+    CPU = "cpu"  # Resource cpu, Utilization (per pod, saturates at 1.0)
+    QUEUE = "queue"  # Pods metric edgeloop_serving_queue_rows, AverageValue (per pod)
+    INFLIGHT = "inflight"  # Pods metric of requests in service + queued, AverageValue (per pod)
+    RATE = "rate"  # External (KEDA prometheus): images served per second, summed, AverageValue
+    QUEUE_TOTAL = "queue_total"  # External (KEDA prometheus): queued rows summed over pods, AverageValue
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ class Behavior:
 @dataclass(frozen=True)
 class MetricSpec:
     kind: MetricKind
-    target: float  # cpu: utilization fraction; inflight: per pod; rate: per replica (frames/s)
+    target: float  # cpu: utilization fraction; others: value per pod / per replica
     window_s: int = 15
 
 
@@ -143,7 +146,7 @@ def trace_rates(phases: list[Phase]) -> list[tuple[str, float]]:
 
 def metric_recommendation(m: MetricSpec, value: float, current: int, ready: int, tolerance: float) -> int:
     """Replicas one metric asks for (kube-controller-manager's replica calculator)."""
-    if m.kind is MetricKind.RATE:  # External metric, AverageValue target: total over all replicas
+    if m.kind in (MetricKind.RATE, MetricKind.QUEUE_TOTAL):  # External, AverageValue: total / replicas
         ratio = value / (m.target * current) if current else math.inf
         return current if abs(1.0 - ratio) <= tolerance else math.ceil(value / m.target)
     if ready == 0:
@@ -316,9 +319,16 @@ def simulate(
         busy = served / capacity if capacity else 0.0
         for k, w in windows.items():
             if k is MetricKind.RATE:
-                w.append(rate)
+                w.append(served)
+            elif k is MetricKind.QUEUE_TOTAL:
+                w.append(q)
             elif ready:  # per-pod metrics come from ready pods only
-                w.append(busy if k is MetricKind.CPU else busy * service.concurrency + q / ready)
+                per_pod = {
+                    MetricKind.CPU: busy,
+                    MetricKind.QUEUE: q / ready,
+                    MetricKind.INFLIGHT: busy * service.concurrency + q / ready,
+                }
+                w.append(per_pod[k])
         res.t.append(t)
         res.phase.append(pname)
         res.offered_fps.append(rate)
@@ -384,6 +394,7 @@ class CapacityPlan:
     min_replicas: int
     max_replicas: int
     cpu_target_pct: int
+    queue_target_rows: float
     inflight_target: float
     keda_rate_threshold: float
     min_replicas_zero_drop_burst: int | None
@@ -407,8 +418,14 @@ def make_plan(
     min_replicas: int | None = None,
     max_replicas: int | None = None,
     deployed_targets: dict[str, Any] | None = None,
+    queue_target_s: float = 0.1,
 ) -> tuple[CapacityPlan, SimulationResult]:
-    """Size replicas and targets for ``streams * fps`` and simulate the standard trace with them."""
+    """Size replicas and targets for ``streams * fps`` and simulate the standard trace with them.
+
+    Targets: CPU at ``target_utilization``; queued rows per pod = ``queue_target_s`` of work
+    (``per_replica_ips * queue_target_s``, at least 1); in-flight per pod = utilization x
+    concurrency; KEDA served images/s per replica = ``per_replica_ips * target_utilization``.
+    """
     if streams < 1 or fps <= 0:
         raise PlanError("--streams must be >= 1 and --fps > 0")
     if not 0 < target_utilization <= 1:
@@ -421,8 +438,11 @@ def make_plan(
     burst = max(1, math.ceil(lam * burst_factor / (mu * u)))
     lo = min_replicas if min_replicas is not None else steady
     hi = max_replicas if max_replicas is not None else max(lo, math.ceil(peak / (mu * u)))
+    queue_rows = max(1.0, round(mu * queue_target_s, 1))
     targets = {
         MetricKind.CPU: u,
+        MetricKind.QUEUE: queue_rows,
+        MetricKind.QUEUE_TOTAL: queue_rows,
         MetricKind.INFLIGHT: round(u * service.concurrency, 3),
         MetricKind.RATE: round(mu * u, 2),
     }
@@ -449,6 +469,7 @@ def make_plan(
         min_replicas=lo,
         max_replicas=hi,
         cpu_target_pct=round(100 * u),
+        queue_target_rows=queue_rows,
         inflight_target=targets[MetricKind.INFLIGHT],
         keda_rate_threshold=targets[MetricKind.RATE],
         min_replicas_zero_drop_burst=zero_drop,
@@ -566,17 +587,25 @@ def autoscaler_from_objects(
                 )
                 deployed["cpu_target_pct"] = m["resource"]["target"]["averageUtilization"]
             elif m["type"] == "Pods":
-                metrics.append(
-                    MetricSpec(MetricKind.INFLIGHT, parse_quantity(m["pods"]["target"]["averageValue"]), 15)
-                )
-                deployed["inflight_target"] = parse_quantity(m["pods"]["target"]["averageValue"])
+                value = parse_quantity(m["pods"]["target"]["averageValue"])
+                if "queue" in m["pods"]["metric"]["name"]:
+                    metrics.append(MetricSpec(MetricKind.QUEUE, value, 15))
+                    deployed["queue_target_rows"] = value
+                else:
+                    metrics.append(MetricSpec(MetricKind.INFLIGHT, value, 15))
+                    deployed["inflight_target"] = value
         spec = AutoscalerSpec(tuple(metrics), lo, hi, _behavior(hpa["spec"].get("behavior")), source="hpa")
     elif so is not None:
         s = so["spec"]
         for trig in s.get("triggers") or []:
             if trig["type"] == "prometheus":
-                metrics.append(MetricSpec(MetricKind.RATE, parse_quantity(trig["metadata"]["threshold"]), 60))
-                deployed["keda_rate_threshold"] = parse_quantity(trig["metadata"]["threshold"])
+                value = parse_quantity(trig["metadata"]["threshold"])
+                if "rate(" in trig["metadata"]["query"]:
+                    metrics.append(MetricSpec(MetricKind.RATE, value, 60))
+                    deployed["keda_rate_threshold"] = value
+                else:
+                    metrics.append(MetricSpec(MetricKind.QUEUE_TOTAL, value, 15))
+                    deployed["queue_target_rows"] = value
             elif trig["type"] == "cpu":
                 metrics.append(MetricSpec(MetricKind.CPU, float(trig["metadata"]["value"]) / 100, 30))
         beh = ((s.get("advanced") or {}).get("horizontalPodAutoscalerConfig") or {}).get("behavior")

@@ -103,6 +103,29 @@ def test_bounded_queue_drops_by_hand():
     assert r.phases[0].dropped_frames == 0 and r.phases[2].dropped_frames == 0
 
 
+def test_keda_completion_rate_alone_cannot_see_a_backlog():
+    # 1 replica serving 10/s under 30/s; new pods take 100 s. Served rate saturates at 10.
+    phases = [Phase("overload", 40, 30, 30)]
+    service = ServiceModel(10, pod_start_s=100, queue_s=1000)
+    rate = MetricSpec(MetricKind.RATE, 7.0, window_s=1)  # 10/s at 70%
+    only_rate = simulate(phases, service, AutoscalerSpec((rate,), 1, 10, source="keda"))
+    # t=15: ceil(10 / 7) = 2; t=30: 10 / (7 * 2) = 0.71, ceil(10 / 7) = 2 again: stuck at 2
+    assert only_rate.replicas[15] == 2 and only_rate.replicas[39] == 2
+    queue = MetricSpec(MetricKind.QUEUE_TOTAL, 5.0, window_s=1)
+    both = simulate(phases, service, AutoscalerSpec((rate, queue), 1, 10, source="keda"))
+    # t=15: 300 rows queued (20/s for 15 s) -> ceil(300 / 5) = 60 -> max 10 -> limit max(1 + 4, 2 * 1)
+    assert both.queue[14] == pytest.approx(300) and both.replicas[15] == 5
+    assert both.replicas[30] == 10
+
+
+def test_queue_metric_scales_only_on_backlog():
+    q = MetricSpec(MetricKind.QUEUE, 6.0)
+    assert (
+        metric_recommendation(q, 0.0, current=8, ready=8, tolerance=0.1) == 0
+    )  # HPA clamps to min / other metrics
+    assert metric_recommendation(q, 60.0, current=8, ready=8, tolerance=0.1) == 80
+
+
 def test_bench_json_shapes(tmp_path):
     f = tmp_path / "serving.json"
     f.write_text(json.dumps({"per_replica_ips": 55.5}))
@@ -146,6 +169,8 @@ def test_plan_command_reports_burst_drops_and_recovery(runner, rendered_overlays
     assert b["dropped_frames"] > 0 and b["recovery_s"] > 0
     assert data["replicas_steady"] == 8  # ceil(300 / (60 * 0.7))
     assert data["keda_rate_threshold"] == 42.0 and data["cpu_target_pct"] == 70
+    assert data["queue_target_rows"] == 6.0  # 60 frames/s x 0.1 s
+    assert data["deployed_targets"] == {"cpu_target_pct": 70, "queue_target_rows": 8.0}
     assert data["min_replicas_zero_drop_burst"] > data["replicas_steady"]
 
 

@@ -51,8 +51,9 @@ def test_rendered_isvc_carries_digest_and_storage_and_validates(overlay, rendere
         (scaler,) = scalers
         assert scaler["spec"]["scaleTargetRef"]["name"] == "edgeloop-inspection-predictor"
     if overlay == "keda":
-        query = scalers[0]["spec"]["triggers"][0]["metadata"]["query"]
-        assert 'model="edgeloop-inspection"' in query and 'namespace="edgeloop"' in query
+        queries = [t["metadata"]["query"] for t in scalers[0]["spec"]["triggers"]]
+        assert len(queries) == 2 and "edgeloop-model" not in str(queries)
+        assert all('model="edgeloop-inspection"' in q and 'namespace="edgeloop"' in q for q in queries)
 
 
 def test_overrides_and_replica_bounds(rendered_overlays, schemas_dir):
@@ -164,3 +165,19 @@ def test_validation_error_message_lists_everything(schemas_dir):
         validate_objects([bad], schemas_dir=schemas_dir)
     assert len(err.value.problems) >= 2
     assert all(str(p) in str(err.value) for p in err.value.problems)
+
+
+@needs_kubectl
+def test_release_into_another_namespace(schemas_dir):
+    objs = render_release(
+        "edgeloop-inspection", "7", STORAGE, DIGEST, overlay="keda", namespace="vision-prod"
+    )
+    validate_objects(objs, schemas_dir=schemas_dir)
+    assert {o["metadata"].get("namespace") for o in objs if o["kind"] != "Namespace"} == {"vision-prod"}
+    assert next(o for o in objs if o["kind"] == "Namespace")["metadata"]["name"] == "vision-prod"
+    binding = next(o for o in objs if o["kind"] == "RoleBinding")
+    assert binding["subjects"][0]["namespace"] == "vision-prod"
+    so = next(o for o in objs if o["kind"] == "ScaledObject")
+    assert all('namespace="vision-prod"' in t["metadata"]["query"] for t in so["spec"]["triggers"])
+    with pytest.raises(RenderError):
+        render_inference_service("m", "1", STORAGE, DIGEST, namespace="Bad_NS", overlay_objects=objs)
