@@ -62,7 +62,18 @@ def test_example_trainjob_validates_and_matches_renderer(schemas_dir):
     validate_objects([example], schemas_dir=schemas_dir)
     assert example == render_train_job(
         "edgeloop-train-example",
-        ["--epochs", "10", "--batch-size", "64", "--data-dir", "/tmp/edgeloop/data"],
+        [
+            "--data",
+            "/tmp/edgeloop/dataset",
+            "--out",
+            "/tmp/edgeloop/out",
+            "--epochs",
+            "10",
+            "--batch-size",
+            "64",
+            "--workers",
+            "2",
+        ],
         nproc_per_node=2,
         gpus_per_node=2,
         cpu="8",
