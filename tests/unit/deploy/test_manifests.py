@@ -218,3 +218,30 @@ def test_missing_schemas_dir_is_a_clear_error(tmp_path, rendered_overlays):
 
     with pytest.raises(SchemaUnavailableError, match="schemas_dir"):
         find_problems(rendered_overlays["edge-cpu"], schemas_dir=tmp_path)
+
+
+def test_pytorchjob_fallback_is_validated(schemas_dir):
+    pod = {
+        "containers": [
+            {
+                "name": "pytorch",
+                "image": "ghcr.io/edgeloop/edgeloop:0.1.0",
+                "command": ["torchrun", "--nproc-per-node=2", "-m", "components.train"],
+            }
+        ]
+    }
+    job = {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "PyTorchJob",
+        "metadata": {"name": "t", "namespace": "edgeloop"},
+        "spec": {
+            "pytorchReplicaSpecs": {
+                "Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": {"spec": pod}}
+            }
+        },
+    }
+    assert find_problems([job], schemas_dir=schemas_dir) == []
+    job["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] = "one"
+    assert [p.path for p in find_problems([job], schemas_dir=schemas_dir)] == [
+        "spec.pytorchReplicaSpecs.Master.replicas"
+    ]
