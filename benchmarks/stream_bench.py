@@ -119,7 +119,6 @@ def trial(n: int, video: Path, mode: str, model_dir: Path, server: Any, seconds:
     frames_in = sum(after[k][0] - before[k][0] for k in after)
     processed = sum(after[k][1] - before[k][1] for k in after)
     dropped = sum(after[k][2] - before[k][2] for k in after)
-    lat = None
     dec_total, dec_count = 0.0, 0
     min_rate = min((after[k][0] - before[k][0]) / window for k in after)
     p99s = []
@@ -129,7 +128,6 @@ def trial(n: int, video: Path, mode: str, model_dir: Path, server: Any, seconds:
         d = after[k][4].since(before[k][4])
         dec_total += d.total
         dec_count += d.count
-        lat = h if lat is None else lat
     inf_frames = inf1[1] - inf0[1]
     infer_ms = (inf1[0] - inf0[0]) / inf_frames * 1e3 if inf_frames else None
     decode_ms = dec_total / dec_count * 1e3 if dec_count else None
@@ -232,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "decode_alone_one_core": {k: round(v, 2) for k, v in decode.items()},
         "trials": trials,
         "model": "mobilenet_v3_small (random weights), fp32, 224x224",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
+        "machine": {"cpus": os.cpu_count(), "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()], "platform": platform.platform(), "processor": platform.processor()},
         "wall_s": round(time.monotonic() - t_start, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

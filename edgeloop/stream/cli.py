@@ -100,13 +100,15 @@ def stream(ctx: click.Context, sources: tuple[str, ...], model_dir: Path | None,
     if (model_dir is None) == (server is None):
         raise click.UsageError("give exactly one of --model DIR (in process) or --server HOST:PORT (gRPC)")
     specs = [SourceSpec.parse(s) for s in sources]
-    settings = ctx.obj.settings if ctx.obj is not None else None
+    from edgeloop.config import load_settings
+
+    settings = ctx.obj.settings if ctx.obj is not None else load_settings()
     predictor = _predictor(model_dir, server, model_name, model_version, input_size, settings)
 
     config = StreamConfig(
         line=line, queue_size=queue_size, drop_policy=DropPolicy(drop_policy), batch_size=batch_size,
         workers=workers, max_age_s=max_age_ms / 1e3 if max_age_ms else None,
-        topic_prefix=settings.mqtt.topic_prefix if settings is not None else "edgeloop/results",
+        topic_prefix=settings.mqtt.topic_prefix,
         reader=ReaderConfig(fps=fps, realtime=realtime, loop=loop, max_retries=max_retries),
     )
     metrics = StreamMetrics()
@@ -163,9 +165,7 @@ def _predictor(model_dir: Path | None, server: str | None, model_name: str | Non
 
     assert server is not None
     _host_port(server, "--server")
-    name = model_name or (settings.mlflow.registered_model if settings is not None else None)
-    if not name:
-        raise click.UsageError("--model-name is needed with --server")
+    name = model_name or settings.mlflow.registered_model
     return GrpcPredictor(server, name, model_version=model_version, input_size=input_size)
 
 

@@ -17,7 +17,8 @@ from enum import Enum
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import Counter as PromCounter
 
 
 class DropReason(str, Enum):
@@ -47,7 +48,7 @@ class LatencyHistogram:
         self._log_g = math.log(growth)
         self._growth = growth
         n = int(math.ceil(math.log(hi / lo) / self._log_g)) + 1
-        self._counts = np.zeros(n + 1, dtype=np.int64)
+        self._counts: np.ndarray = np.zeros(n + 1, dtype=np.int64)
         self.count = 0
         self.total = 0.0
         self.max = 0.0

@@ -7,6 +7,7 @@ Nothing here is used by the processor itself. Building a model needs torch
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ def make_video(path: Path | str, *, seconds: float = 2.0, fps: int = 30, width: 
     n = int(round(seconds * fps))
     frames = video_frames(min(n, 90), width, height, seed)  # a 3 s loop of content, repeated
     with av.open(str(path), "w", format=container_format) as c:
-        stream = c.add_stream(codec, rate=fps)
+        stream: Any = c.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if codec == "libx264":
             stream.options = {"preset": preset, "tune": "zerolatency"}

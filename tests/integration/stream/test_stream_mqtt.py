@@ -151,7 +151,7 @@ def test_a_dying_source_is_reconnected_while_others_continue(broker, subscribe, 
                       tmp_path / "outbox", reader={"reconnect_initial_s": 0.2})
     try:
         proc.start()
-        live, file = proc.stats["live"], proc.stats["file"]
+        live = proc.stats["live"]
         deadline = time.monotonic() + 30
         # the live source dies after ~2 s, comes back, and delivers frames again
         while time.monotonic() < deadline and not (live.reconnects >= 1 and live.processed >= 45

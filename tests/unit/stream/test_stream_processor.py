@@ -6,7 +6,6 @@ import json
 import random
 import threading
 import time
-from pathlib import Path
 
 import jsonschema
 import numpy as np
