@@ -168,8 +168,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--arch", default="resnet18", choices=ARCHS)
     p.add_argument("--weights", type=Path, default=None, help="local checkpoint to start from (no downloads)")
     p.add_argument("--size", type=int, default=96, help="model input size in pixels (square)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=32, help="per process")
+    p.add_argument("--epochs", type=int, default=25)
+    p.add_argument("--batch-size", type=int, default=16, help="per process")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--label-smoothing", type=float, default=0.0)
@@ -178,6 +178,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--bn-momentum", type=float, default=0.1,
                    help="BatchNorm momentum override (mobilenet_v3 ships 0.01); <0 keeps the default")
     p.add_argument("--no-bn-recalibrate", action="store_true", help="skip the final BatchNorm recalibration")
+    p.add_argument("--eval-bn", choices=("recalibrate", "running"), default="recalibrate",
+                   help="per-epoch validation with BatchNorm statistics recomputed on the train images "
+                        "(honest eval-mode accuracy for early stopping) or with the running statistics")
     p.add_argument("--patience", type=int, default=6, help="early stopping: epochs without val improvement")
     p.add_argument("--min-epochs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
@@ -248,6 +251,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                                       seed=args.seed, drop_last=False)
     train_loader = DataLoader(train_ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                               drop_last=len(train_ds) > args.batch_size * world * 2)
+    # every rank recalibrates on the same (unaugmented) train images: identical statistics everywhere
+    calib_loader = DataLoader(load_split(args.data, "train", classes, preprocess), batch_size=64, shuffle=True,
+                              generator=torch.Generator().manual_seed(args.seed))
     val_shard = torch.utils.data.Subset(val_ds, list(range(rank, len(val_ds), world)))
     val_loader = DataLoader(val_shard, batch_size=64, num_workers=args.workers)
 
@@ -299,6 +305,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         lr = optimizer.param_groups[0]["lr"]
         tr = train_one_epoch(ddp_model, criterion, optimizer, train_loader, device)
         scheduler.step()
+        if args.eval_bn == "recalibrate":
+            recalibrate_bn(model, calib_loader, device, passes=1)
         ev = evaluate(model, criterion, val_loader, device, len(classes))
         row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
                "val_loss": ev["loss"], "val_accuracy": ev["accuracy"]}

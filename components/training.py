@@ -22,7 +22,7 @@ from components.errors import TrainingError
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ARCH = "resnet18"
 DEFAULT_SIZE = 96
-DEFAULT_EPOCHS = 20
+DEFAULT_EPOCHS = 25
 
 
 @dataclass
@@ -30,7 +30,7 @@ class TrainConfig:
     arch: str = DEFAULT_ARCH
     size: int = DEFAULT_SIZE
     epochs: int = DEFAULT_EPOCHS
-    batch_size: int = 32
+    batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 1e-4
     balance: str = "loss"

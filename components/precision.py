@@ -1,0 +1,266 @@
+"""Choose the serving precision by measurement on the target execution provider.
+
+Candidates: the fp32 export and an int8 static-QDQ variant calibrated on a sample of
+training images. Each is measured for latency (batch 1 and 8, median) on the target
+provider and for accuracy and top-1 agreement with fp32 on the validation split.
+:func:`decide_precision` (pure, unit-tested) picks the fastest candidate within the
+bounds; int8 must also beat fp32 by ``min_speedup`` (quantization is a risk worth
+taking only for a real gain). On AVX2 CPUs without VNNI int8 QDQ is usually *slower*
+than fp32, so the decision is made per target, never by rule.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeloop.model_card import MODEL_FILE, Precision
+
+from components.errors import PrecisionError
+
+
+@dataclass(frozen=True)
+class PrecisionBounds:
+    max_accuracy_drop: float = 0.01  # absolute, on the validation split
+    max_disagreement: float = 0.02  # share of validation images whose top-1 differs from fp32
+    min_speedup: float = 1.05  # a non-fp32 variant must be at least this much faster (batch 1)
+
+
+@dataclass
+class PrecisionMeasurement:
+    precision: Precision
+    path: str
+    latency_ms_b1: float
+    latency_ms_b8: float
+    accuracy: float
+    agreement_with_fp32: float
+    size_bytes: int
+    latency_ms_b1_p90: float = 0.0
+    latency_ms_b8_p90: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["precision"] = self.precision.value
+        return d
+
+
+@dataclass
+class PrecisionDecision:
+    precision: Precision
+    model_path: str
+    provider: str
+    reasons: list[str]
+    measurements: list[PrecisionMeasurement]
+    bounds: PrecisionBounds
+    errors: dict[str, str] = field(default_factory=dict)  # candidates that could not be built/measured
+
+    def evidence(self) -> dict[str, Any]:
+        """What goes into ModelCard.precision_evidence."""
+        return {"chosen": self.precision.value, "provider": self.provider, "reasons": self.reasons,
+                "bounds": asdict(self.bounds), "measurements": [m.as_dict() for m in self.measurements],
+                "errors": self.errors}
+
+
+def decide_precision(measurements: list[PrecisionMeasurement], bounds: PrecisionBounds = PrecisionBounds()
+                     ) -> tuple[Precision, list[str]]:
+    """The fastest (batch-1 median) variant within the bounds; fp32 is the baseline and always eligible."""
+    by = {m.precision: m for m in measurements}
+    if Precision.FP32 not in by:
+        raise PrecisionError("precision selection needs the fp32 measurement as its baseline")
+    base = by[Precision.FP32]
+    chosen, reasons = base, []
+    for m in sorted(measurements, key=lambda m: (m.latency_ms_b1, m.latency_ms_b8)):
+        if m.precision is Precision.FP32:
+            continue
+        drop = base.accuracy - m.accuracy
+        disagreement = 1.0 - m.agreement_with_fp32
+        speedup = base.latency_ms_b1 / m.latency_ms_b1 if m.latency_ms_b1 > 0 else 0.0
+        why = (f"{m.precision.value}: batch-1 {m.latency_ms_b1:.3f} ms vs fp32 {base.latency_ms_b1:.3f} ms "
+               f"(x{speedup:.2f}), accuracy drop {drop:+.4f}, disagreement {disagreement:.4f}")
+        if drop > bounds.max_accuracy_drop:
+            reasons.append(f"{why}: rejected, accuracy drop above {bounds.max_accuracy_drop}")
+        elif disagreement > bounds.max_disagreement:
+            reasons.append(f"{why}: rejected, disagreement above {bounds.max_disagreement}")
+        elif speedup < bounds.min_speedup:
+            reasons.append(f"{why}: rejected, speed-up below x{bounds.min_speedup}")
+        elif chosen is base or m.latency_ms_b1 < chosen.latency_ms_b1:
+            reasons.append(f"{why}: within bounds and faster")
+            chosen = m
+        else:
+            reasons.append(f"{why}: within bounds but slower than {chosen.precision.value}")
+    reasons.append(f"chose {chosen.precision.value}")
+    return chosen.precision, reasons
+
+
+# -- building and measuring variants -------------------------------------------------------------------
+
+class _Calibration:
+    def __init__(self, x):
+        self._it = iter([{"images": x[i:i + 1]} for i in range(len(x))])
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):  # pragma: no cover - not used by MinMax
+        pass
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, calibration) -> Path:
+    """Static QDQ int8 (U8 activations, S8 per-channel weights), calibrated on ``calibration`` (NCHW float32).
+
+    Softmax stays in float so probabilities keep their resolution.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    pre = out_path.with_name(out_path.stem + ".pre.onnx")
+    quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
+    softmax = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Softmax"]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.inner = _Calibration(calibration)
+
+        def get_next(self):
+            return self.inner.get_next()
+
+    quantize_static(str(pre), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=softmax)
+    pre.unlink(missing_ok=True)
+    return out_path
+
+
+def measure_latencies(paths: dict[Precision, Path], size: int, batch: int, provider: str, runs: int = 50,
+                      warmup: int = 5) -> dict[Precision, tuple[float, float]]:
+    """(median, p90) milliseconds per call for a batch of ``batch`` images, per variant.
+
+    Variants are timed interleaved (one call each, round after round), so load from other
+    processes on a shared machine hits every variant alike instead of biasing the comparison.
+    """
+    import numpy as np
+
+    from components.export import onnx_session
+
+    sessions = {p: onnx_session(path, provider) for p, path in paths.items()}
+    x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
+    for sess in sessions.values():
+        for _ in range(warmup):
+            sess.run(None, {"images": x})
+    times: dict[Precision, list[float]] = {p: [] for p in sessions}
+    for _ in range(runs):
+        for p, sess in sessions.items():
+            t0 = time.perf_counter()
+            sess.run(None, {"images": x})
+            times[p].append((time.perf_counter() - t0) * 1000)
+    out = {}
+    for p, ts in times.items():
+        ts.sort()
+        out[p] = (round(statistics.median(ts), 4), round(ts[min(len(ts) - 1, int(0.9 * len(ts)))], 4))
+    return out
+
+
+def measure_quality(path: Path, x_val, y_val, fp32_top1, provider: str) -> tuple[float, float]:
+    """(accuracy, top-1 agreement with fp32) on the validation images."""
+    from components.export import onnx_session, run_onnx
+
+    top1 = run_onnx(onnx_session(path, provider), x_val)[0].argmax(1)
+    accuracy = float((top1 == y_val).mean()) if len(y_val) else float("nan")
+    agreement = float((top1 == fp32_top1).mean()) if len(top1) else 1.0
+    return accuracy, agreement
+
+
+def select_precision(fp32_path: Path, dataset_dir: Path, out_dir: Path, *, labels: list[str], size: int,
+                     provider: str = "CPUExecutionProvider", bounds: PrecisionBounds = PrecisionBounds(),
+                     candidates: tuple[Precision, ...] = (Precision.FP32, Precision.INT8),
+                     calibration_images: int = 64, latency_runs: int = 50) -> PrecisionDecision:
+    """Build the candidates, measure them, choose; the chosen file is copied to ``out_dir/model.onnx``."""
+    import numpy as np
+
+    from edgeloop.preprocessing import Preprocess, PreprocessConfig
+
+    from components.export import onnx_session, run_onnx
+    from components.modeling import load_split
+
+    out_dir = Path(out_dir)
+    work = out_dir.parent / f"{out_dir.name}-variants"
+    work.mkdir(parents=True, exist_ok=True)
+    pre = Preprocess(PreprocessConfig(size=size))
+    val = load_split(Path(dataset_dir), "val", labels, pre)
+    x_val, y_val = val.array(), np.asarray(val.targets)
+    fp32_copy = work / "model.fp32.onnx"
+    shutil.copyfile(fp32_path, fp32_copy)
+    fp32_top1 = run_onnx(onnx_session(fp32_copy, provider), x_val)[0].argmax(1)
+    paths: dict[Precision, Path] = {Precision.FP32: fp32_copy}
+    errors: dict[str, str] = {}
+    if Precision.INT8 in candidates:
+        train = load_split(Path(dataset_dir), "train", labels, pre, limit=calibration_images)
+        try:
+            paths[Precision.INT8] = quantize_int8(fp32_copy, work / "model.int8.onnx", train.array())
+        except Exception as e:  # an op the quantizer cannot handle: record it and stay in fp32
+            errors[Precision.INT8.value] = f"{type(e).__name__}: {e}"
+    quality = {}
+    for prec, path in list(paths.items()):
+        try:
+            quality[prec] = measure_quality(path, x_val, y_val, fp32_top1, provider)
+        except Exception as e:  # e.g. the provider cannot run this variant
+            if prec is Precision.FP32:
+                raise
+            errors[prec.value] = f"{type(e).__name__}: {e}"
+            del paths[prec]
+    b1 = measure_latencies(paths, size, 1, provider, latency_runs)
+    b8 = measure_latencies(paths, size, 8, provider, max(10, latency_runs // 4))
+    measurements = [
+        PrecisionMeasurement(precision=p, path=str(path), latency_ms_b1=b1[p][0], latency_ms_b1_p90=b1[p][1],
+                             latency_ms_b8=b8[p][0], latency_ms_b8_p90=b8[p][1], accuracy=quality[p][0],
+                             agreement_with_fp32=quality[p][1], size_bytes=Path(path).stat().st_size)
+        for p, path in paths.items()
+    ]
+    chosen, reasons = decide_precision(measurements, bounds)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(paths[chosen], out_dir / MODEL_FILE)
+    return PrecisionDecision(precision=chosen, model_path=str(out_dir / MODEL_FILE), provider=provider,
+                             reasons=reasons, measurements=measurements, bounds=bounds, errors=errors)
+
+
+def provider_for_target(target: str) -> str:
+    """A target profile (``cpu-avx2``, ``cuda``, ``tensorrt``) or a provider name -> ONNX Runtime provider."""
+    t = target.strip()
+    if t.endswith("ExecutionProvider"):
+        return t
+    low = t.lower()
+    if low.startswith(("cuda", "gpu", "nvidia")):
+        return "CUDAExecutionProvider"
+    if low.startswith(("tensorrt", "trt")):
+        return "TensorrtExecutionProvider"
+    if low.startswith("openvino"):
+        return "OpenVINOExecutionProvider"
+    return "CPUExecutionProvider"
+
+
+def choose_precision(onnx_dir: Path, out_dir: Path, *, dataset_dir: Path, target: str = "cpu",
+                     bounds: PrecisionBounds = PrecisionBounds(), calibration_images: int = 64):
+    """Model directory in (fp32 ``model.onnx`` + card, from :func:`components.export.export_model`),
+    model directory out: the chosen variant as ``model.onnx`` and a card with precision, provider,
+    evidence and fresh file digests. Returns the new :class:`~edgeloop.model_card.ModelCard`."""
+    from edgeloop.model_card import ModelCard
+
+    card = ModelCard.load(Path(onnx_dir))
+    provider = provider_for_target(target)
+    decision = select_precision(Path(onnx_dir) / MODEL_FILE, dataset_dir, out_dir, labels=card.labels,
+                                size=card.preprocessing.size, provider=provider, bounds=bounds,
+                                calibration_images=calibration_images)
+    chosen = next(m for m in decision.measurements if m.precision is decision.precision)
+    evidence = {**decision.evidence(), "target": target}
+    metrics = {**card.metrics, "onnx_val_accuracy": chosen.accuracy, "latency_ms_b1": chosen.latency_ms_b1,
+               "latency_ms_b8": chosen.latency_ms_b8}
+    new = card.model_copy(update={"precision": decision.precision, "execution_provider": provider,
+                                  "precision_evidence": evidence, "metrics": metrics}).with_digests(Path(out_dir))
+    new.save(Path(out_dir))
+    return new
