@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_batch_size", type=int, default=16)
     p.add_argument("--max_batch_wait_ms", type=float, default=2.0)
     p.add_argument("--max_queue_rows", type=int, default=1024)
+    p.add_argument("--concurrent_batches", type=int, default=2, help="batches (or requests, batching off) run at once")
     p.add_argument("--intra_op_threads", type=int, default=0, help="ONNX Runtime threads per run (0 = cores)")
     p.add_argument("--ort_spinning", type=flag, default=False)
     p.add_argument("--providers", default=",".join(DEFAULT_PROVIDER_ORDER),
@@ -74,7 +75,9 @@ def main(argv: list[str] | None = None) -> None:
         http_port=args.http_port, grpc_port=args.grpc_port, bind_host=args.bind_host,
         grpc_threads=args.max_threads, grpc_max_message_bytes=args.grpc_max_receive_message_length,
         batching=BatchingOptions(enabled=args.batching, max_batch_size=args.max_batch_size,
-                                 max_wait_ms=args.max_batch_wait_ms, max_queue_rows=args.max_queue_rows),
+                                 max_wait_ms=args.max_batch_wait_ms, max_queue_rows=args.max_queue_rows,
+                                 concurrent_batches=args.concurrent_batches,
+                                 direct_concurrency=args.concurrent_batches),
         limits=LimitOptions(max_request_bytes=int(args.max_request_mb * 1024 * 1024), max_images=args.max_images),
         ort=OrtSettings(providers=args.providers.split(","), intra_op_threads=args.intra_op_threads,
                         allow_spinning=args.ort_spinning),

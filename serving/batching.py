@@ -43,7 +43,7 @@ class DynamicBatcher:
 
     def __init__(self, run: RunFn, max_batch_size: int = 16, max_wait_s: float = 0.002,
                  max_queue_rows: int = 1024, on_batch: Callable[[int, float], None] | None = None,
-                 on_queue: Callable[[int], None] | None = None, name: str = "model"):
+                 on_queue: Callable[[int], None] | None = None, name: str = "model", concurrency: int = 2):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self._run = run
@@ -52,7 +52,11 @@ class DynamicBatcher:
         self.max_queue_rows = max_queue_rows
         self._on_batch = on_batch
         self._on_queue = on_queue
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{name}")
+        # Up to ``concurrency`` batches run at once: on a CPU one run rarely fills every core,
+        # and while all slots are busy the queue grows into the next, larger batch.
+        self.concurrency = max(1, concurrency)
+        self._slots: asyncio.Semaphore | None = None
+        self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix=f"ort-{name}")
         self._queue: deque[tuple[np.ndarray, asyncio.Future]] = deque()
         self._queued_rows = 0
         self._wake: asyncio.Event | None = None
@@ -75,6 +79,7 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
+            self._slots = asyncio.Semaphore(self.concurrency)
             self._task = loop.create_task(self._worker(), name="edgeloop-batcher")
         fut: asyncio.Future = loop.create_future()
         self._queue.append((x, fut))
@@ -90,12 +95,13 @@ class DynamicBatcher:
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
-        assert self._wake is not None
+        assert self._wake is not None and self._slots is not None
         while True:
             if not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            await self._slots.acquire()  # requests keep queueing while every slot is busy
             if self._queued_rows < self.max_batch_size and self.max_wait_s > 0:
                 deadline = loop.time() + self.max_wait_s
                 while self._queued_rows < self.max_batch_size:
@@ -110,8 +116,11 @@ class DynamicBatcher:
             items = self._take()
             self._notify_queue()
             if not items:
+                self._slots.release()
                 continue
-            await self._run_batch(loop, items)
+            self._inflight += 1  # counted before the task starts, so close() waits for it
+            task = loop.create_task(self._run_batch(loop, items))
+            task.add_done_callback(lambda _t: self._slots.release())  # type: ignore[union-attr]
 
     def _take(self) -> list[tuple[np.ndarray, asyncio.Future]]:
         items, rows = [], 0
@@ -130,7 +139,6 @@ class DynamicBatcher:
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, items: list) -> None:
         xs = [x for x, _ in items]
         batch = xs[0] if len(xs) == 1 else np.concatenate(xs, axis=0)
-        self._inflight += 1
         t0 = time.perf_counter()
         try:
             outputs = await loop.run_in_executor(self._executor, self._run, batch)

@@ -178,24 +178,35 @@ class RestClient:
 
 
 class AsyncRestClient:
+    """Async REST client on aiohttp (a kserve dependency): far less per-request overhead than httpx,
+    which matters when one process generates the load for a benchmark."""
+
     def __init__(self, url: str, model: str = "inspection", timeout_s: float = 30.0, binary: bool = True,
                  max_connections: int = 64):
-        import httpx
-
+        self.url = url.rstrip("/")
         self.model = model
         self.binary = binary
-        self._http = httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout_s,
-                                       limits=httpx.Limits(max_connections=max_connections,
-                                                           max_keepalive_connections=max_connections))
+        self.timeout_s = timeout_s
+        self.max_connections = max_connections
+        self._session: Any = None
 
     async def infer(self, data: np.ndarray | Sequence[bytes], version: str | None = None,
                     embedding: bool = False) -> Prediction:
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_connections),
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s))
         body, headers = rest_request(data, embedding, self.binary)
-        r = await self._http.post(_rest_path(self.model, version), content=body, headers=headers)
-        return rest_response(r.status_code, r.headers, r.content)
+        async with self._session.post(self.url + _rest_path(self.model, version), data=body,
+                                      headers=headers) as r:
+            content = await r.read()
+            return rest_response(r.status, {k.lower(): v for k, v in r.headers.items()}, content)
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
 # ------------------------------------------------------------------------------- gRPC

@@ -12,6 +12,7 @@ port, and on exit sends SIGTERM to the group, then SIGKILL after a grace period.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import signal
 import socket
@@ -68,10 +69,22 @@ class ServerHandle:
         return self.process.poll() is None
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free 127.0.0.1 ports (all held open while choosing, so never the same twice)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def _settings_env(settings: Settings, directory: Path) -> dict[str, str]:
@@ -104,8 +117,9 @@ def running_server(models: Sequence[str | Path], settings: Settings | None = Non
                    env: dict[str, str] | None = None, ready_timeout_s: float = 120.0,
                    log_dir: Path | None = None, stop_grace_s: float = 10.0) -> Iterator[ServerHandle]:
     """Run a model server over ``models`` (directories or URIs) until the block ends."""
-    http_port = http_port or free_port()
-    grpc_port = grpc_port or free_port()
+    picked = free_ports(2)
+    http_port = http_port or picked[0]
+    grpc_port = grpc_port or picked[1]
     workdir = Path(tempfile.mkdtemp(prefix="edgeloop-serve-", dir=log_dir))
     log_path = workdir / "server.log"
     child_env = {k: v for k, v in os.environ.items() if not (settings is not None and k.startswith("EDGELOOP_"))}
@@ -140,7 +154,7 @@ def _wait_ready(proc: subprocess.Popen, http_port: int, grpc_port: int, timeout_
             with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status == 200 and _port_open(grpc_port):
                     return
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError):
             pass
         time.sleep(0.05)
     raise ServerStartError(f"the model server was not ready after {timeout_s:.0f}s:\n{_tail(log_path)}")

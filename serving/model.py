@@ -98,7 +98,8 @@ class LoadedVersion:
         if batching.enabled and batching.max_batch_size > 1:
             self.runner = DynamicBatcher(self.run, batching.max_batch_size, batching.max_wait_ms / 1000.0,
                                          batching.max_queue_rows, on_batch=on_batch, on_queue=queue_gauge.set,
-                                         name=f"{self.model}-{self.version}")
+                                         name=f"{self.model}-{self.version}",
+                                         concurrency=batching.concurrent_batches)
         else:
             self.runner = DirectRunner(self.run, batching.direct_concurrency, on_batch=on_batch,
                                        name=f"{self.model}-{self.version}")

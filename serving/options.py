@@ -19,6 +19,8 @@ class BatchingOptions:
     max_batch_size: int = 16
     max_wait_ms: float = 2.0
     max_queue_rows: int = 1024
+    # Batches run at once per model version (ONNX Runtime releases the GIL).
+    concurrent_batches: int = 2
     # With batching off: how many requests run ONNX Runtime at once.
     direct_concurrency: int = 2
 

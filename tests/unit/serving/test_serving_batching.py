@@ -74,7 +74,7 @@ def test_full_queue_refuses_instead_of_growing():
         gate.wait(5)
         return [x]
 
-    batcher = DynamicBatcher(run, max_batch_size=2, max_wait_s=0.0, max_queue_rows=3)
+    batcher = DynamicBatcher(run, max_batch_size=2, max_wait_s=0.0, max_queue_rows=3, concurrency=1)
 
     async def main():
         first = asyncio.ensure_future(batcher.submit(np.ones((2, 1), np.float32)))
@@ -103,6 +103,27 @@ def test_close_lets_queued_requests_finish_then_refuses_new_ones():
         return results
 
     assert len(asyncio.run(main())) == 5
+
+
+def test_batches_run_concurrently_up_to_the_limit():
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def run(x):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.03)
+        with lock:
+            active[0] -= 1
+        return [x]
+
+    batcher = DynamicBatcher(run, max_batch_size=2, max_wait_s=0.0, concurrency=2)
+
+    async def main():
+        await asyncio.gather(*(batcher.submit(np.ones((1, 1), np.float32)) for _ in range(12)))
+
+    asyncio.run(main())
+    assert peak[0] == 2
 
 
 def test_direct_runner_runs_each_request_on_its_own():
