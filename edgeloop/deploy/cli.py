@@ -388,7 +388,7 @@ def plan(
     )
     w(
         f"targets           cpu averageUtilization {r.cpu_target_pct} | edgeloop_serving_queue_rows "
-        f"{r.queue_target_rows:g} per pod | KEDA served images/s {r.keda_rate_threshold:g} per replica"
+        f"{r.queue_target_rows:g} per pod | served images/s {r.keda_rate_threshold:g} per pod (HPA) or replica (KEDA)"
     )
     if r.deployed_targets:
         w(f"deployed targets  {', '.join(f'{k}={_fmt(v)}' for k, v in r.deployed_targets.items())}")

@@ -17,6 +17,7 @@ Model (deliberately simple, so its numbers can be checked by hand):
   ``cpu`` = busy fraction of ready pods (saturates at 1.0: an overloaded pod reads 100%);
   ``queue`` = rows waiting per ready pod (``edgeloop_serving_queue_rows``; 0 until overload);
   ``inflight`` = per-pod requests in service + queued (``busy * concurrency + queue/ready``);
+  ``pod_rate`` = images served per second per ready pod (saturates at ``per_replica_ips``);
   ``rate`` = images *served* per second over all pods (``edgeloop_serving_images_total``:
   completions, so it cannot exceed capacity); ``queue_total`` = rows queued over all pods.
 - **HPA algorithm** (kube-controller-manager, every ``sync_period_s`` = 15 s): per metric
@@ -50,6 +51,7 @@ class MetricKind(str, Enum):
     CPU = "cpu"  # Resource cpu, Utilization (per pod, saturates at 1.0)
     QUEUE = "queue"  # Pods metric edgeloop_serving_queue_rows, AverageValue (per pod)
     INFLIGHT = "inflight"  # Pods metric of requests in service + queued, AverageValue (per pod)
+    POD_RATE = "pod_rate"  # Pods metric edgeloop_serving_images_per_second, AverageValue (per pod)
     RATE = "rate"  # External (KEDA prometheus): images served per second, summed, AverageValue
     QUEUE_TOTAL = "queue_total"  # External (KEDA prometheus): queued rows summed over pods, AverageValue
 
@@ -326,6 +328,7 @@ def simulate(
                 per_pod = {
                     MetricKind.CPU: busy,
                     MetricKind.QUEUE: q / ready,
+                    MetricKind.POD_RATE: served / ready,
                     MetricKind.INFLIGHT: busy * service.concurrency + q / ready,
                 }
                 w.append(per_pod[k])
@@ -445,6 +448,7 @@ def make_plan(
         MetricKind.QUEUE_TOTAL: queue_rows,
         MetricKind.INFLIGHT: round(u * service.concurrency, 3),
         MetricKind.RATE: round(mu * u, 2),
+        MetricKind.POD_RATE: round(mu * u, 2),
     }
     metrics = tuple(replace(m, target=targets[m.kind]) for m in scaler.metrics)
     tuned = replace(scaler, metrics=metrics, min_replicas=lo, max_replicas=hi)
@@ -591,6 +595,9 @@ def autoscaler_from_objects(
                 if "queue" in m["pods"]["metric"]["name"]:
                     metrics.append(MetricSpec(MetricKind.QUEUE, value, 15))
                     deployed["queue_target_rows"] = value
+                elif m["pods"]["metric"]["name"].endswith("per_second"):
+                    metrics.append(MetricSpec(MetricKind.POD_RATE, value, 60))
+                    deployed["rate_target_per_pod"] = value
                 else:
                     metrics.append(MetricSpec(MetricKind.INFLIGHT, value, 15))
                     deployed["inflight_target"] = value

@@ -185,3 +185,19 @@ def test_plan_command_errors(runner, tmp_path):
         plan, ["--streams", "2", "--fps", "10", "--per-replica-ips", "5", "--overlay", "nope"]
     )
     assert res.exit_code == 2 and "unknown overlay" in res.output
+
+
+def test_queue_alone_lets_a_slow_ramp_drop_frames_on_slow_starting_pods():
+    from edgeloop.deploy.plan import make_plan
+
+    service = ServiceModel(120, pod_start_s=120)
+    queue = MetricSpec(MetricKind.QUEUE, 12, 15)
+    rate = MetricSpec(MetricKind.POD_RATE, 84, 60)
+    gentle = Behavior(
+        scale_down=ScalingRules(300, (ScalingPolicy("Pods", 1, 60),), "Min")
+    )  # as in the overlays
+    only_queue, _ = make_plan(10, 30, service, AutoscalerSpec((queue,), 1, 11, behavior=gentle))
+    with_rate, _ = make_plan(10, 30, service, AutoscalerSpec((rate, queue), 1, 11, behavior=gentle))
+    dropped = {p.name: p.dropped_frames for p in only_queue.phases}
+    assert dropped["ramp"] > 0 and dropped["hold"] > 0  # the queue reads 0 until the pods are overloaded
+    assert all(p.dropped_frames == 0 for p in with_rate.phases if p.name in ("ramp", "hold"))
