@@ -135,7 +135,7 @@ def trial(n: int, video: Path, mode: str, model_dir: Path, server: Any, seconds:
     p99 = max(p99s) * 1e3 if p99s else None
     ok = (min_rate >= 0.99 * FPS and drop_frac < 0.01 and p99 is not None and p99 < 100.0)
     return {"n": n, "ok": ok, "window_s": round(window, 2), "frames_in": frames_in, "processed": processed,
-            "dropped": dropped, "drop_fraction": round(drop_frac, 4), "min_input_fps": round(min_rate, 2),
+            "dropped": dropped, "results_per_s": round(processed / window, 1), "drop_fraction": round(drop_frac, 4), "min_input_fps": round(min_rate, 2),
             "p99_ms_worst_camera": None if p99 is None else round(p99, 1),
             "decode_resize_ms_per_frame": None if decode_ms is None else round(decode_ms, 2),
             "inference_ms_per_frame": None if infer_ms is None else round(infer_ms, 2)}
