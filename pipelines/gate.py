@@ -22,7 +22,7 @@ class GateThresholds(BaseModel):
     class_recall_floors: dict[str, float] = Field(default_factory=dict, description="per-class overrides")
     max_latency_p95_ms: float = Field(250.0, gt=0)
     max_ece: float = Field(0.25, ge=0, le=1)
-    max_parity_diff: float = Field(0.05, ge=0, description="max |p_chosen - p_fp32|")
+    max_parity_diff: float = Field(0.15, ge=0, description="max |p_chosen - p_fp32| over the test images")
     min_top1_agreement: float = Field(0.98, ge=0, le=1)
 
 

@@ -29,6 +29,17 @@ def settings_for(config_file: str) -> Settings:
     return load_settings(config_file or None)
 
 
+def _persist(artifact: Any) -> None:
+    """Write a Metrics/ClassificationMetrics artifact's values to its file too.
+
+    KFP keeps metrics in the executor output only; the local runner's cache treats an artifact
+    whose file is missing as a miss, so without this file a step with metrics is never cached.
+    """
+    path = Path(artifact.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(artifact.metadata, indent=2, sort_keys=True, default=str))
+
+
 def _dir(artifact: Any) -> Path:
     p = Path(artifact.path)
     p.mkdir(parents=True, exist_ok=True)
@@ -100,6 +111,7 @@ def train_task(dataset: Any, architecture: str, epochs: int, batch_size: int, im
     model.metadata.update({"architecture": architecture, "framework": "pytorch",
                            "dataset_version": dataset.metadata.get("version", ""),
                            "val_accuracy": result.val_accuracy, "nproc_per_node": nproc_per_node})
+    _persist(metrics)
     return float(result.val_accuracy)
 
 
@@ -107,13 +119,12 @@ def export_task(model: Any, dataset: Any, onnx_model: Any, parity: Any) -> str:
     from components.export import export_model
 
     out = _dir(onnx_model)
-    result = export_model(Path(model.path), out, dataset_dir=Path(dataset.path))
-    card = _card(out)
-    for k, v in (card.parity or {}).items():
-        parity.log_metric(k, float(v))
+    card = export_model(Path(model.path), out, dataset_dir=Path(dataset.path))
+    for k, v in _flat(card.parity or {}).items():
+        parity.log_metric(k, v)
     onnx_model.metadata.update({"precision": card.precision.value, "digest": card.digest(),
                                 "framework": "onnx", "architecture": card.architecture})
-    del result
+    _persist(parity)
     return card.digest()
 
 
@@ -122,12 +133,17 @@ def select_precision_task(onnx_model: Any, dataset: Any, target_profile: str, ch
     from components.precision import choose_precision
 
     out = _dir(chosen_model)
-    choose_precision(Path(onnx_model.path), out, dataset_dir=Path(dataset.path), target=target_profile)
-    card = _card(out)
-    for k, v in _flat(card.precision_evidence).items():
+    card = choose_precision(Path(onnx_model.path), out, dataset_dir=Path(dataset.path), target=target_profile)
+    for k, v in _flat({k: v for k, v in card.precision_evidence.items() if k != "measurements"}).items():
         evidence.log_metric(k, v)
+    for m in card.precision_evidence.get("measurements", []):
+        for key in ("latency_ms_b1", "accuracy", "agreement_with_fp32"):
+            if key in m:
+                evidence.log_metric(f"{m['precision']}.{key}", float(m[key]))
     chosen_model.metadata.update({"precision": card.precision.value, "digest": card.digest(),
-                                  "target_profile": target_profile, "framework": "onnx"})
+                                  "target_profile": target_profile, "framework": "onnx",
+                                  "reasons": card.precision_evidence.get("reasons", [])})
+    _persist(evidence)
     return card.precision.value
 
 
@@ -173,6 +189,8 @@ def staging_evaluation_task(dataset: Any, candidate: Any, reference: Any, min_ac
     for k, v in result.report.flat_metrics().items():
         metrics.log_metric(k, float(v))
     confusion_matrix.log_confusion_matrix(result.report.labels, result.report.confusion_matrix)
+    _persist(metrics)
+    _persist(confusion_matrix)
     Path(report.path).parent.mkdir(parents=True, exist_ok=True)
     Path(report.path).write_text(result.markdown)
     staged_model.metadata.update({"digest": result.report.model_digest, "precision": result.report.precision,

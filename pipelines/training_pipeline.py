@@ -46,7 +46,7 @@ def training_pipeline(
     class_recall_floors: dict = {},  # noqa: B006 - KFP parameter default, never mutated
     max_latency_p95_ms: float = 250.0,
     max_ece: float = 0.25,
-    max_parity_diff: float = 0.05,
+    max_parity_diff: float = 0.15,
     latency_requests: int = 200,
     approval_timeout_s: float = 86400.0,
     approval_poll_s: float = 15.0,

@@ -134,6 +134,18 @@ def test_bench_json_shapes(tmp_path):
         json.dumps({"results": [{"protocol": "rest", "throughput_ips": 48}, {"protocol": "grpc", "rps": 61}]})
     )
     assert per_replica_ips_from_bench(f) == (61.0, "results[1].rps")
+    bench = {
+        "bare_ort_images_per_s": {"224_batch16": 83.0},
+        "saturation": {
+            "grpc_64": {"images_per_s": 244.5},
+            "grpc_224": {"images_per_s": 45.0},
+            "rest_binary_224": {"images_per_s": 35.9},
+        },
+    }
+    f.write_text(json.dumps(bench))  # the shape benchmarks/serving_bench.py writes
+    assert per_replica_ips_from_bench(f) == (45.0, "saturation.grpc_224.images_per_s")
+    key = "saturation.rest_binary_224.images_per_s"
+    assert per_replica_ips_from_bench(f, key) == (35.9, key)
     f.write_text(json.dumps({"nothing": 1}))
     from edgeloop.deploy.errors import PlanError
 
