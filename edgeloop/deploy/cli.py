@@ -251,6 +251,11 @@ def _fmt(v: Any) -> str:
     help=f"Benchmark results to read the per-replica throughput from [default: {DEFAULT_BENCH}].",
 )
 @click.option(
+    "--bench-key",
+    help="Dotted path of the throughput in the benchmark JSON, e.g. saturation.rest_binary_224.images_per_s "
+    "[default: the model server's gRPC throughput at saturation].",
+)
+@click.option(
     "--target-utilization",
     type=float,
     help="Fraction of measured throughput to plan for " "[default: the overlay's CPU target, else 0.7].",
@@ -296,6 +301,7 @@ def plan(
     overlay: str,
     per_replica_ips: float | None,
     bench_json: Path | None,
+    bench_key: str | None,
     target_utilization: float | None,
     pod_start_s: int | None,
     queue_s: float,
@@ -332,7 +338,7 @@ def plan(
     source = "--per-replica-ips"
     if per_replica_ips is None:
         bench = bench_json or DEFAULT_BENCH
-        per_replica_ips, where = p.per_replica_ips_from_bench(bench)
+        per_replica_ips, where = p.per_replica_ips_from_bench(bench, bench_key)
         source = f"{bench}:{where}"
     spec, deployed, isvc = p.autoscaler_from_objects(render_overlay(overlay))
     if target_utilization is None:

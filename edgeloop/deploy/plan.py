@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
@@ -504,18 +505,42 @@ _THROUGHPUT_KEYS = (
 )
 
 
-def per_replica_ips_from_bench(path: Path) -> tuple[float, str]:
-    """Per-replica throughput from a benchmark JSON: top-level ``per_replica_ips`` if present,
-    else the largest number under a known throughput key anywhere in the file. Returns
-    (value, where it was found)."""
+def per_replica_ips_from_bench(path: Path, key: str | None = None) -> tuple[float, str]:
+    """Per-replica throughput from a benchmark JSON, and where in the file it was found.
+
+    In order: the dotted ``key`` if given (``saturation.grpc_224.images_per_s``); a top-level
+    ``per_replica_ips``; the serving benchmark's (``benchmarks/serving_bench.py``) model-server
+    throughput at saturation, gRPC at the largest input size measured (what the stream
+    processors use), never the bare ONNX Runtime numbers; else the largest number under a
+    known throughput key anywhere in the file.
+    """
     path = Path(path)
     if not path.exists():
         raise PlanError(
             f"benchmark file {path} not found: run the serving benchmark or pass --per-replica-ips"
         )
     data = json.loads(path.read_text())
+    if key:
+        node: Any = data
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise PlanError(f"{path} has no {key!r} (stopped at {part!r})")
+            node = node[part]
+        if not isinstance(node, int | float) or isinstance(node, bool) or node <= 0:
+            raise PlanError(f"{path}: {key} is {node!r}, not a positive throughput")
+        return float(node), key
     if isinstance(data, dict) and isinstance(data.get("per_replica_ips"), int | float):
         return float(data["per_replica_ips"]), "per_replica_ips"
+    sat = data.get("saturation") if isinstance(data, dict) else None
+    if isinstance(sat, dict):
+        measured = {
+            k: v["images_per_s"] for k, v in sat.items() if isinstance(v, dict) and v.get("images_per_s")
+        }
+        sizes = {k: int(m.group(1)) for k in measured if (m := re.fullmatch(r"grpc_(\d+)", k))}
+        grpc = sorted(sizes, key=sizes.__getitem__)
+        pick = grpc[-1] if grpc else (max(measured, key=measured.__getitem__) if measured else None)
+        if pick is not None:
+            return float(measured[pick]), f"saturation.{pick}.images_per_s"
     found: list[tuple[float, str]] = []
 
     def walk(x: Any, where: str) -> None:
