@@ -11,6 +11,8 @@ from components.errors import ParityError
 from components.export import check_parity, export_model, export_onnx
 from edgeloop.model_card import MODEL_FILE, ModelCard
 
+pytestmark = pytest.mark.slow  # trains a (tiny) model
+
 
 @pytest.fixture(scope="module")
 def trained(tiny_dataset, tmp_path_factory):
