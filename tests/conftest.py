@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    gpu = _has_cuda()
+    gpu = _has_cuda() if any("gpu" in item.keywords for item in items) else False
     for item in items:
         parts = Path(str(item.fspath)).parts
         if "integration" in parts:
