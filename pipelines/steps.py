@@ -104,12 +104,13 @@ def register_model(staged_model: Input[Model], evaluation: Input[Artifact], data
 
 
 @dsl.component(base_image=PIPELINE_IMAGE)
-def await_approval(version: str, timeout_s: float, poll_s: float, auto_approve: bool, pipeline_run: str,
-                   config_file: str) -> str:
-    """Wait for a person's decision (edgeloop approve/reject or the MLflow tag); returns approved|rejected."""
+def await_approval(version: str, gate_passed: bool, timeout_s: float, poll_s: float, auto_approve: bool,
+                   pipeline_run: str, config_file: str) -> str:
+    """Wait for a person's decision (edgeloop approve/reject or the MLflow tag); returns approved|rejected.
+    A version that failed the automatic gate is rejected at once (never shown for approval)."""
     from pipelines.tasks import await_approval_task
 
-    return await_approval_task(version, timeout_s, poll_s, auto_approve, pipeline_run, config_file)
+    return await_approval_task(version, gate_passed, timeout_s, poll_s, auto_approve, pipeline_run, config_file)
 
 
 @dsl.component(base_image=PIPELINE_IMAGE)

@@ -246,11 +246,15 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def await_approval_task(version: str, timeout_s: float, poll_s: float, auto_approve: bool, pipeline_run: str,
-                        config_file: str) -> str:
+def await_approval_task(version: str, gate_passed: bool, timeout_s: float, poll_s: float, auto_approve: bool,
+                        pipeline_run: str, config_file: str) -> str:
     from pipelines import registry
 
     settings = settings_for(config_file)
+    if not gate_passed:
+        reasons = registry.version_tags(settings, version).get(registry.REJECTED_REASONS, "the gate failed")
+        log.warning("version %s failed the automatic gate, no approval asked: %s", version, reasons)
+        return registry.REJECTED_VALUE
     d = registry.wait_for_decision(settings, version, timeout_s, auto_approve=auto_approve, poll_s=poll_s,
                                    run_name=pipeline_run, progress=log.info)
     log.info("decision on version %s: %s by %s (%s)%s", version, d.decision, d.by, d.mode,

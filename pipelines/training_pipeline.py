@@ -88,26 +88,29 @@ def training_pipeline(
         git_commit=git_commit, architecture=architecture, target_profile=target_profile, config_file=config_file)
     registered.set_caching_options(False)
 
-    with dsl.If(registered.outputs["gate_passed"] == True, name="gate-passed"):  # noqa: E712 - KFP condition
-        approval = steps.await_approval(version=registered.outputs["version"], timeout_s=approval_timeout_s,
-                                        poll_s=approval_poll_s, auto_approve=auto_approve,
-                                        pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, config_file=config_file)
-        approval.set_caching_options(False)
-        with dsl.If(approval.output == "approved", name="approved"):
-            context = steps.prepare_image_build(image_repository=image_repository).set_caching_options(False)
-            with dsl.If(image_builder == "kaniko", name="build-in-cluster"):
-                kaniko = steps.kaniko_build(context=context.outputs["context"], image=context.outputs["image"],
-                                            needs_build=context.outputs["needs_build"]).set_caching_options(False)
-                steps.deploy_model(version=registered.outputs["version"], image=context.outputs["image"],
-                                   deploy_target=deploy_target, namespace=namespace, gitops_dir=gitops_dir,
-                                   config_file=config_file).after(kaniko).set_caching_options(False)
-            with dsl.Else(name="build-locally"):
-                local = steps.local_image_build(context=context.outputs["context"],
-                                                image=context.outputs["image"],
-                                                config_file=config_file).set_caching_options(False)
-                steps.deploy_model(version=registered.outputs["version"], image=context.outputs["image"],
-                                   deploy_target=deploy_target, namespace=namespace, gitops_dir=gitops_dir,
-                                   config_file=config_file).after(local).set_caching_options(False)
+    # The gate's verdict goes into await-approval (which returns "rejected" at once for a failed gate)
+    # rather than into a dsl.If: kfp 2.17's local runner cannot evaluate a condition on a named output
+    # of a multi-output step, and the approval step's single output works on both runners.
+    approval = steps.await_approval(version=registered.outputs["version"],
+                                    gate_passed=registered.outputs["gate_passed"], timeout_s=approval_timeout_s,
+                                    poll_s=approval_poll_s, auto_approve=auto_approve,
+                                    pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, config_file=config_file)
+    approval.set_caching_options(False)
+    with dsl.If(approval.output == "approved", name="approved"):
+        context = steps.prepare_image_build(image_repository=image_repository).set_caching_options(False)
+        with dsl.If(image_builder == "kaniko", name="build-in-cluster"):
+            kaniko = steps.kaniko_build(context=context.outputs["context"], image=context.outputs["image"],
+                                        needs_build=context.outputs["needs_build"]).set_caching_options(False)
+            steps.deploy_model(version=registered.outputs["version"], image=context.outputs["image"],
+                               deploy_target=deploy_target, namespace=namespace, gitops_dir=gitops_dir,
+                               config_file=config_file).after(kaniko).set_caching_options(False)
+        with dsl.Else(name="build-locally"):
+            local = steps.local_image_build(context=context.outputs["context"],
+                                            image=context.outputs["image"],
+                                            config_file=config_file).set_caching_options(False)
+            steps.deploy_model(version=registered.outputs["version"], image=context.outputs["image"],
+                               deploy_target=deploy_target, namespace=namespace, gitops_dir=gitops_dir,
+                               config_file=config_file).after(local).set_caching_options(False)
 
 
 def parameter_types() -> dict[str, type]:

@@ -45,9 +45,20 @@ def make_rows(store: MemoryStore, per_class: int, size: int = 32, start: int = 0
             sha = sha256_bytes(data)
             uri = f"az://images/test/{sha}.png"
             store.put(uri, data)
-            rows.append(ManifestRow(image=uri, sha256=sha, label=label, annotator="t", annotated_at="2026",
-                                    task_id=1000 * ci + i, annotation_id=None, n_annotations=1, agreement=1.0,
-                                    metadata={"lighting": "normal"}))
+            rows.append(
+                ManifestRow(
+                    image=uri,
+                    sha256=sha,
+                    label=label,
+                    annotator="t",
+                    annotated_at="2026",
+                    task_id=1000 * ci + i,
+                    annotation_id=None,
+                    n_annotations=1,
+                    agreement=1.0,
+                    metadata={"lighting": "normal"},
+                )
+            )
     return sorted(rows, key=lambda r: r.sha256)
 
 
@@ -64,8 +75,15 @@ def tiny_dataset(tmp_path_factory) -> Path:
     store = MemoryStore()
     tmp = tmp_path_factory.mktemp("tiny")
     manifest = write_manifest(make_rows(store, 12), tmp / "manifest.jsonl")
-    build_dataset(None, manifest, tmp / "dataset", store=store, upload=False, log_mlflow=False,
-                  fractions=(0.5, 0.4, 0.1))
+    build_dataset(
+        None,
+        manifest,
+        tmp / "dataset",
+        store=store,
+        upload=False,
+        log_mlflow=False,
+        fractions=(0.5, 0.4, 0.1),
+    )
     return tmp / "dataset"
 
 

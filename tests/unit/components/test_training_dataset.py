@@ -9,8 +9,6 @@ from components.dataset import DatasetInfo, assign_split, build_dataset, dataset
 from components.labels import ManifestRow, write_manifest
 
 
-
-
 def shas(n, prefix="x"):
     return [hashlib.sha256(f"{prefix}{i}".encode()).hexdigest() for i in range(n)]
 
@@ -20,7 +18,11 @@ def test_split_is_a_function_of_content_and_roughly_follows_fractions():
     first = {s: assign_split(s) for s in ids}
     assert first == {s: assign_split(s) for s in reversed(ids)}
     share = {k: sum(v == k for v in first.values()) / len(ids) for k in ("train", "val", "test")}
-    assert abs(share["train"] - 0.7) < 0.03 and abs(share["val"] - 0.2) < 0.03 and abs(share["test"] - 0.1) < 0.03
+    assert (
+        abs(share["train"] - 0.7) < 0.03
+        and abs(share["val"] - 0.2) < 0.03
+        and abs(share["test"] - 0.1) < 0.03
+    )
 
 
 def test_version_ignores_order_and_changes_with_labels_or_images():
@@ -61,17 +63,34 @@ def test_corrupt_missing_and_tampered_images_are_excluded_not_fatal(tmp_path, me
     memory_store.put("az://images/test/tampered.png", b"not what the manifest says")
 
     def extra(image, sha):
-        return ManifestRow(image=image, sha256=sha, label="ok", annotator="t", annotated_at="", task_id=0,
-                           annotation_id=None, n_annotations=1, agreement=1.0)
+        return ManifestRow(
+            image=image,
+            sha256=sha,
+            label="ok",
+            annotator="t",
+            annotated_at="",
+            task_id=0,
+            annotation_id=None,
+            n_annotations=1,
+            agreement=1.0,
+        )
 
-    rows += [extra("az://images/test/corrupt.png", csha), extra("az://images/test/missing.png", "0" * 64),
-             extra("az://images/test/tampered.png", "1" * 64)]
+    rows += [
+        extra("az://images/test/corrupt.png", csha),
+        extra("az://images/test/missing.png", "0" * 64),
+        extra("az://images/test/tampered.png", "1" * 64),
+    ]
     m = write_manifest(rows, tmp_path / "m.jsonl")
-    info = build_dataset(None, m, tmp_path / "ds", store=memory_store, upload=False, log_mlflow=False, retries=1)
+    info = build_dataset(
+        None, m, tmp_path / "ds", store=memory_store, upload=False, log_mlflow=False, retries=1
+    )
     reasons = {e["image"].rsplit("/", 1)[1]: e["reason"] for e in info.excluded}
     assert set(reasons) == {"corrupt.png", "missing.png", "tampered.png"}
     assert reasons["corrupt.png"].startswith("undecodable")
     assert "missing" in reasons["missing.png"] and "sha256 mismatch" in reasons["tampered.png"]
     assert info.images == 12
     assert DatasetInfo.load(tmp_path / "ds").version == info.version
-    assert all(json.loads(line)["sha256"] != csha for line in (tmp_path / "ds" / "index.jsonl").read_text().splitlines())
+    assert all(
+        json.loads(line)["sha256"] != csha
+        for line in (tmp_path / "ds" / "index.jsonl").read_text().splitlines()
+    )

@@ -20,8 +20,23 @@ def trained(tiny_dataset, tmp_path_factory):
     from components import train
 
     out = tmp_path_factory.mktemp("train")
-    base = ["--data", str(tiny_dataset), "--out", str(out), "--arch", "mobilenet_v3_small", "--size", "32",
-            "--epochs", "2", "--batch-size", "8", "--no-progress", "--min-epochs", "1"]
+    base = [
+        "--data",
+        str(tiny_dataset),
+        "--out",
+        str(out),
+        "--arch",
+        "mobilenet_v3_small",
+        "--size",
+        "32",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--no-progress",
+        "--min-epochs",
+        "1",
+    ]
     first = train.main(train.get_args_parser().parse_args([*base, "--stop-after", "1"]))
     second = train.main(train.get_args_parser().parse_args([*base, "--resume", str(out / "checkpoint.pt")]))
     return out, first, second
@@ -50,7 +65,9 @@ def test_export_follows_the_serving_contract_and_matches_torch(trained, tiny_dat
     sess = ort.InferenceSession(str(tmp_path / "m" / MODEL_FILE), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["images"]
     assert [o.name for o in sess.get_outputs()] == ["probabilities", "embedding"]
-    probs, emb = sess.run(None, {"images": np.random.default_rng(0).standard_normal((3, 3, 32, 32), np.float32)})
+    probs, emb = sess.run(
+        None, {"images": np.random.default_rng(0).standard_normal((3, 3, 32, 32), np.float32)}
+    )
     assert probs.shape == (3, 4) and np.allclose(probs.sum(1), 1.0, atol=1e-5)  # softmax in the graph
     assert emb.shape == (3, card.embedding_dim)
     assert card.parity["top1_agreement"] == 1.0 and card.parity["max_abs_diff"] <= 1e-4

@@ -10,8 +10,15 @@ from edgeloop.model_card import Precision
 
 
 def m(precision, b1, acc, agree=1.0, b8=None):
-    return PrecisionMeasurement(precision=precision, path="x", latency_ms_b1=b1, latency_ms_b8=b8 or b1 * 6,
-                                accuracy=acc, agreement_with_fp32=agree, size_bytes=1)
+    return PrecisionMeasurement(
+        precision=precision,
+        path="x",
+        latency_ms_b1=b1,
+        latency_ms_b8=b8 or b1 * 6,
+        accuracy=acc,
+        agreement_with_fp32=agree,
+        size_bytes=1,
+    )
 
 
 FP32 = Precision.FP32
@@ -31,8 +38,10 @@ def test_slower_int8_keeps_fp32():  # AVX2 without VNNI: QDQ is slower
 
 
 def test_accuracy_drop_beyond_bound_keeps_fp32():
-    chosen, reasons = decide_precision([m(FP32, 1.0, 0.97), m(INT8, 0.3, 0.93, 0.96)],
-                                       PrecisionBounds(max_accuracy_drop=0.01, max_disagreement=0.1))
+    chosen, reasons = decide_precision(
+        [m(FP32, 1.0, 0.97), m(INT8, 0.3, 0.93, 0.96)],
+        PrecisionBounds(max_accuracy_drop=0.01, max_disagreement=0.1),
+    )
     assert chosen is FP32
     assert "accuracy drop above" in reasons[0]
 
@@ -45,8 +54,9 @@ def test_disagreement_beyond_bound_keeps_fp32_even_with_equal_accuracy():
 
 def test_marginal_speedup_is_not_worth_quantizing():
     assert decide_precision([m(FP32, 1.0, 0.9), m(INT8, 0.97, 0.9)])[0] is FP32
-    assert decide_precision([m(FP32, 1.0, 0.9), m(INT8, 0.97, 0.9)],
-                            PrecisionBounds(min_speedup=1.0))[0] is INT8
+    assert (
+        decide_precision([m(FP32, 1.0, 0.9), m(INT8, 0.97, 0.9)], PrecisionBounds(min_speedup=1.0))[0] is INT8
+    )
 
 
 def test_fp32_baseline_is_required():
@@ -54,9 +64,14 @@ def test_fp32_baseline_is_required():
         decide_precision([m(INT8, 0.3, 0.9)])
 
 
-@pytest.mark.parametrize("target,provider", [
-    ("cpu-avx2", "CPUExecutionProvider"), ("cuda", "CUDAExecutionProvider"),
-    ("tensorrt-fp16", "TensorrtExecutionProvider"), ("CUDAExecutionProvider", "CUDAExecutionProvider"),
-])
+@pytest.mark.parametrize(
+    "target,provider",
+    [
+        ("cpu-avx2", "CPUExecutionProvider"),
+        ("cuda", "CUDAExecutionProvider"),
+        ("tensorrt-fp16", "TensorrtExecutionProvider"),
+        ("CUDAExecutionProvider", "CUDAExecutionProvider"),
+    ],
+)
 def test_target_profiles_map_to_providers(target, provider):
     assert provider_for_target(target) == provider

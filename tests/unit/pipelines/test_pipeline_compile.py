@@ -68,16 +68,17 @@ def test_caching_policy():
 def test_gate_and_approval_guard_build_and_deploy():
     spec = _spec(COMPILED.read_text())
     root = spec["root"]["dag"]["tasks"]
-    gate = root["condition-1"]
-    assert "gate_passed" in gate["triggerPolicy"]["condition"]
-    comp = spec["components"][gate["componentRef"]["name"]]
-    assert "await-approval" in comp["dag"]["tasks"]
+    approval = root["await-approval"]["inputs"]["parameters"]
+    assert approval["gate_passed"]["taskOutputParameter"]["producerTask"] == "register-model"
+    approved = root["condition-1"]
+    assert approved["triggerPolicy"]["condition"].endswith("== 'approved'")
+    assert "await-approval" in approved["dependentTasks"]
     tasks = _all_tasks(spec)
     deploys = [n for n in tasks if n.startswith("deploy-model")]
     assert len(deploys) == 2  # one per build branch, each after its build
     assert {tuple(tasks[d]["dependentTasks"]) for d in deploys} == {("kaniko-build",), ("local-image-build",)}
-    approved = spec["components"]["comp-condition-1"]["dag"]["tasks"]["condition-2"]
-    assert approved["triggerPolicy"]["condition"].endswith("== 'approved'")
+    # build and deploy live only under the approved branch
+    assert not {"prepare-image-build", "kaniko-build", "local-image-build", "deploy-model"} & set(root)
 
 
 def test_parameters_a_ui_user_sets_and_kaniko_step():
