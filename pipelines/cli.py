@@ -81,7 +81,10 @@ def run(obj, local: bool, auto_approve: bool, params: tuple[str, ...], pipeline_
     args = _parse_params(params)
     if auto_approve:
         args["auto_approve"] = True
-    outcome = run_local(obj.settings, args, pipeline_root=pipeline_root)
+    import sys
+
+    # with --json, the steps' logs go to stderr so stdout holds only the JSON
+    outcome = run_local(obj.settings, args, pipeline_root=pipeline_root, log_stream=sys.stderr if as_json else None)
     if as_json:
         click.echo(json.dumps(outcome.as_dict(), indent=2, default=str))
     else:

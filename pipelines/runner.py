@@ -139,7 +139,7 @@ def _read_task_outputs(task_dir: Path) -> dict[str, Any]:
 
 
 def run_local(settings: Settings, params: dict[str, Any] | None = None, *, pipeline_root: Path | None = None,
-              enable_caching: bool = True) -> LocalOutcome:
+              enable_caching: bool = True, log_stream: Any = None) -> LocalOutcome:
     """Run the pipeline on this machine with ``kfp.local.SubprocessRunner(use_venv=False)``.
 
     The steps run as subprocesses of this venv and inherit this process's environment; the
@@ -167,7 +167,7 @@ def run_local(settings: Settings, params: dict[str, Any] | None = None, *, pipel
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), enable_caching=enable_caching,
                raise_on_error=True)
     before = {p.name for p in root.glob(f"{PIPELINE_NAME}-*")}
-    tee = _Tee(sys.stdout)
+    tee = _Tee(log_stream or sys.stdout)
     t0 = time.perf_counter()
     error: BaseException | None = None
     try:

@@ -18,7 +18,9 @@ SIZE = 64
 def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Versions 1-3 of a tiny 64x64 classifier (different weights), plus a tampered copy of version 2."""
     root = tmp_path_factory.mktemp("serving-models")
-    dirs = {v: build_tiny_model_dir(root / f"v{v}", size=SIZE, seed=int(v), version=v) for v in ("1", "2", "3")}
+    dirs = {
+        v: build_tiny_model_dir(root / f"v{v}", size=SIZE, seed=int(v), version=v) for v in ("1", "2", "3")
+    }
     tampered = root / "v2-tampered"
     shutil.copytree(dirs["2"], tampered)
     onnx_path = tampered / "model.onnx"
@@ -32,6 +34,9 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def server(model_dirs: dict[str, Path]) -> Iterator[ServerHandle]:
     """Versions 1 (champion) and 2 (candidate); admin on; 2 MiB request limit; at most 32 images."""
-    with running_server([model_dirs["1"], f"{model_dirs['2']}#alias=candidate"], admin=True,
-                        extra_args=["--max_request_mb", "2", "--max_images", "32"]) as srv:
+    with running_server(
+        [model_dirs["1"], f"{model_dirs['2']}#alias=candidate"],
+        admin=True,
+        extra_args=["--max_request_mb", "2", "--max_images", "32"],
+    ) as srv:
         yield srv

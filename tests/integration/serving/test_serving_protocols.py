@@ -38,10 +38,19 @@ def test_rest_binary_and_grpc_match_onnx_runtime(server, model_dirs):
 def test_rest_json_v2_and_jpeg_bytes(server, model_dirs):
     frames = random_frames(2, 120, seed=12)
     jpegs = [encode_jpeg(f) for f in frames]
-    probs, _ = ort_reference(model_dirs["1"], Preprocess(PreprocessConfig(size=64)).batch(
-        [decode_image(j) for j in jpegs]))
-    body = {"inputs": [{"name": "images", "shape": [2], "datatype": "BYTES",
-                        "data": [{"b64": base64.b64encode(j).decode()} for j in jpegs]}]}
+    probs, _ = ort_reference(
+        model_dirs["1"], Preprocess(PreprocessConfig(size=64)).batch([decode_image(j) for j in jpegs])
+    )
+    body = {
+        "inputs": [
+            {
+                "name": "images",
+                "shape": [2],
+                "datatype": "BYTES",
+                "data": [{"b64": base64.b64encode(j).decode()} for j in jpegs],
+            }
+        ]
+    }
     r = httpx.post(f"{server.rest_url}/v2/models/inspection/infer", json=body)
     assert r.status_code == 200, r.text
     out = {o["name"]: o for o in r.json()["outputs"]}
@@ -83,8 +92,9 @@ def test_kserve_own_clients(server, model_dirs):
     g, r = asyncio.run(main())
     assert g.model_version == "2"
     np.testing.assert_allclose(g.get_output_by_name("probabilities").as_numpy(), probs, atol=1e-5)
-    assert [s.decode() if isinstance(s, bytes) else s for s in g.get_output_by_name("label").as_numpy()] == \
-        list(LABELS[probs.argmax(1)])
+    assert [
+        s.decode() if isinstance(s, bytes) else s for s in g.get_output_by_name("label").as_numpy()
+    ] == list(LABELS[probs.argmax(1)])
     # no version: the champion (kserve's REST client drops model_version, so compare the numbers)
     champion, _ = ort_reference(model_dirs["1"], x)
     np.testing.assert_allclose(r.get_output_by_name("probabilities").as_numpy(), champion, atol=1e-5)
@@ -103,16 +113,23 @@ def test_version_and_alias_selection_on_both_protocols(server, model_dirs, versi
 def test_metadata_ready_and_metrics(server):
     md = httpx.get(f"{server.rest_url}/v2/models/inspection").json()
     assert md["versions"] == ["1", "2"] and md["parameters"]["execution_provider"] == "CPUExecutionProvider"
-    assert httpx.get(f"{server.rest_url}/v2/models/inspection/versions/candidate/ready").json()["version"] == "2"
+    assert (
+        httpx.get(f"{server.rest_url}/v2/models/inspection/versions/candidate/ready").json()["version"] == "2"
+    )
     with server.grpc_client() as g:
         assert g.ready() and g.metadata("2")["versions"] == ["1", "2"]
     # concurrency so the batcher has something to batch, then read the metrics
     with server.rest_client() as r:
         r.infer_frames(random_frames(1, 64))
     metrics = httpx.get(f"{server.rest_url}/metrics").text
-    for name in ("edgeloop_serving_request_seconds_bucket", "edgeloop_serving_batch_size_bucket",
-                 "edgeloop_serving_queue_rows", 'edgeloop_serving_model_info{digest=',
-                 'protocol="rest_v2_binary"', 'protocol="grpc"'):
+    for name in (
+        "edgeloop_serving_request_seconds_bucket",
+        "edgeloop_serving_batch_size_bucket",
+        "edgeloop_serving_queue_rows",
+        "edgeloop_serving_model_info{digest=",
+        'protocol="rest_v2_binary"',
+        'protocol="grpc"',
+    ):
         assert name in metrics, name
     assert 'execution_provider="CPUExecutionProvider"' in metrics
 
@@ -131,21 +148,42 @@ def test_concurrent_grpc_requests_are_batched(server):
     preds = asyncio.run(main())
     assert len({p.labels[0] for p in preds}) == 1
     metrics = httpx.get(f"{server.rest_url}/metrics").text
-    sizes = [line for line in metrics.splitlines()
-             if line.startswith("edgeloop_serving_batch_size_bucket") and 'le="1.0"' in line and 'version="1"' in line]
-    count = [line for line in metrics.splitlines()
-             if line.startswith("edgeloop_serving_batch_size_count") and 'version="1"' in line]
+    sizes = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("edgeloop_serving_batch_size_bucket")
+        and 'le="1.0"' in line
+        and 'version="1"' in line
+    ]
+    count = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("edgeloop_serving_batch_size_count") and 'version="1"' in line
+    ]
     assert float(sizes[0].split()[-1]) < float(count[0].split()[-1]), "some batches should hold >1 row"
 
 
 def test_binary_outputs_on_request(server):
     frames = random_frames(1, 64)
     raw = frames.tobytes()
-    hdr = orjson.dumps({"inputs": [{"name": "images", "shape": [1, 64, 64, 3], "datatype": "UINT8",
-                                    "parameters": {"binary_data_size": len(raw)}}],
-                        "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]})
-    r = httpx.post(f"{server.rest_url}/v2/models/inspection/infer", content=hdr + raw,
-                   headers={"Inference-Header-Content-Length": str(len(hdr))})
+    hdr = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "images",
+                    "shape": [1, 64, 64, 3],
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+        }
+    )
+    r = httpx.post(
+        f"{server.rest_url}/v2/models/inspection/infer",
+        content=hdr + raw,
+        headers={"Inference-Header-Content-Length": str(len(hdr))},
+    )
     assert r.status_code == 200
     hl = int(r.headers["inference-header-content-length"])
     doc = orjson.loads(r.content[:hl])

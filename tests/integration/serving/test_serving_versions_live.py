@@ -20,8 +20,10 @@ ADMIN = "/edgeloop/admin/models/inspection"
 def test_hot_switch_of_the_champion_under_load_drops_no_request(model_dirs):
     frames = random_frames(2, 64, seed=21)
     x = Preprocess(PreprocessConfig(size=64)).batch(list(frames))
-    expected = {v: ort.InferenceSession(str(model_dirs[v] / "model.onnx")).run(None, {"images": x})[0]
-                for v in ("1", "3")}
+    expected = {
+        v: ort.InferenceSession(str(model_dirs[v] / "model.onnx")).run(None, {"images": x})[0]
+        for v in ("1", "3")
+    }
     with running_server([model_dirs["1"]], admin=True) as srv:
         stop = threading.Event()
         failures: list[str] = []
@@ -34,7 +36,9 @@ def test_hot_switch_of_the_champion_under_load_drops_no_request(model_dirs):
                 while not stop.is_set():
                     try:
                         pred = client.infer_frames(frames)
-                        np.testing.assert_allclose(pred.probabilities, expected[pred.model_version], atol=1e-5)
+                        np.testing.assert_allclose(
+                            pred.probabilities, expected[pred.model_version], atol=1e-5
+                        )
                         with lock:
                             seen[pred.model_version] = seen.get(pred.model_version, 0) + 1
                     except Exception as e:  # any failure at all fails the test
@@ -44,8 +48,11 @@ def test_hot_switch_of_the_champion_under_load_drops_no_request(model_dirs):
         for t in threads:
             t.start()
         time.sleep(0.5)
-        r = httpx.post(srv.rest_url + ADMIN + "/versions", json={"uri": str(model_dirs["3"]), "aliases": ["candidate"]},
-                       timeout=60)
+        r = httpx.post(
+            srv.rest_url + ADMIN + "/versions",
+            json={"uri": str(model_dirs["3"]), "aliases": ["candidate"]},
+            timeout=60,
+        )
         assert r.status_code == 200, r.text
         assert r.json()["version"] == "3" and r.json()["aliases"]["champion"] == "1"
         time.sleep(0.5)
@@ -66,8 +73,11 @@ def test_hot_switch_of_the_champion_under_load_drops_no_request(model_dirs):
 
 
 def test_a_tampered_version_is_refused_and_the_champion_keeps_serving(server, model_dirs):
-    r = httpx.post(server.rest_url + ADMIN + "/versions", json={"uri": str(model_dirs["tampered"]),
-                                                                "version": "9", "aliases": ["champion"]}, timeout=60)
+    r = httpx.post(
+        server.rest_url + ADMIN + "/versions",
+        json={"uri": str(model_dirs["tampered"]), "version": "9", "aliases": ["champion"]},
+        timeout=60,
+    )
     assert r.status_code == 422
     assert "sha256" in r.json()["error"] and "refused" in r.json()["error"]
     metrics = httpx.get(server.rest_url + "/metrics").text

@@ -31,16 +31,19 @@ class Broker:
         user = pwd.getpwuid(os.getuid()).pw_name
         self.conf = self.dir / "mosquitto.conf"
         # persistence keeps the subscriber's session (and its queued QoS 1 messages) across a restart
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                             f"persistence_location {self.dir}/\nuser {user}\nlog_dest stdout\n")
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {self.dir}/\nuser {user}\nlog_dest stdout\n"
+        )
 
     def start(self, timeout: float = 10.0) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():
             pytest.skip("mosquitto is not installed (make setup installs it)")
         log = open(self.dir / "mosquitto.log", "ab")
-        self.proc = subprocess.Popen([binary, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [binary, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -129,7 +132,9 @@ def subscribe():
     subs: list[Subscriber] = []
 
     def make(host: str, port: int, topic: str = "#") -> Subscriber:
-        s = Subscriber(host, port, topic, client_id=f"test-sub-{len(subs)}-{os.getpid()}-{time.monotonic_ns()}")
+        s = Subscriber(
+            host, port, topic, client_id=f"test-sub-{len(subs)}-{os.getpid()}-{time.monotonic_ns()}"
+        )
         subs.append(s)
         return s
 

@@ -15,8 +15,9 @@ from edgeloop.stack import free_port
 from edgeloop.stream.result import result_schema
 
 
-def test_cli_publishes_every_frame_in_order_to_the_stack_broker(stack_settings, subscribe, tiny_model, videos,
-                                                                 tmp_path):
+def test_cli_publishes_every_frame_in_order_to_the_stack_broker(
+    stack_settings, subscribe, tiny_model, videos, tmp_path
+):
     host, port = stack_settings.mqtt_endpoint()
     prefix = stack_settings.mqtt.topic_prefix
     sub = subscribe(host, port, f"{prefix}/cli-line/#")
@@ -24,10 +25,31 @@ def test_cli_publishes_every_frame_in_order_to_the_stack_broker(stack_settings, 
     summary_file = tmp_path / "summary.json"
     env = {**os.environ, "EDGELOOP_STATE_DIR": str(stack_settings.state_dir)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgeloop.cli", "stream", "--model", str(tiny_model), "--line", "cli-line",
-         "--drop-policy", "block", "--metrics-port", str(metrics_port), "--outbox", str(tmp_path / "outbox"),
-         "--summary-json", str(summary_file), f"cam1={videos['long']}", f"bad={tmp_path / 'missing.mp4'}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "edgeloop.cli",
+            "stream",
+            "--model",
+            str(tiny_model),
+            "--line",
+            "cli-line",
+            "--drop-policy",
+            "block",
+            "--metrics-port",
+            str(metrics_port),
+            "--outbox",
+            str(tmp_path / "outbox"),
+            "--summary-json",
+            str(summary_file),
+            f"cam1={videos['long']}",
+            f"bad={tmp_path / 'missing.mp4'}",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         metrics = ""
         deadline = time.monotonic() + 20
@@ -45,9 +67,13 @@ def test_cli_publishes_every_frame_in_order_to_the_stack_broker(stack_settings, 
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
-    for name in ("edgeloop_stream_frames_in_total", "edgeloop_stream_frames_dropped_total",
-                 "edgeloop_stream_queue_depth", "edgeloop_stream_latency_seconds_bucket",
-                 "edgeloop_stream_source_up"):
+    for name in (
+        "edgeloop_stream_frames_in_total",
+        "edgeloop_stream_frames_dropped_total",
+        "edgeloop_stream_queue_depth",
+        "edgeloop_stream_latency_seconds_bucket",
+        "edgeloop_stream_source_up",
+    ):
         assert name in metrics
     assert "cam1" in out and "bad" in out and "missing.mp4 does not exist" in out
     summary = json.loads(summary_file.read_text())

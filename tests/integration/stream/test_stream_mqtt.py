@@ -35,17 +35,26 @@ class SlowPredictor:
 
 def _processor(sources, predictor, broker, outbox: Path, **cfg) -> StreamProcessor:
     reader = ReaderConfig(**cfg.pop("reader", {}))
-    proc = StreamProcessor([SourceSpec.parse(s) for s in sources], predictor, None,
-                           StreamConfig(reader=reader, **cfg))
-    proc.sink = MqttPublisher("127.0.0.1", broker.port, outbox, stats_for=proc.stats_for, metrics=proc.metrics)
+    proc = StreamProcessor(
+        [SourceSpec.parse(s) for s in sources], predictor, None, StreamConfig(reader=reader, **cfg)
+    )
+    proc.sink = MqttPublisher(
+        "127.0.0.1", broker.port, outbox, stats_for=proc.stats_for, metrics=proc.metrics
+    )
     proc.sink.start()
     return proc
 
 
 def test_every_frame_arrives_on_mqtt_in_order(broker, subscribe, tiny_model, videos, tmp_path):
     sub = subscribe("127.0.0.1", broker.port, "edgeloop/results/line7/#")
-    proc = _processor([f"cam-a={videos['short']}", f"cam-b={videos['long']}"], OnnxPredictor(tiny_model),
-                      broker, tmp_path / "outbox", line="line7", drop_policy=DropPolicy.BLOCK)
+    proc = _processor(
+        [f"cam-a={videos['short']}", f"cam-b={videos['long']}"],
+        OnnxPredictor(tiny_model),
+        broker,
+        tmp_path / "outbox",
+        line="line7",
+        drop_policy=DropPolicy.BLOCK,
+    )
     assert proc.sink.wait_connected(10)
     summary = proc.run(duration_s=30)
     assert sub.wait_for(lambda s: sum(len(v) for v in s.by_camera().values()) >= 90)
@@ -65,8 +74,9 @@ def test_overload_drops_are_counted_and_queues_stay_bounded(broker, subscribe, t
     sub = subscribe("127.0.0.1", broker.port)
     slow = SlowPredictor(OnnxPredictor(tiny_model), delay_s=0.03)
     sources = [f"cam{i}={videos['long']}" for i in range(4)]
-    proc = _processor(sources, slow, broker, tmp_path / "outbox", queue_size=4, batch_size=2,
-                      reader={"realtime": False})
+    proc = _processor(
+        sources, slow, broker, tmp_path / "outbox", queue_size=4, batch_size=2, reader={"realtime": False}
+    )
     summary = proc.run(duration_s=30)
     processed = sum(s["frames_processed"] for s in summary.sources)
     assert sub.wait_for(lambda s: len(s.messages) >= processed)
@@ -85,8 +95,13 @@ def test_overload_drops_are_counted_and_queues_stay_bounded(broker, subscribe, t
 
 def test_broker_restart_loses_no_result(broker, subscribe, tiny_model, videos, tmp_path):
     sub = subscribe("127.0.0.1", broker.port)
-    proc = _processor([f"cam={videos['long']}"], OnnxPredictor(tiny_model), broker, tmp_path / "outbox",
-                      drop_policy=DropPolicy.BLOCK)
+    proc = _processor(
+        [f"cam={videos['long']}"],
+        OnnxPredictor(tiny_model),
+        broker,
+        tmp_path / "outbox",
+        drop_policy=DropPolicy.BLOCK,
+    )
     assert proc.sink.wait_connected(10)
     proc.start()
     stats = proc.stats["cam"]
@@ -130,7 +145,7 @@ class _LiveTs(BaseHTTPRequestHandler):
         pause = cls.seconds / (len(cls.data) / chunk)
         try:
             for off in range(0, cut, chunk):
-                self.wfile.write(cls.data[off:min(off + chunk, cut)])
+                self.wfile.write(cls.data[off : min(off + chunk, cut)])
                 self.wfile.flush()
                 time.sleep(pause)
         except (BrokenPipeError, ConnectionResetError):
@@ -147,15 +162,21 @@ def test_a_dying_source_is_reconnected_while_others_continue(broker, subscribe, 
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/live.ts"
     sub = subscribe("127.0.0.1", broker.port)
-    proc = _processor([f"live={url}", f"file={videos['long']}"], OnnxPredictor(tiny_model), broker,
-                      tmp_path / "outbox", reader={"reconnect_initial_s": 0.2})
+    proc = _processor(
+        [f"live={url}", f"file={videos['long']}"],
+        OnnxPredictor(tiny_model),
+        broker,
+        tmp_path / "outbox",
+        reader={"reconnect_initial_s": 0.2},
+    )
     try:
         proc.start()
         live = proc.stats["live"]
         deadline = time.monotonic() + 30
         # the live source dies after ~2 s, comes back, and delivers frames again
-        while time.monotonic() < deadline and not (live.reconnects >= 1 and live.processed >= 45
-                                                   and proc.readers[1].is_alive() is False):
+        while time.monotonic() < deadline and not (
+            live.reconnects >= 1 and live.processed >= 45 and proc.readers[1].is_alive() is False
+        ):
             time.sleep(0.1)
     finally:
         summary = proc.stop()
@@ -178,8 +199,14 @@ def test_through_the_model_server_over_grpc(broker, subscribe, tiny_model, video
     with launcher.running_server([tiny_model]) as srv:
         predictor = GrpcPredictor(srv.grpc_target, "stream-test")
         assert predictor.preprocess.size == 64  # from the server's metadata
-        proc = _processor([f"cam={videos['short']}", f"bad={tmp_path / 'missing.mp4'}"], predictor, broker,
-                          tmp_path / "outbox", drop_policy=DropPolicy.BLOCK, workers=2)
+        proc = _processor(
+            [f"cam={videos['short']}", f"bad={tmp_path / 'missing.mp4'}"],
+            predictor,
+            broker,
+            tmp_path / "outbox",
+            drop_policy=DropPolicy.BLOCK,
+            workers=2,
+        )
         summary = proc.run(duration_s=30)
     s = {x["source"]: x for x in summary.sources}
     assert s["cam"]["frames_processed"] == 30 and s["bad"]["state"] == "failed"

@@ -26,8 +26,18 @@ PRE = Preprocess(PreprocessConfig(size=64))
 
 def binary_body(arr: np.ndarray, datatype: str, shape: list[int] | None = None) -> tuple[bytes, int]:
     raw = arr.tobytes()
-    header = orjson.dumps({"inputs": [{"name": "images", "shape": shape or list(arr.shape), "datatype": datatype,
-                                       "parameters": {"binary_data_size": len(raw)}}]})
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "images",
+                    "shape": shape or list(arr.shape),
+                    "datatype": datatype,
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
+    )
     return header + raw, len(header)
 
 
@@ -44,9 +54,16 @@ def test_binary_tensor_is_a_zero_copy_view_of_the_body():
 
 def test_json_tensor_and_requested_outputs():
     x = np.random.default_rng(0).normal(size=(1, 3, 64, 64)).astype(np.float32)
-    body = orjson.dumps({"id": "r1", "inputs": [{"name": "images", "shape": [1, 3, 64, 64], "datatype": "FP32",
-                                                 "data": x.ravel().tolist()}],
-                         "outputs": [{"name": "label"}], "parameters": {"embedding": True}})
+    body = orjson.dumps(
+        {
+            "id": "r1",
+            "inputs": [
+                {"name": "images", "shape": [1, 3, 64, 64], "datatype": "FP32", "data": x.ravel().tolist()}
+            ],
+            "outputs": [{"name": "label"}],
+            "parameters": {"embedding": True},
+        }
+    )
     req = codec.decode_rest_v2(body, None, "m", "2")
     assert req.id == "r1" and req.model_version == "2" and req.parameters == {"embedding": True}
     assert [o.name for o in req.request_outputs] == ["label"]
@@ -57,11 +74,31 @@ def test_bytes_images_binary_and_json_b64_decode_like_the_shared_preprocess():
     frames = random_frames(2, 100, seed=3)
     jpegs = [encode_jpeg(f) for f in frames]
     raw = b"".join(struct.pack("<I", len(j)) + j for j in jpegs)
-    header = orjson.dumps({"inputs": [{"name": "images", "shape": [2], "datatype": "BYTES",
-                                       "parameters": {"binary_data_size": len(raw)}}]})
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "images",
+                    "shape": [2],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
+    )
     binary = codec.tensor_values(codec.decode_rest_v2(header + raw, len(header), "m").inputs[0])
-    as_json = orjson.dumps({"inputs": [{"name": "images", "shape": [2], "datatype": "BYTES",
-                                        "data": [{"b64": base64.b64encode(j).decode()} for j in jpegs]}]})
+    as_json = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "images",
+                    "shape": [2],
+                    "datatype": "BYTES",
+                    "data": [{"b64": base64.b64encode(j).decode()} for j in jpegs],
+                }
+            ]
+        }
+    )
     from_json = codec.tensor_values(codec.decode_rest_v2(as_json, None, "m").inputs[0])
     assert binary == from_json == jpegs
     mi = codec.to_model_input(binary, "images", PRE, max_images=8)
@@ -80,16 +117,28 @@ def test_uint8_frames_of_any_size_are_resized_with_the_shared_preprocess():
     np.testing.assert_allclose(single.x[0], mi.x[0], atol=1e-6)
 
 
-@pytest.mark.parametrize("body,hl,err,needle", [
-    (b"{not json", None, InvalidInputError, "not valid JSON"),
-    (b"[]", None, InvalidInputError, "JSON object"),
-    (b'{"inputs": []}', None, InvalidInputError, "non-empty list"),
-    (b'{"inputs": [{"name": "images", "shape": [1], "datatype": "FP32"}]}', None, InvalidInputError, "neither"),
-    (b'{"inputs": [{"name": "images", "shape": [-1], "datatype": "FP32", "data": [1]}]}', None, ShapeError,
-     "non-negative"),
-    (b'{"inputs": []}', "999", InvalidInputError, "Inference-Header-Content-Length"),
-    (b'{"inputs": []}', "abc", InvalidInputError, "integer"),
-])
+@pytest.mark.parametrize(
+    "body,hl,err,needle",
+    [
+        (b"{not json", None, InvalidInputError, "not valid JSON"),
+        (b"[]", None, InvalidInputError, "JSON object"),
+        (b'{"inputs": []}', None, InvalidInputError, "non-empty list"),
+        (
+            b'{"inputs": [{"name": "images", "shape": [1], "datatype": "FP32"}]}',
+            None,
+            InvalidInputError,
+            "neither",
+        ),
+        (
+            b'{"inputs": [{"name": "images", "shape": [-1], "datatype": "FP32", "data": [1]}]}',
+            None,
+            ShapeError,
+            "non-negative",
+        ),
+        (b'{"inputs": []}', "999", InvalidInputError, "Inference-Header-Content-Length"),
+        (b'{"inputs": []}', "abc", InvalidInputError, "integer"),
+    ],
+)
 def test_malformed_requests_say_what_is_wrong(body, hl, err, needle):
     with pytest.raises(err, match=needle):
         codec.decode_rest_v2(body, hl, "m")
@@ -101,33 +150,40 @@ def test_binary_size_past_the_end_is_a_shape_error():
         codec.decode_rest_v2(body[:-10], hl, "m")
 
 
-@pytest.mark.parametrize("arr,datatype,shape,err,needle", [
-    (np.zeros((1, 64, 64, 3), np.uint8), "UINT8", [1, 64, 64, 4], ShapeError, "bytes"),
-    (np.zeros((4,), np.int64), "INT64", None, DatatypeError, "BYTES"),
-])
+@pytest.mark.parametrize(
+    "arr,datatype,shape,err,needle",
+    [
+        (np.zeros((1, 64, 64, 3), np.uint8), "UINT8", [1, 64, 64, 4], ShapeError, "bytes"),
+        (np.zeros((4,), np.int64), "INT64", None, DatatypeError, "BYTES"),
+    ],
+)
 def test_tensor_errors(arr, datatype, shape, err, needle):
     body, hl = binary_body(arr, datatype, shape)
     with pytest.raises(err, match=needle):
         codec.tensor_values(codec.decode_rest_v2(body, hl, "m").inputs[0])
 
 
-@pytest.mark.parametrize("values,err,needle", [
-    (np.zeros((1, 64, 64), np.uint8), ShapeError, r"\[N,H,W,3\]"),
-    (np.zeros((1, 64, 64, 4), np.uint8), ShapeError, r"\[N,H,W,3\]"),
-    (np.zeros((2, 64, 64), np.float32), ShapeError, r"\[N,3,64,64\]"),
-    (np.zeros((1, 3, 32, 32), np.float32), ShapeError, r"\[N,3,64,64\]"),
-    (np.zeros((0, 64, 64, 3), np.uint8), ShapeError, "empty"),
-    (np.zeros((9, 64, 64, 3), np.uint8), PayloadTooLargeError, "at most 8"),
-    ([b"not an image"], UndecodableImageError, "JPEG or PNG"),
-])
+@pytest.mark.parametrize(
+    "values,err,needle",
+    [
+        (np.zeros((1, 64, 64), np.uint8), ShapeError, r"\[N,H,W,3\]"),
+        (np.zeros((1, 64, 64, 4), np.uint8), ShapeError, r"\[N,H,W,3\]"),
+        (np.zeros((2, 64, 64), np.float32), ShapeError, r"\[N,3,64,64\]"),
+        (np.zeros((1, 3, 32, 32), np.float32), ShapeError, r"\[N,3,64,64\]"),
+        (np.zeros((0, 64, 64, 3), np.uint8), ShapeError, "empty"),
+        (np.zeros((9, 64, 64, 3), np.uint8), PayloadTooLargeError, "at most 8"),
+        ([b"not an image"], UndecodableImageError, "JPEG or PNG"),
+    ],
+)
 def test_model_input_errors_name_what_was_expected(values, err, needle):
     with pytest.raises(err, match=needle):
         codec.to_model_input(values, "images", PRE, max_images=8)
 
 
 def test_json_uint8_out_of_range_is_a_datatype_error():
-    body = orjson.dumps({"inputs": [{"name": "images", "shape": [1, 1, 1, 3], "datatype": "UINT8",
-                                     "data": [1, 2, 300]}]})
+    body = orjson.dumps(
+        {"inputs": [{"name": "images", "shape": [1, 1, 1, 3], "datatype": "UINT8", "data": [1, 2, 300]}]}
+    )
     with pytest.raises(DatatypeError):
         codec.tensor_values(codec.decode_rest_v2(body, None, "m").inputs[0])
 
@@ -151,8 +207,12 @@ def test_response_round_trips_json_and_binary():
     labels = np.array([b"ok", b"dent", b"ok"], dtype=object)
 
     def response():
-        return InferResponse("id", "m", [InferOutput("label", [3], "BYTES", labels),
-                                         InferOutput("probabilities", [3, 4], "FP32", probs)], model_version="2")
+        return InferResponse(
+            "id",
+            "m",
+            [InferOutput("label", [3], "BYTES", labels), InferOutput("probabilities", [3, 4], "FP32", probs)],
+            model_version="2",
+        )
 
     for binary in (False, True):
         body, hl = codec.encode_rest_v2(response(), None, {"binary_data_output": binary})

@@ -21,7 +21,9 @@ from serving.testing import encode_jpeg, random_frames
 
 @pytest.fixture(scope="module")
 def model(tiny_dirs):
-    m = OnnxImageModel("inspection", [resolve(str(tiny_dirs["1"])), resolve(f"{tiny_dirs['2']}#alias=candidate")])
+    m = OnnxImageModel(
+        "inspection", [resolve(str(tiny_dirs["1"])), resolve(f"{tiny_dirs['2']}#alias=candidate")]
+    )
     assert m.load() and m.ready
     return m
 
@@ -94,8 +96,19 @@ def _binary(frames, outputs=None):
     import orjson
 
     raw = frames.tobytes()
-    hdr = orjson.dumps({"inputs": [{"name": "images", "shape": list(frames.shape), "datatype": "UINT8",
-                                    "parameters": {"binary_data_size": len(raw)}}], "outputs": outputs})
+    hdr = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "images",
+                    "shape": list(frames.shape),
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "outputs": outputs,
+        }
+    )
     return hdr + raw, len(hdr)
 
 

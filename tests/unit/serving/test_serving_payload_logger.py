@@ -18,14 +18,18 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 def test_records_and_images_are_written_in_the_payload_log_format():
     written = []
-    pl = PayloadLogger(lambda model, recs, imgs: written.append((model, recs, imgs)), "payloads", sample_rate=1.0,
-                       flush_s=0.05)
+    pl = PayloadLogger(
+        lambda model, recs, imgs: written.append((model, recs, imgs)),
+        "payloads",
+        sample_rate=1.0,
+        flush_s=0.05,
+    )
     pl.start()
     frames = random_frames(2, 16)
     probs = np.array([[0.9, 0.1], [0.2, 0.8]], np.float32)
     assert pl.offer("m", "3", ["ok", "dent"], probs, None, frames, None, MEAN, STD, "rid") == 2
     pl.close()
-    (model, recs, imgs), = written
+    ((model, recs, imgs),) = written
     assert model == "m" and [r.label for r in recs] == ["ok", "dent"] and recs[0].version == "3"
     assert recs[1].score == np.float32(0.8) and recs[0].request_id == "rid"
     png = imgs[recs[0].image_sha256]
@@ -56,7 +60,7 @@ def test_a_full_queue_drops_and_counts_without_blocking():
     frames = random_frames(20, 8)
     t0 = time.perf_counter()
     for i in range(20):
-        pl.offer("m", "1", ["ok"], np.ones((1, 2), np.float32), None, frames[i:i + 1], None, MEAN, STD)
+        pl.offer("m", "1", ["ok"], np.ones((1, 2), np.float32), None, frames[i : i + 1], None, MEAN, STD)
     assert time.perf_counter() - t0 < 1.0  # generous: it must not wait for the writer
     assert pl.dropped >= 20 - 4 - 1
     gate.set()
@@ -68,7 +72,10 @@ def test_sampling_rate_zero_logs_nothing_and_a_failing_writer_is_counted():
         raise ConnectionError("storage down")
 
     pl = PayloadLogger(failing, "p", sample_rate=0.0)
-    assert pl.offer("m", "1", ["ok"], np.ones((1, 2), np.float32), None, random_frames(1, 8), None, MEAN, STD) == 0
+    assert (
+        pl.offer("m", "1", ["ok"], np.ones((1, 2), np.float32), None, random_frames(1, 8), None, MEAN, STD)
+        == 0
+    )
     pl = PayloadLogger(failing, "p", sample_rate=1.0, flush_s=0.01)
     pl.start()
     pl.offer("m", "1", ["ok"], np.ones((1, 2), np.float32), None, random_frames(1, 8), None, MEAN, STD)

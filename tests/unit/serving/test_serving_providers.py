@@ -11,7 +11,10 @@ from serving.providers import OrtSettings, choose_providers, create_session, pro
 def test_choose_providers_keeps_the_configured_order_of_what_exists_and_ends_with_cpu():
     available = ["CPUExecutionProvider", "CUDAExecutionProvider", "OpenVINOExecutionProvider"]
     assert choose_providers(["tensorrt", "cuda", "openvino", "cpu"], available) == [
-        "CUDAExecutionProvider", "OpenVINOExecutionProvider", "CPUExecutionProvider"]
+        "CUDAExecutionProvider",
+        "OpenVINOExecutionProvider",
+        "CPUExecutionProvider",
+    ]
     assert choose_providers(["openvino", "cuda"], available)[0] == "OpenVINOExecutionProvider"
     assert choose_providers(["tensorrt"], ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     assert provider_name("TRT") == "TensorrtExecutionProvider"
@@ -33,7 +36,9 @@ def test_a_provider_that_fails_to_start_falls_back_to_the_next(tiny_dirs, monkey
         return real(path, sess_options=sess_options, providers=providers)
 
     monkeypatch.setattr(ort, "InferenceSession", flaky)
-    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
     sess, info = create_session(tiny_dirs["1"] / "model.onnx", OrtSettings(providers=["cuda", "cpu"]))
     assert info.provider == "CPUExecutionProvider"
     assert info.tried and info.tried[0][0] == "CUDAExecutionProvider" and "libcudart" in info.tried[0][1]

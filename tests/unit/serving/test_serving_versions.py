@@ -96,17 +96,20 @@ def test_resolve_local_dirs(tiny_dirs, tmp_path):
         resolve("models:/x@champion")
 
 
-@pytest.mark.parametrize("exc,http,code", [
-    (errors.ShapeError("x"), 400, grpc.StatusCode.INVALID_ARGUMENT),
-    (errors.UndecodableImageError("x"), 400, grpc.StatusCode.INVALID_ARGUMENT),
-    (errors.PayloadTooLargeError("x"), 413, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (errors.VersionNotFoundError("x"), 404, grpc.StatusCode.NOT_FOUND),
-    (errors.IntegrityRefusedError("x"), 422, grpc.StatusCode.FAILED_PRECONDITION),
-    (errors.OverloadedError("x"), 503, grpc.StatusCode.UNAVAILABLE),
-    (InvalidInput("x"), 400, grpc.StatusCode.INVALID_ARGUMENT),
-    (ModelNotFound("x"), 404, grpc.StatusCode.NOT_FOUND),
-    (KeyError("secret internals"), 500, grpc.StatusCode.INTERNAL),
-])
+@pytest.mark.parametrize(
+    "exc,http,code",
+    [
+        (errors.ShapeError("x"), 400, grpc.StatusCode.INVALID_ARGUMENT),
+        (errors.UndecodableImageError("x"), 400, grpc.StatusCode.INVALID_ARGUMENT),
+        (errors.PayloadTooLargeError("x"), 413, grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (errors.VersionNotFoundError("x"), 404, grpc.StatusCode.NOT_FOUND),
+        (errors.IntegrityRefusedError("x"), 422, grpc.StatusCode.FAILED_PRECONDITION),
+        (errors.OverloadedError("x"), 503, grpc.StatusCode.UNAVAILABLE),
+        (InvalidInput("x"), 400, grpc.StatusCode.INVALID_ARGUMENT),
+        (ModelNotFound("x"), 404, grpc.StatusCode.NOT_FOUND),
+        (KeyError("secret internals"), 500, grpc.StatusCode.INTERNAL),
+    ],
+)
 def test_one_table_maps_errors_to_statuses(exc, http, code):
     assert errors.http_status(exc) == http
     assert errors.grpc_status(exc) == code

@@ -17,8 +17,21 @@ def _invoke(*args: str):
 def test_help_explains_sources_and_options():
     result = _invoke("--help")
     assert result.exit_code == 0
-    for text in ("rtsp://", "image folder", "--fps", "--model", "--server", "--line", "--queue-size",
-                 "--drop-policy", "--batch-size", "--outbox", "--metrics-port", "--duration", "result.schema.json"):
+    for text in (
+        "rtsp://",
+        "image folder",
+        "--fps",
+        "--model",
+        "--server",
+        "--line",
+        "--queue-size",
+        "--drop-policy",
+        "--batch-size",
+        "--outbox",
+        "--metrics-port",
+        "--duration",
+        "result.schema.json",
+    ):
         assert text in result.output
 
 
@@ -36,9 +49,24 @@ def test_a_model_directory_without_a_card_is_a_clear_error(tmp_path: Path, short
 
 def test_run_prints_a_summary_and_bad_sources_do_not_stop_the_others(tiny_model, short_video, tmp_path):
     summary_file = tmp_path / "summary.json"
-    result = CliRunner().invoke(cli, [
-        "stream", "--model", str(tiny_model), "--no-mqtt", "--no-realtime", "--drop-policy", "block", "--fps", "5",
-        "--summary-json", str(summary_file), f"good={short_video}", f"missing={tmp_path / 'nope.mp4'}"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "stream",
+            "--model",
+            str(tiny_model),
+            "--no-mqtt",
+            "--no-realtime",
+            "--drop-policy",
+            "block",
+            "--fps",
+            "5",
+            "--summary-json",
+            str(summary_file),
+            f"good={short_video}",
+            f"missing={tmp_path / 'nope.mp4'}",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "good" in result.output and "finished" in result.output
     assert "missing: " in result.output and "nope.mp4 does not exist" in result.output
@@ -50,7 +78,9 @@ def test_run_prints_a_summary_and_bad_sources_do_not_stop_the_others(tiny_model,
 
 
 def test_all_sources_bad_exits_with_an_error(tiny_model, tmp_path):
-    result = CliRunner().invoke(cli, ["stream", "--model", str(tiny_model), "--no-mqtt", str(tmp_path / "a.mp4")])
+    result = CliRunner().invoke(
+        cli, ["stream", "--model", str(tiny_model), "--no-mqtt", str(tmp_path / "a.mp4")]
+    )
     assert result.exit_code == 2
     assert "no source could be read" in result.output
 

@@ -46,8 +46,9 @@ class Slow:
 
 def _run(specs, predictor, **cfg):
     reader = ReaderConfig(**cfg.pop("reader", {}))
-    proc = StreamProcessor([SourceSpec.parse(s) for s in specs], predictor, None,
-                           StreamConfig(reader=reader, **cfg))
+    proc = StreamProcessor(
+        [SourceSpec.parse(s) for s in specs], predictor, None, StreamConfig(reader=reader, **cfg)
+    )
     sink = CountingSink(proc.stats_for, keep=True)
     proc.sink = sink
     summary = proc.run(duration_s=60)
@@ -64,12 +65,17 @@ def _balanced(summary):
         assert s["frames_in"] == s["frames_processed"] + s["dropped_total"], s
 
 
-def test_every_frame_of_every_good_source_gets_a_result_despite_bad_sources(tiny_model, short_video, tmp_path):
+def test_every_frame_of_every_good_source_gets_a_result_despite_bad_sources(
+    tiny_model, short_video, tmp_path
+):
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(np.random.default_rng(0).bytes(10_000))
     proc, summary, results = _run(
         [f"cam1={short_video}", f"cam2={short_video}", f"broken={corrupt}", f"gone={tmp_path / 'none.mp4'}"],
-        OnnxPredictor(tiny_model), drop_policy=DropPolicy.BLOCK, reader={"realtime": False})
+        OnnxPredictor(tiny_model),
+        drop_policy=DropPolicy.BLOCK,
+        reader={"realtime": False},
+    )
     s = {x["source"]: x for x in summary.sources}
     for cam in ("cam1", "cam2"):
         assert s[cam]["state"] == "finished"
@@ -100,8 +106,13 @@ def test_realtime_pacing_and_latency_are_recorded(tiny_model, short_video):
 
 def test_overload_drops_are_bounded_and_counted(tiny_model, short_video):
     slow = Slow(OnnxPredictor(tiny_model), delay_s=0.02)
-    proc, summary, results = _run([f"a={short_video}", f"b={short_video}", f"c={short_video}"], slow,
-                                  queue_size=4, batch_size=2, reader={"realtime": False})
+    proc, summary, results = _run(
+        [f"a={short_video}", f"b={short_video}", f"c={short_video}"],
+        slow,
+        queue_size=4,
+        batch_size=2,
+        reader={"realtime": False},
+    )
     total_dropped = 0
     for s in summary.sources:
         assert s["queue_high_water"] <= 4
@@ -111,16 +122,20 @@ def test_overload_drops_are_bounded_and_counted(tiny_model, short_video):
         total_dropped += s["dropped_total"]
         idx = [m["frame_index"] for m in results.get(s["source"], [])]
         assert idx == sorted(idx) and len(idx) == s["frames_processed"]
-        assert proc.metrics.registry.get_sample_value(
-            "edgeloop_stream_frames_dropped_total", {"source": s["source"], "reason": "queue_full"}
-        ) == s["dropped_total"]
+        assert (
+            proc.metrics.registry.get_sample_value(
+                "edgeloop_stream_frames_dropped_total", {"source": s["source"], "reason": "queue_full"}
+            )
+            == s["dropped_total"]
+        )
     assert total_dropped > 0
 
 
 def test_inference_failures_are_counted_and_the_stream_goes_on(tiny_model, short_video):
     slow = Slow(OnnxPredictor(tiny_model), fail_every=3)
-    _, summary, results = _run([str(short_video)], slow, batch_size=1, drop_policy=DropPolicy.BLOCK,
-                               reader={"realtime": False})
+    _, summary, results = _run(
+        [str(short_video)], slow, batch_size=1, drop_policy=DropPolicy.BLOCK, reader={"realtime": False}
+    )
     s = summary.sources[0]
     assert s["frames_dropped"] == {"inference_error": 10}
     assert s["frames_processed"] == 20 == len(results["clip"])
@@ -129,18 +144,26 @@ def test_inference_failures_are_counted_and_the_stream_goes_on(tiny_model, short
 
 def test_several_workers_keep_each_camera_in_order(tiny_model, short_video):
     slow = Slow(OnnxPredictor(tiny_model), jitter_s=0.01)
-    _, summary, results = _run([f"a={short_video}", f"b={short_video}"], slow, workers=3, batch_size=3,
-                               drop_policy=DropPolicy.BLOCK, reader={"realtime": False})
+    _, summary, results = _run(
+        [f"a={short_video}", f"b={short_video}"],
+        slow,
+        workers=3,
+        batch_size=3,
+        drop_policy=DropPolicy.BLOCK,
+        reader={"realtime": False},
+    )
     for cam in ("a", "b"):
         assert [m["frame_index"] for m in results[cam]] == list(range(30))
 
 
-
-
 @pytest.fixture
 def looping(tiny_model, short_video):
-    proc = StreamProcessor([SourceSpec.parse(str(short_video))], OnnxPredictor(tiny_model), None,
-                           StreamConfig(reader=ReaderConfig(loop=True, realtime=False)))
+    proc = StreamProcessor(
+        [SourceSpec.parse(str(short_video))],
+        OnnxPredictor(tiny_model),
+        None,
+        StreamConfig(reader=ReaderConfig(loop=True, realtime=False)),
+    )
     proc.sink = CountingSink(proc.stats_for)
     return proc
 

@@ -17,7 +17,9 @@ def _frame(source: str, i: int, t: float | None = None) -> Frame:
     return Frame(source, i, np.zeros((4, 4, 3), np.uint8), time.time(), now)
 
 
-def _setup(policy: DropPolicy, capacity: int = 3, names: tuple[str, ...] = ("a",), max_age_s: float | None = None):
+def _setup(
+    policy: DropPolicy, capacity: int = 3, names: tuple[str, ...] = ("a",), max_age_s: float | None = None
+):
     metrics = StreamMetrics()
     sched = Scheduler(max_age_s=max_age_s)
     stats = {n: SourceStats(n, metrics, queue_capacity=capacity) for n in names}
@@ -34,8 +36,12 @@ def test_drop_oldest_keeps_the_newest_frames_and_counts_each_drop():
     assert [f.index for f in frames] == [7, 8, 9]
     assert stats["a"].dropped["queue_full"] == 7
     assert stats["a"].queue_high_water == 3
-    assert metrics.registry.get_sample_value(
-        "edgeloop_stream_frames_dropped_total", {"source": "a", "reason": "queue_full"}) == 7
+    assert (
+        metrics.registry.get_sample_value(
+            "edgeloop_stream_frames_dropped_total", {"source": "a", "reason": "queue_full"}
+        )
+        == 7
+    )
 
 
 def test_drop_newest_keeps_the_queued_frames():

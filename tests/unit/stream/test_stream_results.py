@@ -18,8 +18,13 @@ from edgeloop.stream.stats import LatencyHistogram
 def _result(**overrides):
     frame = Frame("cam-1", 42, np.zeros((2, 2, 3), np.uint8), time.time(), time.monotonic(), media_time=1.4)
     pred = Prediction("scratch", 0.7, np.array([0.2, 0.7, 0.1], np.float32))
-    kwargs = dict(line="line1", model_name="inspect", model_version="3", labels=["ok", "scratch", "dent"],
-                  latency_s=0.0123)
+    kwargs = dict(
+        line="line1",
+        model_name="inspect",
+        model_version="3",
+        labels=["ok", "scratch", "dent"],
+        latency_s=0.0123,
+    )
     kwargs.update(overrides)
     return build_result(frame, pred, **kwargs)
 
@@ -31,8 +36,11 @@ def test_result_validates_against_the_schema():
     assert result["top"][0] == {"label": "scratch", "score": pytest.approx(0.7)}
     assert [t["label"] for t in result["top"]] == ["scratch", "ok", "dent"]
     assert result["latency_ms"] == pytest.approx(12.3)
-    assert (result["camera"], result["frame_index"], result["model"]) == ("cam-1", 42, {"name": "inspect",
-                                                                                        "version": "3"})
+    assert (result["camera"], result["frame_index"], result["model"]) == (
+        "cam-1",
+        42,
+        {"name": "inspect", "version": "3"},
+    )
 
 
 def test_result_without_labels_or_version_is_still_valid():
@@ -41,13 +49,16 @@ def test_result_without_labels_or_version_is_still_valid():
     assert result["top"] == [{"label": "scratch", "score": pytest.approx(0.7)}]
 
 
-@pytest.mark.parametrize("breaks", [
-    lambda r: r.pop("frame_index"),
-    lambda r: r.update(score=1.5),
-    lambda r: r.update(camera="a/b"),
-    lambda r: r.update(extra=1),
-    lambda r: r["model"].pop("version"),
-])
+@pytest.mark.parametrize(
+    "breaks",
+    [
+        lambda r: r.pop("frame_index"),
+        lambda r: r.update(score=1.5),
+        lambda r: r.update(camera="a/b"),
+        lambda r: r.update(extra=1),
+        lambda r: r["model"].pop("version"),
+    ],
+)
 def test_schema_rejects_broken_results(breaks):
     result = _result()
     breaks(result)

@@ -27,11 +27,16 @@ from edgeloop.stream.stats import SourceState, SourceStats, StreamMetrics
 
 def test_parse_names_kinds_and_defaults(tmp_path: Path):
     (tmp_path / "imgs").mkdir()
-    assert SourceSpec.parse("cam1=rtsp://10.0.0.5:554/live") == SourceSpec("cam1", "rtsp://10.0.0.5:554/live",
-                                                                          SourceKind.NETWORK)
+    assert SourceSpec.parse("cam1=rtsp://10.0.0.5:554/live") == SourceSpec(
+        "cam1", "rtsp://10.0.0.5:554/live", SourceKind.NETWORK
+    )
     # '=' inside a URL's query is not a name
     s = SourceSpec.parse("http://host:8080/live.ts?token=abc")
-    assert (s.kind, s.uri, s.name) == (SourceKind.NETWORK, "http://host:8080/live.ts?token=abc", "host-8080-live.ts")
+    assert (s.kind, s.uri, s.name) == (
+        SourceKind.NETWORK,
+        "http://host:8080/live.ts?token=abc",
+        "host-8080-live.ts",
+    )
     assert SourceSpec.parse(str(tmp_path / "line a.mp4")).name == "line-a"  # topic-safe
     assert SourceSpec.parse(str(tmp_path / "imgs")).kind == SourceKind.IMAGES
     assert SourceSpec.parse(f"file://{tmp_path}/x.mkv").kind == SourceKind.FILE
@@ -65,8 +70,14 @@ def _read(spec: SourceSpec, **cfg) -> tuple[SourceReader, SourceStats, list]:
     stats = SourceStats(spec.name, metrics, queue_capacity=1000)
     sched = Scheduler()
     q = sched.add_queue(spec.name, 1000, DropPolicy.BLOCK, stats)
-    reader = SourceReader(spec, q, stats, Preprocess(PreprocessConfig(size=32)).resize,
-                          ReaderConfig(realtime=False, reconnect_initial_s=0.05, **cfg), threading.Event())
+    reader = SourceReader(
+        spec,
+        q,
+        stats,
+        Preprocess(PreprocessConfig(size=32)).resize,
+        ReaderConfig(realtime=False, reconnect_initial_s=0.05, **cfg),
+        threading.Event(),
+    )
     reader.run()
     frames = []
     while (b := sched.take_batch(1000, timeout=0.01)) is not None:
@@ -89,14 +100,19 @@ def test_fps_sampling_on_a_file(short_video: Path):
     assert stats.skipped == 20 and stats.frames_in == 10
 
 
-@pytest.mark.parametrize("case, kind, message", [
-    ("missing", "not_found", "does not exist"),
-    ("corrupt", "corrupt", "not a readable video"),
-    ("codec", "unsupported_codec", "no decoder for its video codec"),
-    ("audio", "no_video", "has no video stream"),
-    ("empty_dir", "empty", "holds no images"),
-])
-def test_bad_sources_fail_with_a_clear_error(tmp_path: Path, short_video: Path, case: str, kind: str, message: str):
+@pytest.mark.parametrize(
+    "case, kind, message",
+    [
+        ("missing", "not_found", "does not exist"),
+        ("corrupt", "corrupt", "not a readable video"),
+        ("codec", "unsupported_codec", "no decoder for its video codec"),
+        ("audio", "no_video", "has no video stream"),
+        ("empty_dir", "empty", "holds no images"),
+    ],
+)
+def test_bad_sources_fail_with_a_clear_error(
+    tmp_path: Path, short_video: Path, case: str, kind: str, message: str
+):
     path = _bad_source(tmp_path, case)
     reader, stats, frames = _read(SourceSpec.parse(f"bad={path}"))
     assert stats.state == SourceState.FAILED
