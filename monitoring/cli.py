@@ -34,15 +34,25 @@ def resolve_model_dir(settings: Any, model_dir: Path | None, model: str | None, 
     try:
         mv = client.get_model_version_by_alias(model, alias)
     except Exception as e:
-        raise MonitorError(f"no version of registered model {model!r} has alias {alias!r} ({e}); "
-                           f"use --alias or --model-dir") from e
+        raise MonitorError(
+            f"no version of registered model {model!r} has alias {alias!r} ({e}); "
+            f"use --alias or --model-dir"
+        ) from e
     dest = settings.state_dir / "monitoring" / "models" / model / str(mv.version)
     if not any(dest.rglob("model_card.json")):
         dest.mkdir(parents=True, exist_ok=True)
         mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model}/{mv.version}", dst_path=str(dest))
     cards = sorted(dest.rglob("model_card.json"))
     if not cards:
-        raise MonitorError(f"registered model {model} v{mv.version} has no model_card.json among its artifacts")
+        raise MonitorError(
+            f"registered model {model} v{mv.version} has no model_card.json among its artifacts"
+        )
+    from edgeloop.model_card import IntegrityError, ModelCard
+
+    try:
+        ModelCard.load(cards[0].parent).verify(cards[0].parent)
+    except IntegrityError as e:
+        raise MonitorError(f"registered model {model} v{mv.version}: {e}") from e
     return cards[0].parent
 
 
@@ -51,30 +61,59 @@ def _options(kw: dict[str, Any]) -> Any:
     from monitoring.scan import ScanOptions
 
     no_queue = kw.pop("no_queue")
-    return ScanOptions(budget=kw.pop("budget"), alpha=kw.pop("alpha"), n_permutations=kw.pop("permutations"),
-                       any_version=kw.pop("any_version"), version=kw.pop("payload_version"),
-                       queue=not no_queue, deliver=not no_queue, project_title=kw.pop("project"),
-                       payload_model=kw.pop("payload_model"))
+    return ScanOptions(
+        budget=kw.pop("budget"),
+        alpha=kw.pop("alpha"),
+        n_permutations=kw.pop("permutations"),
+        any_version=kw.pop("any_version"),
+        version=kw.pop("payload_version"),
+        queue=not no_queue,
+        deliver=not no_queue,
+        project_title=kw.pop("project"),
+        payload_model=kw.pop("payload_model"),
+    )
 
 
 def _common(fn: Any) -> Any:
     opts = [
-        click.option("--model-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-                     help="Exported model directory (model.onnx, model_card.json, reference_profile.npz)."),
-        click.option("--model", "model_name", default=None, help="Registered model name (MLflow), with --alias."),
-        click.option("--alias", default="champion", show_default=True, help="Registry alias of the served version."),
+        click.option(
+            "--model-dir",
+            type=click.Path(path_type=Path, file_okay=False),
+            default=None,
+            help="Exported model directory (model.onnx, model_card.json, reference_profile.npz).",
+        ),
+        click.option(
+            "--model", "model_name", default=None, help="Registered model name (MLflow), with --alias."
+        ),
+        click.option(
+            "--alias", default="champion", show_default=True, help="Registry alias of the served version."
+        ),
         click.option("--window", default="1h", show_default=True, help="Window length: 30m, 1h, 1d, ..."),
-        click.option("--budget", default=20, show_default=True, help="At most this many images queued per window."),
-        click.option("--alpha", default=0.05, show_default=True,
-                     help="Family-wise significance over all drift detectors."),
+        click.option(
+            "--budget", default=20, show_default=True, help="At most this many images queued per window."
+        ),
+        click.option(
+            "--alpha",
+            default=0.05,
+            show_default=True,
+            help="Family-wise significance over all drift detectors.",
+        ),
         click.option("--permutations", default=200, show_default=True, help="Permutations of the MMD test."),
         click.option("--any-version", is_flag=True, help="Include records served by other model versions."),
         click.option("--no-queue", is_flag=True, help="Report only: queue and deliver nothing."),
-        click.option("--project", default=None, help="Label Studio project (default: labelstudio.project_title)."),
-        click.option("--payload-model", default=None,
-                     help="Model name in the payload log (default: the model card's name)."),
-        click.option("--payload-version", default=None,
-                     help="Model version in the payload log (default: the model card's version)."),
+        click.option(
+            "--project", default=None, help="Label Studio project (default: labelstudio.project_title)."
+        ),
+        click.option(
+            "--payload-model",
+            default=None,
+            help="Model name in the payload log (default: the model card's name).",
+        ),
+        click.option(
+            "--payload-version",
+            default=None,
+            help="Model version in the payload log (default: the model card's version).",
+        ),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -90,18 +129,45 @@ def monitor() -> None:
 @_common
 @click.option("--since", default=None, help="Window start: ISO time (UTC if naive) or a duration ago (2h).")
 @click.option("--until", default=None, help="Window end: ISO time, 'now' (default) or a duration ago.")
-@click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Write an HTML drift report (plots, flagged images) here.")
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write an HTML drift report (plots, flagged images) here.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the scan report as JSON.")
-@click.option("--metrics", "print_metrics", is_flag=True, help="Print the Prometheus metrics after the report.")
-@click.option("--metrics-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Write the metrics for node-exporter's textfile collector.")
-@click.option("--pushgateway", default=None, help="Push the metrics to this Prometheus Pushgateway (host:port).")
+@click.option(
+    "--metrics", "print_metrics", is_flag=True, help="Print the Prometheus metrics after the report."
+)
+@click.option(
+    "--metrics-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the metrics for node-exporter's textfile collector.",
+)
+@click.option(
+    "--pushgateway", default=None, help="Push the metrics to this Prometheus Pushgateway (host:port)."
+)
 @click.option("--fail-on-drift", is_flag=True, help="Exit 1 when drift is detected (for CI / alerting).")
 @click.pass_obj
 @user_errors
-def scan(obj, model_dir, model_name, alias, window, since, until, report_path, as_json, print_metrics, metrics_file,
-         pushgateway, fail_on_drift, **kw) -> None:
+def scan(
+    obj,
+    model_dir,
+    model_name,
+    alias,
+    window,
+    since,
+    until,
+    report_path,
+    as_json,
+    print_metrics,
+    metrics_file,
+    pushgateway,
+    fail_on_drift,
+    **kw,
+) -> None:
     """Scan one window: drift report, flagged images queued for labeling (at most --budget)."""
     from monitoring.metrics import MonitorMetrics
     from monitoring.scan import resolve_window, scan_window
@@ -113,7 +179,9 @@ def scan(obj, model_dir, model_name, alias, window, since, until, report_path, a
     except ValueError as e:
         raise MonitorError(str(e)) from e
     metrics = MonitorMetrics()
-    report = scan_window(settings, directory, start, end, _options(kw), report_path=report_path, metrics=metrics)
+    report = scan_window(
+        settings, directory, start, end, _options(kw), report_path=report_path, metrics=metrics
+    )
     click.echo(json.dumps(report.as_dict(), indent=2) if as_json else report.summary())
     if print_metrics:
         click.echo(metrics.text())
@@ -128,16 +196,38 @@ def scan(obj, model_dir, model_name, alias, window, since, until, report_path, a
 @monitor.command()
 @_common
 @click.option("--interval", default="10m", show_default=True, help="Time between scans.")
-@click.option("--metrics-port", default=9108, show_default=True, type=int,
-              help="Serve Prometheus metrics on this port (0: do not serve).")
+@click.option(
+    "--metrics-port",
+    default=9108,
+    show_default=True,
+    type=int,
+    help="Serve Prometheus metrics on this port (0: do not serve).",
+)
 @click.option("--metrics-host", default="0.0.0.0", show_default=True)
-@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Write each scan's HTML report here (latest.html plus one per scan).")
-@click.option("--iterations", default=0, show_default=True, help="Stop after this many scans (0: run forever).")
+@click.option(
+    "--report-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Write each scan's HTML report here (latest.html plus one per scan).",
+)
+@click.option(
+    "--iterations", default=0, show_default=True, help="Stop after this many scans (0: run forever)."
+)
 @click.pass_obj
 @user_errors
-def run(obj, model_dir, model_name, alias, window, interval, metrics_port, metrics_host, report_dir, iterations,
-        **kw) -> None:
+def run(
+    obj,
+    model_dir,
+    model_name,
+    alias,
+    window,
+    interval,
+    metrics_port,
+    metrics_host,
+    report_dir,
+    iterations,
+    **kw,
+) -> None:
     """Scan the last --window every --interval, serving metrics; retries the relabel outbox each time."""
     from monitoring.metrics import MonitorMetrics
     from monitoring.scan import parse_duration, resolve_window, scan_window
@@ -163,7 +253,9 @@ def run(obj, model_dir, model_name, alias, window, interval, metrics_port, metri
             report_path = None
             if report_dir is not None:
                 report_path = report_dir / f"drift-{end:%Y%m%dT%H%M%SZ}.html"
-            report = scan_window(settings, directory, start, end, options, report_path=report_path, metrics=metrics)
+            report = scan_window(
+                settings, directory, start, end, options, report_path=report_path, metrics=metrics
+            )
             if report_path is not None:
                 (report_dir / "latest.html").write_text(report_path.read_text())
             click.echo(report.summary())
@@ -191,8 +283,10 @@ def deliver(obj, project: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
         return
-    click.echo(f"delivered {report.delivered} tasks ({report.already_in_project} already in the project); "
-               f"{report.pending} waiting" + (f"; error: {report.error}" if report.error else ""))
+    click.echo(
+        f"delivered {report.delivered} tasks ({report.already_in_project} already in the project); "
+        f"{report.pending} waiting" + (f"; error: {report.error}" if report.error else "")
+    )
 
 
 @monitor.command()
@@ -203,13 +297,17 @@ def outbox(obj, as_json: bool) -> None:
     """List relabel items waiting for Label Studio."""
     from monitoring.relabel import RelabelQueue
 
-    rows = [{"project": p, "sha256": i.sha256, "reason": i.flag_reason, "attempts": a, "last_error": err}
-            for p, i, a, err in RelabelQueue.for_settings(obj.settings).pending()]
+    rows: list[dict[str, Any]] = [
+        {"project": p, "sha256": i.sha256, "reason": i.flag_reason, "attempts": a, "last_error": err}
+        for p, i, a, err in RelabelQueue.for_settings(obj.settings).pending()
+    ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
         click.echo("outbox empty")
     for r in rows:
-        click.echo(f"{r['project']}  {r['sha256'][:12]}  {r['reason']:<30} attempts {r['attempts']}"
-                   + (f"  last error: {r['last_error']}" if r["last_error"] else ""))
+        click.echo(
+            f"{r['project']}  {r['sha256'][:12]}  {r['reason']:<30} attempts {r['attempts']}"
+            + (f"  last error: {r['last_error']}" if r["last_error"] else "")
+        )

@@ -54,16 +54,32 @@ def _json_safe(obj: Any) -> Any:
 
 
 def _too_few(name: str, n_ref: int, n: int, threshold: float) -> DriftResult:
-    return DriftResult(name, False, float("nan"), threshold, float("nan"), n_ref, n,
-                       {"skipped": f"window has {n} samples; a test needs at least {MIN_SAMPLES}"})
+    return DriftResult(
+        name,
+        False,
+        float("nan"),
+        threshold,
+        float("nan"),
+        n_ref,
+        n,
+        {"skipped": f"window has {n} samples; a test needs at least {MIN_SAMPLES}"},
+    )
 
 
 class MMDDrift:
     """MMD^2 (unbiased) between reference and window embeddings; permutation p-value."""
 
-    def __init__(self, x_ref: np.ndarray, p_val: float = 0.05, n_permutations: int = 200,
-                 sigma: float | None = None, max_ref: int = 500, max_window: int = 500, seed: int = 0,
-                 name: str = "embedding_mmd"):
+    def __init__(
+        self,
+        x_ref: np.ndarray,
+        p_val: float = 0.05,
+        n_permutations: int = 200,
+        sigma: float | None = None,
+        max_ref: int = 500,
+        max_window: int = 500,
+        seed: int = 0,
+        name: str = "embedding_mmd",
+    ):
         rng = np.random.default_rng(seed)
         x_ref = np.asarray(x_ref, dtype=np.float64)
         if len(x_ref) > max_ref:
@@ -109,15 +125,29 @@ class MMDDrift:
         mmd2 = s_aa / (m_ref * (m_ref - 1)) + s_bb / (m * (m - 1)) - 2.0 * s_ab / (m_ref * m)
         stat = float(mmd2[0])
         p = float((1 + np.sum(mmd2[1:] >= stat)) / (1 + self.n_permutations))
-        return DriftResult(self.name, p < self.p_val, p, self.p_val, stat, n_ref, n,
-                           {"sigma": sigma, "n_permutations": self.n_permutations, "window_used": m})
+        return DriftResult(
+            self.name,
+            p < self.p_val,
+            p,
+            self.p_val,
+            stat,
+            n_ref,
+            n,
+            {"sigma": sigma, "n_permutations": self.n_permutations, "window_used": m},
+        )
 
 
 class PSIDrift:
     """PSI of a 1-D score over bins at reference quantiles; chi-square p-value on the same bins."""
 
-    def __init__(self, x_ref: np.ndarray, p_val: float = 0.05, n_bins: int = 10, name: str = "confidence_psi",
-                 eps: float = 1e-4):
+    def __init__(
+        self,
+        x_ref: np.ndarray,
+        p_val: float = 0.05,
+        n_bins: int = 10,
+        name: str = "confidence_psi",
+        eps: float = 1e-4,
+    ):
         self.x_ref = np.asarray(x_ref, dtype=np.float64).ravel()
         self.p_val = p_val
         self.name = name
@@ -139,16 +169,28 @@ class PSIDrift:
         table = np.vstack([self.ref_counts, counts])
         table = table[:, table.sum(0) > 0]
         p = 1.0 if table.shape[1] < 2 else float(chi2_contingency(table)[1])
-        return DriftResult(self.name, p < self.p_val, p, self.p_val, psi, len(self.x_ref), len(x),
-                           {"ref_mean": float(self.x_ref.mean()), "mean": float(x.mean()),
-                            "bins": len(self.edges) - 1})
+        return DriftResult(
+            self.name,
+            p < self.p_val,
+            p,
+            self.p_val,
+            psi,
+            len(self.x_ref),
+            len(x),
+            {"ref_mean": float(self.x_ref.mean()), "mean": float(x.mean()), "bins": len(self.edges) - 1},
+        )
 
 
 class KSDrift:
     """Two-sample KS per feature, Bonferroni-corrected: drift if any p < p_val / n_features."""
 
-    def __init__(self, x_ref: np.ndarray, p_val: float = 0.05, feature_names: Sequence[str] | None = None,
-                 name: str = "image_stats_ks"):
+    def __init__(
+        self,
+        x_ref: np.ndarray,
+        p_val: float = 0.05,
+        feature_names: Sequence[str] | None = None,
+        name: str = "image_stats_ks",
+    ):
         self.x_ref = np.asarray(x_ref, dtype=np.float64)
         if self.x_ref.ndim == 1:
             self.x_ref = self.x_ref[:, None]
@@ -168,20 +210,38 @@ class KSDrift:
         per: dict[str, dict[str, float]] = {}
         for j, fname in enumerate(self.feature_names):
             res = ks_2samp(self.x_ref[:, j], x[:, j])
-            per[fname] = {"distance": float(res.statistic), "p_val": float(res.pvalue),
-                          "ref_mean": float(self.x_ref[:, j].mean()), "mean": float(x[:, j].mean())}
+            per[fname] = {
+                "distance": float(res.statistic),
+                "p_val": float(res.pvalue),
+                "ref_mean": float(self.x_ref[:, j].mean()),
+                "mean": float(x[:, j].mean()),
+            }
         p = min(v["p_val"] for v in per.values())
         dist = max(v["distance"] for v in per.values())
         drifted = [f for f, v in per.items() if v["p_val"] < threshold]
-        return DriftResult(self.name, p < threshold, p, threshold, dist, len(self.x_ref), len(x),
-                           {"features": per, "drifted_features": drifted})
+        return DriftResult(
+            self.name,
+            p < threshold,
+            p,
+            threshold,
+            dist,
+            len(self.x_ref),
+            len(x),
+            {"features": per, "drifted_features": drifted},
+        )
 
 
 class CategoricalDrift:
     """Chi-square test of predicted-class counts against the reference; distance = total variation."""
 
-    def __init__(self, ref_classes: np.ndarray, n_classes: int, p_val: float = 0.05,
-                 name: str = "prediction_chi2", labels: Sequence[str] | None = None):
+    def __init__(
+        self,
+        ref_classes: np.ndarray,
+        n_classes: int,
+        p_val: float = 0.05,
+        name: str = "prediction_chi2",
+        labels: Sequence[str] | None = None,
+    ):
         self.n_classes = n_classes
         self.ref_counts = np.bincount(np.asarray(ref_classes, dtype=int), minlength=n_classes)
         self.p_val = p_val
@@ -201,5 +261,6 @@ class CategoricalDrift:
         p = 1.0 if table.shape[1] < 2 else float(chi2_contingency(table)[1])
         tv = float(0.5 * np.abs(self.ref_counts / n_ref - counts / counts.sum()).sum())
         freq = {str(lbl): float(c / counts.sum()) for lbl, c in zip(self.labels, counts, strict=False)}
-        return DriftResult(self.name, p < self.p_val, p, self.p_val, tv, n_ref, len(classes),
-                           {"frequencies": freq})
+        return DriftResult(
+            self.name, p < self.p_val, p, self.p_val, tv, n_ref, len(classes), {"frequencies": freq}
+        )

@@ -41,8 +41,13 @@ class Flag:
         return ",".join(self.reasons)
 
 
-def flag_images(profile: ReferenceProfile, probabilities: np.ndarray, embeddings: np.ndarray,
-                sha256s: Sequence[str], ood_scores: np.ndarray | None = None) -> list[Flag]:
+def flag_images(
+    profile: ReferenceProfile,
+    probabilities: np.ndarray,
+    embeddings: np.ndarray,
+    sha256s: Sequence[str],
+    ood_scores: np.ndarray | None = None,
+) -> list[Flag]:
     """One :class:`Flag` per image that trips at least one rule (unsorted)."""
     conf, margin = confidence_and_margin(probabilities)
     ood = profile.ood_scores(embeddings) if ood_scores is None else np.asarray(ood_scores)
@@ -64,8 +69,9 @@ def flag_images(profile: ReferenceProfile, probabilities: np.ndarray, embeddings
     return flags
 
 
-def select_for_labeling(flags: Sequence[Flag], embeddings: np.ndarray, budget: int,
-                        pool_factor: int = 4) -> list[Flag]:
+def select_for_labeling(
+    flags: Sequence[Flag], embeddings: np.ndarray, budget: int, pool_factor: int = 4
+) -> list[Flag]:
     """At most ``budget`` flags, one per image (sha256), diverse, highest value first."""
     if budget <= 0 or not flags:
         return []

@@ -19,32 +19,73 @@ class MonitorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.drift_distance = Gauge("edgeloop_drift_distance", "Drift statistic of the last scan, per detector",
-                                    ["model", "detector"], registry=r)
-        self.drift_p_value = Gauge("edgeloop_drift_p_value", "p-value of the last scan, per detector",
-                                   ["model", "detector"], registry=r)
-        self.drift_threshold = Gauge("edgeloop_drift_threshold", "p-value threshold of each detector",
-                                     ["model", "detector"], registry=r)
-        self.drift_detected = Gauge("edgeloop_drift_detected", "1 if the detector saw drift in the last scan",
-                                    ["model", "detector"], registry=r)
-        self.window_records = Gauge("edgeloop_monitor_window_records", "Payload records in the last scanned window",
-                                    ["model"], registry=r)
-        self.flagged = Gauge("edgeloop_monitor_flagged_images", "Images flagged in the last scanned window",
-                             ["model", "reason"], registry=r)
-        self.selected = Gauge("edgeloop_monitor_selected_images", "Images selected for labeling in the last window",
-                              ["model"], registry=r)
-        self.queued = Counter("edgeloop_relabel_queued", "Images newly put in the relabel outbox",
-                              ["model"], registry=r)
-        self.delivered = Counter("edgeloop_relabel_delivered", "Relabel tasks created in Label Studio",
-                                 ["model"], registry=r)
-        self.delivery_failures = Counter("edgeloop_relabel_delivery_failures",
-                                         "Deliveries that left items in the outbox", ["model"], registry=r)
-        self.outbox = Gauge("edgeloop_relabel_outbox_size", "Relabel items waiting for Label Studio", registry=r)
+        self.drift_distance = Gauge(
+            "edgeloop_drift_distance",
+            "Drift statistic of the last scan, per detector",
+            ["model", "detector"],
+            registry=r,
+        )
+        self.drift_p_value = Gauge(
+            "edgeloop_drift_p_value",
+            "p-value of the last scan, per detector",
+            ["model", "detector"],
+            registry=r,
+        )
+        self.drift_threshold = Gauge(
+            "edgeloop_drift_threshold",
+            "p-value threshold of each detector",
+            ["model", "detector"],
+            registry=r,
+        )
+        self.drift_detected = Gauge(
+            "edgeloop_drift_detected",
+            "1 if the detector saw drift in the last scan",
+            ["model", "detector"],
+            registry=r,
+        )
+        self.window_records = Gauge(
+            "edgeloop_monitor_window_records",
+            "Payload records in the last scanned window",
+            ["model"],
+            registry=r,
+        )
+        self.flagged = Gauge(
+            "edgeloop_monitor_flagged_images",
+            "Images flagged in the last scanned window",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.selected = Gauge(
+            "edgeloop_monitor_selected_images",
+            "Images selected for labeling in the last window",
+            ["model"],
+            registry=r,
+        )
+        self.queued = Counter(
+            "edgeloop_relabel_queued", "Images newly put in the relabel outbox", ["model"], registry=r
+        )
+        self.delivered = Counter(
+            "edgeloop_relabel_delivered", "Relabel tasks created in Label Studio", ["model"], registry=r
+        )
+        self.delivery_failures = Counter(
+            "edgeloop_relabel_delivery_failures",
+            "Deliveries that left items in the outbox",
+            ["model"],
+            registry=r,
+        )
+        self.outbox = Gauge(
+            "edgeloop_relabel_outbox_size", "Relabel items waiting for Label Studio", registry=r
+        )
         self.scans = Counter("edgeloop_monitor_scans", "Scans run", ["model"], registry=r)
-        self.scan_seconds = Gauge("edgeloop_monitor_scan_duration_seconds", "Wall time of the last scan",
-                                  ["model"], registry=r)
-        self.last_scan = Gauge("edgeloop_monitor_last_scan_timestamp_seconds", "When the last scan finished",
-                               ["model"], registry=r)
+        self.scan_seconds = Gauge(
+            "edgeloop_monitor_scan_duration_seconds", "Wall time of the last scan", ["model"], registry=r
+        )
+        self.last_scan = Gauge(
+            "edgeloop_monitor_last_scan_timestamp_seconds",
+            "When the last scan finished",
+            ["model"],
+            registry=r,
+        )
 
     def observe_scan(self, report: ScanReport) -> None:
         import time

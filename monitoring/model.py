@@ -60,11 +60,14 @@ class ModelRunner:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         self.session: ort.InferenceSession = ort.InferenceSession(
-            str(self.model_dir / MODEL_FILE), sess_options=opts, providers=["CPUExecutionProvider"])
+            str(self.model_dir / MODEL_FILE), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
         names = [o.name for o in self.session.get_outputs()]
         if EMBEDDING_OUTPUT not in names:
-            raise ValueError(f"{self.model_dir / MODEL_FILE} has no '{EMBEDDING_OUTPUT}' output (outputs: {names}); "
-                             "monitoring needs the embedding output the export step adds")
+            raise ValueError(
+                f"{self.model_dir / MODEL_FILE} has no '{EMBEDDING_OUTPUT}' output (outputs: {names}); "
+                "monitoring needs the embedding output the export step adds"
+            )
 
     def run(self, images: Sequence[ImageLike] | Iterable[ImageLike], batch_size: int = 32) -> Outputs:
         probs: list[np.ndarray] = []
@@ -94,5 +97,9 @@ class ModelRunner:
         out = self.run([image])
         p = out.probabilities[0]
         i = int(p.argmax())
-        return {"label": self.card.labels[i], "score": float(p[i]), "probabilities": p.tolist(),
-                "embedding": out.embeddings[0].tolist()}
+        return {
+            "label": self.card.labels[i],
+            "score": float(p[i]),
+            "probabilities": p.tolist(),
+            "embedding": out.embeddings[0].tolist(),
+        }

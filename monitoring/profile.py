@@ -53,7 +53,7 @@ def image_stats(image: Any, size: int = STATS_SIZE) -> np.ndarray:
 
     rgb = _resize(to_rgb_array(image), size).astype(np.float32)
     gray = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    lap = (-4.0 * gray[1:-1, 1:-1] + gray[:-2, 1:-1] + gray[2:, 1:-1] + gray[1:-1, :-2] + gray[1:-1, 2:])
+    lap = -4.0 * gray[1:-1, 1:-1] + gray[:-2, 1:-1] + gray[2:, 1:-1] + gray[1:-1, :-2] + gray[1:-1, 2:]
     means = rgb.reshape(-1, 3).mean(axis=0)
     return np.array([gray.mean(), gray.std(), lap.var(), *means], dtype=np.float64)
 
@@ -79,7 +79,9 @@ def confidence_and_margin(probabilities: np.ndarray) -> tuple[np.ndarray, np.nda
     return top2[:, 1], top2[:, 1] - top2[:, 0]
 
 
-def knn_distances(queries: np.ndarray, reference: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
+def knn_distances(
+    queries: np.ndarray, reference: np.ndarray, k: int, exclude_self: bool = False
+) -> np.ndarray:
     """Mean Euclidean distance of each query to its ``k`` nearest reference embeddings."""
     q = np.asarray(queries, dtype=np.float64)
     r = np.asarray(reference, dtype=np.float64)
@@ -132,12 +134,19 @@ class ReferenceProfile:
 
     def meta(self) -> dict[str, Any]:
         return {
-            "model": self.model, "version": self.version, "labels": self.labels, "knn_k": self.knn_k,
+            "model": self.model,
+            "version": self.version,
+            "labels": self.labels,
+            "knn_k": self.knn_k,
             "stats_size": self.stats_size,
-            "ood_quantile": self.ood_quantile, "ood_threshold": self.ood_threshold,
+            "ood_quantile": self.ood_quantile,
+            "ood_threshold": self.ood_threshold,
             "low_confidence_threshold": self.low_confidence_threshold,
-            "small_margin_threshold": self.small_margin_threshold, "n_images": self.n_images,
-            "created_at": self.created_at, "image_stat_names": list(IMAGE_STAT_NAMES), "format": 1,
+            "small_margin_threshold": self.small_margin_threshold,
+            "n_images": self.n_images,
+            "created_at": self.created_at,
+            "image_stat_names": list(IMAGE_STAT_NAMES),
+            "format": 1,
         }
 
     def save(self, path: Path) -> Path:
@@ -146,10 +155,15 @@ class ReferenceProfile:
         if path.is_dir():
             path = path / PROFILE_FILE
         with open(path, "wb") as fh:  # np.savez adds ".npz" to names without it; a handle keeps ours
-            np.savez_compressed(fh, embeddings=self.embeddings.astype(np.float32),
-                                confidence=self.confidence, margin=self.margin, image_stats=self.image_stats,
-                                predicted=self.predicted.astype(np.int32),
-                                meta=np.array(json.dumps(self.meta())))
+            np.savez_compressed(
+                fh,
+                embeddings=self.embeddings.astype(np.float32),
+                confidence=self.confidence,
+                margin=self.margin,
+                image_stats=self.image_stats,
+                predicted=self.predicted.astype(np.int32),
+                meta=np.array(json.dumps(self.meta())),
+            )
         return path
 
     @classmethod
@@ -160,23 +174,44 @@ class ReferenceProfile:
         if not path.exists():
             raise ProfileError(
                 f"no reference profile at {path}: build it at training time with "
-                "monitoring.profile.build_reference_profile(model_dir, validation_images)")
+                "monitoring.profile.build_reference_profile(model_dir, validation_images)"
+            )
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            return cls(model=meta["model"], version=meta["version"], labels=meta["labels"],
-                       embeddings=z["embeddings"].astype(np.float64), confidence=z["confidence"],
-                       margin=z["margin"], image_stats=z["image_stats"], predicted=z["predicted"],
-                       stats_size=meta.get("stats_size", STATS_SIZE), knn_k=meta["knn_k"], ood_quantile=meta["ood_quantile"],
-                       ood_threshold=meta["ood_threshold"],
-                       low_confidence_threshold=meta["low_confidence_threshold"],
-                       small_margin_threshold=meta["small_margin_threshold"], n_images=meta["n_images"],
-                       created_at=meta["created_at"])
+            return cls(
+                model=meta["model"],
+                version=meta["version"],
+                labels=meta["labels"],
+                embeddings=z["embeddings"].astype(np.float64),
+                confidence=z["confidence"],
+                margin=z["margin"],
+                image_stats=z["image_stats"],
+                predicted=z["predicted"],
+                stats_size=meta.get("stats_size", STATS_SIZE),
+                knn_k=meta["knn_k"],
+                ood_quantile=meta["ood_quantile"],
+                ood_threshold=meta["ood_threshold"],
+                low_confidence_threshold=meta["low_confidence_threshold"],
+                small_margin_threshold=meta["small_margin_threshold"],
+                n_images=meta["n_images"],
+                created_at=meta["created_at"],
+            )
 
 
-def profile_from_outputs(model: str, version: str | None, labels: Sequence[str], probabilities: np.ndarray,
-                         embeddings: np.ndarray, stats: np.ndarray, max_embeddings: int = 1000,
-                         knn_k: int = 5, ood_quantile: float = 0.95, flag_quantile: float = 0.05,
-                         seed: int = 0, stats_size: int = STATS_SIZE) -> ReferenceProfile:
+def profile_from_outputs(
+    model: str,
+    version: str | None,
+    labels: Sequence[str],
+    probabilities: np.ndarray,
+    embeddings: np.ndarray,
+    stats: np.ndarray,
+    max_embeddings: int = 1000,
+    knn_k: int = 5,
+    ood_quantile: float = 0.95,
+    flag_quantile: float = 0.05,
+    seed: int = 0,
+    stats_size: int = STATS_SIZE,
+) -> ReferenceProfile:
     """A profile from model outputs and image statistics already computed (no model run)."""
     n = len(probabilities)
     if n < 10:
@@ -185,19 +220,39 @@ def profile_from_outputs(model: str, version: str | None, labels: Sequence[str],
     rng = np.random.default_rng(seed)
     keep = np.sort(rng.choice(n, size=min(n, max_embeddings), replace=False))
     emb = np.asarray(embeddings, dtype=np.float64)[keep]
-    loo = knn_distances(emb, emb, knn_k, exclude_self=True)  # leave-one-out: what a new in-distribution image scores
+    loo = knn_distances(
+        emb, emb, knn_k, exclude_self=True
+    )  # leave-one-out: what a new in-distribution image scores
     return ReferenceProfile(
-        model=model, version=version, labels=list(labels), embeddings=emb, confidence=conf, margin=margin,
-        image_stats=np.asarray(stats, dtype=np.float64), predicted=np.asarray(probabilities).argmax(1),
-        stats_size=stats_size, knn_k=knn_k, ood_quantile=ood_quantile, ood_threshold=float(np.quantile(loo, ood_quantile)),
+        model=model,
+        version=version,
+        labels=list(labels),
+        embeddings=emb,
+        confidence=conf,
+        margin=margin,
+        image_stats=np.asarray(stats, dtype=np.float64),
+        predicted=np.asarray(probabilities).argmax(1),
+        stats_size=stats_size,
+        knn_k=knn_k,
+        ood_quantile=ood_quantile,
+        ood_threshold=float(np.quantile(loo, ood_quantile)),
         low_confidence_threshold=float(np.quantile(conf, flag_quantile)),
-        small_margin_threshold=float(np.quantile(margin, flag_quantile)), n_images=n,
+        small_margin_threshold=float(np.quantile(margin, flag_quantile)),
+        n_images=n,
     )
 
 
-def build_reference_profile(model_dir: Path | str, images: Iterable[Any], *, save: bool = True,
-                            max_embeddings: int = 1000, knn_k: int = 5, ood_quantile: float = 0.95,
-                            flag_quantile: float = 0.05, seed: int = 0) -> ReferenceProfile:
+def build_reference_profile(
+    model_dir: Path | str,
+    images: Iterable[Any],
+    *,
+    save: bool = True,
+    max_embeddings: int = 1000,
+    knn_k: int = 5,
+    ood_quantile: float = 0.95,
+    flag_quantile: float = 0.05,
+    seed: int = 0,
+) -> ReferenceProfile:
     """Run the model in ``model_dir`` over ``images`` (paths, PIL images or uint8 HWC arrays) and
     build its :class:`ReferenceProfile`; with ``save`` (default) write ``model_dir/reference_profile.npz``.
 
@@ -211,10 +266,20 @@ def build_reference_profile(model_dir: Path | str, images: Iterable[Any], *, sav
     out = runner.run(arrays)
     size = runner.preprocess.size
     stats = image_stats_batch(arrays, size)
-    profile = profile_from_outputs(runner.card.name, runner.card.version, runner.card.labels, out.probabilities,
-                                   out.embeddings, stats, max_embeddings=max_embeddings, knn_k=knn_k,
-                                   ood_quantile=ood_quantile, flag_quantile=flag_quantile, seed=seed,
-                                   stats_size=size)
+    profile = profile_from_outputs(
+        runner.card.name,
+        runner.card.version,
+        runner.card.labels,
+        out.probabilities,
+        out.embeddings,
+        stats,
+        max_embeddings=max_embeddings,
+        knn_k=knn_k,
+        ood_quantile=ood_quantile,
+        flag_quantile=flag_quantile,
+        seed=seed,
+        stats_size=size,
+    )
     if save:
         profile.save(model_dir / PROFILE_FILE)
     return profile

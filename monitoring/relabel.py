@@ -79,14 +79,21 @@ class RelabelItem:
     def task(self) -> dict[str, Any]:
         """The Label Studio import payload: data + prediction, created in one request."""
         data = {
-            "image": self.image_url, "blob_uri": self.blob_uri, "sha256": self.sha256,
-            "flag_reason": self.flag_reason, "flag_score": round(self.flag_score, 6),
-            "model_version": self.model_version, "predicted_label": self.predicted_label,
+            "image": self.image_url,
+            "blob_uri": self.blob_uri,
+            "sha256": self.sha256,
+            "flag_reason": self.flag_reason,
+            "flag_score": round(self.flag_score, 6),
+            "model_version": self.model_version,
+            "predicted_label": self.predicted_label,
             "source": self.metadata.get("source") or "relabel",
             **{k: v for k, v in self.metadata.items() if k != "source"},
         }
-        prediction = {"result": lsx.choice_result(self.predicted_label), "score": float(self.score),
-                      "model_version": self.model_version}
+        prediction = {
+            "result": lsx.choice_result(self.predicted_label),
+            "score": float(self.score),
+            "model_version": self.model_version,
+        }
         return {"data": data, "predictions": [prediction]}
 
 
@@ -147,8 +154,11 @@ class RelabelQueue:
     def known(self, project: str) -> set[str]:
         """sha256 of every image delivered to or waiting for ``project``."""
         with self._db() as db:
-            rows = db.execute("SELECT sha256 FROM ledger WHERE project=? UNION SELECT sha256 FROM outbox "
-                              "WHERE project=?", (project, project)).fetchall()
+            rows = db.execute(
+                "SELECT sha256 FROM ledger WHERE project=? UNION SELECT sha256 FROM outbox "
+                "WHERE project=?",
+                (project, project),
+            ).fetchall()
         return {r[0] for r in rows}
 
     def enqueue(self, project: str, items: Sequence[RelabelItem]) -> EnqueueReport:
@@ -157,11 +167,15 @@ class RelabelQueue:
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             for item in items:
-                if db.execute("SELECT 1 FROM ledger WHERE project=? AND sha256=?", (project, item.sha256)).fetchone():
+                if db.execute(
+                    "SELECT 1 FROM ledger WHERE project=? AND sha256=?", (project, item.sha256)
+                ).fetchone():
                     report.already_delivered += 1
                     continue
-                cur = db.execute("INSERT OR IGNORE INTO outbox (project, sha256, item, created_at) VALUES (?,?,?,?)",
-                                 (project, item.sha256, json.dumps(asdict(item)), now))
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO outbox (project, sha256, item, created_at) VALUES (?,?,?,?)",
+                    (project, item.sha256, json.dumps(asdict(item)), now),
+                )
                 if cur.rowcount:
                     report.enqueued += 1
                 else:
@@ -205,14 +219,19 @@ class RelabelQueue:
                 except Exception as e:  # any failure: keep the items, record why, retry next time
                     msg = f"{type(e).__name__}: {e}"[:500]
                     report.error = msg
-                    log.warning("relabel delivery to %r failed (%s); %d items stay in the outbox",
-                                proj, msg, len(items))
+                    log.warning(
+                        "relabel delivery to %r failed (%s); %d items stay in the outbox",
+                        proj,
+                        msg,
+                        len(items),
+                    )
                     self._record_failure(proj, [i.sha256 for i in items], msg)
             report.pending = self.outbox_size(project)
         return report
 
-    def _deliver_project(self, settings: Settings, project: str, items: list[RelabelItem], chunk: int,
-                         report: DeliveryReport) -> None:
+    def _deliver_project(
+        self, settings: Settings, project: str, items: list[RelabelItem], chunk: int, report: DeliveryReport
+    ) -> None:
         _check_reachable(settings)
         ls = lsx.client(settings)
         labels: list[str] = []
@@ -228,7 +247,7 @@ class RelabelQueue:
             else:
                 todo.append(item)
         for i in range(0, len(todo), chunk):
-            part = todo[i:i + chunk]
+            part = todo[i : i + chunk]
             lsx.import_tasks(ls, proj.id, [it.task() for it in part], chunk=chunk)
             after = {sha: t.id for sha, t in lsx.tasks_by_sha(ls, proj.id).items()}
             for item in part:
@@ -244,9 +263,14 @@ class RelabelQueue:
         now = time.time()
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
-            row = db.execute("SELECT created_at FROM outbox WHERE project=? AND sha256=?", (project, sha)).fetchone()
-            db.execute("INSERT OR REPLACE INTO ledger (project, sha256, task_id, outcome, queued_at, delivered_at) "
-                       "VALUES (?,?,?,?,?,?)", (project, sha, task_id, outcome, row[0] if row else now, now))
+            row = db.execute(
+                "SELECT created_at FROM outbox WHERE project=? AND sha256=?", (project, sha)
+            ).fetchone()
+            db.execute(
+                "INSERT OR REPLACE INTO ledger (project, sha256, task_id, outcome, queued_at, delivered_at) "
+                "VALUES (?,?,?,?,?,?)",
+                (project, sha, task_id, outcome, row[0] if row else now, now),
+            )
             db.execute("DELETE FROM outbox WHERE project=? AND sha256=?", (project, sha))
             db.execute("COMMIT")
 
@@ -254,8 +278,11 @@ class RelabelQueue:
         now = time.time()
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
-            db.executemany("UPDATE outbox SET attempts=attempts+1, last_error=?, last_attempt_at=? "
-                           "WHERE project=? AND sha256=?", [(error, now, project, s) for s in shas])
+            db.executemany(
+                "UPDATE outbox SET attempts=attempts+1, last_error=?, last_attempt_at=? "
+                "WHERE project=? AND sha256=?",
+                [(error, now, project, s) for s in shas],
+            )
             db.execute("COMMIT")
 
 

@@ -64,15 +64,21 @@ def _figures(profile: ReferenceProfile, window: Window, selected: list[Flag]) ->
         ax.scatter(win2[:, 0], win2[:, 1], s=10, alpha=0.5, label=f"window ({len(win2)})")
         idx = [f.index for f in selected]
         if idx:
-            ax.scatter(win2[idx, 0], win2[idx, 1], s=60, facecolors="none", edgecolors="red",
-                       label=f"selected ({len(idx)})")
+            ax.scatter(
+                win2[idx, 0],
+                win2[idx, 1],
+                s=60,
+                facecolors="none",
+                edgecolors="red",
+                label=f"selected ({len(idx)})",
+            )
     ax.set_title("Embeddings, PCA of the reference")
     ax.legend(fontsize=8)
     figs["pca"] = _png(fig)
 
     conf, _ = confidence_and_margin(window.probabilities)
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    bins = np.linspace(0, 1, 26)
+    bins = np.linspace(0, 1, 26).tolist()
     ax.hist(profile.confidence, bins=bins, alpha=0.6, density=True, label="reference")
     if len(conf):
         ax.hist(conf, bins=bins, alpha=0.6, density=True, label="window")
@@ -94,8 +100,13 @@ def _figures(profile: ReferenceProfile, window: Window, selected: list[Flag]) ->
     return figs
 
 
-def render_html(report: ScanReport, profile: ReferenceProfile, window: Window, selected: list[Flag],
-                thumbnails: dict[str, np.ndarray]) -> str:
+def render_html(
+    report: ScanReport,
+    profile: ReferenceProfile,
+    window: Window,
+    selected: list[Flag],
+    thumbnails: dict[str, np.ndarray],
+) -> str:
     e = html.escape
     figs = _figures(profile, window, selected)
     rows = []
@@ -103,16 +114,24 @@ def render_html(report: ScanReport, profile: ReferenceProfile, window: Window, s
         status = "skipped" if "skipped" in r.extra else ("DRIFT" if r.is_drift else "ok")
         cls = "drift" if r.is_drift else ""
         detail = e(r.extra.get("skipped", ", ".join(r.extra.get("drifted_features", []))))
-        rows.append(f"<tr class='{cls}'><td>{e(r.name)}</td><td>{status}</td><td>{r.p_val:.4g}</td>"
-                    f"<td>{r.threshold:.4g}</td><td>{r.distance:.4g}</td><td>{r.n_ref}</td><td>{r.n}</td>"
-                    f"<td>{detail}</td></tr>")
+        rows.append(
+            f"<tr class='{cls}'><td>{e(r.name)}</td><td>{status}</td><td>{r.p_val:.4g}</td>"
+            f"<td>{r.threshold:.4g}</td><td>{r.distance:.4g}</td><td>{r.n_ref}</td><td>{r.n}</td>"
+            f"<td>{detail}</td></tr>"
+        )
     cards = []
     for row in report.selected:
         img = thumbnails.get(row["sha256"])
-        src = f"<img src='data:image/png;base64,{_thumb(img)}'/>" if img is not None else "<div>(no image)</div>"
-        cards.append(f"<figure>{src}<figcaption>{e(row['label'])} {row['score']:.2f}<br/>"
-                     f"<small>{e(row['reason'])}<br/>value {row['value']:.2f} &middot; {e(row['sha256'][:10])}"
-                     f"</small></figcaption></figure>")
+        src = (
+            f"<img src='data:image/png;base64,{_thumb(img)}'/>"
+            if img is not None
+            else "<div>(no image)</div>"
+        )
+        cards.append(
+            f"<figure>{src}<figcaption>{e(row['label'])} {row['score']:.2f}<br/>"
+            f"<small>{e(row['reason'])}<br/>value {row['value']:.2f} &middot; {e(row['sha256'][:10])}"
+            f"</small></figcaption></figure>"
+        )
     verdict = "DRIFT" if report.drift else "no drift"
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>edgeloop drift report: {e(report.model)}</title>
@@ -142,8 +161,14 @@ Reference: {profile.n_images} images, built {e(profile.created_at)}.</p>
 """
 
 
-def write_html_report(path: Path, report: ScanReport, profile: ReferenceProfile, window: Window,
-                      selected: list[Flag], thumbnails: dict[str, np.ndarray]) -> Path:
+def write_html_report(
+    path: Path,
+    report: ScanReport,
+    profile: ReferenceProfile,
+    window: Window,
+    selected: list[Flag],
+    thumbnails: dict[str, np.ndarray],
+) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_html(report, profile, window, selected, thumbnails))

@@ -90,10 +90,12 @@ class ScanReport:
         return d
 
     def summary(self) -> str:
-        lines = [f"model {self.model} v{self.version}: window {self.start} .. {self.end}: "
-                 f"{self.records} records, {self.images} distinct images"
-                 + (f" ({self.other_versions} records of other versions ignored)" if self.other_versions else ""),
-                 f"DRIFT: {'yes' if self.drift else 'no'}"]
+        lines = [
+            f"model {self.model} v{self.version}: window {self.start} .. {self.end}: "
+            f"{self.records} records, {self.images} distinct images"
+            + (f" ({self.other_versions} records of other versions ignored)" if self.other_versions else ""),
+            f"DRIFT: {'yes' if self.drift else 'no'}",
+        ]
         for r in self.results:
             if "skipped" in r.extra:
                 lines.append(f"  {r.name:<16} skipped: {r.extra['skipped']}")
@@ -101,17 +103,23 @@ class ScanReport:
             extra = ""
             if r.extra.get("drifted_features"):
                 extra = f"  features: {', '.join(r.extra['drifted_features'])}"
-            lines.append(f"  {r.name:<16} {'DRIFT' if r.is_drift else 'ok   '}  p={r.p_val:.4g} "
-                         f"(threshold {r.threshold:.4g})  distance={r.distance:.4g}{extra}")
+            lines.append(
+                f"  {r.name:<16} {'DRIFT' if r.is_drift else 'ok   '}  p={r.p_val:.4g} "
+                f"(threshold {r.threshold:.4g})  distance={r.distance:.4g}{extra}"
+            )
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.flag_reasons.items())) or "none"
         lines.append(f"flagged {self.flagged} images ({reasons}); selected {len(self.selected)} for labeling")
         if self.enqueue is not None:
             e = self.enqueue
-            lines.append(f"relabel queue: {e['enqueued']} new, {e['already_delivered']} already delivered, "
-                         f"{e['already_pending']} already waiting")
+            lines.append(
+                f"relabel queue: {e['enqueued']} new, {e['already_delivered']} already delivered, "
+                f"{e['already_pending']} already waiting"
+            )
         if self.delivery is not None:
             d = self.delivery
-            msg = f"delivered {d['delivered']} tasks to Label Studio ({d['already_in_project']} already there)"
+            msg = (
+                f"delivered {d['delivered']} tasks to Label Studio ({d['already_in_project']} already there)"
+            )
             if d.get("error"):
                 msg += f"; delivery failed: {d['error']}"
             lines.append(msg)
@@ -147,8 +155,9 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
         return now - parse_duration(text)
 
 
-def resolve_window(window: str | timedelta = "1h", since: str | datetime | None = None,
-                   until: str | datetime | None = None) -> tuple[datetime, datetime]:
+def resolve_window(
+    window: str | timedelta = "1h", since: str | datetime | None = None, until: str | datetime | None = None
+) -> tuple[datetime, datetime]:
     now = datetime.now(UTC)
     end = until if isinstance(until, datetime) else parse_time(until, now) if until else now
     length = window if isinstance(window, timedelta) else parse_duration(window)
@@ -174,9 +183,18 @@ def _download_images(store: BlobStore, records: list[PayloadRecord]) -> dict[str
         return {sha: img for sha, img in pool.map(get, unique.values()) if img is not None}
 
 
-def load_window(store: BlobStore, container: str, model: str, start: datetime, end: datetime,
-                version: str | None, runner: Any = None, max_stat_images: int = 200, seed: int = 0,
-                stats_size: int = 128) -> Window:
+def load_window(
+    store: BlobStore,
+    container: str,
+    model: str,
+    start: datetime,
+    end: datetime,
+    version: str | None,
+    runner: Any = None,
+    max_stat_images: int = 200,
+    seed: int = 0,
+    stats_size: int = 128,
+) -> Window:
     """Read the window's records (of ``version`` unless None), fill in missing embeddings with
     ``runner`` (a :class:`monitoring.model.ModelRunner`), and compute image statistics on a sample."""
     all_records = list(read_window(store, container, model, start, end))
@@ -188,11 +206,15 @@ def load_window(store: BlobStore, container: str, model: str, start: datetime, e
     for i, r in enumerate(records):
         by_sha.setdefault(r.image_sha256, []).append(i)
     shas = sorted(by_sha)
-    sample = sorted(rng.choice(len(shas), size=min(len(shas), max_stat_images), replace=False).tolist()) if shas else []
+    sample = (
+        sorted(rng.choice(len(shas), size=min(len(shas), max_stat_images), replace=False).tolist())
+        if shas
+        else []
+    )
     need = {shas[i] for i in sample} | {r.image_sha256 for r in records if r.embedding is None}
     images = _download_images(store, [records[by_sha[s][0]] for s in sorted(need)])
 
-    probs = np.array([r.probabilities for r in records], dtype=np.float64).reshape(n, -1)
+    probs: np.ndarray = np.array([r.probabilities for r in records], dtype=np.float64).reshape(n, -1)
     missing = [i for i, r in enumerate(records) if r.embedding is None]
     if missing and runner is None:
         raise ValueError("payload records carry no embeddings and no model was given to compute them")
@@ -203,7 +225,7 @@ def load_window(store: BlobStore, container: str, model: str, start: datetime, e
         out = runner.run([images[records[i].image_sha256] for i in have])
         dim = dim or out.embeddings.shape[1]
         computed = dict(zip(have, out.embeddings, strict=True))
-    emb = np.zeros((n, dim or 0))
+    emb: np.ndarray = np.zeros((n, dim or 0))
     for i, r in enumerate(records):
         if r.embedding is not None:
             emb[i] = r.embedding
@@ -211,10 +233,10 @@ def load_window(store: BlobStore, container: str, model: str, start: datetime, e
             emb[i] = computed[i]
         else:
             emb[i] = np.nan
-    keep = ~np.isnan(emb).any(axis=1) if n else np.zeros(0, bool)
+    keep = np.asarray(~np.isnan(emb).any(axis=1), dtype=bool) if n else np.zeros(0, bool)
     if n and not keep.all():
         log.warning("%d records dropped: no embedding and no image to compute one", int((~keep).sum()))
-        records = [r for r, k in zip(records, keep, strict=True) if k]
+        records = [r for r, k in zip(records, keep.tolist(), strict=True) if k]
         probs, emb = probs[keep], emb[keep]
     stat_rows, stats = [], []
     row_of = {r.image_sha256: i for i, r in enumerate(records)}
@@ -240,12 +262,24 @@ def detectors(profile: ReferenceProfile, options: ScanOptions) -> list[Any]:
 def run_detectors(profile: ReferenceProfile, window: Window, options: ScanOptions) -> list[DriftResult]:
     conf, _ = confidence_and_margin(window.probabilities)
     mmd, psi, ks, cat = detectors(profile, options)
-    return [mmd.predict(window.embeddings), psi.predict(conf), ks.predict(window.stats), cat.predict(window.predicted)]
+    return [
+        mmd.predict(window.embeddings),
+        psi.predict(conf),
+        ks.predict(window.stats),
+        cat.predict(window.predicted),
+    ]
 
 
-def scan_window(settings: Settings, model_dir: Path | str, start: datetime, end: datetime,
-                options: ScanOptions | None = None, report_path: Path | str | None = None,
-                store: BlobStore | None = None, metrics: Any = None) -> ScanReport:
+def scan_window(
+    settings: Settings,
+    model_dir: Path | str,
+    start: datetime,
+    end: datetime,
+    options: ScanOptions | None = None,
+    report_path: Path | str | None = None,
+    store: BlobStore | None = None,
+    metrics: Any = None,
+) -> ScanReport:
     """Scan one window for ``model_dir``'s model: drift, flags, relabel queue; see the module docstring."""
     from edgeloop.blob import BlobStore
     from edgeloop.model_card import ModelCard
@@ -262,9 +296,18 @@ def scan_window(settings: Settings, model_dir: Path | str, start: datetime, end:
     payload_model = options.payload_model or card.name
     version = None if options.any_version else (options.version or card.version)
     runner = _LazyRunner(lambda: ModelRunner(model_dir))
-    window = load_window(store, container, payload_model, start, end, version, runner=runner,
-                         max_stat_images=options.max_stat_images, seed=options.seed,
-                         stats_size=profile.stats_size)
+    window = load_window(
+        store,
+        container,
+        payload_model,
+        start,
+        end,
+        version,
+        runner=runner,
+        max_stat_images=options.max_stat_images,
+        seed=options.seed,
+        stats_size=profile.stats_size,
+    )
     results = run_detectors(profile, window, options)
 
     shas = [r.image_sha256 for r in window.records]
@@ -289,12 +332,22 @@ def scan_window(settings: Settings, model_dir: Path | str, start: datetime, end:
 
     selected_rows = [_selected_row(window.records[f.index], f) for f in selected]
     report = ScanReport(
-        model=payload_model, version=card.version, start=start.isoformat(), end=end.isoformat(),
-        records=len(window.records), images=len(set(shas)), other_versions=window.other_versions,
-        drift=any(r.is_drift for r in results), results=results, flagged=len({f.sha256 for f in flags}),
-        flag_reasons=reasons, selected=selected_rows,
+        model=payload_model,
+        version=card.version,
+        start=start.isoformat(),
+        end=end.isoformat(),
+        records=len(window.records),
+        images=len(set(shas)),
+        other_versions=window.other_versions,
+        drift=any(r.is_drift for r in results),
+        results=results,
+        flagged=len({f.sha256 for f in flags}),
+        flag_reasons=reasons,
+        selected=selected_rows,
         enqueue=asdict(enqueue_report) if enqueue_report else None,
-        delivery=delivery.as_dict() if delivery else None, outbox_size=outbox_size, wall_s=0.0,
+        delivery=delivery.as_dict() if delivery else None,
+        outbox_size=outbox_size,
+        wall_s=0.0,
     )
     if report_path is not None:
         from monitoring.report import write_html_report
@@ -324,21 +377,37 @@ class _LazyRunner:
 def _relabel_item(store: BlobStore, card: Any, record: PayloadRecord, flag: Flag) -> Any:
     from monitoring.relabel import RelabelItem
 
-    meta: dict[str, Any] = {"served_at": datetime.fromtimestamp(record.ts, UTC).isoformat(),
-                            "payload_id": record.id}
+    meta: dict[str, Any] = {
+        "served_at": datetime.fromtimestamp(record.ts, UTC).isoformat(),
+        "payload_id": record.id,
+    }
     if record.source:
         meta["stream"] = record.source
     return RelabelItem(
-        sha256=record.image_sha256, blob_uri=record.image_uri, image_url=store.sas_url(record.image_uri),
-        predicted_label=record.label, score=record.score, model_version=f"{record.model}:{record.version}",
-        flag_reason=flag.reason, flag_score=flag.value, labels=list(card.labels), metadata=meta,
+        sha256=record.image_sha256,
+        blob_uri=record.image_uri,
+        image_url=store.sas_url(record.image_uri),
+        predicted_label=record.label,
+        score=record.score,
+        model_version=f"{record.model}:{record.version}",
+        flag_reason=flag.reason,
+        flag_score=flag.value,
+        labels=list(card.labels),
+        metadata=meta,
     )
 
 
 def _selected_row(record: PayloadRecord, flag: Flag) -> dict[str, Any]:
-    return {"sha256": record.image_sha256, "blob_uri": record.image_uri, "label": record.label,
-            "score": round(record.score, 4), "reason": flag.reason, "value": round(flag.value, 4),
-            "margin": round(flag.margin, 4), "ood_score": round(flag.ood_score, 4)}
+    return {
+        "sha256": record.image_sha256,
+        "blob_uri": record.image_uri,
+        "label": record.label,
+        "score": round(record.score, 4),
+        "reason": flag.reason,
+        "value": round(flag.value, 4),
+        "margin": round(flag.margin, 4),
+        "ood_score": round(flag.ood_score, 4),
+    }
 
 
 def _images_for(store: BlobStore, window: Window, flags: list[Flag]) -> dict[str, np.ndarray]:

@@ -20,10 +20,18 @@ if TYPE_CHECKING:
     from edgeloop.config import Settings
 
 
-def replay_images(settings: Settings, model_dir: Path | str, images: Sequence[Any], *,
-                  ts: datetime | float | None = None, source: str | None = "replay", with_embeddings: bool = True,
-                  store: BlobStore | None = None, batch_size: int = 64,
-                  model_name: str | None = None) -> list[PayloadRecord]:
+def replay_images(
+    settings: Settings,
+    model_dir: Path | str,
+    images: Sequence[Any],
+    *,
+    ts: datetime | float | None = None,
+    source: str | None = "replay",
+    with_embeddings: bool = True,
+    store: BlobStore | None = None,
+    batch_size: int = 64,
+    model_name: str | None = None,
+) -> list[PayloadRecord]:
     """Predict ``images`` with the model and write them to the payload log at time ``ts`` (default now).
 
     Records are filed under the hour of ``ts`` (a backfill lands where a window reader looks), for the
@@ -37,12 +45,16 @@ def replay_images(settings: Settings, model_dir: Path | str, images: Sequence[An
     runner = ModelRunner(model_dir)
     card = runner.card
     name = model_name or card.name
-    when = ts.timestamp() if isinstance(ts, datetime) else float(ts if ts is not None else datetime.now(UTC).timestamp())
+    when = (
+        ts.timestamp()
+        if isinstance(ts, datetime)
+        else float(ts if ts is not None else datetime.now(UTC).timestamp())
+    )
     when_dt = datetime.fromtimestamp(when, UTC)
     written: list[PayloadRecord] = []
     for i in range(0, len(images), batch_size):
         # the server logs what the model saw: the image resized to the model's input size
-        arrays = [runner.preprocess.resize(to_rgb_array(im)) for im in images[i:i + batch_size]]
+        arrays = [runner.preprocess.resize(to_rgb_array(im)) for im in images[i : i + batch_size]]
         out = runner.run(arrays)
         pngs: dict[str, bytes] = {}
         records = []
@@ -51,10 +63,20 @@ def replay_images(settings: Settings, model_dir: Path | str, images: Sequence[An
             sha = sha256_bytes(png)
             pngs[sha] = png
             k = int(p.argmax())
-            records.append(PayloadRecord(
-                ts=when, model=name, version=card.version or "", label=card.labels[k], score=float(p[k]),
-                probabilities=[float(v) for v in p], embedding=[float(v) for v in e] if with_embeddings else None,
-                image_sha256=sha, image_uri=f"az://{container}/{image_blob_name(sha)}", source=source))
+            records.append(
+                PayloadRecord(
+                    ts=when,
+                    model=name,
+                    version=card.version or "",
+                    label=card.labels[k],
+                    score=float(p[k]),
+                    probabilities=[float(v) for v in p],
+                    embedding=[float(v) for v in e] if with_embeddings else None,
+                    image_sha256=sha,
+                    image_uri=f"az://{container}/{image_blob_name(sha)}",
+                    source=source,
+                )
+            )
         for sha, png in pngs.items():
             uri = f"az://{container}/{image_blob_name(sha)}"
             if not store.exists(uri):

@@ -21,13 +21,24 @@ from edgeloop.preprocessing import Preprocess, PreprocessConfig
 def labeled_images(directory: Path) -> tuple[list[Path], list[str]]:
     """``(paths, labels)`` of a dataset written by :func:`edgeloop.sample_data.generate_dataset`."""
     directory = Path(directory)
-    rows = [json.loads(line) for line in (directory / "metadata.jsonl").read_text().splitlines() if line.strip()]
+    rows = [
+        json.loads(line) for line in (directory / "metadata.jsonl").read_text().splitlines() if line.strip()
+    ]
     return [directory / r["file"] for r in rows], [r["label"] for r in rows]
 
 
-def train_tiny_model(out_dir: Path, images: Sequence[Path], labels: Sequence[str], classes: Sequence[str],
-                     name: str = "edgeloop-inspection", version: str = "1", size: int = 64,
-                     epochs: int = 25, embedding_dim: int = 32, seed: int = 0) -> Path:
+def train_tiny_model(
+    out_dir: Path,
+    images: Sequence[Path],
+    labels: Sequence[str],
+    classes: Sequence[str],
+    name: str = "edgeloop-inspection",
+    version: str = "1",
+    size: int = 64,
+    epochs: int = 25,
+    embedding_dim: int = 32,
+    seed: int = 0,
+) -> Path:
     """Train a small CNN on ``images`` and export it as an edgeloop model directory; returns ``out_dir``."""
     import torch
     from torch import nn
@@ -42,10 +53,14 @@ def train_tiny_model(out_dir: Path, images: Sequence[Path], labels: Sequence[str
         def __init__(self) -> None:
             super().__init__()
             self.features = nn.Sequential(
-                nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
-                nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-                nn.Conv2d(32, embedding_dim, 3, stride=2, padding=1), nn.ReLU(),
-                nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+                nn.Conv2d(3, 16, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(16, 32, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(32, embedding_dim, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.AdaptiveMaxPool2d(1),
+                nn.Flatten(),
             )
             self.head = nn.Linear(embedding_dim, len(classes))
 
@@ -72,16 +87,26 @@ def train_tiny_model(out_dir: Path, images: Sequence[Path], labels: Sequence[str
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (x[:1],), str(out_dir / MODEL_FILE), input_names=["images"],
-                          output_names=["probabilities", "embedding"],
-                          dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"},
-                                        "embedding": {0: "batch"}},
-                          dynamo=False)
+        torch.onnx.export(
+            net,
+            (x[:1],),
+            str(out_dir / MODEL_FILE),
+            input_names=["images"],
+            output_names=["probabilities", "embedding"],
+            dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}, "embedding": {0: "batch"}},
+            dynamo=False,
+        )
     with torch.no_grad():
         acc = float((net(x)[0].argmax(1) == y).float().mean())
-    card = ModelCard(name=name, version=version, architecture="tiny-cnn", labels=list(classes),
-                     preprocessing=PreprocessConfig(size=size), embedding_dim=embedding_dim,
-                     metrics={"train_accuracy": acc})
+    card = ModelCard(
+        name=name,
+        version=version,
+        architecture="tiny-cnn",
+        labels=list(classes),
+        preprocessing=PreprocessConfig(size=size),
+        embedding_dim=embedding_dim,
+        metrics={"train_accuracy": acc},
+    )
     card.with_digests(out_dir).save(out_dir)
     return out_dir
 
@@ -128,7 +153,9 @@ class MonitorAssets:
 
         for name, (seed, shifted) in self.SETS.items():
             if not (self.dir(name) / "metadata.jsonl").exists():
-                generate_dataset(self.dir(name), per_class=self.per_class, seed=seed, size=self.size, shifted=shifted)
+                generate_dataset(
+                    self.dir(name), per_class=self.per_class, seed=seed, size=self.size, shifted=shifted
+                )
         if not (self.model_dir / PROFILE_FILE).exists():
             paths, labels = labeled_images(self.dir("train"))
             train_tiny_model(self.model_dir, paths, labels, CLASSES, size=self.size)

@@ -15,8 +15,9 @@ from monitoring.simulate import replay_images
 pytestmark = pytest.mark.slow
 
 
-def test_relabeled_images_reach_the_label_import_and_improve_the_model(stack_settings, blob_store, mon_assets,
-                                                                      tmp_path):
+def test_relabeled_images_reach_the_label_import_and_improve_the_model(
+    stack_settings, blob_store, mon_assets, tmp_path
+):
     from components.dataset import build_dataset, load_rows
     from components.labels import import_labels, read_manifest
     from edgeloop.sample_data import CLASSES, generate_dataset
@@ -25,17 +26,29 @@ def test_relabeled_images_reach_the_label_import_and_improve_the_model(stack_set
 
     project = f"loop-{uuid.uuid4().hex[:8]}"
     settings = load_settings(
-        state_dir=tmp_path / "state", blob={"connection_string": stack_settings.blob_connection_string()},
-        labelstudio={"url": stack_settings.labelstudio_url(), "api_key": stack_settings.labelstudio_api_key(),
-                     "project_title": project})
+        state_dir=tmp_path / "state",
+        blob={"connection_string": stack_settings.blob_connection_string()},
+        labelstudio={
+            "url": stack_settings.labelstudio_url(),
+            "api_key": stack_settings.labelstudio_api_key(),
+            "project_title": project,
+        },
+    )
 
     # served traffic from the new site, scanned: flagged images become relabel tasks
     model_name = f"loop-{uuid.uuid4().hex[:6]}"
     ts = datetime.now(UTC)
-    recs = replay_images(settings, mon_assets.model_dir, mon_assets.images("shifted"), ts=ts, model_name=model_name)
+    recs = replay_images(
+        settings, mon_assets.model_dir, mon_assets.images("shifted"), ts=ts, model_name=model_name
+    )
     truth = {r.image_sha256: lbl for r, lbl in zip(recs, mon_assets.labels("shifted"), strict=True)}
-    report = scan_window(settings, mon_assets.model_dir, ts - timedelta(minutes=5), ts + timedelta(minutes=5),
-                         ScanOptions(budget=20, payload_model=model_name))
+    report = scan_window(
+        settings,
+        mon_assets.model_dir,
+        ts - timedelta(minutes=5),
+        ts + timedelta(minutes=5),
+        ScanOptions(budget=20, payload_model=model_name),
+    )
     assert report.drift and report.delivery["delivered"] == len(report.selected) > 0
 
     # a labeler answers every relabel task through the API
@@ -57,15 +70,22 @@ def test_relabeled_images_reach_the_label_import_and_improve_the_model(stack_set
         assert row.prediction and row.prediction["model_version"] == f"{model_name}:1"
 
     # ... and the dataset build fetches them; retraining with them helps on the new site
-    info = build_dataset(None, manifest, tmp_path / "dataset", upload=False, log_mlflow=False, store=blob_store)
+    info = build_dataset(
+        None, manifest, tmp_path / "dataset", upload=False, log_mlflow=False, store=blob_store
+    )
     assert info is not None
     new_rows = load_rows(tmp_path / "dataset")
     assert len(new_rows) == len(tasks)
     extra = [tmp_path / "dataset" / r.file for r in new_rows]
     train_paths, train_labels = labeled_images(mon_assets.dir("train"))
-    retrained = train_tiny_model(tmp_path / "model-v2", train_paths + extra,
-                                 train_labels + [r.label for r in new_rows], CLASSES, size=mon_assets.size,
-                                 version="2")
+    retrained = train_tiny_model(
+        tmp_path / "model-v2",
+        train_paths + extra,
+        train_labels + [r.label for r in new_rows],
+        CLASSES,
+        size=mon_assets.size,
+        version="2",
+    )
 
     held = tmp_path / "heldout-shifted"
     generate_dataset(held, per_class=20, seed=31, size=mon_assets.size, shifted=True)
@@ -76,6 +96,8 @@ def test_relabeled_images_reach_the_label_import_and_improve_the_model(stack_set
         return float(np.mean(np.array(CLASSES)[out.labels_idx] == np.array(labels)))
 
     before, after = accuracy(mon_assets.model_dir), accuracy(retrained)
-    print(f"accuracy on held-out shifted images: before {before:.3f}, after retraining with "
-          f"{len(new_rows)} relabeled images {after:.3f}")
+    print(
+        f"accuracy on held-out shifted images: before {before:.3f}, after retraining with "
+        f"{len(new_rows)} relabeled images {after:.3f}"
+    )
     assert after > before

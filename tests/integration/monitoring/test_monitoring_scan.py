@@ -26,9 +26,11 @@ def _settings(stack_settings, state_dir, ls_url=None, project=None):
     return load_settings(
         state_dir=state_dir,
         blob={"connection_string": stack_settings.blob_connection_string()},
-        labelstudio={"url": ls_url or stack_settings.labelstudio_url(),
-                     "api_key": stack_settings.labelstudio_api_key(),
-                     "project_title": project or f"relabel-{uuid.uuid4().hex[:8]}"},
+        labelstudio={
+            "url": ls_url or stack_settings.labelstudio_url(),
+            "api_key": stack_settings.labelstudio_api_key(),
+            "project_title": project or f"relabel-{uuid.uuid4().hex[:8]}",
+        },
         mlflow={"tracking_uri": stack_settings.mlflow_tracking_uri()},
     )
 
@@ -40,8 +42,13 @@ def traffic(stack_settings, mon_assets):
     names = {}
     for variant in ("same", "shifted"):
         name = f"mon-{variant}-{uuid.uuid4().hex[:6]}"
-        recs = replay_images(stack_settings, mon_assets.model_dir, mon_assets.images(variant), ts=ts, model_name=name)
-        names[variant] = (name, {r.image_sha256: lbl for r, lbl in zip(recs, mon_assets.labels(variant), strict=True)})
+        recs = replay_images(
+            stack_settings, mon_assets.model_dir, mon_assets.images(variant), ts=ts, model_name=name
+        )
+        names[variant] = (
+            name,
+            {r.image_sha256: lbl for r, lbl in zip(recs, mon_assets.labels(variant), strict=True)},
+        )
     return {"ts": ts, "start": ts - timedelta(minutes=5), "end": ts + timedelta(minutes=5), **names}
 
 
@@ -56,7 +63,9 @@ def _project_tasks(settings):
     return (ls, proj, lsx.tasks_by_sha(ls, proj.id)) if proj else (ls, None, {})
 
 
-def test_shifted_traffic_is_drift_and_queues_at_most_k_with_predictions(stack_settings, mon_assets, traffic, tmp_path):
+def test_shifted_traffic_is_drift_and_queues_at_most_k_with_predictions(
+    stack_settings, mon_assets, traffic, tmp_path
+):
     settings = _settings(stack_settings, tmp_path / "state")
     budget = 6
     report = _scan(settings, mon_assets, traffic, "shifted", budget=budget)
@@ -99,11 +108,17 @@ def test_in_distribution_traffic_is_not_drift(stack_settings, mon_assets, traffi
     assert report.records == len(mon_assets.images("same"))
 
 
-def test_label_studio_down_queues_nothing_twice_and_delivers_when_back(stack_settings, mon_assets, traffic, tmp_path):
+def test_label_studio_down_queues_nothing_twice_and_delivers_when_back(
+    stack_settings, mon_assets, traffic, tmp_path
+):
     state = tmp_path / "state"
     up = _settings(stack_settings, state)
-    down = _settings(stack_settings, state, ls_url=f"http://127.0.0.1:{_closed_port()}",
-                     project=up.labelstudio.project_title)
+    down = _settings(
+        stack_settings,
+        state,
+        ls_url=f"http://127.0.0.1:{_closed_port()}",
+        project=up.labelstudio.project_title,
+    )
     budget = 5
     first = _scan(down, mon_assets, traffic, "shifted", budget=budget)
     k = len(first.selected)
@@ -120,7 +135,11 @@ def test_label_studio_down_queues_nothing_twice_and_delivers_when_back(stack_set
     ls = lsx.client(up)
     proj = lsx.ensure_project(ls, up.labelstudio.project_title, mon_assets.labels("train"))
     crashed = first.selected[0]
-    lsx.import_tasks(ls, proj.id, [{"image": "http://x/y.png", "blob_uri": crashed["blob_uri"], "sha256": crashed["sha256"]}])
+    lsx.import_tasks(
+        ls,
+        proj.id,
+        [{"image": "http://x/y.png", "blob_uri": crashed["blob_uri"], "sha256": crashed["sha256"]}],
+    )
 
     back = _scan(up, mon_assets, traffic, "shifted", budget=budget)  # Label Studio is back
     assert back.enqueue["enqueued"] == 0
@@ -142,23 +161,49 @@ def test_cli_scan_writes_report_json_and_metrics(stack_settings, mon_assets, tra
 
     settings = _settings(stack_settings, tmp_path / "state")
     config = tmp_path / "edgeloop.yaml"
-    config.write_text(yaml.safe_dump({
-        "state_dir": str(settings.state_dir),
-        "blob": {"connection_string": stack_settings.blob_connection_string()},
-        "labelstudio": {"url": settings.labelstudio.url, "api_key": stack_settings.labelstudio_api_key(),
-                        "project_title": settings.labelstudio.project_title},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "state_dir": str(settings.state_dir),
+                "blob": {"connection_string": stack_settings.blob_connection_string()},
+                "labelstudio": {
+                    "url": settings.labelstudio.url,
+                    "api_key": stack_settings.labelstudio_api_key(),
+                    "project_title": settings.labelstudio.project_title,
+                },
+            }
+        )
+    )
     html, prom = tmp_path / "drift.html", tmp_path / "monitor.prom"
-    args = ["--config", str(config), "monitor", "scan", "--model-dir", str(mon_assets.model_dir),
-            "--payload-model", traffic["shifted"][0], "--since", traffic["start"].isoformat(),
-            "--until", traffic["end"].isoformat(), "--budget", "3", "--report", str(html), "--json",
-            "--metrics-file", str(prom)]
+    args = [
+        "--config",
+        str(config),
+        "monitor",
+        "scan",
+        "--model-dir",
+        str(mon_assets.model_dir),
+        "--payload-model",
+        traffic["shifted"][0],
+        "--since",
+        traffic["start"].isoformat(),
+        "--until",
+        traffic["end"].isoformat(),
+        "--budget",
+        "3",
+        "--report",
+        str(html),
+        "--json",
+        "--metrics-file",
+        str(prom),
+    ]
     t0 = time.perf_counter()
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     wall = time.perf_counter() - t0
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    print(f"cli scan wall {wall:.1f}s; results {[(r['name'], r['p_val'], r['distance']) for r in report['results']]}")
+    print(
+        f"cli scan wall {wall:.1f}s; results {[(r['name'], r['p_val'], r['distance']) for r in report['results']]}"
+    )
     assert report["drift"] is True and len(report["selected"]) <= 3
     page = html.read_text()
     assert "embedding_mmd" in page and "Selected for labeling" in page
@@ -179,18 +224,44 @@ def test_monitor_run_serves_metrics(stack_settings, mon_assets, traffic, tmp_pat
 
     settings = _settings(stack_settings, tmp_path / "state")
     port = _closed_port()
-    env = {"EDGELOOP_STATE_DIR": str(settings.state_dir),
-           "EDGELOOP_BLOB__CONNECTION_STRING": stack_settings.blob_connection_string(),
-           "EDGELOOP_LABELSTUDIO__URL": settings.labelstudio.url,
-           "EDGELOOP_LABELSTUDIO__API_KEY": stack_settings.labelstudio_api_key(),
-           "EDGELOOP_LABELSTUDIO__PROJECT_TITLE": settings.labelstudio.project_title}
-    result = CliRunner(env=env).invoke(cli, [
-        "monitor", "run", "--model-dir", str(mon_assets.model_dir), "--payload-model", traffic["same"][0],
-        "--window", "30m", "--interval", "1s", "--iterations", "1", "--metrics-port", str(port),
-        "--metrics-host", "127.0.0.1", "--budget", "2", "--report-dir", str(tmp_path / "reports")],
-        catch_exceptions=False)
+    env = {
+        "EDGELOOP_STATE_DIR": str(settings.state_dir),
+        "EDGELOOP_BLOB__CONNECTION_STRING": stack_settings.blob_connection_string(),
+        "EDGELOOP_LABELSTUDIO__URL": settings.labelstudio.url,
+        "EDGELOOP_LABELSTUDIO__API_KEY": stack_settings.labelstudio_api_key(),
+        "EDGELOOP_LABELSTUDIO__PROJECT_TITLE": settings.labelstudio.project_title,
+    }
+    result = CliRunner(env=env).invoke(
+        cli,
+        [
+            "monitor",
+            "run",
+            "--model-dir",
+            str(mon_assets.model_dir),
+            "--payload-model",
+            traffic["same"][0],
+            "--window",
+            "30m",
+            "--interval",
+            "1s",
+            "--iterations",
+            "1",
+            "--metrics-port",
+            str(port),
+            "--metrics-host",
+            "127.0.0.1",
+            "--budget",
+            "2",
+            "--report-dir",
+            str(tmp_path / "reports"),
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     assert "DRIFT: no" in result.output
     body = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-    assert f'edgeloop_monitor_window_records{{model="{traffic["same"][0]}"}} {float(len(mon_assets.images("same")))}' in body
+    assert (
+        f'edgeloop_monitor_window_records{{model="{traffic["same"][0]}"}} {float(len(mon_assets.images("same")))}'
+        in body
+    )
     assert (tmp_path / "reports" / "latest.html").exists()

@@ -47,7 +47,8 @@ def test_shifted_window_is_drift(kind, profile, mon_outputs):
     assert res.is_drift, res
     assert res.p_val < res.threshold
     same = _detector_and_inputs(kind, profile, mon_outputs, "same")[0].predict(
-        _detector_and_inputs(kind, profile, mon_outputs, "same")[1])
+        _detector_and_inputs(kind, profile, mon_outputs, "same")[1]
+    )
     assert res.distance > same.distance
 
 

@@ -37,8 +37,10 @@ def test_selection_prefers_diverse_images_over_near_copies():
     rng = np.random.default_rng(0)
     # ten near-copies of one frame with the highest values, and six distinct images slightly below
     emb = np.vstack([np.ones((10, 4)) + rng.normal(0, 1e-3, (10, 4)), rng.normal(0, 5, (6, 4))])
-    flags = [Flag(i, f"img{i}", ["out_of_distribution"], 3.0 - 0.01 * i if i < 10 else 2.5, 0.5, 0.1, 1.0)
-             for i in range(16)]
+    flags = [
+        Flag(i, f"img{i}", ["out_of_distribution"], 3.0 - 0.01 * i if i < 10 else 2.5, 0.5, 0.1, 1.0)
+        for i in range(16)
+    ]
     picked = select_for_labeling(flags, emb, budget=4)
     assert sum(f.index < 10 for f in picked) == 1  # one of the copies, not four
     assert picked[0].index == 0
@@ -46,8 +48,11 @@ def test_selection_prefers_diverse_images_over_near_copies():
 
 def test_same_image_served_twice_is_selected_once():
     emb = np.eye(3)
-    flags = [Flag(0, "a", ["low_confidence"], 1.0, 0.3, 0.1, 0.0), Flag(1, "a", ["low_confidence"], 1.2, 0.3, 0.1, 0.0),
-             Flag(2, "b", ["low_confidence"], 0.9, 0.3, 0.1, 0.0)]
+    flags = [
+        Flag(0, "a", ["low_confidence"], 1.0, 0.3, 0.1, 0.0),
+        Flag(1, "a", ["low_confidence"], 1.2, 0.3, 0.1, 0.0),
+        Flag(2, "b", ["low_confidence"], 0.9, 0.3, 0.1, 0.0),
+    ]
     picked = select_for_labeling(flags, emb, budget=3)
     assert [f.sha256 for f in picked] == ["a", "b"]
     assert picked[0].value == 1.2

@@ -27,31 +27,65 @@ def shifted_scan(mon_assets, mon_outputs):
     profile = ReferenceProfile.load(mon_assets.model_dir)
     out, stats = mon_outputs["shifted"]
     paths = mon_assets.images("shifted")
-    records = [PayloadRecord(ts=0, model="m", version="1", label="ok", score=float(p.max()),
-                             probabilities=p.tolist(), image_sha256=f"sha{i}", image_uri=f"az://payloads/images/sha{i}.png")
-               for i, p in enumerate(out.probabilities)]
-    window = Window(records, out.probabilities, out.embeddings, stats, list(range(len(paths))),
-                    images={f"sha{i}": to_rgb_array(p) for i, p in enumerate(paths)})
+    records = [
+        PayloadRecord(
+            ts=0,
+            model="m",
+            version="1",
+            label="ok",
+            score=float(p.max()),
+            probabilities=p.tolist(),
+            image_sha256=f"sha{i}",
+            image_uri=f"az://payloads/images/sha{i}.png",
+        )
+        for i, p in enumerate(out.probabilities)
+    ]
+    window = Window(
+        records,
+        out.probabilities,
+        out.embeddings,
+        stats,
+        list(range(len(paths))),
+        images={f"sha{i}": to_rgb_array(p) for i, p in enumerate(paths)},
+    )
     results = run_detectors(profile, window, ScanOptions(n_permutations=100))
     flags = flag_images(profile, out.probabilities, out.embeddings, [r.image_sha256 for r in records])
     selected = select_for_labeling(flags, out.embeddings, 5)
-    report = ScanReport(model="m", version="1", start="s", end="e", records=len(records), images=len(records),
-                        other_versions=0, drift=any(r.is_drift for r in results), results=results,
-                        flagged=len(flags), flag_reasons={"out_of_distribution": len(flags)},
-                        selected=[{"sha256": f.sha256, "label": "ok", "score": f.confidence, "reason": f.reason,
-                                   "value": f.value} for f in selected],
-                        enqueue={"enqueued": 5, "already_delivered": 0, "already_pending": 0},
-                        delivery={"delivered": 5, "already_in_project": 0, "error": None}, outbox_size=0, wall_s=1.0)
+    report = ScanReport(
+        model="m",
+        version="1",
+        start="s",
+        end="e",
+        records=len(records),
+        images=len(records),
+        other_versions=0,
+        drift=any(r.is_drift for r in results),
+        results=results,
+        flagged=len(flags),
+        flag_reasons={"out_of_distribution": len(flags)},
+        selected=[
+            {"sha256": f.sha256, "label": "ok", "score": f.confidence, "reason": f.reason, "value": f.value}
+            for f in selected
+        ],
+        enqueue={"enqueued": 5, "already_delivered": 0, "already_pending": 0},
+        delivery={"delivered": 5, "already_in_project": 0, "error": None},
+        outbox_size=0,
+        wall_s=1.0,
+    )
     return profile, window, selected, report
 
 
 def test_html_report_has_verdict_table_plots_and_thumbnails(shifted_scan):
     profile, window, selected, report = shifted_scan
-    page = render_html(report, profile, window, selected, {f.sha256: window.images[f.sha256] for f in selected})
-    assert "<p class=\"verdict\">DRIFT</p>" in page
+    page = render_html(
+        report, profile, window, selected, {f.sha256: window.images[f.sha256] for f in selected}
+    )
+    assert '<p class="verdict">DRIFT</p>' in page
     for r in report.results:
         assert r.name in page
-    assert page.count("data:image/png;base64,") == 3 + len(selected)  # 3 plots + one thumbnail per selected image
+    assert page.count("data:image/png;base64,") == 3 + len(
+        selected
+    )  # 3 plots + one thumbnail per selected image
     assert "Selected for labeling (5 of" in page
 
 
@@ -68,11 +102,18 @@ def test_metrics_carry_each_detector_and_the_queue(shifted_scan):
     *_, report = shifted_scan
     m = MonitorMetrics()
     m.observe_scan(report)
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for fam in text_string_to_metric_families(m.text()) for s in fam.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(m.text())
+        for s in fam.samples
+    }
     for r in report.results:
-        assert samples[("edgeloop_drift_p_value", (("detector", r.name), ("model", "m")))] == pytest.approx(r.p_val)
-        assert samples[("edgeloop_drift_distance", (("detector", r.name), ("model", "m")))] == pytest.approx(r.distance)
+        assert samples[("edgeloop_drift_p_value", (("detector", r.name), ("model", "m")))] == pytest.approx(
+            r.p_val
+        )
+        assert samples[("edgeloop_drift_distance", (("detector", r.name), ("model", "m")))] == pytest.approx(
+            r.distance
+        )
     assert samples[("edgeloop_drift_detected", (("detector", "any"), ("model", "m")))] == 1.0
     assert samples[("edgeloop_relabel_queued_total", (("model", "m"),))] == 5
     assert samples[("edgeloop_relabel_outbox_size", ())] == 0
@@ -118,7 +159,8 @@ def test_cli_errors_are_one_line_with_what_to_do(tmp_path):
     assert r.exit_code == 2 and "--model-dir" in r.output
     r = runner.invoke(cli, ["monitor", "scan", "--model-dir", str(tmp_path)])
     assert r.exit_code == 2 and "model_card.json" in r.output
-    r = runner.invoke(cli, ["monitor", "run", "--model-dir", str(tmp_path), "--interval", "often",
-                            "--metrics-port", "0"])
+    r = runner.invoke(
+        cli, ["monitor", "run", "--model-dir", str(tmp_path), "--interval", "often", "--metrics-port", "0"]
+    )
     assert r.exit_code == 2 and "duration" in r.output
     assert "Traceback" not in r.output

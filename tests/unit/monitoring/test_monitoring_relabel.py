@@ -16,14 +16,25 @@ def _closed_port() -> int:
 
 @pytest.fixture
 def down_settings(tmp_path):
-    return load_settings(state_dir=tmp_path / "state",
-                         labelstudio={"url": f"http://127.0.0.1:{_closed_port()}", "api_key": "x" * 20})
+    return load_settings(
+        state_dir=tmp_path / "state",
+        labelstudio={"url": f"http://127.0.0.1:{_closed_port()}", "api_key": "x" * 20},
+    )
 
 
 def _item(sha: str) -> RelabelItem:
-    return RelabelItem(sha256=sha, blob_uri=f"az://payloads/images/{sha}.png", image_url=f"http://blob/{sha}.png?sig",
-                       predicted_label="dent", score=0.41, model_version="m:3", flag_reason="low_confidence",
-                       flag_score=1.2, labels=["ok", "dent"], metadata={"stream": "cam-7"})
+    return RelabelItem(
+        sha256=sha,
+        blob_uri=f"az://payloads/images/{sha}.png",
+        image_url=f"http://blob/{sha}.png?sig",
+        predicted_label="dent",
+        score=0.41,
+        model_version="m:3",
+        flag_reason="low_confidence",
+        flag_score=1.2,
+        labels=["ok", "dent"],
+        metadata={"stream": "cam-7"},
+    )
 
 
 def test_task_payload_follows_the_label_studio_conventions():
