@@ -54,8 +54,11 @@ def bare_ort(model_dir: Path, batch: int = 8, seconds: float = 3.0) -> dict[str,
     while time.perf_counter() - t1 < 1.0:
         sess.run(["probabilities"], {"images": x1})
         m += 1
-    return {"images_per_s": n / dt, "ms_per_image_batch8": dt / n * 1e3,
-            "ms_per_image_batch1": (time.perf_counter() - t1) / m * 1e3}
+    return {
+        "images_per_s": n / dt,
+        "ms_per_image_batch8": dt / n * 1e3,
+        "ms_per_image_batch1": (time.perf_counter() - t1) / m * 1e3,
+    }
 
 
 def decode_only(video: Path, seconds: float = 2.0) -> dict[str, float]:
@@ -80,8 +83,11 @@ def decode_only(video: Path, seconds: float = 2.0) -> dict[str, float]:
                     pre.resize(f.to_image())
                     n += 1
                 conv += time.perf_counter() - t1
-    return {"decode_ms": dec / n * 1e3, "convert_resize_ms": conv / n * 1e3,
-            "decode_resize_fps_one_core": n / (dec + conv)}
+    return {
+        "decode_ms": dec / n * 1e3,
+        "convert_resize_ms": conv / n * 1e3,
+        "decode_resize_fps_one_core": n / (dec + conv),
+    }
 
 
 def make_predictor(mode: str, model_dir: Path, stack: Any) -> Any:
@@ -92,27 +98,36 @@ def make_predictor(mode: str, model_dir: Path, stack: Any) -> Any:
     return OnnxPredictor(model_dir)
 
 
-def trial(n: int, video: Path, mode: str, model_dir: Path, server: Any, seconds: float,
-          warmup_s: float) -> dict[str, Any]:
+def trial(
+    n: int, video: Path, mode: str, model_dir: Path, server: Any, seconds: float, warmup_s: float
+) -> dict[str, Any]:
     from edgeloop.stream.processor import StreamConfig, StreamProcessor
     from edgeloop.stream.publisher import CountingSink
     from edgeloop.stream.sources import ReaderConfig, SourceSpec
 
     specs = [SourceSpec.parse(f"cam{i}={video}") for i in range(n)]
-    cfg = StreamConfig(queue_size=8, batch_size=8, workers=2 if mode == "server" else 1,
-                       reader=ReaderConfig(realtime=True, loop=True))
+    cfg = StreamConfig(
+        queue_size=8,
+        batch_size=8,
+        workers=2 if mode == "server" else 1,
+        reader=ReaderConfig(realtime=True, loop=True),
+    )
     proc = StreamProcessor(specs, make_predictor(mode, model_dir, server), None, cfg)
     proc.sink = CountingSink(proc.stats_for)
     proc.start()
     time.sleep(warmup_s)
-    before = {k: (s.frames_in, s.processed, sum(s.dropped.values()), s.latency.copy(), s.decode_time.copy())
-              for k, s in proc.stats.items()}
+    before = {
+        k: (s.frames_in, s.processed, sum(s.dropped.values()), s.latency.copy(), s.decode_time.copy())
+        for k, s in proc.stats.items()
+    }
     inf0 = (proc._inference_s, proc._inference_frames)
     t0 = time.monotonic()
     time.sleep(seconds)
     window = time.monotonic() - t0
-    after = {k: (s.frames_in, s.processed, sum(s.dropped.values()), s.latency.copy(), s.decode_time.copy())
-             for k, s in proc.stats.items()}
+    after = {
+        k: (s.frames_in, s.processed, sum(s.dropped.values()), s.latency.copy(), s.decode_time.copy())
+        for k, s in proc.stats.items()
+    }
     inf1 = (proc._inference_s, proc._inference_frames)
     proc.stop()
 
@@ -133,18 +148,31 @@ def trial(n: int, video: Path, mode: str, model_dir: Path, server: Any, seconds:
     decode_ms = dec_total / dec_count * 1e3 if dec_count else None
     drop_frac = dropped / frames_in if frames_in else 1.0
     p99 = max(p99s) * 1e3 if p99s else None
-    ok = (min_rate >= 0.99 * FPS and drop_frac < 0.01 and p99 is not None and p99 < 100.0)
-    return {"n": n, "ok": ok, "window_s": round(window, 2), "frames_in": frames_in, "processed": processed,
-            "dropped": dropped, "results_per_s": round(processed / window, 1), "drop_fraction": round(drop_frac, 4), "min_input_fps": round(min_rate, 2),
-            "p99_ms_worst_camera": None if p99 is None else round(p99, 1),
-            "decode_resize_ms_per_frame": None if decode_ms is None else round(decode_ms, 2),
-            "inference_ms_per_frame": None if infer_ms is None else round(infer_ms, 2)}
+    ok = min_rate >= 0.99 * FPS and drop_frac < 0.01 and p99 is not None and p99 < 100.0
+    return {
+        "n": n,
+        "ok": ok,
+        "window_s": round(window, 2),
+        "frames_in": frames_in,
+        "processed": processed,
+        "dropped": dropped,
+        "results_per_s": round(processed / window, 1),
+        "drop_fraction": round(drop_frac, 4),
+        "min_input_fps": round(min_rate, 2),
+        "p99_ms_worst_camera": None if p99 is None else round(p99, 1),
+        "decode_resize_ms_per_frame": None if decode_ms is None else round(decode_ms, 2),
+        "inference_ms_per_frame": None if infer_ms is None else round(infer_ms, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mode", choices=["auto", "server", "inprocess"], default="auto",
-                    help="auto: the model server over gRPC if serving/ is present, else ONNX Runtime in process")
+    ap.add_argument(
+        "--mode",
+        choices=["auto", "server", "inprocess"],
+        default="auto",
+        help="auto: the model server over gRPC if serving/ is present, else ONNX Runtime in process",
+    )
     ap.add_argument("--trial-s", type=float, default=8.0, help="measured seconds per trial (after warm-up)")
     ap.add_argument("--warmup-s", type=float, default=3.0)
     ap.add_argument("--max-n", type=int, default=64)
@@ -157,8 +185,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="stream-bench-"))
     t_start = time.monotonic()
     print("generating a 720p H.264 clip and a mobilenet_v3_small model ...", flush=True)
-    video = make_video(work / "cam720p.mp4", seconds=4, fps=FPS, width=1280, height=720, preset="veryfast",
-                       gop=60)
+    video = make_video(
+        work / "cam720p.mp4", seconds=4, fps=FPS, width=1280, height=720, preset="veryfast", gop=60
+    )
     model_dir = build_test_model(work / "model", size=SIZE, arch="mobilenet_v3_small", name="bench")
 
     mode = args.mode
@@ -172,8 +201,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     bare = bare_ort(model_dir)
     decode = decode_only(video)
-    print(f"bare ONNX Runtime: {bare['images_per_s']:.0f} images/s (batch 8); "
-          f"decode+resize on one core: {decode['decode_resize_fps_one_core']:.0f} fps", flush=True)
+    print(
+        f"bare ONNX Runtime: {bare['images_per_s']:.0f} images/s (batch 8); "
+        f"decode+resize on one core: {decode['decode_resize_fps_one_core']:.0f} fps",
+        flush=True,
+    )
 
     server_ctx: Any = None
     server = None
@@ -184,13 +216,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         server = server_ctx.__enter__()
     trials: list[dict[str, Any]] = []
     try:
+
         def run(n: int) -> bool:
             r = trial(n, video, mode, model_dir, server, args.trial_s, args.warmup_s)
             trials.append(r)
-            print(f"  N={n:3d} {'ok  ' if r['ok'] else 'FAIL'} drop {r['drop_fraction']:.2%} "
-                  f"p99 {r['p99_ms_worst_camera']} ms  min input {r['min_input_fps']} fps  "
-                  f"decode {r['decode_resize_ms_per_frame']} ms/frame  infer {r['inference_ms_per_frame']} ms/frame",
-                  flush=True)
+            print(
+                f"  N={n:3d} {'ok  ' if r['ok'] else 'FAIL'} drop {r['drop_fraction']:.2%} "
+                f"p99 {r['p99_ms_worst_camera']} ms  min input {r['min_input_fps']} fps  "
+                f"decode {r['decode_resize_ms_per_frame']} ms/frame  infer {r['inference_ms_per_frame']} ms/frame",
+                flush=True,
+            )
             return bool(r["ok"])
 
         lo, hi = 0, None  # lo passes, hi fails
@@ -214,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     infer_ms = ref["inference_ms_per_frame"]
     result = {
         "what": "largest N of concurrent 30 fps 720p H.264 sources (224x224 model input) with <1% drops and "
-                "p99 end-to-end latency < 100 ms",
+        "p99 end-to-end latency < 100 ms",
         "mode": "model server over gRPC (serving/)" if mode == "server" else "ONNX Runtime in process",
         "n_sustained": lo,
         "frames_per_s_sustained": lo * FPS,
@@ -224,13 +259,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "decode_resize_ms_per_frame": decode_ms,
             "inference_ms_per_frame_in_pipeline": infer_ms,
             "ratio_vs_pipeline_inference": round(decode_ms / infer_ms, 2) if decode_ms and infer_ms else None,
-            "ratio_vs_bare_ort_batch8": round(decode_ms / bare["ms_per_image_batch8"], 2) if decode_ms else None,
+            "ratio_vs_bare_ort_batch8": round(decode_ms / bare["ms_per_image_batch8"], 2)
+            if decode_ms
+            else None,
             "at_n": ref["n"],
         },
         "decode_alone_one_core": {k: round(v, 2) for k, v in decode.items()},
         "trials": trials,
         "model": "mobilenet_v3_small (random weights), fp32, 224x224",
-        "machine": {"cpus": os.cpu_count(), "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()], "platform": platform.platform(), "processor": platform.processor()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+        },
         "wall_s": round(time.monotonic() - t_start, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -240,8 +282,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{'sustained cameras (30 fps, 720p)':<34}{lo}  ({lo * FPS} frames/s)")
     print(f"{'bare ONNX Runtime':<34}{bare['images_per_s']:.0f} images/s")
     print(f"{'fraction of bare ORT capacity':<34}{result['fraction_of_bare_ort_capacity']:.1%}")
-    print(f"{'decode+resize / inference':<34}{decode_ms} ms / {infer_ms} ms per frame = "
-          f"{result['decode_share']['ratio_vs_pipeline_inference']}x")
+    print(
+        f"{'decode+resize / inference':<34}{decode_ms} ms / {infer_ms} ms per frame = "
+        f"{result['decode_share']['ratio_vs_pipeline_inference']}x"
+    )
     print(f"results: {args.out}")
     return result
 

@@ -24,28 +24,46 @@ def build_parser() -> argparse.ArgumentParser:
     def flag(text: str) -> bool:
         return text.strip().lower() in ("1", "true", "yes", "on")
 
-    p = argparse.ArgumentParser(prog="python -m serving", parents=[model_server.parser],
-                                description="edgeloop model server (ONNX Runtime behind kserve)")
-    p.add_argument("--model", action="append", default=[],
-                   help="model URI: a directory, az://container/prefix, models:/NAME@ALIAS or models:/NAME/VERSION; "
-                        "append #version=V&alias=A to set the version id / an alias (repeatable)")
-    p.add_argument("--model_dir", default=None, help="a model directory, or a directory of version directories")
+    p = argparse.ArgumentParser(
+        prog="python -m serving",
+        parents=[model_server.parser],
+        description="edgeloop model server (ONNX Runtime behind kserve)",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="model URI: a directory, az://container/prefix, models:/NAME@ALIAS or models:/NAME/VERSION; "
+        "append #version=V&alias=A to set the version id / an alias (repeatable)",
+    )
+    p.add_argument(
+        "--model_dir", default=None, help="a model directory, or a directory of version directories"
+    )
     p.add_argument("--alias", action="append", default=[], help="ALIAS=VERSION (repeatable)")
     p.add_argument("--bind_host", default="0.0.0.0", help="address both servers bind")
     p.add_argument("--batching", type=flag, default=True, help="dynamic batching across requests")
     p.add_argument("--max_batch_size", type=int, default=16)
     p.add_argument("--max_batch_wait_ms", type=float, default=2.0)
     p.add_argument("--max_queue_rows", type=int, default=1024)
-    p.add_argument("--concurrent_batches", type=int, default=2, help="batches (or requests, batching off) run at once")
+    p.add_argument(
+        "--concurrent_batches", type=int, default=2, help="batches (or requests, batching off) run at once"
+    )
     p.add_argument("--intra_op_threads", type=int, default=0, help="ONNX Runtime threads per run (0 = cores)")
     p.add_argument("--ort_spinning", type=flag, default=False)
-    p.add_argument("--providers", default=",".join(DEFAULT_PROVIDER_ORDER),
-                   help="execution providers in order of preference; unavailable ones are skipped")
+    p.add_argument(
+        "--providers",
+        default=",".join(DEFAULT_PROVIDER_ORDER),
+        help="execution providers in order of preference; unavailable ones are skipped",
+    )
     p.add_argument("--max_request_mb", type=float, default=64.0)
     p.add_argument("--max_images", type=int, default=256)
     p.add_argument("--payload_log_rate", type=float, default=0.0, help="fraction of images logged (0 = off)")
-    p.add_argument("--enable_admin", type=flag, default=False,
-                   help="admin endpoints (load version, move alias); token from EDGELOOP_SERVING_ADMIN_TOKEN")
+    p.add_argument(
+        "--enable_admin",
+        type=flag,
+        default=False,
+        help="admin endpoints (load version, move alias); token from EDGELOOP_SERVING_ADMIN_TOKEN",
+    )
     p.add_argument("--cache_dir", default=None, help="where downloaded models go")
     p.add_argument("--log_level", default=os.environ.get("EDGELOOP_LOG_LEVEL", "INFO"))
     return p
@@ -72,17 +90,30 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("error: give at least one --model URI or a --model_dir with model directories")
     aliases = dict(a.split("=", 1) for a in args.alias)
     options = ServingOptions(
-        http_port=args.http_port, grpc_port=args.grpc_port, bind_host=args.bind_host,
-        grpc_threads=args.max_threads, grpc_max_message_bytes=args.grpc_max_receive_message_length,
-        batching=BatchingOptions(enabled=args.batching, max_batch_size=args.max_batch_size,
-                                 max_wait_ms=args.max_batch_wait_ms, max_queue_rows=args.max_queue_rows,
-                                 concurrent_batches=args.concurrent_batches,
-                                 direct_concurrency=args.concurrent_batches),
-        limits=LimitOptions(max_request_bytes=int(args.max_request_mb * 1024 * 1024), max_images=args.max_images),
-        ort=OrtSettings(providers=args.providers.split(","), intra_op_threads=args.intra_op_threads,
-                        allow_spinning=args.ort_spinning),
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        bind_host=args.bind_host,
+        grpc_threads=args.max_threads,
+        grpc_max_message_bytes=args.grpc_max_receive_message_length,
+        batching=BatchingOptions(
+            enabled=args.batching,
+            max_batch_size=args.max_batch_size,
+            max_wait_ms=args.max_batch_wait_ms,
+            max_queue_rows=args.max_queue_rows,
+            concurrent_batches=args.concurrent_batches,
+            direct_concurrency=args.concurrent_batches,
+        ),
+        limits=LimitOptions(
+            max_request_bytes=int(args.max_request_mb * 1024 * 1024), max_images=args.max_images
+        ),
+        ort=OrtSettings(
+            providers=args.providers.split(","),
+            intra_op_threads=args.intra_op_threads,
+            allow_spinning=args.ort_spinning,
+        ),
         payload_log=PayloadLogOptions(sample_rate=args.payload_log_rate),
-        admin_enabled=args.enable_admin, admin_token=os.environ.get("EDGELOOP_SERVING_ADMIN_TOKEN") or None,
+        admin_enabled=args.enable_admin,
+        admin_token=os.environ.get("EDGELOOP_SERVING_ADMIN_TOKEN") or None,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         model_name=None if args.model_name == "model" else args.model_name,  # kserve's default name
         aliases=aliases,

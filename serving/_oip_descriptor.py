@@ -77,8 +77,14 @@ def _generate(proto: str) -> str:  # pragma: no cover - developer tool
 
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "set.pb")
-        rc = protoc.main(["protoc", f"-I{os.path.dirname(os.path.abspath(proto))}",
-                          f"--descriptor_set_out={out}", os.path.basename(proto)])
+        rc = protoc.main(
+            [
+                "protoc",
+                f"-I{os.path.dirname(os.path.abspath(proto))}",
+                f"--descriptor_set_out={out}",
+                os.path.basename(proto),
+            ]
+        )
         if rc != 0:
             raise SystemExit(f"protoc failed on {proto}")
         with open(out, "rb") as fh:

@@ -41,9 +41,17 @@ class BatchStats:
 class DynamicBatcher:
     """Collects rows from concurrent ``submit`` calls into batches for ``run``."""
 
-    def __init__(self, run: RunFn, max_batch_size: int = 16, max_wait_s: float = 0.002,
-                 max_queue_rows: int = 1024, on_batch: Callable[[int, float], None] | None = None,
-                 on_queue: Callable[[int], None] | None = None, name: str = "model", concurrency: int = 2):
+    def __init__(
+        self,
+        run: RunFn,
+        max_batch_size: int = 16,
+        max_wait_s: float = 0.002,
+        max_queue_rows: int = 1024,
+        on_batch: Callable[[int, float], None] | None = None,
+        on_queue: Callable[[int], None] | None = None,
+        name: str = "model",
+        concurrency: int = 2,
+    ):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self._run = run
@@ -74,8 +82,9 @@ class DynamicBatcher:
         if self._closed:
             raise OverloadedError("this model version is being unloaded; retry to reach the current one")
         if self._queued_rows + len(x) > self.max_queue_rows:
-            raise OverloadedError(f"the batching queue is full ({self._queued_rows} rows waiting); "
-                                  "retry with backoff")
+            raise OverloadedError(
+                f"the batching queue is full ({self._queued_rows} rows waiting); " "retry with backoff"
+            )
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
@@ -123,7 +132,8 @@ class DynamicBatcher:
             task.add_done_callback(lambda _t: self._slots.release())  # type: ignore[union-attr]
 
     def _take(self) -> list[tuple[np.ndarray, asyncio.Future]]:
-        items, rows = [], 0
+        items: list[tuple[np.ndarray, asyncio.Future]] = []
+        rows = 0
         while self._queue:
             x, fut = self._queue[0]
             if items and rows + len(x) > self.max_batch_size:
@@ -173,8 +183,13 @@ class DynamicBatcher:
 class DirectRunner:
     """Batching off: every request runs on its own, ``concurrency`` at a time."""
 
-    def __init__(self, run: RunFn, concurrency: int = 2, on_batch: Callable[[int, float], None] | None = None,
-                 name: str = "model"):
+    def __init__(
+        self,
+        run: RunFn,
+        concurrency: int = 2,
+        on_batch: Callable[[int, float], None] | None = None,
+        name: str = "model",
+    ):
         self._run = run
         self._on_batch = on_batch
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"ort-{name}")

@@ -24,35 +24,81 @@ def _plain_argv() -> Iterator[None]:
 
 
 @click.command("serve")
-@click.option("--model", "models", multiple=True, required=True,
-              help="Model URI: a directory, az://container/prefix, models:/NAME@ALIAS or models:/NAME/VERSION. "
-                   "Append #version=V&alias=A to set the version id or an alias. Repeat for more versions.")
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    required=True,
+    help="Model URI: a directory, az://container/prefix, models:/NAME@ALIAS or models:/NAME/VERSION. "
+    "Append #version=V&alias=A to set the version id or an alias. Repeat for more versions.",
+)
 @click.option("--model-name", default=None, help="Served model name (default: the model card's name).")
-@click.option("--alias", "aliases", multiple=True, metavar="ALIAS=VERSION", help="Point an alias at a version.")
+@click.option(
+    "--alias", "aliases", multiple=True, metavar="ALIAS=VERSION", help="Point an alias at a version."
+)
 @click.option("--http-port", default=8080, show_default=True, type=int)
 @click.option("--grpc-port", default=8081, show_default=True, type=int)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address both servers bind.")
-@click.option("--batching/--no-batching", default=True, show_default=True, help="Dynamic batching across requests.")
+@click.option(
+    "--batching/--no-batching", default=True, show_default=True, help="Dynamic batching across requests."
+)
 @click.option("--max-batch-size", default=16, show_default=True, type=int)
 @click.option("--max-batch-wait-ms", default=2.0, show_default=True, type=float)
-@click.option("--threads", "intra_op_threads", default=0, show_default=True, type=int,
-              help="ONNX Runtime intra-op threads (0 = one per core).")
-@click.option("--providers", default="tensorrt,cuda,openvino,cpu", show_default=True,
-              help="Execution providers in order of preference; missing ones are skipped.")
+@click.option(
+    "--threads",
+    "intra_op_threads",
+    default=0,
+    show_default=True,
+    type=int,
+    help="ONNX Runtime intra-op threads (0 = one per core).",
+)
+@click.option(
+    "--providers",
+    default="tensorrt,cuda,openvino,cpu",
+    show_default=True,
+    help="Execution providers in order of preference; missing ones are skipped.",
+)
 @click.option("--max-request-mb", default=64.0, show_default=True, type=float)
-@click.option("--payload-log-rate", default=0.0, show_default=True, type=float,
-              help="Fraction of images written to the payload log in blob storage (0 = off).")
+@click.option(
+    "--payload-log-rate",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Fraction of images written to the payload log in blob storage (0 = off).",
+)
 @click.option("--enable-admin", is_flag=True, help="Admin endpoints: load a version, move an alias, unload.")
-@click.option("--admin-token", envvar="EDGELOOP_SERVING_ADMIN_TOKEN", default=None,
-              help="Bearer token the admin endpoints require (env EDGELOOP_SERVING_ADMIN_TOKEN).")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Where downloaded models go.")
+@click.option(
+    "--admin-token",
+    envvar="EDGELOOP_SERVING_ADMIN_TOKEN",
+    default=None,
+    help="Bearer token the admin endpoints require (env EDGELOOP_SERVING_ADMIN_TOKEN).",
+)
+@click.option(
+    "--cache-dir", type=click.Path(path_type=Path), default=None, help="Where downloaded models go."
+)
 @click.option("--log-level", default="INFO", show_default=True)
 @click.pass_obj
 @user_errors
-def serve(obj, models: tuple[str, ...], model_name: str | None, aliases: tuple[str, ...], http_port: int,
-          grpc_port: int, host: str, batching: bool, max_batch_size: int, max_batch_wait_ms: float,
-          intra_op_threads: int, providers: str, max_request_mb: float, payload_log_rate: float,
-          enable_admin: bool, admin_token: str | None, cache_dir: Path | None, log_level: str) -> None:
+def serve(
+    obj,
+    models: tuple[str, ...],
+    model_name: str | None,
+    aliases: tuple[str, ...],
+    http_port: int,
+    grpc_port: int,
+    host: str,
+    batching: bool,
+    max_batch_size: int,
+    max_batch_wait_ms: float,
+    intra_op_threads: int,
+    providers: str,
+    max_request_mb: float,
+    payload_log_rate: float,
+    enable_admin: bool,
+    admin_token: str | None,
+    cache_dir: Path | None,
+    log_level: str,
+) -> None:
     """Serve ONNX image classifiers over OIP v2 REST/gRPC and V1 with KServe's model server."""
     from edgeloop.config import load_settings
     from serving import logs
@@ -65,12 +111,19 @@ def serve(obj, models: tuple[str, ...], model_name: str | None, aliases: tuple[s
         raise click.BadParameter(f"{bad[0]!r}: use ALIAS=VERSION", param_hint="--alias")
     settings = obj.settings if obj is not None and hasattr(obj, "settings") else load_settings()
     options = ServingOptions(
-        http_port=http_port, grpc_port=grpc_port, bind_host=host,
-        batching=BatchingOptions(enabled=batching, max_batch_size=max_batch_size, max_wait_ms=max_batch_wait_ms),
+        http_port=http_port,
+        grpc_port=grpc_port,
+        bind_host=host,
+        batching=BatchingOptions(
+            enabled=batching, max_batch_size=max_batch_size, max_wait_ms=max_batch_wait_ms
+        ),
         limits=LimitOptions(max_request_bytes=int(max_request_mb * 1024 * 1024)),
         ort=OrtSettings(providers=providers.split(","), intra_op_threads=intra_op_threads),
         payload_log=PayloadLogOptions(sample_rate=payload_log_rate),
-        admin_enabled=enable_admin, admin_token=admin_token, cache_dir=cache_dir, model_name=model_name,
+        admin_enabled=enable_admin,
+        admin_token=admin_token,
+        cache_dir=cache_dir,
+        model_name=model_name,
         aliases=dict(a.split("=", 1) for a in aliases),
     )
     logs.configure(log_level.upper())

@@ -59,7 +59,7 @@ def _split_bytes(raw: bytes) -> list[str]:
     out, off = [], 0
     while off < len(raw):
         (n,) = struct.unpack_from("<I", raw, off)
-        out.append(raw[off + 4:off + 4 + n].decode())
+        out.append(raw[off + 4 : off + 4 + n].decode())
         off += 4 + n
     return out
 
@@ -79,31 +79,50 @@ def _prediction(name: str, version: str, outputs: dict[str, tuple[str, list[int]
         data = label[2]
         labels = _split_bytes(bytes(data)) if isinstance(data, bytes | bytearray | memoryview) else list(data)
     probs = arr("probabilities")
-    return Prediction(labels, probs if probs is not None else np.empty((0, 0), np.float32), arr("embedding"),
-                      name, version)
+    return Prediction(
+        labels, probs if probs is not None else np.empty((0, 0), np.float32), arr("embedding"), name, version
+    )
 
 
 # ------------------------------------------------------------------------------- REST
-def rest_request(data: np.ndarray | Sequence[bytes], embedding: bool = False,
-                 binary: bool = True) -> tuple[bytes, dict[str, str]]:
+def rest_request(
+    data: np.ndarray | Sequence[bytes], embedding: bool = False, binary: bool = True
+) -> tuple[bytes, dict[str, str]]:
     """An OIP v2 REST body + headers (binary tensor extension, binary outputs) for ``data``."""
     datatype, shape, raw = _tensor(data)
     params: dict[str, Any] = {"binary_data_output": binary}
     if embedding:
         params["embedding"] = True
     if binary:
-        header = orjson.dumps({"inputs": [{"name": INPUT, "shape": shape, "datatype": datatype,
-                                           "parameters": {"binary_data_size": len(raw)}}], "parameters": params})
-        return header + raw, {"Inference-Header-Content-Length": str(len(header)),
-                              "Content-Type": "application/octet-stream"}
+        header = orjson.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": INPUT,
+                        "shape": shape,
+                        "datatype": datatype,
+                        "parameters": {"binary_data_size": len(raw)},
+                    }
+                ],
+                "parameters": params,
+            }
+        )
+        return header + raw, {
+            "Inference-Header-Content-Length": str(len(header)),
+            "Content-Type": "application/octet-stream",
+        }
     if datatype == "BYTES":
         import base64
 
         values: Any = [{"b64": base64.b64encode(b).decode()} for b in data]  # type: ignore[union-attr]
     else:
         values = np.asarray(data).reshape(-1).tolist()
-    body = orjson.dumps({"inputs": [{"name": INPUT, "shape": shape, "datatype": datatype, "data": values}],
-                         "parameters": params})
+    body = orjson.dumps(
+        {
+            "inputs": [{"name": INPUT, "shape": shape, "datatype": datatype, "data": values}],
+            "parameters": params,
+        }
+    )
     return body, {"Content-Type": "application/json"}
 
 
@@ -115,13 +134,13 @@ def rest_response(status: int, headers: Any, body: bytes) -> Prediction:
             msg = body[:200].decode(errors="replace")
         raise ClientError(status, msg)
     hl = headers.get("inference-header-content-length")
-    doc = orjson.loads(body[:int(hl)] if hl else body)
+    doc = orjson.loads(body[: int(hl)] if hl else body)
     off = int(hl) if hl else 0
     outputs = {}
     for o in doc["outputs"]:
         size = (o.get("parameters") or {}).get("binary_data_size")
         if size is not None:
-            data: Any = body[off:off + size]
+            data: Any = body[off : off + size]
             off += size
         else:
             data = o["data"]
@@ -141,17 +160,21 @@ class RestClient:
         self.binary = binary
         self._http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s)
 
-    def infer(self, data: np.ndarray | Sequence[bytes], version: str | None = None,
-              embedding: bool = False) -> Prediction:
+    def infer(
+        self, data: np.ndarray | Sequence[bytes], version: str | None = None, embedding: bool = False
+    ) -> Prediction:
         body, headers = rest_request(data, embedding, self.binary)
         r = self._http.post(_rest_path(self.model, version), content=body, headers=headers)
         return rest_response(r.status_code, r.headers, r.content)
 
-    def infer_frames(self, frames: np.ndarray, version: str | None = None, embedding: bool = False) -> Prediction:
+    def infer_frames(
+        self, frames: np.ndarray, version: str | None = None, embedding: bool = False
+    ) -> Prediction:
         return self.infer(np.asarray(frames, dtype=np.uint8), version, embedding)
 
-    def infer_images(self, images: Sequence[bytes], version: str | None = None,
-                     embedding: bool = False) -> Prediction:
+    def infer_images(
+        self, images: Sequence[bytes], version: str | None = None, embedding: bool = False
+    ) -> Prediction:
         return self.infer(list(images), version, embedding)
 
     def ready(self) -> bool:
@@ -181,8 +204,14 @@ class AsyncRestClient:
     """Async REST client on aiohttp (a kserve dependency): far less per-request overhead than httpx,
     which matters when one process generates the load for a benchmark."""
 
-    def __init__(self, url: str, model: str = "inspection", timeout_s: float = 30.0, binary: bool = True,
-                 max_connections: int = 64):
+    def __init__(
+        self,
+        url: str,
+        model: str = "inspection",
+        timeout_s: float = 30.0,
+        binary: bool = True,
+        max_connections: int = 64,
+    ):
         self.url = url.rstrip("/")
         self.model = model
         self.binary = binary
@@ -190,17 +219,20 @@ class AsyncRestClient:
         self.max_connections = max_connections
         self._session: Any = None
 
-    async def infer(self, data: np.ndarray | Sequence[bytes], version: str | None = None,
-                    embedding: bool = False) -> Prediction:
+    async def infer(
+        self, data: np.ndarray | Sequence[bytes], version: str | None = None, embedding: bool = False
+    ) -> Prediction:
         import aiohttp
 
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.max_connections),
-                timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+            )
         body, headers = rest_request(data, embedding, self.binary)
-        async with self._session.post(self.url + _rest_path(self.model, version), data=body,
-                                      headers=headers) as r:
+        async with self._session.post(
+            self.url + _rest_path(self.model, version), data=body, headers=headers
+        ) as r:
             content = await r.read()
             return rest_response(r.status, {k.lower(): v for k, v in r.headers.items()}, content)
 
@@ -218,16 +250,23 @@ def _messages() -> dict[str, Any]:
 
     pool = descriptor_pool.DescriptorPool()
     pool.Add(descriptor_pb2.FileDescriptorProto.FromString(serialized()))
-    names = ("ModelInferRequest", "ModelInferResponse", "ServerReadyRequest", "ServerReadyResponse",
-             "ModelMetadataRequest", "ModelMetadataResponse")
+    names = (
+        "ModelInferRequest",
+        "ModelInferResponse",
+        "ServerReadyRequest",
+        "ServerReadyResponse",
+        "ModelMetadataRequest",
+        "ModelMetadataResponse",
+    )
     return {n: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"inference.{n}")) for n in names}
 
 
 _SERVICE = "/inference.GRPCInferenceService/"
 
 
-def grpc_request(model: str, data: np.ndarray | Sequence[bytes], version: str | None = None,
-                 embedding: bool = False) -> Any:
+def grpc_request(
+    model: str, data: np.ndarray | Sequence[bytes], version: str | None = None, embedding: bool = False
+) -> Any:
     """A ``ModelInferRequest`` with the tensor in ``raw_input_contents`` (no per-element encoding)."""
     m = _messages()
     datatype, shape, raw = _tensor(data)
@@ -256,13 +295,20 @@ def grpc_response(resp: Any) -> Prediction:
 
 
 def _grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    return [("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes)]
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
 
 
 class GrpcClient:
-    def __init__(self, target: str, model: str = "inspection", timeout_s: float = 30.0,
-                 max_message_bytes: int = 64 * 1024 * 1024):
+    def __init__(
+        self,
+        target: str,
+        model: str = "inspection",
+        timeout_s: float = 30.0,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ):
         import grpc
 
         self.model = model
@@ -270,29 +316,39 @@ class GrpcClient:
         self._grpc = grpc
         self._channel = grpc.insecure_channel(target, options=_grpc_options(max_message_bytes))
         m = _messages()
-        self._infer = self._channel.unary_unary(_SERVICE + "ModelInfer",
-                                                request_serializer=m["ModelInferRequest"].SerializeToString,
-                                                response_deserializer=m["ModelInferResponse"].FromString)
-        self._ready = self._channel.unary_unary(_SERVICE + "ServerReady",
-                                                request_serializer=m["ServerReadyRequest"].SerializeToString,
-                                                response_deserializer=m["ServerReadyResponse"].FromString)
+        self._infer = self._channel.unary_unary(
+            _SERVICE + "ModelInfer",
+            request_serializer=m["ModelInferRequest"].SerializeToString,
+            response_deserializer=m["ModelInferResponse"].FromString,
+        )
+        self._ready = self._channel.unary_unary(
+            _SERVICE + "ServerReady",
+            request_serializer=m["ServerReadyRequest"].SerializeToString,
+            response_deserializer=m["ServerReadyResponse"].FromString,
+        )
         self._metadata = self._channel.unary_unary(
-            _SERVICE + "ModelMetadata", request_serializer=m["ModelMetadataRequest"].SerializeToString,
-            response_deserializer=m["ModelMetadataResponse"].FromString)
+            _SERVICE + "ModelMetadata",
+            request_serializer=m["ModelMetadataRequest"].SerializeToString,
+            response_deserializer=m["ModelMetadataResponse"].FromString,
+        )
 
-    def infer(self, data: np.ndarray | Sequence[bytes], version: str | None = None,
-              embedding: bool = False) -> Prediction:
+    def infer(
+        self, data: np.ndarray | Sequence[bytes], version: str | None = None, embedding: bool = False
+    ) -> Prediction:
         try:
             resp = self._infer(grpc_request(self.model, data, version, embedding), timeout=self.timeout_s)
         except self._grpc.RpcError as e:
             raise ClientError(e.code().name, e.details() or "") from e
         return grpc_response(resp)
 
-    def infer_frames(self, frames: np.ndarray, version: str | None = None, embedding: bool = False) -> Prediction:
+    def infer_frames(
+        self, frames: np.ndarray, version: str | None = None, embedding: bool = False
+    ) -> Prediction:
         return self.infer(np.asarray(frames, dtype=np.uint8), version, embedding)
 
-    def infer_images(self, images: Sequence[bytes], version: str | None = None,
-                     embedding: bool = False) -> Prediction:
+    def infer_images(
+        self, images: Sequence[bytes], version: str | None = None, embedding: bool = False
+    ) -> Prediction:
         return self.infer(list(images), version, embedding)
 
     def ready(self) -> bool:
@@ -321,8 +377,13 @@ class GrpcClient:
 
 
 class AsyncGrpcClient:
-    def __init__(self, target: str, model: str = "inspection", timeout_s: float = 30.0,
-                 max_message_bytes: int = 64 * 1024 * 1024):
+    def __init__(
+        self,
+        target: str,
+        model: str = "inspection",
+        timeout_s: float = 30.0,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ):
         import grpc
         from grpc import aio
 
@@ -331,14 +392,19 @@ class AsyncGrpcClient:
         self._grpc = grpc
         self._channel = aio.insecure_channel(target, options=_grpc_options(max_message_bytes))
         m = _messages()
-        self._infer = self._channel.unary_unary(_SERVICE + "ModelInfer",
-                                                request_serializer=m["ModelInferRequest"].SerializeToString,
-                                                response_deserializer=m["ModelInferResponse"].FromString)
+        self._infer = self._channel.unary_unary(
+            _SERVICE + "ModelInfer",
+            request_serializer=m["ModelInferRequest"].SerializeToString,
+            response_deserializer=m["ModelInferResponse"].FromString,
+        )
 
-    async def infer(self, data: np.ndarray | Sequence[bytes], version: str | None = None,
-                    embedding: bool = False) -> Prediction:
+    async def infer(
+        self, data: np.ndarray | Sequence[bytes], version: str | None = None, embedding: bool = False
+    ) -> Prediction:
         try:
-            resp = await self._infer(grpc_request(self.model, data, version, embedding), timeout=self.timeout_s)
+            resp = await self._infer(
+                grpc_request(self.model, data, version, embedding), timeout=self.timeout_s
+            )
         except self._grpc.RpcError as e:
             raise ClientError(e.code().name, e.details() or "") from e
         return grpc_response(resp)

@@ -33,12 +33,13 @@ from serving.errors import (
 
 PROTOCOL_ATTR = "edgeloop_protocol"  # set on InferRequest objects decoded by our REST route
 ACCEPTED = "BYTES [N] (JPEG/PNG), UINT8 [N,H,W,3] (RGB frames, any size) or FP32 [N,3,S,S] (normalised)"
-_NP_DTYPES = {"UINT8": np.dtype(np.uint8), "FP32": np.dtype("<f4")}
+_NP_DTYPES: dict[str, np.dtype] = {"UINT8": np.dtype(np.uint8), "FP32": np.dtype("<f4")}
 
 
 # --------------------------------------------------------------------------- REST v2 requests
-def decode_rest_v2(body: bytes, header_length: str | int | None, model_name: str,
-                   model_version: str | None = None) -> InferRequest:
+def decode_rest_v2(
+    body: bytes, header_length: str | int | None, model_name: str, model_version: str | None = None
+) -> InferRequest:
     """An OIP v2 REST body -> kserve ``InferRequest``; binary tensors stay views of ``body``.
 
     ``header_length`` is the ``Inference-Header-Content-Length`` header: present for the
@@ -53,11 +54,13 @@ def decode_rest_v2(body: bytes, header_length: str | int | None, model_name: str
             json_len = int(header_length)
         except ValueError:
             raise InvalidInputError(
-                f"Inference-Header-Content-Length must be an integer, got {header_length!r}") from None
+                f"Inference-Header-Content-Length must be an integer, got {header_length!r}"
+            ) from None
         if not 0 < json_len <= len(body):
             raise InvalidInputError(
                 f"Inference-Header-Content-Length is {json_len} but the body has {len(body)} bytes; "
-                "it must be the length of the JSON header that starts the body")
+                "it must be the length of the JSON header that starts the body"
+            )
         header, binary = _json_object(view[:json_len], "JSON header of the binary request"), True
 
     inputs_json = header.get("inputs")
@@ -72,7 +75,9 @@ def decode_rest_v2(body: bytes, header_length: str | int | None, model_name: str
         if not isinstance(name, str) or not isinstance(datatype, str):
             raise InvalidInputError(f"inputs[{i}] needs a string 'name' and 'datatype'")
         if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise ShapeError(f"input '{name}': 'shape' must be a list of non-negative integers, got {shape!r}")
+            raise ShapeError(
+                f"input '{name}': 'shape' must be a list of non-negative integers, got {shape!r}"
+            )
         params = spec.get("parameters") or {}
         if not isinstance(params, dict):
             raise InvalidInputError(f"input '{name}': 'parameters' must be an object")
@@ -82,12 +87,14 @@ def decode_rest_v2(body: bytes, header_length: str | int | None, model_name: str
             if not binary:
                 raise InvalidInputError(
                     f"input '{name}' has binary_data_size but the request has no "
-                    "Inference-Header-Content-Length header")
+                    "Inference-Header-Content-Length header"
+                )
             if not isinstance(size, int) or size < 0 or offset + size > len(body):
                 raise ShapeError(
                     f"input '{name}': binary_data_size {size!r} runs past the end of the body "
-                    f"({len(body) - offset} bytes left)")
-            inp._raw_data = view[offset:offset + size]  # zero-copy
+                    f"({len(body) - offset} bytes left)"
+                )
+            inp._raw_data = view[offset : offset + size]  # zero-copy
             offset += size
         elif "data" in spec:
             inp._data = spec["data"]
@@ -98,15 +105,22 @@ def decode_rest_v2(body: bytes, header_length: str | int | None, model_name: str
     outputs = header.get("outputs")
     requested = None
     if outputs is not None:
-        if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
-                                                    for o in outputs):
+        if not isinstance(outputs, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+        ):
             raise InvalidInputError('"outputs" must be a list of objects with a "name"')
         requested = [RequestedOutput(name=o["name"], parameters=o.get("parameters") or {}) for o in outputs]
     params = header.get("parameters")
     if params is not None and not isinstance(params, dict):
         raise InvalidInputError('"parameters" must be an object')
-    req = InferRequest(model_name=model_name, infer_inputs=inputs, request_id=header.get("id"),
-                       parameters=params, request_outputs=requested, model_version=model_version)
+    req = InferRequest(
+        model_name=model_name,
+        infer_inputs=inputs,
+        request_id=header.get("id"),
+        parameters=params,
+        request_outputs=requested,
+        model_version=model_version,
+    )
     setattr(req, PROTOCOL_ATTR, "rest_v2_binary" if binary else "rest_v2_json")
     return req
 
@@ -117,7 +131,8 @@ def _json_object(data: bytes | memoryview, what: str) -> dict[str, Any]:
     except orjson.JSONDecodeError as e:
         raise InvalidInputError(
             f"the {what} is not valid JSON ({e.msg} at byte {e.pos}); for binary tensors set the "
-            "Inference-Header-Content-Length header to the JSON header's length") from None
+            "Inference-Header-Content-Length header to the JSON header's length"
+        ) from None
     if not isinstance(obj, dict):
         raise InvalidInputError(f"the {what} must be a JSON object")
     return obj
@@ -133,16 +148,19 @@ def tensor_values(inp: InferInput) -> np.ndarray | list[bytes]:
     if datatype == "BYTES":
         items = _split_bytes(raw) if raw is not None else _json_bytes(inp.data, inp.name)
         if len(items) != count:
-            raise ShapeError(f"input '{inp.name}': shape {shape} holds {count} elements but "
-                             f"{len(items)} were sent")
+            raise ShapeError(
+                f"input '{inp.name}': shape {shape} holds {count} elements but " f"{len(items)} were sent"
+            )
         return items
     dtype = _NP_DTYPES.get(datatype)
     if dtype is None:
         raise DatatypeError(f"input '{inp.name}' has datatype {datatype}; this model takes {ACCEPTED}")
     if raw is not None:
         if len(raw) != count * dtype.itemsize:
-            raise ShapeError(f"input '{inp.name}': shape {shape} of {datatype} needs "
-                             f"{count * dtype.itemsize} bytes, {len(raw)} were sent")
+            raise ShapeError(
+                f"input '{inp.name}': shape {shape} of {datatype} needs "
+                f"{count * dtype.itemsize} bytes, {len(raw)} were sent"
+            )
         return np.frombuffer(raw, dtype=dtype).reshape(shape)
     try:
         arr = np.asarray(_as_sequence(inp.data), dtype=dtype)
@@ -168,9 +186,10 @@ def _split_bytes(raw: bytes | memoryview) -> list[bytes]:
         (length,) = struct.unpack_from("<I", view, off)
         off += 4
         if off + length > n:
-            raise ShapeError(f"a BYTES tensor is truncated: an element says {length} bytes, "
-                             f"{n - off} are left")
-        out.append(view[off:off + length].tobytes())
+            raise ShapeError(
+                f"a BYTES tensor is truncated: an element says {length} bytes, " f"{n - off} are left"
+            )
+        out.append(view[off : off + length].tobytes())
         off += length
     return out
 
@@ -185,8 +204,10 @@ def _json_bytes(data: Any, name: str) -> list[bytes]:
         elif isinstance(item, str):
             out.append(item.encode())
         else:
-            raise DatatypeError(f"input '{name}': BYTES elements in JSON must be strings or "
-                                '{"b64": "<base64 image>"} objects')
+            raise DatatypeError(
+                f"input '{name}': BYTES elements in JSON must be strings or "
+                '{"b64": "<base64 image>"} objects'
+            )
     return out
 
 
@@ -216,8 +237,13 @@ class ModelInput:
     frames: np.ndarray | None  # uint8 NHWC at model size (for the payload log); None for FP32 input
 
 
-def to_model_input(values: np.ndarray | list[bytes], name: str, pre: Preprocess, max_images: int,
-                   max_image_pixels: int = 40_000_000) -> ModelInput:
+def to_model_input(
+    values: np.ndarray | list[bytes],
+    name: str,
+    pre: Preprocess,
+    max_images: int,
+    max_image_pixels: int = 40_000_000,
+) -> ModelInput:
     """Any accepted tensor -> the model's input, through the one shared :class:`Preprocess`."""
     s = pre.size
     if isinstance(values, list):  # encoded images
@@ -229,8 +255,10 @@ def to_model_input(values: np.ndarray | list[bytes], name: str, pre: Preprocess,
     if values.dtype == np.uint8:
         arr = values[None] if values.ndim == 3 else values
         if arr.ndim != 4 or arr.shape[3] != 3 or arr.shape[1] == 0 or arr.shape[2] == 0:
-            raise ShapeError(f"input '{name}': UINT8 frames must be [N,H,W,3] (or [H,W,3]) RGB, "
-                             f"got {list(values.shape)}")
+            raise ShapeError(
+                f"input '{name}': UINT8 frames must be [N,H,W,3] (or [H,W,3]) RGB, "
+                f"got {list(values.shape)}"
+            )
         _check_count(arr.shape[0], max_images)
         if arr.shape[1] != s or arr.shape[2] != s:
             resized = np.empty((arr.shape[0], s, s, 3), dtype=np.uint8)
@@ -240,8 +268,10 @@ def to_model_input(values: np.ndarray | list[bytes], name: str, pre: Preprocess,
         return ModelInput(pre.normalize_batch(arr), arr)
     arr = values[None] if values.ndim == 3 else values
     if arr.ndim != 4 or tuple(arr.shape[1:]) != (3, s, s):
-        raise ShapeError(f"input '{name}': FP32 input must be normalised [N,3,{s},{s}] (or [3,{s},{s}]), "
-                         f"got {list(values.shape)}; send UINT8 [N,H,W,3] frames to have the server resize")
+        raise ShapeError(
+            f"input '{name}': FP32 input must be normalised [N,3,{s},{s}] (or [3,{s},{s}]), "
+            f"got {list(values.shape)}; send UINT8 [N,H,W,3] frames to have the server resize"
+        )
     _check_count(arr.shape[0], max_images)
     return ModelInput(np.ascontiguousarray(arr, dtype=np.float32), None)
 
@@ -260,7 +290,9 @@ def _decode(data: bytes, i: int, name: str, max_pixels: int) -> Image.Image:
     except Exception:
         w = h = 0
     if w * h > max_pixels:
-        raise PayloadTooLargeError(f"input '{name}'[{i}]: a {w}x{h} image is over the {max_pixels} pixel limit")
+        raise PayloadTooLargeError(
+            f"input '{name}'[{i}]: a {w}x{h} image is over the {max_pixels} pixel limit"
+        )
     try:
         return decode_image(data)
     except ImageDecodeError as e:
@@ -272,8 +304,10 @@ def v1_instances(body: dict[str, Any], name: str = "instances") -> np.ndarray | 
     """V1 ``{"instances": [...]}``: b64 images (``{"b64": ...}``) or nested lists of one kind."""
     instances = body.get("instances")
     if not isinstance(instances, list) or not instances:
-        raise InvalidInputError('V1 requests need "instances": a non-empty list of images '
-                                '({"b64": "<JPEG/PNG>"}), UINT8 [H,W,3] frames or FP32 [3,S,S] arrays')
+        raise InvalidInputError(
+            'V1 requests need "instances": a non-empty list of images '
+            '({"b64": "<JPEG/PNG>"}), UINT8 [H,W,3] frames or FP32 [3,S,S] arrays'
+        )
     first = instances[0]
     if isinstance(first, dict):
         out = []
@@ -283,7 +317,7 @@ def v1_instances(body: dict[str, Any], name: str = "instances") -> np.ndarray | 
                 inner = next((v for v in inst.values() if isinstance(v, dict) and "b64" in v), None)
                 b64 = inner.get("b64") if inner else None
             if not isinstance(b64, str):
-                raise InvalidInputError(f"instances[{i}] must be {{\"b64\": \"<base64 JPEG/PNG>\"}}")
+                raise InvalidInputError(f'instances[{i}] must be {{"b64": "<base64 JPEG/PNG>"}}')
             out.append(_b64(b64, f"instances[{i}]"))
         return out
     try:
@@ -300,8 +334,9 @@ def v1_instances(body: dict[str, Any], name: str = "instances") -> np.ndarray | 
 
 
 # --------------------------------------------------------------------------- REST v2 responses
-def encode_rest_v2(response: InferResponse, requested: list[RequestedOutput] | None,
-                   parameters: dict[str, Any] | None) -> tuple[bytes, int | None]:
+def encode_rest_v2(
+    response: InferResponse, requested: list[RequestedOutput] | None, parameters: dict[str, Any] | None
+) -> tuple[bytes, int | None]:
     """``InferResponse`` with numpy data -> (body, json_length or None), vectorised.
 
     Outputs go binary when the request asked for it (``binary_data_output`` request
@@ -325,8 +360,12 @@ def encode_rest_v2(response: InferResponse, requested: list[RequestedOutput] | N
         else:
             entry["data"] = np.ascontiguousarray(arr).reshape(-1)
         outs.append(entry)
-    doc = {"id": response.id, "model_name": response.model_name,
-           "model_version": response.model_version, "outputs": outs}
+    doc = {
+        "id": response.id,
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "outputs": outs,
+    }
     if response.parameters:
         doc["parameters"] = dict(response.parameters)
     header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -112,22 +112,43 @@ def _settings_env(settings: Settings, directory: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_server(models: Sequence[str | Path], settings: Settings | None = None, http_port: int | None = None,
-                   grpc_port: int | None = None, extra_args: Sequence[str] = (), admin: bool = False,
-                   env: dict[str, str] | None = None, ready_timeout_s: float = 120.0,
-                   log_dir: Path | None = None, stop_grace_s: float = 10.0) -> Iterator[ServerHandle]:
+def running_server(
+    models: Sequence[str | Path],
+    settings: Settings | None = None,
+    http_port: int | None = None,
+    grpc_port: int | None = None,
+    extra_args: Sequence[str] = (),
+    admin: bool = False,
+    env: dict[str, str] | None = None,
+    ready_timeout_s: float = 120.0,
+    log_dir: Path | None = None,
+    stop_grace_s: float = 10.0,
+) -> Iterator[ServerHandle]:
     """Run a model server over ``models`` (directories or URIs) until the block ends."""
     picked = free_ports(2)
     http_port = http_port or picked[0]
     grpc_port = grpc_port or picked[1]
     workdir = Path(tempfile.mkdtemp(prefix="edgeloop-serve-", dir=log_dir))
     log_path = workdir / "server.log"
-    child_env = {k: v for k, v in os.environ.items() if not (settings is not None and k.startswith("EDGELOOP_"))}
+    child_env = {
+        k: v for k, v in os.environ.items() if not (settings is not None and k.startswith("EDGELOOP_"))
+    }
     if settings is not None:
         child_env.update(_settings_env(settings, workdir))
     child_env.update(env or {})
-    cmd = [sys.executable, "-m", "serving", "--http_port", str(http_port), "--grpc_port", str(grpc_port),
-           "--bind_host", "127.0.0.1", "--cache_dir", str(workdir / "cache")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "serving",
+        "--http_port",
+        str(http_port),
+        "--grpc_port",
+        str(grpc_port),
+        "--bind_host",
+        "127.0.0.1",
+        "--cache_dir",
+        str(workdir / "cache"),
+    ]
     for m in models:
         cmd += ["--model", str(m)]
     if admin:
@@ -135,8 +156,14 @@ def running_server(models: Sequence[str | Path], settings: Settings | None = Non
     cmd += list(extra_args)
     t0 = time.perf_counter()
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env, start_new_session=True,
-                                cwd=str(Path(__file__).resolve().parent.parent))
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_env,
+            start_new_session=True,
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
     try:
         _wait_ready(proc, http_port, grpc_port, ready_timeout_s, log_path)
         yield ServerHandle(http_port, grpc_port, proc, log_path, time.perf_counter() - t0)
@@ -144,7 +171,9 @@ def running_server(models: Sequence[str | Path], settings: Settings | None = Non
         _stop(proc, stop_grace_s)
 
 
-def _wait_ready(proc: subprocess.Popen, http_port: int, grpc_port: int, timeout_s: float, log_path: Path) -> None:
+def _wait_ready(
+    proc: subprocess.Popen, http_port: int, grpc_port: int, timeout_s: float, log_path: Path
+) -> None:
     deadline = time.monotonic() + timeout_s
     url = f"http://127.0.0.1:{http_port}/v2/health/ready"
     while time.monotonic() < deadline:

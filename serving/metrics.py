@@ -8,35 +8,69 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.5, 5.0)
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.004,
+    0.008,
+    0.016,
+    0.032,
+    0.064,
+    0.128,
+    0.256,
+    0.512,
+    1.0,
+    2.5,
+    5.0,
+)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 REQUEST_SECONDS = Histogram(
-    "edgeloop_serving_request_seconds", "Request latency inside the model server (decode to encode)",
-    ["model", "version", "protocol"], buckets=_LATENCY_BUCKETS)
+    "edgeloop_serving_request_seconds",
+    "Request latency inside the model server (decode to encode)",
+    ["model", "version", "protocol"],
+    buckets=_LATENCY_BUCKETS,
+)
 REQUEST_IMAGES = Counter(
-    "edgeloop_serving_images_total", "Images classified", ["model", "version", "protocol"])
+    "edgeloop_serving_images_total", "Images classified", ["model", "version", "protocol"]
+)
 BATCH_SIZE = Histogram(
-    "edgeloop_serving_batch_size", "Rows per ONNX Runtime run (dynamic batching)",
-    ["model", "version"], buckets=_BATCH_BUCKETS)
+    "edgeloop_serving_batch_size",
+    "Rows per ONNX Runtime run (dynamic batching)",
+    ["model", "version"],
+    buckets=_BATCH_BUCKETS,
+)
 INFERENCE_SECONDS = Histogram(
-    "edgeloop_serving_inference_seconds", "ONNX Runtime run time per batch",
-    ["model", "version"], buckets=_LATENCY_BUCKETS)
-QUEUE_DEPTH = Gauge(
-    "edgeloop_serving_queue_rows", "Rows waiting for the next batch", ["model", "version"])
+    "edgeloop_serving_inference_seconds",
+    "ONNX Runtime run time per batch",
+    ["model", "version"],
+    buckets=_LATENCY_BUCKETS,
+)
+QUEUE_DEPTH = Gauge("edgeloop_serving_queue_rows", "Rows waiting for the next batch", ["model", "version"])
 ERRORS = Counter(
-    "edgeloop_serving_errors_total", "Requests answered with an error, by kind", ["model", "kind", "protocol"])
+    "edgeloop_serving_errors_total", "Requests answered with an error, by kind", ["model", "kind", "protocol"]
+)
 LOAD_FAILURES = Counter(
-    "edgeloop_serving_model_load_failures_total", "Model versions refused at load, by reason",
-    ["model", "reason"])
+    "edgeloop_serving_model_load_failures_total",
+    "Model versions refused at load, by reason",
+    ["model", "reason"],
+)
 INTEGRITY_FAILURES = Counter(
     "edgeloop_serving_integrity_failures_total",
-    "Model versions refused because a file's sha256 does not match the model card", ["model"])
+    "Model versions refused because a file's sha256 does not match the model card",
+    ["model"],
+)
 MODEL_INFO = Gauge(
-    "edgeloop_serving_model_info", "1 per loaded model version, with its execution provider and digest",
-    ["model", "version", "execution_provider", "digest"])
+    "edgeloop_serving_model_info",
+    "1 per loaded model version, with its execution provider and digest",
+    ["model", "version", "execution_provider", "digest"],
+)
 ALIAS_INFO = Gauge(
-    "edgeloop_serving_alias_info", "1 for the version each alias points to", ["model", "alias", "version"])
+    "edgeloop_serving_alias_info", "1 for the version each alias points to", ["model", "alias", "version"]
+)
 PAYLOAD_LOG = Counter(
-    "edgeloop_serving_payload_log_records_total", "Payload log records, by outcome (written, dropped, failed)",
-    ["outcome"])
+    "edgeloop_serving_payload_log_records_total",
+    "Payload log records, by outcome (written, dropped, failed)",
+    ["outcome"],
+)

@@ -96,23 +96,38 @@ class LoadedVersion:
             infer_hist.observe(seconds)
 
         if batching.enabled and batching.max_batch_size > 1:
-            self.runner = DynamicBatcher(self.run, batching.max_batch_size, batching.max_wait_ms / 1000.0,
-                                         batching.max_queue_rows, on_batch=on_batch, on_queue=queue_gauge.set,
-                                         name=f"{self.model}-{self.version}",
-                                         concurrency=batching.concurrent_batches)
+            self.runner = DynamicBatcher(
+                self.run,
+                batching.max_batch_size,
+                batching.max_wait_ms / 1000.0,
+                batching.max_queue_rows,
+                on_batch=on_batch,
+                on_queue=queue_gauge.set,
+                name=f"{self.model}-{self.version}",
+                concurrency=batching.concurrent_batches,
+            )
         else:
-            self.runner = DirectRunner(self.run, batching.direct_concurrency, on_batch=on_batch,
-                                       name=f"{self.model}-{self.version}")
+            self.runner = DirectRunner(
+                self.run, batching.direct_concurrency, on_batch=on_batch, name=f"{self.model}-{self.version}"
+            )
 
     def describe(self) -> dict[str, Any]:
-        return {"version": self.version, "execution_provider": self.session_info.provider,
-                "providers": self.session_info.providers, "digest": self.digest,
-                "input_size": self.size, "labels": self.card.labels, "precision": self.card.precision.value,
-                "load_seconds": round(self.load_seconds, 3), "outputs": self.output_names}
+        return {
+            "version": self.version,
+            "execution_provider": self.session_info.provider,
+            "providers": self.session_info.providers,
+            "digest": self.digest,
+            "input_size": self.size,
+            "labels": self.card.labels,
+            "precision": self.card.precision.value,
+            "load_seconds": round(self.load_seconds, 3),
+            "outputs": self.output_names,
+        }
 
 
-def load_version(directory: Path, ort_settings: OrtSettings, model_name: str | None = None,
-                 version: str | None = None) -> LoadedVersion:
+def load_version(
+    directory: Path, ort_settings: OrtSettings, model_name: str | None = None, version: str | None = None
+) -> LoadedVersion:
     """Verify every file against the card, open an ONNX Runtime session, check the I/O, warm it up.
 
     Raises :class:`IntegrityRefusedError` (and counts it) when a digest does not match,
@@ -125,55 +140,84 @@ def load_version(directory: Path, ort_settings: OrtSettings, model_name: str | N
     except FileNotFoundError as e:
         raise ModelLoadError(str(e)) from e
     except ValidationError as e:
-        raise ModelLoadError(f"{MODEL_CARD_FILE} in {directory.name} is not a valid model card: "
-                             f"{e.error_count()} problems, first: {e.errors()[0]['msg']}") from e
+        raise ModelLoadError(
+            f"{MODEL_CARD_FILE} in {directory.name} is not a valid model card: "
+            f"{e.error_count()} problems, first: {e.errors()[0]['msg']}"
+        ) from e
     name = model_name or card.name
     model_path = directory / MODEL_FILE
     try:
         if not model_path.exists():
             raise IntegrityError(f"{MODEL_FILE} is missing from the model directory")
         if MODEL_FILE not in card.files:
-            raise IntegrityError(f"the model card lists no digest for {MODEL_FILE}; refusing an unverifiable model")
+            raise IntegrityError(
+                f"the model card lists no digest for {MODEL_FILE}; refusing an unverifiable model"
+            )
         model_bytes = model_path.read_bytes()
         if sha256_bytes(model_bytes) != card.files[MODEL_FILE]:
-            raise IntegrityError(f"{MODEL_FILE} does not match the sha256 in its model card: the file was "
-                                 "changed after the model was registered; re-export or re-register it")
+            raise IntegrityError(
+                f"{MODEL_FILE} does not match the sha256 in its model card: the file was "
+                "changed after the model was registered; re-export or re-register it"
+            )
         card.verify(directory)  # every other listed file
     except IntegrityError as e:
         metrics.INTEGRITY_FAILURES.labels(name).inc()
         metrics.LOAD_FAILURES.labels(name, "integrity").inc()
         log.error("refusing to load %s version %s: %s", name, version or card.version, e)
-        raise IntegrityRefusedError(f"model {name} version {version or card.version or '?'} refused: {e}") from e
+        raise IntegrityRefusedError(
+            f"model {name} version {version or card.version or '?'} refused: {e}"
+        ) from e
     # Load from the bytes we just verified (no window to swap the file) unless it has external data.
     source: Any = model_bytes if set(card.files) == {MODEL_FILE} else model_path
     try:
         session, info = create_session(source, ort_settings)
     except Exception as e:
         metrics.LOAD_FAILURES.labels(name, "onnx").inc()
-        raise ModelLoadError(f"ONNX Runtime cannot load {name} from {directory.name}: {type(e).__name__}") from e
+        raise ModelLoadError(
+            f"ONNX Runtime cannot load {name} from {directory.name}: {type(e).__name__}"
+        ) from e
     pre = Preprocess(card.preprocessing)
     output_names = _check_io(session, card, name)
-    lv = LoadedVersion(model=name, version=str(version or card.version or "1"), directory=directory, card=card,
-                       session=session, session_info=info, preprocess=pre, output_names=output_names,
-                       load_seconds=0.0, labels=np.array([lbl.encode() for lbl in card.labels], dtype=object))
+    lv = LoadedVersion(
+        model=name,
+        version=str(version or card.version or "1"),
+        directory=directory,
+        card=card,
+        session=session,
+        session_info=info,
+        preprocess=pre,
+        output_names=output_names,
+        load_seconds=0.0,
+        labels=np.array([lbl.encode() for lbl in card.labels], dtype=object),
+    )
     lv.run(np.zeros((1, 3, pre.size, pre.size), dtype=np.float32))  # warm-up: first run allocates
     lv.load_seconds = time.perf_counter() - t0
-    log.info("loaded %s version %s on %s in %.2fs (digest %s)", name, lv.version, info.provider,
-             lv.load_seconds, lv.digest[:12])
+    log.info(
+        "loaded %s version %s on %s in %.2fs (digest %s)",
+        name,
+        lv.version,
+        info.provider,
+        lv.load_seconds,
+        lv.digest[:12],
+    )
     return lv
 
 
 def _check_io(session: Any, card: ModelCard, name: str) -> list[str]:
     inputs = {i.name: i for i in session.get_inputs()}
     if card.input_name not in inputs:
-        raise ModelLoadError(f"{name}: the ONNX model has no input {card.input_name!r} (has {sorted(inputs)})")
+        raise ModelLoadError(
+            f"{name}: the ONNX model has no input {card.input_name!r} (has {sorted(inputs)})"
+        )
     outs = {o.name: o for o in session.get_outputs()}
     if PROBS_OUTPUT not in outs:
         raise ModelLoadError(f"{name}: the ONNX model has no {PROBS_OUTPUT!r} output (has {sorted(outs)})")
     n_classes = outs[PROBS_OUTPUT].shape[-1]
     if isinstance(n_classes, int) and n_classes != len(card.labels):
-        raise ModelLoadError(f"{name}: the model outputs {n_classes} probabilities but the card has "
-                             f"{len(card.labels)} labels")
+        raise ModelLoadError(
+            f"{name}: the model outputs {n_classes} probabilities but the card has "
+            f"{len(card.labels)} labels"
+        )
     names = [PROBS_OUTPUT]
     if EMBEDDING_OUTPUT in outs and EMBEDDING_OUTPUT in card.outputs:
         names.append(EMBEDDING_OUTPUT)
@@ -198,12 +242,15 @@ class ModelVersions:
             return self.versions[self.aliases[ref]]
         raise VersionNotFoundError(
             f"model {self.name} has no version or alias {ref!r}; versions: {sorted(self.versions)}, "
-            f"aliases: {dict(sorted(self.aliases.items()))}")
+            f"aliases: {dict(sorted(self.aliases.items()))}"
+        )
 
     def add(self, lv: LoadedVersion, aliases: Iterable[str] = ()) -> None:
         if lv.version in self.versions:
-            raise ConflictError(f"model {self.name} already serves version {lv.version}; unload it first "
-                                "or load the new files under another version id")
+            raise ConflictError(
+                f"model {self.name} already serves version {lv.version}; unload it first "
+                "or load the new files under another version id"
+            )
         self.versions[lv.version] = lv
         metrics.MODEL_INFO.labels(self.name, lv.version, lv.session_info.provider, lv.digest[:16]).set(1)
         for alias in aliases:
@@ -215,8 +262,10 @@ class ModelVersions:
         if not alias or alias in self.versions:
             raise InvalidInputError(f"alias {alias!r} is empty or equal to a version id; pick another name")
         if version not in self.versions:
-            raise VersionNotFoundError(f"model {self.name} has no version {version!r} to point {alias!r} at; "
-                                       f"versions: {sorted(self.versions)}")
+            raise VersionNotFoundError(
+                f"model {self.name} has no version {version!r} to point {alias!r} at; "
+                f"versions: {sorted(self.versions)}"
+            )
         old = self.aliases.get(alias)
         if old is not None:
             metrics.ALIAS_INFO.labels(self.name, alias, old).set(0)
@@ -230,8 +279,10 @@ class ModelVersions:
             raise VersionNotFoundError(f"model {self.name} has no version {version!r}")
         pointing = sorted(a for a, v in self.aliases.items() if v == version)
         if DEFAULT_ALIAS in pointing:
-            raise ConflictError(f"version {version} is the {DEFAULT_ALIAS}; move the {DEFAULT_ALIAS} alias "
-                                "to another version before unloading it")
+            raise ConflictError(
+                f"version {version} is the {DEFAULT_ALIAS}; move the {DEFAULT_ALIAS} alias "
+                "to another version before unloading it"
+            )
         for alias in pointing:
             del self.aliases[alias]
             metrics.ALIAS_INFO.labels(self.name, alias, version).set(0)
@@ -258,9 +309,16 @@ class Prepared:
 class OnnxImageModel(Model):
     """An image classifier served from ONNX Runtime; one instance per served model name."""
 
-    def __init__(self, name: str, sources: list[ResolvedModel], ort_settings: OrtSettings | None = None,
-                 batching: BatchingOptions | None = None, limits: LimitOptions | None = None,
-                 aliases: dict[str, str] | None = None, payload_logger: Any = None):
+    def __init__(
+        self,
+        name: str,
+        sources: list[ResolvedModel],
+        ort_settings: OrtSettings | None = None,
+        batching: BatchingOptions | None = None,
+        limits: LimitOptions | None = None,
+        aliases: dict[str, str] | None = None,
+        payload_logger: Any = None,
+    ):
         super().__init__(name)
         self.sources = sources
         self.ort_settings = ort_settings or OrtSettings()
@@ -316,14 +374,18 @@ class OnnxImageModel(Model):
     # -- metadata -----------------------------------------------------------------------------
     def get_input_types(self) -> list[dict]:
         s = self.versions.resolve(None).size
-        return [{"name": "images", "datatype": "BYTES", "shape": [-1]},
-                {"name": "images", "datatype": "UINT8", "shape": [-1, -1, -1, 3]},
-                {"name": "images", "datatype": "FP32", "shape": [-1, 3, s, s]}]
+        return [
+            {"name": "images", "datatype": "BYTES", "shape": [-1]},
+            {"name": "images", "datatype": "UINT8", "shape": [-1, -1, -1, 3]},
+            {"name": "images", "datatype": "FP32", "shape": [-1, 3, s, s]},
+        ]
 
     def get_output_types(self) -> list[dict]:
         lv = self.versions.resolve(None)
-        out = [{"name": LABEL_OUTPUT, "datatype": "BYTES", "shape": [-1]},
-               {"name": PROBS_OUTPUT, "datatype": "FP32", "shape": [-1, len(lv.card.labels)]}]
+        out = [
+            {"name": LABEL_OUTPUT, "datatype": "BYTES", "shape": [-1]},
+            {"name": PROBS_OUTPUT, "datatype": "FP32", "shape": [-1, len(lv.card.labels)]},
+        ]
         if lv.has_embedding:
             out.append({"name": EMBEDDING_OUTPUT, "datatype": "FP32", "shape": [-1, -1]})
         return out
@@ -335,13 +397,21 @@ class OnnxImageModel(Model):
             if t["datatype"] == "FP32":
                 t["shape"] = [-1, 3, lv.size, lv.size]
         return {
-            "name": self.name, "versions": sorted(self.versions.versions), "platform": "onnxruntime_onnx",
-            "inputs": inputs, "outputs": self.get_output_types(),
-            "parameters": {**lv.describe(), "aliases": dict(self.versions.aliases),
-                           "preprocessing": lv.card.preprocessing.model_dump(),
-                           "batching": {"enabled": self.batching.enabled,
-                                        "max_batch_size": self.batching.max_batch_size,
-                                        "max_wait_ms": self.batching.max_wait_ms}},
+            "name": self.name,
+            "versions": sorted(self.versions.versions),
+            "platform": "onnxruntime_onnx",
+            "inputs": inputs,
+            "outputs": self.get_output_types(),
+            "parameters": {
+                **lv.describe(),
+                "aliases": dict(self.versions.aliases),
+                "preprocessing": lv.card.preprocessing.model_dump(),
+                "batching": {
+                    "enabled": self.batching.enabled,
+                    "max_batch_size": self.batching.max_batch_size,
+                    "max_wait_ms": self.batching.max_wait_ms,
+                },
+            },
         }
 
     # -- inference ----------------------------------------------------------------------------
@@ -357,11 +427,15 @@ class OnnxImageModel(Model):
         protocol = "grpc" if payload.from_grpc else getattr(payload, codec.PROTOCOL_ATTR, "rest_v2_json")
         lv = self.versions.resolve(payload.model_version)
         if len(payload.inputs) != 1:
-            raise InvalidInputError(f"model {self.name} takes exactly one input tensor named "
-                                    f"{lv.card.input_name!r}; {len(payload.inputs)} were sent")
+            raise InvalidInputError(
+                f"model {self.name} takes exactly one input tensor named "
+                f"{lv.card.input_name!r}; {len(payload.inputs)} were sent"
+            )
         inp = payload.inputs[0]
         if inp.name != lv.card.input_name:
-            raise InvalidInputError(f"input is named {inp.name!r}; model {self.name} takes {lv.card.input_name!r}")
+            raise InvalidInputError(
+                f"input is named {inp.name!r}; model {self.name} takes {lv.card.input_name!r}"
+            )
         values = codec.tensor_values(inp)
         model_input = await self._to_model_input(values, inp.name, lv)
         params = _params(payload.parameters)
@@ -374,8 +448,9 @@ class OnnxImageModel(Model):
             raise InvalidInputError('"parameters" must be an object')
         lv = self.versions.resolve(params.get("model_version"))
         values = codec.v1_instances(body)
-        model_input = codec.to_model_input(values, "instances", lv.preprocess, self.limits.max_images,
-                                           self.limits.max_image_pixels)
+        model_input = codec.to_model_input(
+            values, "instances", lv.preprocess, self.limits.max_images, self.limits.max_image_pixels
+        )
         wanted = [LABEL_OUTPUT, PROBS_OUTPUT] + ([EMBEDDING_OUTPUT] if params.get("embedding") else [])
         if EMBEDDING_OUTPUT in wanted and not lv.has_embedding:
             raise InvalidInputError(f"model {self.name} version {lv.version} has no embedding output")
@@ -383,7 +458,9 @@ class OnnxImageModel(Model):
 
     async def _to_model_input(self, values: Any, name: str, lv: LoadedVersion) -> codec.ModelInput:
         args = (values, name, lv.preprocess, self.limits.max_images, self.limits.max_image_pixels)
-        if isinstance(values, list) or (values.dtype == np.uint8 and values.shape[-3:-1] != (lv.size, lv.size)):
+        if isinstance(values, list) or (
+            values.dtype == np.uint8 and values.shape[-3:-1] != (lv.size, lv.size)
+        ):
             # JPEG decoding / resizing: off the event loop
             return await asyncio.get_running_loop().run_in_executor(None, codec.to_model_input, *args)
         return codec.to_model_input(*args)
@@ -405,8 +482,12 @@ class OnnxImageModel(Model):
         payload.results = await payload.version.runner.submit(payload.inputs.x)
         return payload
 
-    async def postprocess(self, result: Prepared, headers: dict[str, str] | None = None,
-                          response_headers: dict[str, str] | None = None) -> InferResponse | dict:
+    async def postprocess(
+        self,
+        result: Prepared,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> InferResponse | dict:
         lv, res = result.version, result.results
         assert res is not None
         probs = res[0]
@@ -418,9 +499,18 @@ class OnnxImageModel(Model):
         metrics.REQUEST_IMAGES.labels(**m).inc(n)
         if self.payload_logger is not None:
             pre = lv.card.preprocessing
-            self.payload_logger.offer(self.name, lv.version, [b.decode() for b in labels], probs, emb,
-                                      result.inputs.frames, result.inputs.x, pre.mean, pre.std,
-                                      result.request_id)
+            self.payload_logger.offer(
+                self.name,
+                lv.version,
+                [b.decode() for b in labels],
+                probs,
+                emb,
+                result.inputs.frames,
+                result.inputs.x,
+                pre.mean,
+                pre.std,
+                result.request_id,
+            )
         if result.v1:
             preds = []
             for i in range(n):
@@ -429,13 +519,21 @@ class OnnxImageModel(Model):
                     p["embedding"] = emb[i].tolist()
                 preds.append(p)
             return {"predictions": preds, "model_name": self.name, "model_version": lv.version}
-        tensors = {LABEL_OUTPUT: (labels, "BYTES"), PROBS_OUTPUT: (probs, "FP32"), EMBEDDING_OUTPUT: (emb, "FP32")}
+        tensors = {
+            LABEL_OUTPUT: (labels, "BYTES"),
+            PROBS_OUTPUT: (probs, "FP32"),
+            EMBEDDING_OUTPUT: (emb, "FP32"),
+        }
         outs = []
         for name in result.outputs:
             arr, dtype = tensors[name]
             outs.append(InferOutput(name=name, shape=list(arr.shape), datatype=dtype, data=arr))
-        return InferResponse(response_id=result.request_id or "", model_name=self.name, model_version=lv.version,
-                             infer_outputs=outs)
+        return InferResponse(
+            response_id=result.request_id or "",
+            model_name=self.name,
+            model_version=lv.version,
+            infer_outputs=outs,
+        )
 
 
 def _params(params: Any) -> dict[str, Any]:

@@ -42,8 +42,16 @@ class _Item:
 
 
 class PayloadLogger:
-    def __init__(self, writer: Writer, container: str, sample_rate: float, queue_size: int = 256,
-                 batch_records: int = 64, flush_s: float = 5.0, seed: int | None = None):
+    def __init__(
+        self,
+        writer: Writer,
+        container: str,
+        sample_rate: float,
+        queue_size: int = 256,
+        batch_records: int = 64,
+        flush_s: float = 5.0,
+        seed: int | None = None,
+    ):
         self._writer = writer
         self.container = container
         self.sample_rate = sample_rate
@@ -60,17 +68,28 @@ class PayloadLogger:
         from edgeloop.payload_log import write_batch
 
         store.ensure_container(container)
-        return cls(lambda model, recs, imgs: write_batch(store, container, model, recs, imgs), container, **kwargs)
+        return cls(
+            lambda model, recs, imgs: write_batch(store, container, model, recs, imgs), container, **kwargs
+        )
 
     def start(self) -> None:
         if not self._started:
             self._started = True
             self._thread.start()
 
-    def offer(self, model: str, version: str, labels: list[str], probabilities: np.ndarray,
-              embedding: np.ndarray | None, frames: np.ndarray | None, x: np.ndarray | None,
-              mean: tuple[float, float, float], std: tuple[float, float, float],
-              request_id: str | None = None) -> int:
+    def offer(
+        self,
+        model: str,
+        version: str,
+        labels: list[str],
+        probabilities: np.ndarray,
+        embedding: np.ndarray | None,
+        frames: np.ndarray | None,
+        x: np.ndarray | None,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        request_id: str | None = None,
+    ) -> int:
         """Sample rows of one answered request onto the queue; never blocks. Returns rows queued."""
         if self.sample_rate <= 0:
             return 0
@@ -79,8 +98,18 @@ class PayloadLogger:
             if self.sample_rate < 1 and self._rng.random() >= self.sample_rate:
                 continue
             image, m, s = (frames[i], None, None) if frames is not None else (x[i], mean, std)
-            item = _Item(now, model, version, labels[i], probabilities[i],
-                         None if embedding is None else embedding[i], image, m, s, request_id)
+            item = _Item(
+                now,
+                model,
+                version,
+                labels[i],
+                probabilities[i],
+                None if embedding is None else embedding[i],
+                image,
+                m,
+                s,
+                request_id,
+            )
             try:
                 self._queue.put_nowait(item)
                 queued += 1
@@ -118,12 +147,20 @@ class PayloadLogger:
                 sha = sha256_bytes(png)
                 images[sha] = png
                 probs = it.probabilities.astype(float).tolist()
-                records.append(PayloadRecord(
-                    ts=it.ts, model=model, version=it.version, label=it.label, score=max(probs),
-                    probabilities=probs,
-                    embedding=None if it.embedding is None else it.embedding.astype(float).tolist(),
-                    image_sha256=sha, image_uri=f"az://{self.container}/{image_blob_name(sha)}",
-                    request_id=it.request_id))
+                records.append(
+                    PayloadRecord(
+                        ts=it.ts,
+                        model=model,
+                        version=it.version,
+                        label=it.label,
+                        score=max(probs),
+                        probabilities=probs,
+                        embedding=None if it.embedding is None else it.embedding.astype(float).tolist(),
+                        image_sha256=sha,
+                        image_uri=f"az://{self.container}/{image_blob_name(sha)}",
+                        request_id=it.request_id,
+                    )
+                )
             try:
                 self._writer(model, records, images)
                 self.written += len(records)
@@ -131,7 +168,9 @@ class PayloadLogger:
             except Exception as e:  # storage down: count and go on, serving must not care
                 self.failed += len(records)
                 PAYLOAD_LOG.labels("failed").inc(len(records))
-                log.warning("payload log write failed for %d records: %s: %s", len(records), type(e).__name__, e)
+                log.warning(
+                    "payload log write failed for %d records: %s: %s", len(records), type(e).__name__, e
+                )
 
     def close(self, timeout_s: float = 10.0) -> None:
         if not self._started:

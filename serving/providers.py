@@ -19,8 +19,10 @@ DEFAULT_PROVIDER_ORDER = (
     "CPUExecutionProvider",
 )
 _SHORT = {
-    "tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
-    "cuda": "CUDAExecutionProvider", "openvino": "OpenVINOExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
 
@@ -32,7 +34,9 @@ def provider_name(name: str) -> str:
 
 def choose_providers(preferred: Sequence[str], available: Sequence[str]) -> list[str]:
     """The preferred providers that this onnxruntime build has, in order; CPU always last as a fallback."""
-    chosen = [p for p in (provider_name(n) for n in preferred) if p in available and p != "CPUExecutionProvider"]
+    chosen = [
+        p for p in (provider_name(n) for n in preferred) if p in available and p != "CPUExecutionProvider"
+    ]
     chosen = list(dict.fromkeys(chosen))
     chosen.append("CPUExecutionProvider")
     return chosen
@@ -97,10 +101,11 @@ def create_session(model: Path | bytes, settings: OrtSettings) -> tuple[Any, Ses
     for i in range(len(chosen)):
         attempt = chosen[i:]
         try:
-            sess = ort.InferenceSession(source, sess_options=settings.session_options(),
-                                        providers=attempt)
+            sess = ort.InferenceSession(source, sess_options=settings.session_options(), providers=attempt)
         except Exception as e:  # a provider that is present but cannot start (driver, library)
-            log.warning("execution provider %s failed (%s: %s); falling back", attempt[0], type(e).__name__, e)
+            log.warning(
+                "execution provider %s failed (%s: %s); falling back", attempt[0], type(e).__name__, e
+            )
             tried.append((attempt[0], f"{type(e).__name__}: {e}"))
             continue
         used = sess.get_providers()

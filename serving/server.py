@@ -81,11 +81,24 @@ class Routes:
             add(prefix + "/infer", self.infer, methods=["POST"], response_model=None)
             add(prefix, self.metadata, methods=["GET"], response_model=None)
             add(prefix + "/ready", self.ready, methods=["GET"], response_model=None)
-        add(ADMIN_PREFIX + "/models/{model_name}/versions", self.admin_load, methods=["POST"], response_model=None)
-        add(ADMIN_PREFIX + "/models/{model_name}/versions/{model_version}", self.admin_unload,
-            methods=["DELETE"], response_model=None)
-        add(ADMIN_PREFIX + "/models/{model_name}/aliases/{alias}", self.admin_alias, methods=["PUT"],
-            response_model=None)
+        add(
+            ADMIN_PREFIX + "/models/{model_name}/versions",
+            self.admin_load,
+            methods=["POST"],
+            response_model=None,
+        )
+        add(
+            ADMIN_PREFIX + "/models/{model_name}/versions/{model_version}",
+            self.admin_unload,
+            methods=["DELETE"],
+            response_model=None,
+        )
+        add(
+            ADMIN_PREFIX + "/models/{model_name}/aliases/{alias}",
+            self.admin_alias,
+            methods=["PUT"],
+            response_model=None,
+        )
 
     def install_error_handlers(self, app: FastAPI) -> None:
         # After kserve's: these replace its handlers for the same classes, so every error is
@@ -99,33 +112,49 @@ class Routes:
         status = http_status(exc)
         name = request.path_params.get("model_name", "")
         path = request.url.path
-        protocol = ("rest_v1" if path.startswith("/v1/") else "admin" if path.startswith(ADMIN_PREFIX)
-                    else "rest_v2_binary" if "inference-header-content-length" in request.headers else "rest_v2_json")
+        protocol = (
+            "rest_v1"
+            if path.startswith("/v1/")
+            else "admin"
+            if path.startswith(ADMIN_PREFIX)
+            else "rest_v2_binary"
+            if "inference-header-content-length" in request.headers
+            else "rest_v2_json"
+        )
         metrics.ERRORS.labels(name if name in self.models else "unknown", error_kind(exc), protocol).inc()
         if status >= 500 and status != 503:
             log.error("internal error on %s %s", request.method, path, exc_info=exc)
-        return Response(orjson.dumps({"error": public_message(exc)}), status_code=status,
-                        media_type="application/json")
+        return Response(
+            orjson.dumps({"error": public_message(exc)}), status_code=status, media_type="application/json"
+        )
 
     # -- inference ------------------------------------------------------------------------------
     async def infer(self, request: Request, model_name: str, model_version: str | None = None) -> Response:
         body = await self._read_body(request)
         model = self.model(model_name)
-        infer_request = codec.decode_rest_v2(body, request.headers.get("inference-header-content-length"),
-                                             model_name, model_version)
+        infer_request = codec.decode_rest_v2(
+            body, request.headers.get("inference-header-content-length"), model_name, model_version
+        )
         rid = request.headers.get("x-request-id")
         response, _ = await model(infer_request, headers={"x-request-id": rid} if rid else None)
-        out, json_len = codec.encode_rest_v2(response, infer_request.request_outputs, infer_request.parameters)
+        out, json_len = codec.encode_rest_v2(
+            response, infer_request.request_outputs, infer_request.parameters
+        )
         if json_len is None:
             return Response(out, media_type="application/json")
-        return Response(out, media_type="application/octet-stream",
-                        headers={"inference-header-content-length": str(json_len)})
+        return Response(
+            out,
+            media_type="application/octet-stream",
+            headers={"inference-header-content-length": str(json_len)},
+        )
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.options.limits.max_request_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLargeError(f"the request body is {declared} bytes; this server takes at most {limit}")
+            raise PayloadTooLargeError(
+                f"the request body is {declared} bytes; this server takes at most {limit}"
+            )
         chunks, total = [], 0
         async for chunk in request.stream():
             total += len(chunk)
@@ -135,13 +164,17 @@ class Routes:
         return b"".join(chunks)
 
     async def metadata(self, model_name: str, model_version: str | None = None) -> Response:
-        return Response(orjson.dumps(self.model(model_name).metadata(model_version)), media_type="application/json")
+        return Response(
+            orjson.dumps(self.model(model_name).metadata(model_version)), media_type="application/json"
+        )
 
     async def ready(self, model_name: str, model_version: str | None = None) -> Response:
         model = self.model(model_name)
         lv = model.versions.resolve(model_version)
-        return Response(orjson.dumps({"name": model_name, "version": lv.version, "ready": True}),
-                        media_type="application/json")
+        return Response(
+            orjson.dumps({"name": model_name, "version": lv.version, "ready": True}),
+            media_type="application/json",
+        )
 
     # -- admin ----------------------------------------------------------------------------------
     def _check_admin(self, request: Request) -> None:
@@ -178,8 +211,10 @@ class Routes:
                 await lv.runner.close()
             raise
         log.info("admin: loaded %s version %s from %s", model_name, lv.version, uri)
-        return Response(orjson.dumps({**lv.describe(), "aliases": dict(model.versions.aliases)}),
-                        media_type="application/json")
+        return Response(
+            orjson.dumps({**lv.describe(), "aliases": dict(model.versions.aliases)}),
+            media_type="application/json",
+        )
 
     async def admin_alias(self, request: Request, model_name: str, alias: str) -> Response:
         """Body ``{"version": V}``: new requests without a version (for ``champion``) go to V at once."""
@@ -189,15 +224,19 @@ class Routes:
         if not isinstance(version, str):
             raise InvalidInputError('body needs "version": the version id the alias should point at')
         model.versions.set_alias(alias, version)
-        return Response(orjson.dumps({"name": model_name, "aliases": dict(model.versions.aliases)}),
-                        media_type="application/json")
+        return Response(
+            orjson.dumps({"name": model_name, "aliases": dict(model.versions.aliases)}),
+            media_type="application/json",
+        )
 
     async def admin_unload(self, request: Request, model_name: str, model_version: str) -> Response:
         self._check_admin(request)
         model = self.model(model_name)
         await model.unload_version(model_version)
-        return Response(orjson.dumps({"name": model_name, "versions": sorted(model.versions.versions)}),
-                        media_type="application/json")
+        return Response(
+            orjson.dumps({"name": model_name, "versions": sorted(model.versions.versions)}),
+            media_type="application/json",
+        )
 
 
 # ------------------------------------------------------------------------------------- REST
@@ -233,11 +272,20 @@ class EdgeloopServicer(InferenceServicer):
         md = self._routes.model(request.name).metadata(request.version)
 
         def tensors(items: list[dict]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
-            return [pb.ModelMetadataResponse.TensorMetadata(name=t["name"], datatype=t["datatype"], shape=t["shape"])
-                    for t in items]
+            return [
+                pb.ModelMetadataResponse.TensorMetadata(
+                    name=t["name"], datatype=t["datatype"], shape=t["shape"]
+                )
+                for t in items
+            ]
 
-        return pb.ModelMetadataResponse(name=md["name"], versions=md["versions"], platform=md["platform"],
-                                        inputs=tensors(md["inputs"]), outputs=tensors(md["outputs"]))
+        return pb.ModelMetadataResponse(
+            name=md["name"],
+            versions=md["versions"],
+            platform=md["platform"],
+            inputs=tensors(md["inputs"]),
+            outputs=tensors(md["outputs"]),
+        )
 
 
 class ErrorInterceptor(AsyncExceptionToStatusInterceptor):
@@ -247,9 +295,13 @@ class ErrorInterceptor(AsyncExceptionToStatusInterceptor):
         super().__init__()
         self._routes = routes
 
-    async def handle_exception(self, ex: Exception, request_or_iterator: Any, context: Any, method_name: str) -> None:
+    async def handle_exception(  # type: ignore[override]
+        self, ex: Exception, request_or_iterator: Any, context: Any, method_name: str
+    ) -> None:
         name = getattr(request_or_iterator, "model_name", "") or getattr(request_or_iterator, "name", "")
-        metrics.ERRORS.labels(name if name in self._routes.models else "unknown", error_kind(ex), "grpc").inc()
+        metrics.ERRORS.labels(
+            name if name in self._routes.models else "unknown", error_kind(ex), "grpc"
+        ).inc()
         code = grpc_status(ex)
         if http_status(ex) >= 500 and http_status(ex) != 503:
             log.error("internal error in %s", method_name, exc_info=ex)
@@ -268,8 +320,10 @@ class EdgeloopGRPCServer(GRPCServer):
         self._server = aio.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
             interceptors=(ErrorInterceptor(self._routes),),
-            options=[("grpc.max_send_message_length", self._max_message_bytes),
-                     ("grpc.max_receive_message_length", self._max_message_bytes)],
+            options=[
+                ("grpc.max_send_message_length", self._max_message_bytes),
+                ("grpc.max_receive_message_length", self._max_message_bytes),
+            ],
         )
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
         host = f"[{self._host}]" if ":" in self._host else self._host
@@ -286,9 +340,15 @@ class EdgeloopModelServer(ModelServer):
     needs every request in one process (scale with replicas instead)."""
 
     def __init__(self, options: ServingOptions, settings: Settings | None = None):
-        super().__init__(http_port=options.http_port, grpc_port=options.grpc_port, workers=1,
-                         max_threads=options.grpc_threads, enable_latency_logging=False,
-                         access_log_format=None, grace_period=10)
+        super().__init__(
+            http_port=options.http_port,
+            grpc_port=options.grpc_port,
+            workers=1,
+            max_threads=options.grpc_threads,
+            enable_latency_logging=False,
+            access_log_format=None,
+            grace_period=10,
+        )
         self.options = options
         self.settings = settings
 
@@ -296,25 +356,46 @@ class EdgeloopModelServer(ModelServer):
         self._register_and_check_atleast_one_model_is_ready(models)
         routes = Routes({m.name: m for m in models}, self.options, self.settings)
         self._rest_server = EdgeloopRESTServer(
-            FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension, self.http_port,
-            workers=1, grace_period=self.grace_period, event_loop=self.event_loop,
-            timeout_keep_alive=self.timeout_keep_alive, host=self.options.bind_host, routes=routes)
+            FASTAPI_APP_IMPORT_STRING,
+            self.dataplane,
+            self.model_repository_extension,
+            self.http_port,
+            workers=1,
+            grace_period=self.grace_period,
+            event_loop=self.event_loop,
+            timeout_keep_alive=self.timeout_keep_alive,
+            host=self.options.bind_host,
+            routes=routes,
+        )
         self.servers.append(self._rest_server.start())
         if self.enable_grpc:
             self._grpc_server = EdgeloopGRPCServer(
-                self.grpc_port, self.dataplane, self.model_repository_extension, kwargs={},
-                grace_period=self.grace_period, host=self.options.bind_host, routes=routes,
-                max_message_bytes=self.options.grpc_max_message_bytes)
+                self.grpc_port,
+                self.dataplane,
+                self.model_repository_extension,
+                kwargs={},
+                grace_period=self.grace_period,
+                host=self.options.bind_host,
+                routes=routes,
+                max_message_bytes=self.options.grpc_max_message_bytes,
+            )
             self.servers.append(self._grpc_server.start(self.max_threads))
-        log.info("serving %s on http://%s:%d and grpc %s:%d", sorted(routes.models), self.options.bind_host,
-                 self.http_port, self.options.bind_host, self.grpc_port)
+        log.info(
+            "serving %s on http://%s:%d and grpc %s:%d",
+            sorted(routes.models),
+            self.options.bind_host,
+            self.http_port,
+            self.options.bind_host,
+            self.grpc_port,
+        )
         self.setup_event_loop()
         self.register_signal_handler()
         asyncio.run(self._serve())
 
 
-def build_models(specs: list[str | ModelSpec], options: ServingOptions,
-                 settings: Settings | None = None) -> list[OnnxImageModel]:
+def build_models(
+    specs: list[str | ModelSpec], options: ServingOptions, settings: Settings | None = None
+) -> list[OnnxImageModel]:
     """Resolve, verify, load and warm up every model version; group versions by served name."""
     from edgeloop.model_card import ModelCard
     from serving.payload_logger import PayloadLogger
@@ -326,10 +407,14 @@ def build_models(specs: list[str | ModelSpec], options: ServingOptions,
         if settings is None:
             raise InvalidInputError("payload logging needs settings to reach blob storage")
         pl = options.payload_log
-        logger = PayloadLogger.to_blob(BlobStore.from_settings(settings),
-                                       pl.container or settings.blob.payloads_container,
-                                       sample_rate=pl.sample_rate, queue_size=pl.queue_size,
-                                       batch_records=pl.batch_records, flush_s=pl.flush_s)
+        logger = PayloadLogger.to_blob(
+            BlobStore.from_settings(settings),
+            pl.container or settings.blob.payloads_container,
+            sample_rate=pl.sample_rate,
+            queue_size=pl.queue_size,
+            batch_records=pl.batch_records,
+            flush_s=pl.flush_s,
+        )
         logger.start()
     groups: dict[str, list] = {}
     for spec in specs:
@@ -340,14 +425,23 @@ def build_models(specs: list[str | ModelSpec], options: ServingOptions,
         raise InvalidInputError("--alias applies to one served model; this server has several")
     models = []
     for name, sources in groups.items():
-        model = OnnxImageModel(name, sources, options.ort, options.batching, options.limits,
-                               aliases=options.aliases, payload_logger=logger)
+        model = OnnxImageModel(
+            name,
+            sources,
+            options.ort,
+            options.batching,
+            options.limits,
+            aliases=options.aliases,
+            payload_logger=logger,
+        )
         model.load()
         models.append(model)
     return models
 
 
-def run_server(specs: list[str | ModelSpec], options: ServingOptions, settings: Settings | None = None) -> None:
+def run_server(
+    specs: list[str | ModelSpec], options: ServingOptions, settings: Settings | None = None
+) -> None:
     """Load everything (a refused model stops the start), then serve until SIGTERM/SIGINT."""
     models = build_models(specs, options, settings)
     EdgeloopModelServer(options, settings).start(models)

@@ -43,10 +43,16 @@ class ModelSpec:
         opts: dict[str, list[str]] = {}
         for key, value in parse_qsl(fragment.replace(",", "&"), keep_blank_values=False):
             if key not in ("version", "alias", "name"):
-                raise ModelLoadError(f"unknown option {key!r} in model spec {text!r}; use version=, alias=, name=")
+                raise ModelLoadError(
+                    f"unknown option {key!r} in model spec {text!r}; use version=, alias=, name="
+                )
             opts.setdefault(key, []).append(value)
-        return cls(uri=uri, version=(opts.get("version") or [None])[-1], name=(opts.get("name") or [None])[-1],
-                   aliases=tuple(opts.get("alias", [])))
+        return cls(
+            uri=uri,
+            version=(opts.get("version") or [None])[-1],
+            name=(opts.get("name") or [None])[-1],
+            aliases=tuple(opts.get("alias", [])),
+        )
 
 
 @dataclass
@@ -57,7 +63,9 @@ class ResolvedModel:
     aliases: tuple[str, ...] = field(default_factory=tuple)
 
 
-def resolve(spec: ModelSpec | str, settings: Settings | None = None, cache_dir: Path | None = None) -> ResolvedModel:
+def resolve(
+    spec: ModelSpec | str, settings: Settings | None = None, cache_dir: Path | None = None
+) -> ResolvedModel:
     """Make the model named by ``spec`` available as a local directory."""
     if isinstance(spec, str):
         spec = ModelSpec.parse(spec)
@@ -68,8 +76,10 @@ def resolve(spec: ModelSpec | str, settings: Settings | None = None, cache_dir: 
         return _from_blob(spec, _need(settings, uri), _cache(cache_dir))
     path = Path(uri.removeprefix("file://")).expanduser()
     if not path.is_dir():
-        raise ModelLoadError(f"model directory {uri} does not exist (expected a directory with model.onnx "
-                             f"and {MODEL_CARD_FILE}, an az:// prefix or a models:/ URI)")
+        raise ModelLoadError(
+            f"model directory {uri} does not exist (expected a directory with model.onnx "
+            f"and {MODEL_CARD_FILE}, an az:// prefix or a models:/ URI)"
+        )
     return ResolvedModel(spec, _model_dir(path, uri), aliases=spec.aliases)
 
 
@@ -94,7 +104,9 @@ def _model_dir(root: Path, uri: str) -> Path:
     if len(cards) == 1:
         return cards[0].parent
     if not cards:
-        raise ModelLoadError(f"{uri} holds no {MODEL_CARD_FILE}: a served model needs its card next to model.onnx")
+        raise ModelLoadError(
+            f"{uri} holds no {MODEL_CARD_FILE}: a served model needs its card next to model.onnx"
+        )
     raise ModelLoadError(f"{uri} holds {len(cards)} model cards; point at one model directory")
 
 
@@ -108,7 +120,7 @@ def _from_blob(spec: ModelSpec, settings: Settings, dest: Path) -> ResolvedModel
     if not names:
         raise ModelLoadError(f"no blobs under {spec.uri}; expected model.onnx and {MODEL_CARD_FILE} there")
     for name in names:
-        rel = name[len(prefix):]
+        rel = name[len(prefix) :]
         if not rel or ".." in Path(rel).parts:
             continue
         store.download_to(BlobUri(u.container, name), dest / rel)
@@ -123,17 +135,26 @@ def _from_mlflow(spec: ModelSpec, settings: Settings, dest: Path) -> ResolvedMod
 
     m = _MLFLOW.match(spec.uri)
     if not m:
-        raise ModelLoadError(f"{spec.uri} is not a registry URI; use models:/NAME@ALIAS or models:/NAME/VERSION")
+        raise ModelLoadError(
+            f"{spec.uri} is not a registry URI; use models:/NAME@ALIAS or models:/NAME/VERSION"
+        )
     name, alias, version = m.group("name"), m.group("alias"), m.group("version")
     tracking_uri = settings.mlflow_tracking_uri()
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
-        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+        mv = (
+            client.get_model_version_by_alias(name, alias)
+            if alias
+            else client.get_model_version(name, version)
+        )
         download_uri = client.get_model_version_download_uri(name, mv.version)
-        local = mlflow.artifacts.download_artifacts(artifact_uri=download_uri, dst_path=str(dest),
-                                                    tracking_uri=tracking_uri)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=download_uri, dst_path=str(dest), tracking_uri=tracking_uri
+        )
     except MlflowException as e:
         raise ModelLoadError(f"cannot fetch {spec.uri} from MLflow at {tracking_uri}: {e.message}") from e
     log.info("downloaded %s (version %s) from MLflow", spec.uri, mv.version)
     aliases = tuple(dict.fromkeys(((alias,) if alias else ()) + spec.aliases))
-    return ResolvedModel(spec, _model_dir(Path(local), spec.uri), version_hint=str(mv.version), aliases=aliases)
+    return ResolvedModel(
+        spec, _model_dir(Path(local), spec.uri), version_hint=str(mv.version), aliases=aliases
+    )

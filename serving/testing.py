@@ -17,9 +17,15 @@ from edgeloop.preprocessing import PreprocessConfig
 LABELS = ["ok", "scratch", "dent", "stain"]
 
 
-def build_model_dir(out: Path, size: int = 64, seed: int = 0, labels: list[str] | None = None,
-                    name: str = "inspection", version: str | None = None,
-                    architecture: str = "mobilenet_v3_small") -> Path:
+def build_model_dir(
+    out: Path,
+    size: int = 64,
+    seed: int = 0,
+    labels: list[str] | None = None,
+    name: str = "inspection",
+    version: str | None = None,
+    architecture: str = "mobilenet_v3_small",
+) -> Path:
     """Export a randomly initialised classifier to ``out/model.onnx`` with its ``model_card.json``.
 
     Outputs are ``probabilities`` (softmax applied) and ``embedding`` (pooled features),
@@ -51,12 +57,25 @@ def build_model_dir(out: Path, size: int = 64, seed: int = 0, labels: list[str] 
     out.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     with torch.no_grad():
-        torch.onnx.export(model, (torch.randn(1, 3, size, size),), buf, dynamo=False, opset_version=17,
-                          input_names=[INPUT_NAME], output_names=[PROBS_OUTPUT, EMBEDDING_OUTPUT],
-                          dynamic_axes={INPUT_NAME: {0: "n"}, PROBS_OUTPUT: {0: "n"}, EMBEDDING_OUTPUT: {0: "n"}})
+        torch.onnx.export(
+            model,
+            (torch.randn(1, 3, size, size),),
+            buf,
+            dynamo=False,
+            opset_version=17,
+            input_names=[INPUT_NAME],
+            output_names=[PROBS_OUTPUT, EMBEDDING_OUTPUT],
+            dynamic_axes={INPUT_NAME: {0: "n"}, PROBS_OUTPUT: {0: "n"}, EMBEDDING_OUTPUT: {0: "n"}},
+        )
     (out / MODEL_FILE).write_bytes(buf.getvalue())
-    card = ModelCard(name=name, version=version, architecture=architecture, labels=labels,
-                     preprocessing=PreprocessConfig(size=size), embedding_dim=576)
+    card = ModelCard(
+        name=name,
+        version=version,
+        architecture=architecture,
+        labels=labels,
+        preprocessing=PreprocessConfig(size=size),
+        embedding_dim=576,
+    )
     card.with_digests(out).save(out)
     return out
 
@@ -97,8 +116,14 @@ def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def build_tiny_model_dir(out: Path, size: int = 64, seed: int = 0, labels: list[str] | None = None,
-                         name: str = "inspection", version: str | None = None) -> Path:
+def build_tiny_model_dir(
+    out: Path,
+    size: int = 64,
+    seed: int = 0,
+    labels: list[str] | None = None,
+    name: str = "inspection",
+    version: str | None = None,
+) -> Path:
     """A tiny ONNX classifier built with ``onnx.helper`` (no torch, milliseconds): conv -> relu ->
     global pool -> embedding [N,8] -> linear -> softmax. Same I/O contract as the real export."""
     import onnx
@@ -120,18 +145,28 @@ def build_tiny_model_dir(out: Path, size: int = 64, seed: int = 0, labels: list[
         helper.make_node("Softmax", ["logits"], [PROBS_OUTPUT], axis=1),
     ]
     graph = helper.make_graph(
-        nodes, "tiny",
+        nodes,
+        "tiny",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["n", 3, size, size])],
-        [helper.make_tensor_value_info(PROBS_OUTPUT, TensorProto.FLOAT, ["n", c]),
-         helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, ["n", 8])],
-        initializer=[w_conv, w_fc, b_fc])
+        [
+            helper.make_tensor_value_info(PROBS_OUTPUT, TensorProto.FLOAT, ["n", c]),
+            helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, ["n", 8]),
+        ],
+        initializer=[w_conv, w_fc, b_fc],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MODEL_FILE).write_bytes(model.SerializeToString())
-    card = ModelCard(name=name, version=version, architecture="tiny-cnn", labels=labels,
-                     preprocessing=PreprocessConfig(size=size), embedding_dim=8)
+    card = ModelCard(
+        name=name,
+        version=version,
+        architecture="tiny-cnn",
+        labels=labels,
+        preprocessing=PreprocessConfig(size=size),
+        embedding_dim=8,
+    )
     card.with_digests(out).save(out)
     return out

@@ -26,48 +26,121 @@ def _host_port(value: str, what: str) -> tuple[str, int]:
 
 @click.command("stream", context_settings={"show_default": True})
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
-@click.option("--model", "model_dir", type=click.Path(path_type=Path, file_okay=False),
-              help="Model directory (model.onnx + model_card.json): run ONNX Runtime in this process.")
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Model directory (model.onnx + model_card.json): run ONNX Runtime in this process.",
+)
 @click.option("--server", help="Model server HOST:PORT (OIP v2 gRPC), instead of --model.")
-@click.option("--model-name", help="Model name on the server [default: the registered model name from settings].")
+@click.option(
+    "--model-name", help="Model name on the server [default: the registered model name from settings]."
+)
 @click.option("--model-version", help="Model version or alias on the server [default: the server's default].")
-@click.option("--input-size", type=click.IntRange(8, 4096),
-              help="Frame size to send to the server [default: from the model's metadata].")
-@click.option("--fps", type=click.FloatRange(min=0.01), help="Target frames per second per source [default: every frame].")
+@click.option(
+    "--input-size",
+    type=click.IntRange(8, 4096),
+    help="Frame size to send to the server [default: from the model's metadata].",
+)
+@click.option(
+    "--fps",
+    type=click.FloatRange(min=0.01),
+    help="Target frames per second per source [default: every frame].",
+)
 @click.option("--line", default="line1", help="Production line: the middle level of the MQTT topic.")
-@click.option("--queue-size", type=click.IntRange(1, 10_000), default=8, help="Frames held per source before dropping.")
-@click.option("--drop-policy", type=click.Choice(["drop-oldest", "drop-newest", "block"]), default="drop-oldest",
-              help="What a full queue does: drop its oldest frame, refuse the newest, or make the reader wait "
-                   "(block: for files; a live camera must not be blocked).")
-@click.option("--batch-size", type=click.IntRange(1, 256), default=8,
-              help="Most frames per inference call, taken round-robin across sources.")
-@click.option("--workers", type=click.IntRange(1, 64), default=1,
-              help="Inference calls in flight (more helps with --server; results stay in order).")
-@click.option("--max-age-ms", type=click.FloatRange(min=1), help="Drop frames older than this before inference.")
-@click.option("--realtime/--no-realtime", default=True,
-              help="Pace files and image directories to their timestamps, as a camera would deliver them.")
+@click.option(
+    "--queue-size", type=click.IntRange(1, 10_000), default=8, help="Frames held per source before dropping."
+)
+@click.option(
+    "--drop-policy",
+    type=click.Choice(["drop-oldest", "drop-newest", "block"]),
+    default="drop-oldest",
+    help="What a full queue does: drop its oldest frame, refuse the newest, or make the reader wait "
+    "(block: for files; a live camera must not be blocked).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 256),
+    default=8,
+    help="Most frames per inference call, taken round-robin across sources.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    help="Inference calls in flight (more helps with --server; results stay in order).",
+)
+@click.option(
+    "--max-age-ms", type=click.FloatRange(min=1), help="Drop frames older than this before inference."
+)
+@click.option(
+    "--realtime/--no-realtime",
+    default=True,
+    help="Pace files and image directories to their timestamps, as a camera would deliver them.",
+)
 @click.option("--loop", is_flag=True, help="Restart files and image directories when they end.")
-@click.option("--max-retries", type=click.IntRange(min=0), default=0,
-              help="Give up on a network source after this many failed reconnects in a row (0: never).")
-@click.option("--outbox", "outbox_dir", type=click.Path(path_type=Path, file_okay=False),
-              help="Where results wait while the broker is away [default: <state_dir>/stream/outbox].")
+@click.option(
+    "--max-retries",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Give up on a network source after this many failed reconnects in a row (0: never).",
+)
+@click.option(
+    "--outbox",
+    "outbox_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where results wait while the broker is away [default: <state_dir>/stream/outbox].",
+)
 @click.option("--mqtt", "mqtt_addr", help="MQTT broker HOST:PORT [default: from settings / the local stack].")
 @click.option("--no-mqtt", is_flag=True, help="Publish nothing; only count results (for measuring).")
-@click.option("--metrics-port", type=click.IntRange(0, 65535), default=0,
-              help="Serve Prometheus metrics on this port (0: off).")
-@click.option("--metrics-addr", default="127.0.0.1", help="Address for the metrics endpoint (0.0.0.0 to scrape).")
-@click.option("--duration", type=click.FloatRange(min=0), default=0,
-              help="Stop after this many seconds (0: when every source has ended, or on Ctrl-C).")
-@click.option("--summary-json", type=click.Path(path_type=Path, dir_okay=False),
-              help="Also write the final summary as JSON to this file.")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="Serve Prometheus metrics on this port (0: off).",
+)
+@click.option(
+    "--metrics-addr", default="127.0.0.1", help="Address for the metrics endpoint (0.0.0.0 to scrape)."
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0),
+    default=0,
+    help="Stop after this many seconds (0: when every source has ended, or on Ctrl-C).",
+)
+@click.option(
+    "--summary-json",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write the final summary as JSON to this file.",
+)
 @click.pass_context
 @user_errors
-def stream(ctx: click.Context, sources: tuple[str, ...], model_dir: Path | None, server: str | None,
-           model_name: str | None, model_version: str | None, input_size: int | None, fps: float | None,
-           line: str, queue_size: int, drop_policy: str, batch_size: int, workers: int, max_age_ms: float | None,
-           realtime: bool, loop: bool, max_retries: int, outbox_dir: Path | None, mqtt_addr: str | None,
-           no_mqtt: bool, metrics_port: int, metrics_addr: str, duration: float,
-           summary_json: Path | None) -> None:
+def stream(
+    ctx: click.Context,
+    sources: tuple[str, ...],
+    model_dir: Path | None,
+    server: str | None,
+    model_name: str | None,
+    model_version: str | None,
+    input_size: int | None,
+    fps: float | None,
+    line: str,
+    queue_size: int,
+    drop_policy: str,
+    batch_size: int,
+    workers: int,
+    max_age_ms: float | None,
+    realtime: bool,
+    loop: bool,
+    max_retries: int,
+    outbox_dir: Path | None,
+    mqtt_addr: str | None,
+    no_mqtt: bool,
+    metrics_port: int,
+    metrics_addr: str,
+    duration: float,
+    summary_json: Path | None,
+) -> None:
     """Classify frames from every SOURCE at once and publish one MQTT message per frame.
 
     \b
@@ -106,8 +179,12 @@ def stream(ctx: click.Context, sources: tuple[str, ...], model_dir: Path | None,
     predictor = _predictor(model_dir, server, model_name, model_version, input_size, settings)
 
     config = StreamConfig(
-        line=line, queue_size=queue_size, drop_policy=DropPolicy(drop_policy), batch_size=batch_size,
-        workers=workers, max_age_s=max_age_ms / 1e3 if max_age_ms else None,
+        line=line,
+        queue_size=queue_size,
+        drop_policy=DropPolicy(drop_policy),
+        batch_size=batch_size,
+        workers=workers,
+        max_age_s=max_age_ms / 1e3 if max_age_ms else None,
         topic_prefix=settings.mqtt.topic_prefix,
         reader=ReaderConfig(fps=fps, realtime=realtime, loop=loop, max_retries=max_retries),
     )
@@ -120,8 +197,10 @@ def stream(ctx: click.Context, sources: tuple[str, ...], model_dir: Path | None,
         host, port = _host_port(mqtt_addr, "--mqtt") if mqtt_addr else settings.mqtt_endpoint()
         outbox = outbox_dir or settings.state_dir / "stream" / "outbox"
         sink = MqttPublisher(host, port, outbox, stats_for=processor.stats_for, metrics=metrics)
-        click.echo(f"publishing to mqtt://{host}:{port}/{config.topic_prefix}/{line}/<camera> "
-                   f"(outbox {outbox})", err=True)
+        click.echo(
+            f"publishing to mqtt://{host}:{port}/{config.topic_prefix}/{line}/<camera> " f"(outbox {outbox})",
+            err=True,
+        )
     processor.sink = sink
     sink.start()
 
@@ -155,8 +234,14 @@ def stream(ctx: click.Context, sources: tuple[str, ...], model_dir: Path | None,
         raise EdgeloopError("no source could be read (see the errors above)")
 
 
-def _predictor(model_dir: Path | None, server: str | None, model_name: str | None, model_version: str | None,
-               input_size: int | None, settings: Any) -> Any:
+def _predictor(
+    model_dir: Path | None,
+    server: str | None,
+    model_name: str | None,
+    model_version: str | None,
+    input_size: int | None,
+    settings: Any,
+) -> Any:
     if model_dir is not None:
         from edgeloop.stream.predictors import OnnxPredictor
 

@@ -49,7 +49,9 @@ class Predictor(Protocol):
     def close(self) -> None: ...
 
 
-def _predictions(probs: np.ndarray, labels: list[str] | None, names: list[str] | None = None) -> list[Prediction]:
+def _predictions(
+    probs: np.ndarray, labels: list[str] | None, names: list[str] | None = None
+) -> list[Prediction]:
     top = probs.argmax(axis=1)
     out = []
     for i, k in enumerate(top):
@@ -73,7 +75,9 @@ class OnnxPredictor:
                 except Exception as e:
                     raise PredictorError(f"model in {model_dir} failed its integrity check: {e}") from e
             else:
-                log.warning("model card in %s lists no file digests; the model file is not verified", model_dir)
+                log.warning(
+                    "model card in %s lists no file digests; the model file is not verified", model_dir
+                )
         path = model_dir / MODEL_FILE
         if not path.exists():
             raise PredictorError(f"{path} does not exist: a model directory holds {MODEL_FILE} and its card")
@@ -109,8 +113,15 @@ class GrpcPredictor:
     cross the wire; the server applies the same preprocessing from the same card.
     """
 
-    def __init__(self, address: str, model_name: str, model_version: str | None = None,
-                 input_size: int | None = None, timeout_s: float = 10.0, connect_timeout_s: float = 10.0):
+    def __init__(
+        self,
+        address: str,
+        model_name: str,
+        model_version: str | None = None,
+        input_size: int | None = None,
+        timeout_s: float = 10.0,
+        connect_timeout_s: float = 10.0,
+    ):
         import grpc
 
         from serving.client import ClientError, GrpcClient
@@ -123,13 +134,16 @@ class GrpcPredictor:
             self._client.close()
             raise PredictorError(
                 f"cannot reach the model server at {address} (gRPC) within {connect_timeout_s:.0f} s: "
-                "start it with `edgeloop serve`, or check --server host:port") from None
+                "start it with `edgeloop serve`, or check --server host:port"
+            ) from None
         try:
             meta = self._client.metadata(model_version)
         except ClientError as e:
             self._client.close()
-            raise PredictorError(f"the model server at {address} has no model {model_name!r} "
-                                 f"(version {model_version or 'default'}) ready: {e}; check --model-name") from e
+            raise PredictorError(
+                f"the model server at {address} has no model {model_name!r} "
+                f"(version {model_version or 'default'}) ready: {e}; check --model-name"
+            ) from e
         self.model_name = meta.get("name") or model_name
         versions = meta.get("versions") or []
         self.model_version = model_version or (versions[0] if len(versions) == 1 else None)
@@ -138,8 +152,10 @@ class GrpcPredictor:
         size = input_size or _size_from_metadata(meta)
         if size is None:
             size = 224
-            log.warning("model %s: input size not in its metadata; sending 224x224 frames (set --input-size)",
-                        model_name)
+            log.warning(
+                "model %s: input size not in its metadata; sending 224x224 frames (set --input-size)",
+                model_name,
+            )
         self.preprocess = Preprocess(PreprocessConfig(size=size))
 
     def predict(self, frames: np.ndarray) -> list[Prediction]:
@@ -188,6 +204,6 @@ def decode_bytes_tensor(raw: bytes) -> list[str]:
     while off < len(raw):
         (n,) = struct.unpack_from("<I", raw, off)
         off += 4
-        out.append(bytes(raw[off:off + n]).decode())
+        out.append(bytes(raw[off : off + n]).decode())
         off += n
     return out

@@ -53,22 +53,50 @@ class StreamSummary:
     outbox_depth: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"elapsed_s": round(self.elapsed_s, 3), "model": self.model, "batches": self.batches,
-                "inference_ms_per_frame": None if self.inference_s_per_frame is None
-                else round(self.inference_s_per_frame * 1e3, 3),
-                "outbox_depth": self.outbox_depth, "sources": self.sources}
+        return {
+            "elapsed_s": round(self.elapsed_s, 3),
+            "model": self.model,
+            "batches": self.batches,
+            "inference_ms_per_frame": None
+            if self.inference_s_per_frame is None
+            else round(self.inference_s_per_frame * 1e3, 3),
+            "outbox_depth": self.outbox_depth,
+            "sources": self.sources,
+        }
 
     def table(self) -> str:
-        head = ("source", "state", "read", "done", "dropped", "p50 ms", "p99 ms", "published", "outboxed", "reconn")
+        head = (
+            "source",
+            "state",
+            "read",
+            "done",
+            "dropped",
+            "p50 ms",
+            "p99 ms",
+            "published",
+            "outboxed",
+            "reconn",
+        )
         rows = [head]
         for s in self.sources:
             drops = s["frames_dropped"]
             dropped = str(s["dropped_total"])
             if drops:
                 dropped += " (" + ", ".join(f"{k} {v}" for k, v in sorted(drops.items()) if v) + ")"
-            rows.append((s["source"], s["state"], str(s["frames_in"]), str(s["frames_processed"]), dropped,
-                         _ms(s["latency_p50_ms"]), _ms(s["latency_p99_ms"]), str(s["results_published"]),
-                         str(s["results_outboxed"]), str(s["reconnects"])))
+            rows.append(
+                (
+                    s["source"],
+                    s["state"],
+                    str(s["frames_in"]),
+                    str(s["frames_processed"]),
+                    dropped,
+                    _ms(s["latency_p50_ms"]),
+                    _ms(s["latency_p99_ms"]),
+                    str(s["results_published"]),
+                    str(s["results_outboxed"]),
+                    str(s["reconnects"]),
+                )
+            )
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
         errors = [f"  {s['source']}: {s['last_error']}" for s in self.sources if s["last_error"]]
@@ -85,8 +113,14 @@ def _ms(v: float | None) -> str:
 
 
 class StreamProcessor:
-    def __init__(self, sources: list[SourceSpec], predictor: Predictor, sink: ResultSink | None = None,
-                 config: StreamConfig | None = None, metrics: StreamMetrics | None = None):
+    def __init__(
+        self,
+        sources: list[SourceSpec],
+        predictor: Predictor,
+        sink: ResultSink | None = None,
+        config: StreamConfig | None = None,
+        metrics: StreamMetrics | None = None,
+    ):
         if not sources:
             raise ValueError("at least one source is needed")
         self.config = config or StreamConfig()
@@ -94,7 +128,9 @@ class StreamProcessor:
         self.metrics = metrics or StreamMetrics()
         self.specs = unique_names(sources)
         self.stats: dict[str, SourceStats] = {
-            s.name: SourceStats(s.name, self.metrics, queue_capacity=self.config.queue_size) for s in self.specs}
+            s.name: SourceStats(s.name, self.metrics, queue_capacity=self.config.queue_size)
+            for s in self.specs
+        }
         self.sink = sink
         self.scheduler = Scheduler(max_age_s=self.config.max_age_s)
         self._stop_readers = threading.Event()
@@ -108,12 +144,23 @@ class StreamProcessor:
         self._started = 0.0
         self.readers: list[SourceReader] = []
         for spec in self.specs:
-            q = self.scheduler.add_queue(spec.name, self.config.queue_size, self.config.drop_policy,
-                                         self.stats[spec.name])
-            self.readers.append(SourceReader(spec, q, self.stats[spec.name], predictor.preprocess.resize,
-                                             self.config.reader, self._stop_readers))
-        self._workers = [threading.Thread(target=self._work, name=f"infer-{i}", daemon=True)
-                         for i in range(max(1, self.config.workers))]
+            q = self.scheduler.add_queue(
+                spec.name, self.config.queue_size, self.config.drop_policy, self.stats[spec.name]
+            )
+            self.readers.append(
+                SourceReader(
+                    spec,
+                    q,
+                    self.stats[spec.name],
+                    predictor.preprocess.resize,
+                    self.config.reader,
+                    self._stop_readers,
+                )
+            )
+        self._workers = [
+            threading.Thread(target=self._work, name=f"infer-{i}", daemon=True)
+            for i in range(max(1, self.config.workers))
+        ]
 
     def stats_for(self, name: str) -> SourceStats | None:
         return self.stats.get(name)
@@ -151,7 +198,11 @@ class StreamProcessor:
             if r.is_alive():
                 log.warning("source %s did not stop in time (blocked in a read); leaving it", r.spec.name)
         deadline = time.monotonic() + self.config.drain_timeout_s
-        while self.scheduler.pending() and time.monotonic() < deadline and any(w.is_alive() for w in self._workers):
+        while (
+            self.scheduler.pending()
+            and time.monotonic() < deadline
+            and any(w.is_alive() for w in self._workers)
+        ):
             time.sleep(0.01)
         self._stop_workers.set()
         for w in self._workers:
@@ -171,9 +222,14 @@ class StreamProcessor:
         per_frame = self._inference_s / self._inference_frames if self._inference_frames else None
         return StreamSummary(
             sources=[self.stats[s.name].snapshot() for s in self.specs],
-            model={"name": self.predictor.model_name, "version": self.predictor.model_version,
-                   "input_size": self.predictor.preprocess.size},
-            elapsed_s=elapsed, batches=self._batches, inference_s_per_frame=per_frame,
+            model={
+                "name": self.predictor.model_name,
+                "version": self.predictor.model_version,
+                "input_size": self.predictor.preprocess.size,
+            },
+            elapsed_s=elapsed,
+            batches=self._batches,
+            inference_s_per_frame=per_frame,
             outbox_depth=getattr(self.sink, "outbox_depth", 0),
         )
 
@@ -205,12 +261,17 @@ class StreamProcessor:
             if error is not None:
                 failures += 1
                 if failures == 1 or failures % 100 == 0:
-                    log.error("inference failed for a batch of %d frames (%d in a row): %s",
-                              len(frames), failures, error)
+                    log.error(
+                        "inference failed for a batch of %d frames (%d in a row): %s",
+                        len(frames),
+                        failures,
+                        error,
+                    )
                 self._stop_workers.wait(min(1.0, 0.05 * failures))
 
-    def _emit(self, seq: int, frames: list[Frame], preds: list[Any], elapsed: float,
-              error: Exception | None) -> None:
+    def _emit(
+        self, seq: int, frames: list[Frame], preds: list[Any], elapsed: float, error: Exception | None
+    ) -> None:
         cfg = self.config
         with self._emit_cond:
             while self._next_emit != seq:
@@ -228,11 +289,20 @@ class StreamProcessor:
                 labels = self.predictor.labels
                 for f, p in zip(frames, preds, strict=True):
                     latency = now - f.t_capture
-                    result = build_result(f, p, line=cfg.line, model_name=name, model_version=version,
-                                          labels=labels, latency_s=latency)
+                    result = build_result(
+                        f,
+                        p,
+                        line=cfg.line,
+                        model_name=name,
+                        model_version=version,
+                        labels=labels,
+                        latency_s=latency,
+                    )
                     self.stats[f.source].on_processed(latency)
                     if self.sink is not None:
-                        self.sink.submit(f.source, topic_for(cfg.topic_prefix, cfg.line, f.source), encode(result))
+                        self.sink.submit(
+                            f.source, topic_for(cfg.topic_prefix, cfg.line, f.source), encode(result)
+                        )
             finally:
                 self._next_emit += 1
                 self._emit_cond.notify_all()

@@ -51,8 +51,10 @@ class Outbox:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
-                         "source TEXT NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "source TEXT NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL)"
+        )
 
     def add(self, rows: list[tuple[str, str, bytes]]) -> None:
         with self._db:
@@ -60,8 +62,9 @@ class Outbox:
             self._db.executemany("INSERT INTO outbox (source, topic, payload) VALUES (?, ?, ?)", rows)
 
     def after(self, seq: int, limit: int) -> list[tuple[int, str, str, bytes]]:
-        return self._db.execute("SELECT seq, source, topic, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-                                (seq, limit)).fetchall()
+        return self._db.execute(
+            "SELECT seq, source, topic, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+        ).fetchall()
 
     def delete(self, seqs: list[int]) -> None:
         if seqs:
@@ -87,10 +90,19 @@ class _Msg:
 class MqttPublisher:
     """Publishes results with QoS 1 through paho-mqtt, falling back to the outbox; see the module doc."""
 
-    def __init__(self, host: str, port: int, outbox_dir: Path, *,
-                 stats_for: Callable[[str], SourceStats | None] = lambda name: None,
-                 metrics: StreamMetrics | None = None, client_id: str | None = None,
-                 window: int = 500, queue_size: int = 10_000, keepalive_s: int = 10):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        outbox_dir: Path,
+        *,
+        stats_for: Callable[[str], SourceStats | None] = lambda name: None,
+        metrics: StreamMetrics | None = None,
+        client_id: str | None = None,
+        window: int = 500,
+        queue_size: int = 10_000,
+        keepalive_s: int = 10,
+    ):
         import paho.mqtt.client as mqtt
 
         self.host, self.port = host, port
@@ -112,8 +124,10 @@ class MqttPublisher:
         self._cursor = 0  # highest outbox seq handed to paho
         self.replayed = 0
         self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                   client_id=client_id or f"edgeloop-stream-{uuid.uuid4().hex[:12]}")
+        self._client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"edgeloop-stream-{uuid.uuid4().hex[:12]}",
+        )
         self._client.max_inflight_messages_set(min(window, 1000))
         self._client.reconnect_delay_set(min_delay=1, max_delay=5)
         self._client.on_connect = self._on_connect
@@ -121,7 +135,11 @@ class MqttPublisher:
         self._client.on_publish = self._on_publish
         self._keepalive = keepalive_s
         if self._rows:
-            log.info("outbox %s holds %d results from before; they are replayed first", self.outbox.path, self._rows)
+            log.info(
+                "outbox %s holds %d results from before; they are replayed first",
+                self.outbox.path,
+                self._rows,
+            )
 
     # -- paho callbacks (paho's network thread) ---------------------------------------------
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
@@ -135,10 +153,16 @@ class MqttPublisher:
         if self._metrics:
             self._metrics.mqtt_connected.set(1)
 
-    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
         if self._connected.is_set() and not self._closing.is_set():
-            log.warning("lost the MQTT broker %s:%s (%s); results go to the outbox until it is back",
-                        self.host, self.port, reason_code)
+            log.warning(
+                "lost the MQTT broker %s:%s (%s); results go to the outbox until it is back",
+                self.host,
+                self.port,
+                reason_code,
+            )
         self._connected.clear()
         if self._metrics:
             self._metrics.mqtt_connected.set(0)
@@ -229,7 +253,10 @@ class MqttPublisher:
 
     def _publish(self, msg: _Msg) -> None:
         info = self._client.publish(msg.topic, msg.payload, qos=1)
-        if info.rc not in (0, 4):  # MQTT_ERR_SUCCESS, MQTT_ERR_NO_CONN (paho queues it and sends on reconnect)
+        if info.rc not in (
+            0,
+            4,
+        ):  # MQTT_ERR_SUCCESS, MQTT_ERR_NO_CONN (paho queues it and sends on reconnect)
             if msg.seq is None:
                 self._to_outbox([msg])
             return
@@ -283,18 +310,26 @@ class MqttPublisher:
             direct = [m for m in self._pending.values() if m.seq is None]
             self._pending.clear()
         if direct:
-            log.warning("%d results were not acknowledged by the broker before exit; kept in %s for the next run",
-                        len(direct), self.outbox.path)
+            log.warning(
+                "%d results were not acknowledged by the broker before exit; kept in %s for the next run",
+                len(direct),
+                self.outbox.path,
+            )
             self._to_outbox(direct)
         if self._rows:
-            log.warning("%d results wait in the outbox %s; they are sent on the next run", self._rows,
-                        self.outbox.path)
+            log.warning(
+                "%d results wait in the outbox %s; they are sent on the next run",
+                self._rows,
+                self.outbox.path,
+            )
 
 
 class CountingSink:
     """A sink that only counts (``--no-mqtt``, benchmarks): every result counts as published."""
 
-    def __init__(self, stats_for: Callable[[str], SourceStats | None] = lambda name: None, keep: bool = False):
+    def __init__(
+        self, stats_for: Callable[[str], SourceStats | None] = lambda name: None, keep: bool = False
+    ):
         self._stats_for = stats_for
         self.messages: list[tuple[str, bytes]] = []
         self._keep = keep

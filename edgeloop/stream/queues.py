@@ -42,7 +42,9 @@ class Frame:
 class FrameQueue:
     """A bounded FIFO for one source. Depth never exceeds ``capacity``."""
 
-    def __init__(self, name: str, capacity: int, policy: DropPolicy, stats: SourceStats, cond: threading.Condition):
+    def __init__(
+        self, name: str, capacity: int, policy: DropPolicy, stats: SourceStats, cond: threading.Condition
+    ):
         if capacity < 1:
             raise ValueError("queue capacity must be at least 1")
         self.name = name

@@ -27,8 +27,16 @@ def result_schema() -> dict[str, Any]:
     return json.loads(resources.files("edgeloop.stream").joinpath(SCHEMA_FILE).read_text())
 
 
-def build_result(frame: Frame, pred: Prediction, *, line: str, model_name: str, model_version: str | None,
-                 labels: list[str] | None, latency_s: float) -> dict[str, Any]:
+def build_result(
+    frame: Frame,
+    pred: Prediction,
+    *,
+    line: str,
+    model_name: str,
+    model_version: str | None,
+    labels: list[str] | None,
+    latency_s: float,
+) -> dict[str, Any]:
     probs = pred.probabilities
     k = min(TOP_K, len(probs))
     if labels and len(labels) == len(probs) and k:

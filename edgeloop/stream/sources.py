@@ -69,7 +69,7 @@ class SourceSpec:
         if scheme in NETWORK_SCHEMES:
             kind = SourceKind.NETWORK
         elif scheme in ("", "file"):
-            path = Path(uri[len("file://"):] if scheme == "file" else uri)
+            path = Path(uri[len("file://") :] if scheme == "file" else uri)
             uri = str(path)
             kind = SourceKind.IMAGES if path.is_dir() else SourceKind.FILE
         else:
@@ -167,8 +167,15 @@ class Pacer:
 class SourceReader(threading.Thread):
     """Reads one source into its queue until it ends, fails permanently, or ``stop`` is set."""
 
-    def __init__(self, spec: SourceSpec, queue: FrameQueue, stats: SourceStats,
-                 resize: Callable[[Any], np.ndarray], config: ReaderConfig, stop: threading.Event):
+    def __init__(
+        self,
+        spec: SourceSpec,
+        queue: FrameQueue,
+        stats: SourceStats,
+        resize: Callable[[Any], np.ndarray],
+        config: ReaderConfig,
+        stop: threading.Event,
+    ):
         super().__init__(name=f"source-{spec.name}", daemon=True)
         self.spec, self.queue, self.stats, self.resize, self.config = spec, queue, stats, resize, config
         self._stop_event = stop
@@ -189,8 +196,12 @@ class SourceReader(threading.Thread):
                     ended = e
                 except Exception as e:  # a bug or an unforeseen library error: keep the others going
                     log.exception("source %s: unexpected error", self.spec.name)
-                    ended = SourceError(self.spec.name, "internal", f"unexpected {type(e).__name__}: {e}",
-                                        permanent=self.spec.kind != SourceKind.NETWORK)
+                    ended = SourceError(
+                        self.spec.name,
+                        "internal",
+                        f"unexpected {type(e).__name__}: {e}",
+                        permanent=self.spec.kind != SourceKind.NETWORK,
+                    )
                 if self._stop_event.is_set():
                     break
                 if ended is None:
@@ -199,7 +210,9 @@ class SourceReader(threading.Thread):
                             continue
                         self.stats.set_state(SourceState.FINISHED)
                         return
-                    ended = SourceError(self.spec.name, "ended", "the stream ended; reconnecting", permanent=False)
+                    ended = SourceError(
+                        self.spec.name, "ended", "the stream ended; reconnecting", permanent=False
+                    )
                 self.stats.on_error(ended.kind, ended.detail)
                 if ended.permanent or self.spec.kind != SourceKind.NETWORK:
                     log.error("%s", ended)
@@ -209,13 +222,18 @@ class SourceReader(threading.Thread):
                 attempt = 1 if self._next_index > before else attempt + 1
                 if self.config.max_retries and attempt > self.config.max_retries:
                     self.error = SourceError(
-                        self.spec.name, ended.kind,
-                        f"gave up after {self.config.max_retries} failed reconnects: {ended.detail}", permanent=True)
+                        self.spec.name,
+                        ended.kind,
+                        f"gave up after {self.config.max_retries} failed reconnects: {ended.detail}",
+                        permanent=True,
+                    )
                     log.error("%s", self.error)
                     self.stats.on_error("gave_up", self.error.detail)
                     self.stats.set_state(SourceState.FAILED)
                     return
-                delay = backoff_delay(attempt, self.config.reconnect_initial_s, self.config.reconnect_max_s, self._rng)
+                delay = backoff_delay(
+                    attempt, self.config.reconnect_initial_s, self.config.reconnect_max_s, self._rng
+                )
                 log.warning("%s (reconnect %d in %.1f s)", ended, attempt, delay)
                 self.stats.set_state(SourceState.RECONNECTING)
                 if self._stop_event.wait(delay):
@@ -233,10 +251,19 @@ class SourceReader(threading.Thread):
         else:
             self._read_video()
 
-    def _emit(self, image: np.ndarray, index: int, captured_at: float, t_capture: float,
-              media_time: float | None, decode_s: float) -> None:
+    def _emit(
+        self,
+        image: np.ndarray,
+        index: int,
+        captured_at: float,
+        t_capture: float,
+        media_time: float | None,
+        decode_s: float,
+    ) -> None:
         self.stats.on_decoded(True, decode_s)
-        self.queue.put(Frame(self.spec.name, index, image, captured_at, t_capture, media_time), self._stop_event)
+        self.queue.put(
+            Frame(self.spec.name, index, image, captured_at, t_capture, media_time), self._stop_event
+        )
 
     # -- video through PyAV ---------------------------------------------------------------
     def _open(self) -> Any:
@@ -257,17 +284,27 @@ class SourceReader(threading.Thread):
         container = self._open()
         try:
             if not container.streams.video:
-                raise SourceError(self.spec.name, "no_video", f"{self.spec.uri} has no video stream", permanent=True)
+                raise SourceError(
+                    self.spec.name, "no_video", f"{self.spec.uri} has no video stream", permanent=True
+                )
             stream = container.streams.video[0]
             if stream.codec_context is None:
                 tag = _codec_tag(stream)
-                raise SourceError(self.spec.name, "unsupported_codec",
-                                  f"{self.spec.uri}: no decoder for its video codec{tag}; re-encode it as H.264 "
-                                  "(e.g. ffmpeg -i IN -c:v libx264 OUT.mp4)", permanent=True)
+                raise SourceError(
+                    self.spec.name,
+                    "unsupported_codec",
+                    f"{self.spec.uri}: no decoder for its video codec{tag}; re-encode it as H.264 "
+                    "(e.g. ffmpeg -i IN -c:v libx264 OUT.mp4)",
+                    permanent=True,
+                )
             stream.thread_count = self.config.decode_threads
             self.stats.set_state(SourceState.UP)
             sampler = FpsSampler(self.config.fps)
-            pacer = Pacer(self._stop_event) if self.config.realtime and self.spec.kind == SourceKind.FILE else None
+            pacer = (
+                Pacer(self._stop_event)
+                if self.config.realtime and self.spec.kind == SourceKind.FILE
+                else None
+            )
             rate = float(stream.average_rate or stream.guessed_rate or 30)
             corrupt_in_a_row = 0
             for packet in container.demux(stream):
@@ -285,9 +322,12 @@ class SourceReader(threading.Thread):
                     self.stats.on_dropped(DropReason.DECODE_ERROR)
                     self.stats.on_error("decode_error", f"{self.spec.uri}: {e}")
                     if corrupt_in_a_row >= 50:
-                        raise SourceError(self.spec.name, "corrupt",
-                                          f"{self.spec.uri}: 50 undecodable packets in a row ({e})",
-                                          permanent=self.spec.kind == SourceKind.FILE) from e
+                        raise SourceError(
+                            self.spec.name,
+                            "corrupt",
+                            f"{self.spec.uri}: 50 undecodable packets in a row ({e})",
+                            permanent=self.spec.kind == SourceKind.FILE,
+                        ) from e
                     continue
                 corrupt_in_a_row = 0
                 decode_share = (time.monotonic() - t0) / max(len(frames), 1)
@@ -300,8 +340,9 @@ class SourceReader(threading.Thread):
                         continue
                     t1 = time.monotonic()
                     image = self.resize(frame.to_image())
-                    self._emit(image, index, captured_at, t0, frame.time,
-                               decode_share + time.monotonic() - t1)
+                    self._emit(
+                        image, index, captured_at, t0, frame.time, decode_share + time.monotonic() - t1
+                    )
         except SourceError:
             raise
         except Exception as e:
@@ -315,8 +356,12 @@ class SourceReader(threading.Thread):
 
         files = list(_image_files(Path(self.spec.uri)))
         if not files:
-            raise SourceError(self.spec.name, "empty", f"directory {self.spec.uri} holds no images "
-                              f"({', '.join(sorted(IMAGE_SUFFIXES))})", permanent=True)
+            raise SourceError(
+                self.spec.name,
+                "empty",
+                f"directory {self.spec.uri} holds no images " f"({', '.join(sorted(IMAGE_SUFFIXES))})",
+                permanent=True,
+            )
         self.stats.set_state(SourceState.UP)
         fps = self.config.fps or self.config.image_fps
         pacer = Pacer(self._stop_event) if self.config.realtime else None
@@ -362,20 +407,39 @@ def classify_error(spec: SourceSpec, exc: BaseException, opening: bool) -> Sourc
     if isinstance(exc, FileNotFoundError) and not network:
         return SourceError(spec.name, "not_found", f"{what} does not exist", permanent=True)
     if isinstance(exc, av.error.DecoderNotFoundError):
-        return SourceError(spec.name, "unsupported_codec", f"{what}: no decoder for its codec; re-encode as H.264",
-                           permanent=True)
-    if isinstance(exc, av.error.HTTPNotFoundError | av.error.HTTPForbiddenError | av.error.HTTPUnauthorizedError):
-        return SourceError(spec.name, "unreachable", f"{what}: HTTP {type(exc).__name__} ({exc})", permanent=False)
+        return SourceError(
+            spec.name,
+            "unsupported_codec",
+            f"{what}: no decoder for its codec; re-encode as H.264",
+            permanent=True,
+        )
+    if isinstance(
+        exc, av.error.HTTPNotFoundError | av.error.HTTPForbiddenError | av.error.HTTPUnauthorizedError
+    ):
+        return SourceError(
+            spec.name, "unreachable", f"{what}: HTTP {type(exc).__name__} ({exc})", permanent=False
+        )
     if isinstance(exc, ConnectionError | TimeoutError | av.error.TimeoutError | av.error.ExitError) or (
         network and isinstance(exc, OSError | av.error.FFmpegError)
     ):
         verb = "cannot connect to" if opening else "lost"
-        return SourceError(spec.name, "unreachable" if opening else "stream_error",
-                           f"{verb} {what}: {type(exc).__name__}: {exc}", permanent=False)
+        return SourceError(
+            spec.name,
+            "unreachable" if opening else "stream_error",
+            f"{verb} {what}: {type(exc).__name__}: {exc}",
+            permanent=False,
+        )
     if isinstance(exc, av.error.InvalidDataError):
-        return SourceError(spec.name, "corrupt", f"{what} is not a readable video (corrupt or not a video file)",
-                           permanent=not network)
+        return SourceError(
+            spec.name,
+            "corrupt",
+            f"{what} is not a readable video (corrupt or not a video file)",
+            permanent=not network,
+        )
     if isinstance(exc, av.error.FFmpegError | OSError):
-        return SourceError(spec.name, "read_error", f"{what}: {type(exc).__name__}: {exc}", permanent=not network)
-    return SourceError(spec.name, "internal", f"{what}: unexpected {type(exc).__name__}: {exc}",
-                       permanent=not network)
+        return SourceError(
+            spec.name, "read_error", f"{what}: {type(exc).__name__}: {exc}", permanent=not network
+        )
+    return SourceError(
+        spec.name, "internal", f"{what}: unexpected {type(exc).__name__}: {exc}", permanent=not network
+    )

@@ -36,7 +36,9 @@ class SourceState(str, Enum):
     UP = "up"
     RECONNECTING = "reconnecting"
     FINISHED = "finished"  # a file or directory read to its end
-    FAILED = "failed"  # a permanent error (missing file, corrupt file, unsupported codec) or retries exhausted
+    FAILED = (
+        "failed"  # a permanent error (missing file, corrupt file, unsupported codec) or retries exhausted
+    )
     STOPPED = "stopped"
 
 
@@ -97,38 +99,83 @@ class StreamMetrics:
         r = self.registry
         latency_buckets = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
         stage_buckets = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
-        self.decoded = PromCounter("edgeloop_stream_frames_decoded", "Frames decoded from the source, before fps sampling",
-                                   ["source"], registry=r)
-        self.frames_in = PromCounter("edgeloop_stream_frames_in", "Frames that entered the pipeline (after fps sampling)",
-                                     ["source"], registry=r)
-        self.processed = PromCounter("edgeloop_stream_frames_processed", "Frames with a result", ["source"], registry=r)
-        self.dropped = PromCounter("edgeloop_stream_frames_dropped", "Frames that entered the pipeline but got no result",
-                                   ["source", "reason"], registry=r)
-        self.queue_depth = Gauge("edgeloop_stream_queue_depth", "Frames waiting in the source's queue", ["source"],
-                                 registry=r)
-        self.queue_capacity = Gauge("edgeloop_stream_queue_capacity", "Bound of the source's queue", ["source"],
-                                    registry=r)
-        self.latency = Histogram("edgeloop_stream_latency_seconds", "End-to-end latency, frame capture to result",
-                                 ["source"], buckets=latency_buckets, registry=r)
-        self.decode = Histogram("edgeloop_stream_decode_seconds", "Decode + resize time per frame", ["source"],
-                                buckets=stage_buckets, registry=r)
-        self.inference = Histogram("edgeloop_stream_inference_seconds", "Model time per batch", buckets=stage_buckets,
-                                   registry=r)
-        self.batch_size = Histogram("edgeloop_stream_batch_size", "Frames per inference batch",
-                                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
-        self.published = PromCounter("edgeloop_stream_results_published", "Results acknowledged by the MQTT broker",
-                                     ["source"], registry=r)
-        self.outboxed = PromCounter("edgeloop_stream_results_outboxed", "Results written to the on-disk outbox",
-                                    ["source"], registry=r)
-        self.outbox_depth = Gauge("edgeloop_stream_outbox_depth", "Results waiting in the on-disk outbox", registry=r)
-        self.mqtt_connected = Gauge("edgeloop_stream_mqtt_connected", "1 while connected to the MQTT broker",
-                                    registry=r)
-        self.source_up = Gauge("edgeloop_stream_source_up", "1 while the source is connected and read", ["source"],
-                               registry=r)
-        self.reconnects = PromCounter("edgeloop_stream_source_reconnects", "Reconnect attempts", ["source"],
-                                      registry=r)
-        self.source_errors = PromCounter("edgeloop_stream_source_errors", "Source errors by kind",
-                                         ["source", "kind"], registry=r)
+        self.decoded = PromCounter(
+            "edgeloop_stream_frames_decoded",
+            "Frames decoded from the source, before fps sampling",
+            ["source"],
+            registry=r,
+        )
+        self.frames_in = PromCounter(
+            "edgeloop_stream_frames_in",
+            "Frames that entered the pipeline (after fps sampling)",
+            ["source"],
+            registry=r,
+        )
+        self.processed = PromCounter(
+            "edgeloop_stream_frames_processed", "Frames with a result", ["source"], registry=r
+        )
+        self.dropped = PromCounter(
+            "edgeloop_stream_frames_dropped",
+            "Frames that entered the pipeline but got no result",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "edgeloop_stream_queue_depth", "Frames waiting in the source's queue", ["source"], registry=r
+        )
+        self.queue_capacity = Gauge(
+            "edgeloop_stream_queue_capacity", "Bound of the source's queue", ["source"], registry=r
+        )
+        self.latency = Histogram(
+            "edgeloop_stream_latency_seconds",
+            "End-to-end latency, frame capture to result",
+            ["source"],
+            buckets=latency_buckets,
+            registry=r,
+        )
+        self.decode = Histogram(
+            "edgeloop_stream_decode_seconds",
+            "Decode + resize time per frame",
+            ["source"],
+            buckets=stage_buckets,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "edgeloop_stream_inference_seconds", "Model time per batch", buckets=stage_buckets, registry=r
+        )
+        self.batch_size = Histogram(
+            "edgeloop_stream_batch_size",
+            "Frames per inference batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
+        self.published = PromCounter(
+            "edgeloop_stream_results_published",
+            "Results acknowledged by the MQTT broker",
+            ["source"],
+            registry=r,
+        )
+        self.outboxed = PromCounter(
+            "edgeloop_stream_results_outboxed",
+            "Results written to the on-disk outbox",
+            ["source"],
+            registry=r,
+        )
+        self.outbox_depth = Gauge(
+            "edgeloop_stream_outbox_depth", "Results waiting in the on-disk outbox", registry=r
+        )
+        self.mqtt_connected = Gauge(
+            "edgeloop_stream_mqtt_connected", "1 while connected to the MQTT broker", registry=r
+        )
+        self.source_up = Gauge(
+            "edgeloop_stream_source_up", "1 while the source is connected and read", ["source"], registry=r
+        )
+        self.reconnects = PromCounter(
+            "edgeloop_stream_source_reconnects", "Reconnect attempts", ["source"], registry=r
+        )
+        self.source_errors = PromCounter(
+            "edgeloop_stream_source_errors", "Source errors by kind", ["source", "kind"], registry=r
+        )
 
 
 @dataclass

@@ -22,15 +22,25 @@ def video_frames(n: int, width: int, height: int, seed: int = 0) -> list[np.ndar
         img = base.copy()
         x = (i * max(1, width // 40)) % max(1, width - side)
         y = (i * max(1, height // 50)) % max(1, height - side)
-        img[y:y + side, x:x + side] = (255, 220, 40)
+        img[y : y + side, x : x + side] = (255, 220, 40)
         img[: max(2, height // 20), :, 2] = (i * 9) % 256
         out.append(img)
     return out
 
 
-def make_video(path: Path | str, *, seconds: float = 2.0, fps: int = 30, width: int = 160, height: int = 120,
-               codec: str = "libx264", container_format: str | None = None, seed: int = 0,
-               preset: str = "ultrafast", gop: int | None = None) -> Path:
+def make_video(
+    path: Path | str,
+    *,
+    seconds: float = 2.0,
+    fps: int = 30,
+    width: int = 160,
+    height: int = 120,
+    codec: str = "libx264",
+    container_format: str | None = None,
+    seed: int = 0,
+    preset: str = "ultrafast",
+    gop: int | None = None,
+) -> Path:
     """Encode a synthetic video. ``.mp4`` / ``.ts`` / ``.mkv`` decide the container unless given."""
     import av
 
@@ -53,8 +63,16 @@ def make_video(path: Path | str, *, seconds: float = 2.0, fps: int = 30, width: 
     return path
 
 
-def build_test_model(directory: Path | str, *, size: int = 64, labels: tuple[str, ...] = ("ok", "scratch", "dent"),
-                     arch: str = "tiny", name: str = "stream-test", version: str = "1", seed: int = 0) -> Path:
+def build_test_model(
+    directory: Path | str,
+    *,
+    size: int = 64,
+    labels: tuple[str, ...] = ("ok", "scratch", "dent"),
+    arch: str = "tiny",
+    name: str = "stream-test",
+    version: str = "1",
+    seed: int = 0,
+) -> Path:
     """Export a small classifier to ``directory/model.onnx`` with its model card (digests included).
 
     Input ``images`` float32 [N, 3, size, size]; outputs ``probabilities`` [N, C] (softmax)
@@ -73,9 +91,13 @@ def build_test_model(directory: Path | str, *, size: int = 64, labels: tuple[str
 
     if arch == "tiny":
         features: nn.Module = nn.Sequential(
-            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            nn.Conv2d(3, 8, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         dim = 16
     elif arch == "mobilenet_v3_small":
         from torchvision.models import mobilenet_v3_small
@@ -98,10 +120,23 @@ def build_test_model(directory: Path | str, *, size: int = 64, labels: tuple[str
 
     net = Net().eval()
     dummy = torch.zeros(1, 3, size, size)
-    torch.onnx.export(net, (dummy,), str(directory / "model.onnx"), input_names=["images"],
-                      output_names=["probabilities", "embedding"], opset_version=17, dynamo=False,
-                      dynamic_axes={"images": {0: "n"}, "probabilities": {0: "n"}, "embedding": {0: "n"}})
-    card = ModelCard(name=name, version=version, architecture=arch, labels=list(labels),
-                     preprocessing=PreprocessConfig(size=size), embedding_dim=dim)
+    torch.onnx.export(
+        net,
+        (dummy,),
+        str(directory / "model.onnx"),
+        input_names=["images"],
+        output_names=["probabilities", "embedding"],
+        opset_version=17,
+        dynamo=False,
+        dynamic_axes={"images": {0: "n"}, "probabilities": {0: "n"}, "embedding": {0: "n"}},
+    )
+    card = ModelCard(
+        name=name,
+        version=version,
+        architecture=arch,
+        labels=list(labels),
+        preprocessing=PreprocessConfig(size=size),
+        embedding_dim=dim,
+    )
     card.with_digests(directory).save(directory)
     return directory
