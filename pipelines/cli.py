@@ -13,8 +13,14 @@ from edgeloop.errors import user_errors
 if TYPE_CHECKING:
     from edgeloop.config import Settings
 
-_param = click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
-                      help="A pipeline parameter (repeatable), e.g. -p epochs=5 -p min_accuracy=0.8.")
+_param = click.option(
+    "-p",
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A pipeline parameter (repeatable), e.g. -p epochs=5 -p min_accuracy=0.8.",
+)
 
 
 def _parse_params(params: tuple[str, ...]) -> dict[str, object]:
@@ -27,15 +33,18 @@ def _parse_params(params: tuple[str, ...]) -> dict[str, object]:
         if not sep:
             raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--param")
         if key not in types:
-            raise click.BadParameter(f"unknown pipeline parameter {key!r}; known: {', '.join(sorted(types))}",
-                                     param_hint="--param")
+            raise click.BadParameter(
+                f"unknown pipeline parameter {key!r}; known: {', '.join(sorted(types))}", param_hint="--param"
+            )
         kind = types[key]
         try:
             if kind is bool:
                 out[key] = value.lower() in ("1", "true", "yes", "on")
+            elif kind is dict:
+                out[key] = json.loads(value)  # e.g. -p 'class_recall_floors={"stain": 0.8}'
             else:
                 out[key] = kind(value)
-        except ValueError as e:
+        except ValueError as e:  # json.JSONDecodeError is a ValueError
             raise click.BadParameter(f"{key}: {e}", param_hint="--param") from e
     return out
 
@@ -43,7 +52,9 @@ def _parse_params(params: tuple[str, ...]) -> dict[str, object]:
 def _for_model(settings: Settings, model: str | None) -> Settings:
     if not model or model == settings.mlflow.registered_model:
         return settings
-    return settings.model_copy(update={"mlflow": settings.mlflow.model_copy(update={"registered_model": model})})
+    return settings.model_copy(
+        update={"mlflow": settings.mlflow.model_copy(update={"registered_model": model})}
+    )
 
 
 @click.group()
@@ -53,8 +64,13 @@ def pipeline() -> None:
 
 
 @pipeline.command()
-@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
-              help="Output YAML (default: pipelines/compiled/training_pipeline.yaml).")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output YAML (default: pipelines/compiled/training_pipeline.yaml).",
+)
 def compile(out: Path | None) -> None:  # noqa: A001 - the command's name
     """Compile the pipeline to KFP IR YAML (what you upload to Kubeflow)."""
     from pipelines.runner import compile_pipeline
@@ -64,17 +80,27 @@ def compile(out: Path | None) -> None:  # noqa: A001 - the command's name
 
 
 @pipeline.command()
-@click.option("--local", "local", is_flag=True, required=True,
-              help="Run on this machine with the KFP local subprocess runner (against the local stack).")
+@click.option(
+    "--local",
+    "local",
+    is_flag=True,
+    required=True,
+    help="Run on this machine with the KFP local subprocess runner (against the local stack).",
+)
 @click.option("--auto-approve", is_flag=True, help="Approve the candidate automatically (recorded as such).")
 @_param
-@click.option("--pipeline-root", type=click.Path(path_type=Path), default=None,
-              help="Where task outputs go (default: <state_dir>/kfp-local).")
+@click.option(
+    "--pipeline-root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where task outputs go (default: <state_dir>/kfp-local).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.pass_obj
 @user_errors
-def run(obj, local: bool, auto_approve: bool, params: tuple[str, ...], pipeline_root: Path | None,
-        as_json: bool) -> None:
+def run(
+    obj, local: bool, auto_approve: bool, params: tuple[str, ...], pipeline_root: Path | None, as_json: bool
+) -> None:
     """Run the whole pipeline locally, end to end."""
     from pipelines.runner import run_local
 
@@ -84,7 +110,9 @@ def run(obj, local: bool, auto_approve: bool, params: tuple[str, ...], pipeline_
     import sys
 
     # with --json, the steps' logs go to stderr so stdout holds only the JSON
-    outcome = run_local(obj.settings, args, pipeline_root=pipeline_root, log_stream=sys.stderr if as_json else None)
+    outcome = run_local(
+        obj.settings, args, pipeline_root=pipeline_root, log_stream=sys.stderr if as_json else None
+    )
     if as_json:
         click.echo(json.dumps(outcome.as_dict(), indent=2, default=str))
     else:
@@ -101,12 +129,15 @@ def run(obj, local: bool, auto_approve: bool, params: tuple[str, ...], pipeline_
 @click.option("--namespace", default=None, help="Kubeflow profile namespace (multi-user installs).")
 @click.pass_obj
 @user_errors
-def submit(obj, host: str, params: tuple[str, ...], experiment: str, run_name: str | None,
-           namespace: str | None) -> None:
+def submit(
+    obj, host: str, params: tuple[str, ...], experiment: str, run_name: str | None, namespace: str | None
+) -> None:
     """Upload the compiled pipeline and start a run (kfp.Client)."""
     from pipelines.runner import submit_run
 
-    url = submit_run(host, _parse_params(params), experiment=experiment, run_name=run_name, namespace=namespace)
+    url = submit_run(
+        host, _parse_params(params), experiment=experiment, run_name=run_name, namespace=namespace
+    )
     click.echo(f"started: {url}")
 
 
@@ -120,13 +151,28 @@ def submit(obj, host: str, params: tuple[str, ...], experiment: str, run_name: s
 @click.option("--namespace", default=None)
 @click.pass_obj
 @user_errors
-def schedule(obj, host: str, cron: str, params: tuple[str, ...], experiment: str, job_name: str,
-             max_concurrency: int, namespace: str | None) -> None:
+def schedule(
+    obj,
+    host: str,
+    cron: str,
+    params: tuple[str, ...],
+    experiment: str,
+    job_name: str,
+    max_concurrency: int,
+    namespace: str | None,
+) -> None:
     """Create a recurring run (label import is never cached, so each run sees the latest labels)."""
     from pipelines.runner import schedule_runs
 
-    job_id = schedule_runs(host, cron, _parse_params(params), experiment=experiment, job_name=job_name,
-                           max_concurrency=max_concurrency, namespace=namespace)
+    job_id = schedule_runs(
+        host,
+        cron,
+        _parse_params(params),
+        experiment=experiment,
+        job_name=job_name,
+        max_concurrency=max_concurrency,
+        namespace=namespace,
+    )
     click.echo(f"recurring run {job_name} created (id {job_id}), cron '{cron}'")
 
 
@@ -135,10 +181,13 @@ def _decide(obj, decision: str, model: str, version: str, by: str, note: str, ev
     from pipelines import registry
 
     settings = _for_model(obj.settings, model)
-    d = registry.record_decision(settings, version, decision, by=by, note=note, mode="human",
-                                 evidence_digest=evidence)
-    click.echo(f"{d.name} version {d.version} {d.decision} by {d.by} at {d.at} "
-               f"(evidence {d.evidence_digest[:12] or 'n/a'})")
+    d = registry.record_decision(
+        settings, version, decision, by=by, note=note, mode="human", evidence_digest=evidence
+    )
+    click.echo(
+        f"{d.name} version {d.version} {d.decision} by {d.by} at {d.at} "
+        f"(evidence {d.evidence_digest[:12] or 'n/a'})"
+    )
 
 
 @click.command()
@@ -146,8 +195,11 @@ def _decide(obj, decision: str, model: str, version: str, by: str, note: str, ev
 @click.argument("version")
 @click.option("--by", required=True, help="Who approves (name or e-mail); recorded on the version.")
 @click.option("--note", default="", help="Why (recorded).")
-@click.option("--evidence", default=None,
-              help="Digest of the evidence you reviewed (tag edgeloop.evidence_digest); refused if it changed.")
+@click.option(
+    "--evidence",
+    default=None,
+    help="Digest of the evidence you reviewed (tag edgeloop.evidence_digest); refused if it changed.",
+)
 @click.pass_obj
 @user_errors
 def approve(obj, model: str, version: str, by: str, note: str, evidence: str | None) -> None:

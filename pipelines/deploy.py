@@ -54,8 +54,13 @@ def storage_url(settings: Settings, az_uri: str) -> str:
     return f"{base}/{u.container}/{u.path}"
 
 
-def render_version(settings: Settings, version: str, image: str = "", overlay: str = DEFAULT_OVERLAY,
-                   namespace: str | None = None) -> list[dict[str, Any]]:
+def render_version(
+    settings: Settings,
+    version: str,
+    image: str = "",
+    overlay: str = DEFAULT_OVERLAY,
+    namespace: str | None = None,
+) -> list[dict[str, Any]]:
     from edgeloop.deploy.render import render_release
     from pipelines import registry
 
@@ -63,10 +68,18 @@ def render_version(settings: Settings, version: str, image: str = "", overlay: s
     az = tags.get(registry.STORAGE_URI)
     digest = tags.get(registry.MODEL_DIGEST)
     if not az or not digest:
-        raise DeployFailed(f"version {version} records no storage URI/model digest (tags "
-                           f"{registry.STORAGE_URI}, {registry.MODEL_DIGEST}); register it through the pipeline")
-    objs = render_release(settings.mlflow.registered_model, str(version), storage_url(settings, az), digest,
-                          image or None, overlay)
+        raise DeployFailed(
+            f"version {version} records no storage URI/model digest (tags "
+            f"{registry.STORAGE_URI}, {registry.MODEL_DIGEST}); register it through the pipeline"
+        )
+    objs = render_release(
+        settings.mlflow.registered_model,
+        str(version),
+        storage_url(settings, az),
+        digest,
+        image or None,
+        overlay,
+    )
     if namespace:
         for o in objs:
             if o.get("kind") not in ("Namespace", "ClusterRole", "ClusterRoleBinding") and "metadata" in o:
@@ -98,14 +111,24 @@ def apply_objects(objs: list[dict[str, Any]]) -> list[str]:
         res = dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
         meta = obj["metadata"]
         kwargs = {"namespace": meta.get("namespace")} if res.namespaced else {}
-        res.server_side_apply(body=obj, name=meta["name"], field_manager=FIELD_MANAGER, force_conflicts=True, **kwargs)
+        res.server_side_apply(
+            body=obj, name=meta["name"], field_manager=FIELD_MANAGER, force_conflicts=True, **kwargs
+        )
         done.append(f"{obj['kind']}/{meta['name']}")
     return done
 
 
-def deploy_version(settings: Settings, version: str, *, image: str = "", deploy_target: str = "auto",
-                   namespace: str = "", gitops_dir: str | Path = "", overlay: str = DEFAULT_OVERLAY,
-                   validate: bool = True) -> DeployResult:
+def deploy_version(
+    settings: Settings,
+    version: str,
+    *,
+    image: str = "",
+    deploy_target: str = "auto",
+    namespace: str = "",
+    gitops_dir: str | Path = "",
+    overlay: str = DEFAULT_OVERLAY,
+    validate: bool = True,
+) -> DeployResult:
     from pipelines import registry
 
     target = resolve_target(deploy_target)
@@ -132,14 +155,21 @@ def deploy_version(settings: Settings, version: str, *, image: str = "", deploy_
     except EdgeloopError as e:
         raise DeployFailed(f"deploying version {version} failed, champion unchanged: {e}") from e
     except Exception as e:  # the Kubernetes client's errors
-        raise DeployFailed(f"deploying version {version} to {target} failed, champion unchanged: "
-                           f"{type(e).__name__}: {e}") from e
+        raise DeployFailed(
+            f"deploying version {version} to {target} failed, champion unchanged: " f"{type(e).__name__}: {e}"
+        ) from e
     previous = registry.promote_champion(settings, version, where)
-    return DeployResult(version=str(version), target=where, objects=names, previous_champion=previous, image=image)
+    return DeployResult(
+        version=str(version), target=where, objects=names, previous_champion=previous, image=image
+    )
 
 
-def rollback_and_deploy(settings: Settings, deploy_target: str = "auto", gitops_dir: str | Path = "",
-                        overlay: str = DEFAULT_OVERLAY) -> tuple[str, str, str]:
+def rollback_and_deploy(
+    settings: Settings,
+    deploy_target: str = "auto",
+    gitops_dir: str | Path = "",
+    overlay: str = DEFAULT_OVERLAY,
+) -> tuple[str, str, str]:
     """``edgeloop rollback``: redeploy the previous champion, then move the alias back."""
     from pipelines import registry
 
@@ -150,8 +180,9 @@ def rollback_and_deploy(settings: Settings, deploy_target: str = "auto", gitops_
         raise registry.RegistryError(f"model '{name}' has no champion: nothing to roll back")
     previous = c.get_model_version(name, current).tags.get(registry.PREVIOUS_CHAMPION)
     if not previous:
-        raise registry.RegistryError(f"{name} champion version {current} records no previous champion: "
-                                     "nothing to roll back to")
+        raise registry.RegistryError(
+            f"{name} champion version {current} records no previous champion: " "nothing to roll back to"
+        )
     target = resolve_target(deploy_target)
     objs = render_version(settings, previous, overlay=overlay)
     if target == "cluster":

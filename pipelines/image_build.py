@@ -111,16 +111,31 @@ def image_exists_in_registry(image: str, timeout_s: float = 10.0) -> bool | None
     if not tag or "." not in host:
         return None
     url = f"https://{host}/v2/{name}/manifests/{tag}"
-    accept = ("application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "
-              "application/vnd.docker.distribution.manifest.v2+json")
+    accept = (
+        "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "
+        "application/vnd.docker.distribution.manifest.v2+json"
+    )
     try:
         r = httpx.head(url, headers={"Accept": accept}, timeout=timeout_s)
         if r.status_code == 401 and "bearer" in r.headers.get("www-authenticate", "").lower():
-            params = dict(p.split("=", 1) for p in r.headers["www-authenticate"][7:].replace('"', "").split(","))
-            tok = httpx.get(params["realm"], params={"service": params.get("service", ""),
-                                                     "scope": params.get("scope", f"repository:{name}:pull")},
-                            timeout=timeout_s).json().get("token")
-            r = httpx.head(url, headers={"Accept": accept, "Authorization": f"Bearer {tok}"}, timeout=timeout_s)
+            params = dict(
+                p.split("=", 1) for p in r.headers["www-authenticate"][7:].replace('"', "").split(",")
+            )
+            tok = (
+                httpx.get(
+                    params["realm"],
+                    params={
+                        "service": params.get("service", ""),
+                        "scope": params.get("scope", f"repository:{name}:pull"),
+                    },
+                    timeout=timeout_s,
+                )
+                .json()
+                .get("token")
+            )
+            r = httpx.head(
+                url, headers={"Accept": accept, "Authorization": f"Bearer {tok}"}, timeout=timeout_s
+            )
     except (httpx.HTTPError, KeyError, ValueError):
         return None
     if r.status_code == 200:
@@ -140,12 +155,18 @@ def _works(tool: str) -> tuple[bool, str]:
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, f"{tool} does not run ({e})"
     if r.returncode != 0:
-        return False, f"{tool} is installed but not usable: {(r.stderr or r.stdout).strip().splitlines()[-1:]}"
+        return (
+            False,
+            f"{tool} is installed but not usable: {(r.stderr or r.stdout).strip().splitlines()[-1:]}",
+        )
     return True, ""
 
 
-def build_locally(context: BuildContext, record_dir: Path | None = None,
-                  tools: tuple[str, ...] = ("docker", "podman", "buildah")) -> BuildResult:
+def build_locally(
+    context: BuildContext,
+    record_dir: Path | None = None,
+    tools: tuple[str, ...] = ("docker", "podman", "buildah"),
+) -> BuildResult:
     """Build ``context.image`` with the first builder that works; skip (with why) if none does.
 
     ``record_dir`` keeps one JSON record per built content hash: an unchanged context is not rebuilt.
@@ -154,8 +175,12 @@ def build_locally(context: BuildContext, record_dir: Path | None = None,
     if record and record.exists():
         prev = json.loads(record.read_text())
         if prev.get("status") == "built":
-            return BuildResult(context.image, "exists", prev.get("builder", ""),
-                               f"built before from the same content ({context.content_hash[:16]}): no rebuild")
+            return BuildResult(
+                context.image,
+                "exists",
+                prev.get("builder", ""),
+                f"built before from the same content ({context.content_hash[:16]}): no rebuild",
+            )
     why = []
     for tool in tools:
         ok, reason = _works(tool)
@@ -167,8 +192,11 @@ def build_locally(context: BuildContext, record_dir: Path | None = None,
         with tempfile.TemporaryDirectory() as tmp:
             with tarfile.open(context.archive) as tar:
                 tar.extractall(tmp, filter="data")
-            cmd = ([tool, "build", "-t", context.image, "-f", f"{tmp}/{DOCKERFILE}", tmp] if tool != "buildah"
-                   else [tool, "bud", "-t", context.image, "-f", f"{tmp}/{DOCKERFILE}", tmp])
+            cmd = (
+                [tool, "build", "-t", context.image, "-f", f"{tmp}/{DOCKERFILE}", tmp]
+                if tool != "buildah"
+                else [tool, "bud", "-t", context.image, "-f", f"{tmp}/{DOCKERFILE}", tmp]
+            )
             r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             result = BuildResult(context.image, "failed", tool, (r.stderr or r.stdout)[-2000:])
@@ -176,8 +204,14 @@ def build_locally(context: BuildContext, record_dir: Path | None = None,
             result = BuildResult(context.image, "built", tool, f"built with {tool}")
         break
     else:
-        result = BuildResult(context.image, "skipped", "", "no working image builder here: " + "; ".join(why)
-                             + ". The build context is kept; the cluster pipeline builds it with Kaniko.")
+        result = BuildResult(
+            context.image,
+            "skipped",
+            "",
+            "no working image builder here: "
+            + "; ".join(why)
+            + ". The build context is kept; the cluster pipeline builds it with Kaniko.",
+        )
     if record and result.status == "built":
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps(result.as_dict()))

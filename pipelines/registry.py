@@ -128,15 +128,26 @@ def _get_version(c: MlflowClient, name: str, version: str):
     try:
         return c.get_model_version(name, str(version))
     except MlflowException as e:
-        raise RegistryError(f"model '{name}' has no version {version} in the registry "
-                            f"(list them in the MLflow UI or with `mlflow models`)") from e
+        raise RegistryError(
+            f"model '{name}' has no version {version} in the registry "
+            f"(list them in the MLflow UI or with `mlflow models`)"
+        ) from e
 
 
 # -- registration -----------------------------------------------------------------------------------------
-def register_candidate(settings: Settings, model_dir: Path, report: EvaluationReport, decision: GateDecision,
-                       *, report_markdown: str = "", champion_report: EvaluationReport | None = None,
-                       lineage: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None,
-                       extra_evidence: Mapping[str, Path] | None = None, upload_model: bool = True) -> Registered:
+def register_candidate(
+    settings: Settings,
+    model_dir: Path,
+    report: EvaluationReport,
+    decision: GateDecision,
+    *,
+    report_markdown: str = "",
+    champion_report: EvaluationReport | None = None,
+    lineage: Mapping[str, str] | None = None,
+    params: Mapping[str, Any] | None = None,
+    extra_evidence: Mapping[str, Path] | None = None,
+    upload_model: bool = True,
+) -> Registered:
     """Log the model + evidence in an MLflow run, register a version, tag it by the gate's decision.
 
     Passing: alias ``candidate``, ``approval=pending``. Failing: ``rejected=true`` with the reasons.
@@ -163,8 +174,9 @@ def register_candidate(settings: Settings, model_dir: Path, report: EvaluationRe
         ev = Path(tmp)
         (ev / "evaluation.json").write_text(report.model_dump_json(indent=2))
         (ev / "gate.json").write_text(decision.model_dump_json(indent=2))
-        (ev / "confusion_matrix.json").write_text(json.dumps(
-            {"labels": report.labels, "matrix": report.confusion_matrix}, indent=2))
+        (ev / "confusion_matrix.json").write_text(
+            json.dumps({"labels": report.labels, "matrix": report.confusion_matrix}, indent=2)
+        )
         if report_markdown:
             (ev / "report.md").write_text(report_markdown)
         if champion_report is not None:
@@ -178,8 +190,10 @@ def register_candidate(settings: Settings, model_dir: Path, report: EvaluationRe
         mlflow.log_metrics({k.replace("=", "_"): float(v) for k, v in report.flat_metrics().items()})
         if params:
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        mlflow.set_tags({f"{LINEAGE_PREFIX}{k}": v for k, v in lineage.items()}
-                        | {GATE: "passed" if decision.passed else "failed", MODEL_DIGEST: model_digest})
+        mlflow.set_tags(
+            {f"{LINEAGE_PREFIX}{k}": v for k, v in lineage.items()}
+            | {GATE: "passed" if decision.passed else "failed", MODEL_DIGEST: model_digest}
+        )
         _log_confusion_figure(report)
         run_id = run.info.run_id
         artifact_uri = run.info.artifact_uri
@@ -187,8 +201,9 @@ def register_candidate(settings: Settings, model_dir: Path, report: EvaluationRe
     from mlflow.exceptions import MlflowException
 
     try:
-        c.create_registered_model(name, description="edgeloop inspection classifier (ONNX); "
-                                                    "aliases: candidate, champion")
+        c.create_registered_model(
+            name, description="edgeloop inspection classifier (ONNX); " "aliases: candidate, champion"
+        )
     except MlflowException:
         pass  # already exists
     tags = {
@@ -204,19 +219,34 @@ def register_candidate(settings: Settings, model_dir: Path, report: EvaluationRe
     if decision.passed:
         tags[APPROVAL] = PENDING
     else:
-        tags |= {REJECTED: "true", REJECTED_REASONS: "gate: " + decision.summary()[:4800],
-                 APPROVAL: REJECTED_VALUE, APPROVAL_MODE: "gate", APPROVAL_AT: _now()}
-    description = (f"accuracy {report.accuracy:.4f}, ECE {report.ece:.4f}; gate "
-                   f"{'passed' if decision.passed else 'FAILED: ' + decision.summary()}")
-    mv = c.create_model_version(name, source=f"{artifact_uri}/{MODEL_DIR}", run_id=run_id,
-                                tags=tags, description=description[:4900])
+        tags |= {
+            REJECTED: "true",
+            REJECTED_REASONS: "gate: " + decision.summary()[:4800],
+            APPROVAL: REJECTED_VALUE,
+            APPROVAL_MODE: "gate",
+            APPROVAL_AT: _now(),
+        }
+    description = (
+        f"accuracy {report.accuracy:.4f}, ECE {report.ece:.4f}; gate "
+        f"{'passed' if decision.passed else 'FAILED: ' + decision.summary()}"
+    )
+    mv = c.create_model_version(
+        name, source=f"{artifact_uri}/{MODEL_DIR}", run_id=run_id, tags=tags, description=description[:4900]
+    )
     version = str(mv.version)
     if decision.passed:
         c.set_registered_model_alias(name, CANDIDATE, version)
     log.info("registered %s version %s (gate %s)", name, version, "passed" if decision.passed else "failed")
-    return Registered(name=name, version=version, run_id=run_id, gate_passed=decision.passed,
-                      evidence_digest=evidence_digest, model_digest=model_digest, storage_uri=storage_uri,
-                      reasons=decision.reasons)
+    return Registered(
+        name=name,
+        version=version,
+        run_id=run_id,
+        gate_passed=decision.passed,
+        evidence_digest=evidence_digest,
+        model_digest=model_digest,
+        storage_uri=storage_uri,
+        reasons=decision.reasons,
+    )
 
 
 def _upload_model(settings: Settings, name: str, digest: str, model_dir: Path) -> str:
@@ -275,7 +305,9 @@ def download_version(settings: Settings, version: str, dest: Path) -> Path:
 
     name = settings.mlflow.registered_model
     client(settings)
-    path = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dest)))
+    path = Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dest))
+    )
     ModelCard.load(path).verify(path)
     return path
 
@@ -297,8 +329,15 @@ def download_evaluation(settings: Settings, version: str) -> EvaluationReport | 
 
 
 # -- the human gate ---------------------------------------------------------------------------------------
-def record_decision(settings: Settings, version: str, decision: str, by: str, note: str = "",
-                    mode: str = "human", evidence_digest: str | None = None) -> Decision:
+def record_decision(
+    settings: Settings,
+    version: str,
+    decision: str,
+    by: str,
+    note: str = "",
+    mode: str = "human",
+    evidence_digest: str | None = None,
+) -> Decision:
     """``edgeloop approve|reject``: record who decided, when, why, and on which evidence."""
     if decision not in (APPROVED, REJECTED_VALUE):
         raise ValueError(f"decision must be {APPROVED!r} or {REJECTED_VALUE!r}")
@@ -310,32 +349,61 @@ def record_decision(settings: Settings, version: str, decision: str, by: str, no
     tags = dict(mv.tags)
     current = tags.get(APPROVAL)
     if decision == APPROVED and tags.get(GATE) != "passed":
-        raise RegistryError(f"{name} version {version} did not pass the automatic gate "
-                            f"({tags.get(GATE_REASONS, 'no gate record')}); it cannot be approved")
+        raise RegistryError(
+            f"{name} version {version} did not pass the automatic gate "
+            f"({tags.get(GATE_REASONS, 'no gate record')}); it cannot be approved"
+        )
     if current in (APPROVED, REJECTED_VALUE) and tags.get(APPROVAL_MODE) != "mlflow-ui":
-        raise RegistryError(f"{name} version {version} is already {current} by {tags.get(APPROVAL_BY, '?')} "
-                            f"at {tags.get(APPROVAL_AT, '?')}; register a new version to decide again")
+        raise RegistryError(
+            f"{name} version {version} is already {current} by {tags.get(APPROVAL_BY, '?')} "
+            f"at {tags.get(APPROVAL_AT, '?')}; register a new version to decide again"
+        )
     evidence = tags.get(EVIDENCE_DIGEST, "")
     if evidence_digest and evidence and evidence_digest != evidence:
-        raise RegistryError(f"the evidence of {name} version {version} is {evidence[:12]}..., not the "
-                            f"{evidence_digest[:12]}... you reviewed; review the current report again")
+        raise RegistryError(
+            f"the evidence of {name} version {version} is {evidence[:12]}..., not the "
+            f"{evidence_digest[:12]}... you reviewed; review the current report again"
+        )
     at = _now()
-    new = {APPROVAL_BY: by, APPROVAL_AT: at, APPROVAL_MODE: mode, APPROVAL_EVIDENCE: evidence,
-           APPROVAL_NOTE: note[:4900]}
+    new = {
+        APPROVAL_BY: by,
+        APPROVAL_AT: at,
+        APPROVAL_MODE: mode,
+        APPROVAL_EVIDENCE: evidence,
+        APPROVAL_NOTE: note[:4900],
+    }
     if decision == REJECTED_VALUE:
-        new |= {REJECTED: "true", REJECTED_REASONS: f"{mode} rejection by {by}" + (f": {note}" if note else "")}
+        new |= {
+            REJECTED: "true",
+            REJECTED_REASONS: f"{mode} rejection by {by}" + (f": {note}" if note else ""),
+        }
     new[APPROVAL] = decision  # last: a waiting run reads the decision only once its record is complete
     for k, v in new.items():
         c.set_model_version_tag(name, version, k, v)
     if decision == REJECTED_VALUE and _alias_version(c, name, CANDIDATE) == str(version):
         c.delete_registered_model_alias(name, CANDIDATE)
-    return Decision(name=name, version=str(version), decision=decision, by=by, at=at, mode=mode, note=note,
-                    evidence_digest=evidence)
+    return Decision(
+        name=name,
+        version=str(version),
+        decision=decision,
+        by=by,
+        at=at,
+        mode=mode,
+        note=note,
+        evidence_digest=evidence,
+    )
 
 
-def wait_for_decision(settings: Settings, version: str, timeout_s: float, *, auto_approve: bool = False,
-                      poll_s: float = 5.0, run_name: str = "",
-                      progress: Callable[[str], None] | None = None) -> Decision:
+def wait_for_decision(
+    settings: Settings,
+    version: str,
+    timeout_s: float,
+    *,
+    auto_approve: bool = False,
+    poll_s: float = 5.0,
+    run_name: str = "",
+    progress: Callable[[str], None] | None = None,
+) -> Decision:
     """Block until a person approves or rejects ``version`` (CLI or MLflow UI tag), or the timeout.
 
     ``auto_approve`` records an approval by the pipeline itself (mode ``auto``), for local runs.
@@ -345,13 +413,21 @@ def wait_for_decision(settings: Settings, version: str, timeout_s: float, *, aut
     name = settings.mlflow.registered_model
     c = client(settings)
     if auto_approve:
-        return record_decision(settings, version, APPROVED, by=f"auto-approve ({run_name or 'local run'})",
-                               note="auto-approved: --auto-approve / auto_approve=True", mode="auto")
+        return record_decision(
+            settings,
+            version,
+            APPROVED,
+            by=f"auto-approve ({run_name or 'local run'})",
+            note="auto-approved: --auto-approve / auto_approve=True",
+            mode="auto",
+        )
     deadline = time.monotonic() + timeout_s
     say = progress or (lambda m: log.info(m))
-    say(f"waiting up to {timeout_s:.0f} s for a decision on {name} version {version}: "
+    say(
+        f"waiting up to {timeout_s:.0f} s for a decision on {name} version {version}: "
         f"`edgeloop approve {name} {version} --by NAME` or `edgeloop reject ...`, "
-        f"or set the tag approval=approved|rejected on the version in the MLflow UI")
+        f"or set the tag approval=approved|rejected on the version in the MLflow UI"
+    )
     while True:
         tags = dict(_get_version(c, name, version).tags)
         state = tags.get(APPROVAL, PENDING)
@@ -359,18 +435,32 @@ def wait_for_decision(settings: Settings, version: str, timeout_s: float, *, aut
             if APPROVAL_AT not in tags:  # set in the MLflow UI: complete the record
                 by = tags.get(APPROVAL_BY) or "unknown (MLflow UI)"
                 return record_decision_from_ui(settings, c, version, state, by, tags)
-            return Decision(name=name, version=str(version), decision=state, by=tags.get(APPROVAL_BY, ""),
-                            at=tags.get(APPROVAL_AT, ""), mode=tags.get(APPROVAL_MODE, ""),
-                            note=tags.get(APPROVAL_NOTE, ""), evidence_digest=tags.get(APPROVAL_EVIDENCE, ""))
+            return Decision(
+                name=name,
+                version=str(version),
+                decision=state,
+                by=tags.get(APPROVAL_BY, ""),
+                at=tags.get(APPROVAL_AT, ""),
+                mode=tags.get(APPROVAL_MODE, ""),
+                note=tags.get(APPROVAL_NOTE, ""),
+                evidence_digest=tags.get(APPROVAL_EVIDENCE, ""),
+            )
         if time.monotonic() >= deadline:
-            d = record_decision(settings, version, REJECTED_VALUE, by="approval timeout",
-                                note=f"no decision within {timeout_s:.0f} s", mode="timeout")
+            d = record_decision(
+                settings,
+                version,
+                REJECTED_VALUE,
+                by="approval timeout",
+                note=f"no decision within {timeout_s:.0f} s",
+                mode="timeout",
+            )
             return d
         time.sleep(max(0.05, min(poll_s, deadline - time.monotonic())))
 
 
-def record_decision_from_ui(settings: Settings, c: MlflowClient, version: str, state: str, by: str,
-                            tags: Mapping[str, str]) -> Decision:
+def record_decision_from_ui(
+    settings: Settings, c: MlflowClient, version: str, state: str, by: str, tags: Mapping[str, str]
+) -> Decision:
     name = settings.mlflow.registered_model
     if state == APPROVED and tags.get(GATE) != "passed":
         state = REJECTED_VALUE
@@ -385,8 +475,15 @@ def record_decision_from_ui(settings: Settings, c: MlflowClient, version: str, s
         c.set_model_version_tag(name, version, k, v)
     if state == REJECTED_VALUE and _alias_version(c, name, CANDIDATE) == str(version):
         c.delete_registered_model_alias(name, CANDIDATE)
-    return Decision(name=name, version=str(version), decision=state, by=by, at=at, mode="mlflow-ui",
-                    evidence_digest=evidence)
+    return Decision(
+        name=name,
+        version=str(version),
+        decision=state,
+        by=by,
+        at=at,
+        mode="mlflow-ui",
+        evidence_digest=evidence,
+    )
 
 
 # -- promotion and rollback -------------------------------------------------------------------------------
@@ -396,8 +493,10 @@ def promote_champion(settings: Settings, version: str, deployed_to: str) -> str 
     c = client(settings)
     tags = dict(_get_version(c, name, version).tags)
     if tags.get(APPROVAL) != APPROVED:
-        raise RegistryError(f"{name} version {version} is not approved (approval={tags.get(APPROVAL)!r}); "
-                            "only approved versions become champion")
+        raise RegistryError(
+            f"{name} version {version} is not approved (approval={tags.get(APPROVAL)!r}); "
+            "only approved versions become champion"
+        )
     previous = _alias_version(c, name, CHAMPION)
     if previous and previous != str(version):
         c.set_model_version_tag(name, version, PREVIOUS_CHAMPION, previous)
@@ -418,8 +517,10 @@ def rollback(settings: Settings) -> tuple[str, str]:
         raise RegistryError(f"model '{name}' has no champion: nothing to roll back")
     previous = dict(_get_version(c, name, current).tags).get(PREVIOUS_CHAMPION)
     if not previous:
-        raise RegistryError(f"{name} champion version {current} records no previous champion "
-                            "(it was the first deployed version): nothing to roll back to")
+        raise RegistryError(
+            f"{name} champion version {current} records no previous champion "
+            "(it was the first deployed version): nothing to roll back to"
+        )
     _get_version(c, name, previous)
     c.set_registered_model_alias(name, CHAMPION, previous)
     c.set_model_version_tag(name, current, "edgeloop.rolled_back_at", _now())

@@ -45,8 +45,13 @@ def git_commit() -> str:
         r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
         sha = r.stdout.strip() if r.returncode == 0 else ""
         if sha:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
             return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.TimeoutExpired):
         pass
@@ -81,13 +86,17 @@ class LocalOutcome:
         return asdict(self)
 
     def summary(self) -> str:
-        lines = [f"pipeline run {self.run_name}: {'succeeded' if self.succeeded else 'FAILED'} "
-                 f"in {self.seconds:.1f} s (outputs under {self.run_dir})"]
+        lines = [
+            f"pipeline run {self.run_name}: {'succeeded' if self.succeeded else 'FAILED'} "
+            f"in {self.seconds:.1f} s (outputs under {self.run_dir})"
+        ]
         if self.failed_step:
             lines.append(f"  failed step: {self.failed_step}: {self.cause}")
         if self.version:
-            lines.append(f"  registered {self.model} version {self.version}: gate "
-                         f"{'passed' if self.gate_passed else 'FAILED'}")
+            lines.append(
+                f"  registered {self.model} version {self.version}: gate "
+                f"{'passed' if self.gate_passed else 'FAILED'}"
+            )
         if self.decision:
             lines.append(f"  decision: {self.decision}")
         if self.deployed_to:
@@ -121,8 +130,11 @@ def _failure_cause(log_text: str, step: str) -> str:
     text = _ANSI.sub("", log_text)
     start = text.rfind(f"Executing task '{step}'")
     chunk = text[start:] if start >= 0 else text
-    exc = [ln.strip() for ln in chunk.splitlines()
-           if re.match(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Failed|Rejected|Interrupt)|[\w.]+Error)\b.*:", ln)]
+    exc = [
+        ln.strip()
+        for ln in chunk.splitlines()
+        if re.match(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Failed|Rejected|Interrupt)|[\w.]+Error)\b.*:", ln)
+    ]
     return exc[-1] if exc else "see the step's log above"
 
 
@@ -138,8 +150,14 @@ def _read_task_outputs(task_dir: Path) -> dict[str, Any]:
     return out
 
 
-def run_local(settings: Settings, params: dict[str, Any] | None = None, *, pipeline_root: Path | None = None,
-              enable_caching: bool = True, log_stream: Any = None) -> LocalOutcome:
+def run_local(
+    settings: Settings,
+    params: dict[str, Any] | None = None,
+    *,
+    pipeline_root: Path | None = None,
+    enable_caching: bool = True,
+    log_stream: Any = None,
+) -> LocalOutcome:
     """Run the pipeline on this machine with ``kfp.local.SubprocessRunner(use_venv=False)``.
 
     The steps run as subprocesses of this venv and inherit this process's environment; the
@@ -164,14 +182,18 @@ def run_local(settings: Settings, params: dict[str, Any] | None = None, *, pipel
         env["EDGELOOP_LABELSTUDIO__PROJECT_TITLE"] = settings.labelstudio.project_title
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), enable_caching=enable_caching,
-               raise_on_error=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(root),
+        enable_caching=enable_caching,
+        raise_on_error=True,
+    )
     before = {p.name for p in root.glob(f"{PIPELINE_NAME}-*")}
     tee = _Tee(log_stream or sys.stdout)
     t0 = time.perf_counter()
     error: BaseException | None = None
     try:
-        with contextlib.redirect_stdout(tee):
+        with contextlib.redirect_stdout(tee):  # type: ignore[type-var]
             training_pipeline(**args)
     except RuntimeError as e:
         error = e
@@ -194,8 +216,14 @@ def run_local(settings: Settings, params: dict[str, Any] | None = None, *, pipel
         if d.is_dir():
             tasks.setdefault(d.name, TaskResult(d.name, "succeeded")).outputs = _read_task_outputs(d)
     reg = tasks.get("register-model")
-    outcome = LocalOutcome(run_name=run_dir.name, run_dir=str(run_dir), seconds=round(seconds, 2),
-                           succeeded=error is None, tasks=tasks, model=settings.mlflow.registered_model)
+    outcome = LocalOutcome(
+        run_name=run_dir.name,
+        run_dir=str(run_dir),
+        seconds=round(seconds, 2),
+        succeeded=error is None,
+        tasks=tasks,
+        model=settings.mlflow.registered_model,
+    )
     with contextlib.suppress(Exception):
         outcome.tracking_uri = settings.mlflow_tracking_uri()
     if reg and reg.outputs:
@@ -226,32 +254,59 @@ def _package(tmp: Path) -> Path:
     return compile_pipeline(tmp / "training_pipeline.yaml")
 
 
-def submit_run(host: str, params: dict[str, Any], *, experiment: str = "edgeloop", run_name: str | None = None,
-               namespace: str | None = None) -> str:
+def submit_run(
+    host: str,
+    params: dict[str, Any],
+    *,
+    experiment: str = "edgeloop",
+    run_name: str | None = None,
+    namespace: str | None = None,
+) -> str:
     import tempfile
 
     client = _client(host, namespace)
     with tempfile.TemporaryDirectory() as tmp:
         package = _package(Path(tmp))
         result = client.create_run_from_pipeline_package(
-            str(package), arguments=params, run_name=run_name or f"edgeloop-training-{time.strftime('%Y%m%d-%H%M%S')}",
-            experiment_name=experiment, namespace=namespace, enable_caching=None)
+            str(package),
+            arguments=params,
+            run_name=run_name or f"edgeloop-training-{time.strftime('%Y%m%d-%H%M%S')}",
+            experiment_name=experiment,
+            namespace=namespace,
+            enable_caching=None,
+        )
     return f"{host.rstrip('/')}/#/runs/details/{result.run_id}"
 
 
-def schedule_runs(host: str, cron: str, params: dict[str, Any], *, experiment: str = "edgeloop",
-                  job_name: str = "edgeloop-retrain", max_concurrency: int = 1, namespace: str | None = None) -> str:
+def schedule_runs(
+    host: str,
+    cron: str,
+    params: dict[str, Any],
+    *,
+    experiment: str = "edgeloop",
+    job_name: str = "edgeloop-retrain",
+    max_concurrency: int = 1,
+    namespace: str | None = None,
+) -> str:
     """A recurring run. ``snapshot-labels`` is never cached, so each scheduled run trains on the labels of its time
     (unchanged labels -> same manifest digest -> the dataset/training steps are reused from the cache)."""
     import tempfile
 
     if len(cron.split()) != 6:
-        raise PipelineRunError(f"cron {cron!r} needs 6 fields (seconds first), e.g. '0 0 3 * * *' for 03:00 daily")
+        raise PipelineRunError(
+            f"cron {cron!r} needs 6 fields (seconds first), e.g. '0 0 3 * * *' for 03:00 daily"
+        )
     client = _client(host, namespace)
     exp = client.create_experiment(experiment, namespace=namespace)
     with tempfile.TemporaryDirectory() as tmp:
         package = _package(Path(tmp))
         job = client.create_recurring_run(
-            experiment_id=exp.experiment_id, job_name=job_name, cron_expression=cron,
-            max_concurrency=max_concurrency, pipeline_package_path=str(package), params=params, no_catchup=True)
+            experiment_id=exp.experiment_id,
+            job_name=job_name,
+            cron_expression=cron,
+            max_concurrency=max_concurrency,
+            pipeline_package_path=str(package),
+            params=params,
+            no_catchup=True,
+        )
     return str(getattr(job, "recurring_run_id", None) or getattr(job, "id", ""))

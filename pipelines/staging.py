@@ -54,31 +54,43 @@ class StagingResult:
     def to_json(self) -> str:
         import json
 
-        return json.dumps({
-            "report": self.report.model_dump(mode="json"),
-            "champion_report": self.champion_report.model_dump(mode="json") if self.champion_report else None,
-            "champion_version": self.champion_version,
-            "decision": self.decision.model_dump(mode="json"),
-            "markdown": self.markdown,
-        }, indent=2)
+        return json.dumps(
+            {
+                "report": self.report.model_dump(mode="json"),
+                "champion_report": self.champion_report.model_dump(mode="json")
+                if self.champion_report
+                else None,
+                "champion_version": self.champion_version,
+                "decision": self.decision.model_dump(mode="json"),
+                "markdown": self.markdown,
+            },
+            indent=2,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> StagingResult:
         import json
 
         d = json.loads(text)
-        return cls(report=EvaluationReport.model_validate(d["report"]),
-                   champion_report=EvaluationReport.model_validate(d["champion_report"]) if d["champion_report"] else None,
-                   champion_version=d["champion_version"], decision=GateDecision.model_validate(d["decision"]),
-                   markdown=d["markdown"])
+        return cls(
+            report=EvaluationReport.model_validate(d["report"]),
+            champion_report=EvaluationReport.model_validate(d["champion_report"])
+            if d["champion_report"]
+            else None,
+            champion_version=d["champion_version"],
+            decision=GateDecision.model_validate(d["decision"]),
+            markdown=d["markdown"],
+        )
 
 
 def load_split_images(dataset_dir: Path, split: str = "test") -> list[TestImage]:
     from components.dataset import load_rows
 
     dataset_dir = Path(dataset_dir)
-    return [TestImage((dataset_dir / r.file).read_bytes(), r.label, dict(r.metadata or {}))
-            for r in load_rows(dataset_dir, split)]
+    return [
+        TestImage((dataset_dir / r.file).read_bytes(), r.label, dict(r.metadata or {}))
+        for r in load_rows(dataset_dir, split)
+    ]
 
 
 def test_set_digest(images: Sequence[TestImage]) -> str:
@@ -105,8 +117,9 @@ def predict_in_process(model_dir: Path, images: Sequence[TestImage]) -> np.ndarr
     return ModelRunner(model_dir).run([_rgb(i.data) for i in images]).probabilities
 
 
-def serve_and_measure(model_dir: Path, images: Sequence[TestImage], latency_requests: int = 200,
-                      warmup: int = 5) -> tuple[np.ndarray, list[float]]:
+def serve_and_measure(
+    model_dir: Path, images: Sequence[TestImage], latency_requests: int = 200, warmup: int = 5
+) -> tuple[np.ndarray, list[float]]:
     """Start the real model server on ``model_dir``; return per-image probabilities and request latencies (ms).
 
     One encoded image per request over REST (OIP v2, binary extension), as a camera client sends them;
@@ -133,11 +146,16 @@ def serve_and_measure(model_dir: Path, images: Sequence[TestImage], latency_requ
     return np.stack(probs), latencies
 
 
-def run_staging_evaluation(settings: Settings | None, dataset_dir: Path, model_dir: Path,
-                           reference_model_dir: Path | None = None,
-                           thresholds: GateThresholds | None = None, latency_requests: int = 200,
-                           compare_with_champion: bool = True,
-                           serve: Callable[..., tuple[np.ndarray, list[float]]] | None = None) -> StagingResult:
+def run_staging_evaluation(
+    settings: Settings | None,
+    dataset_dir: Path,
+    model_dir: Path,
+    reference_model_dir: Path | None = None,
+    thresholds: GateThresholds | None = None,
+    latency_requests: int = 200,
+    compare_with_champion: bool = True,
+    serve: Callable[..., tuple[np.ndarray, list[float]]] | None = None,
+) -> StagingResult:
     from edgeloop.model_card import ModelCard
 
     model_dir = Path(model_dir)
@@ -145,24 +163,38 @@ def run_staging_evaluation(settings: Settings | None, dataset_dir: Path, model_d
     card.verify(model_dir)
     images = load_split_images(dataset_dir, "test")
     if not images:
-        raise StagingError(f"the dataset in {dataset_dir} has no test images; label more images "
-                           "(each class needs a few in the held-out split)")
+        raise StagingError(
+            f"the dataset in {dataset_dir} has no test images; label more images "
+            "(each class needs a few in the held-out split)"
+        )
     unknown = sorted({i.label for i in images} - set(card.labels))
     if unknown:
-        raise StagingError(f"test images carry labels the model does not know: {unknown} (model: {card.labels})")
+        raise StagingError(
+            f"test images carry labels the model does not know: {unknown} (model: {card.labels})"
+        )
     y_true = [card.labels.index(i.label) for i in images]
     metas = [i.meta for i in images]
     digest = test_set_digest(images)
 
     probs, latencies = (serve or serve_and_measure)(model_dir, images, latency_requests)
     reference = predict_in_process(reference_model_dir, images) if reference_model_dir else None
-    report = evaluate_predictions(card.labels, y_true, probs, metas=metas, latencies_ms=latencies,
-                                  reference_probs=reference, precision=card.precision.value,
-                                  model_digest=card.digest(), test_set_digest=digest)
+    report = evaluate_predictions(
+        card.labels,
+        y_true,
+        probs,
+        metas=metas,
+        latencies_ms=latencies,
+        reference_probs=reference,
+        precision=card.precision.value,
+        model_digest=card.digest(),
+        test_set_digest=digest,
+    )
 
     champion_report, champion_version = None, None
     if compare_with_champion and settings is not None:
-        champion_report, champion_version = evaluate_champion(settings, images, y_true, metas, digest, card.labels)
+        champion_report, champion_version = evaluate_champion(
+            settings, images, y_true, metas, digest, card.labels
+        )
     decision = evaluate_rules(report, champion_report, thresholds)
     title = f"Staging evaluation of {card.name} ({card.architecture}, {card.precision.value})"
     if champion_version:
@@ -171,9 +203,14 @@ def run_staging_evaluation(settings: Settings | None, dataset_dir: Path, model_d
     return StagingResult(report, champion_report, champion_version, decision, md)
 
 
-def evaluate_champion(settings: Settings, images: Sequence[TestImage], y_true: Sequence[int],
-                      metas: Sequence[dict[str, Any]], digest: str,
-                      labels: Sequence[str]) -> tuple[EvaluationReport | None, str | None]:
+def evaluate_champion(
+    settings: Settings,
+    images: Sequence[TestImage],
+    y_true: Sequence[int],
+    metas: Sequence[dict[str, Any]],
+    digest: str,
+    labels: Sequence[str],
+) -> tuple[EvaluationReport | None, str | None]:
     """The current champion on the same test images (in-process), or (None, None) without a champion."""
     from edgeloop.model_card import ModelCard
     from pipelines import registry
@@ -185,16 +222,26 @@ def evaluate_champion(settings: Settings, images: Sequence[TestImage], y_true: S
         path = registry.download_version(settings, version, Path(tmp))
         champ_card = ModelCard.load(path)
         if list(champ_card.labels) != list(labels):
-            log.warning("champion v%s has labels %s, the candidate %s: comparing shared classes only",
-                        version, champ_card.labels, labels)
+            log.warning(
+                "champion v%s has labels %s, the candidate %s: comparing shared classes only",
+                version,
+                champ_card.labels,
+                labels,
+            )
             keep = [k for k, i in enumerate(images) if i.label in champ_card.labels]
             images = [images[k] for k in keep]
             metas = [metas[k] for k in keep]
             y_true = [champ_card.labels.index(i.label) for i in images]
         probs = predict_in_process(path, images)
-        rep = evaluate_predictions(champ_card.labels, y_true, probs, metas=metas,
-                                   precision=champ_card.precision.value, model_digest=champ_card.digest(),
-                                   test_set_digest=digest)
+        rep = evaluate_predictions(
+            champ_card.labels,
+            y_true,
+            probs,
+            metas=metas,
+            precision=champ_card.precision.value,
+            model_digest=champ_card.digest(),
+            test_set_digest=digest,
+        )
     return rep, version
 
 

@@ -8,7 +8,6 @@ On a cluster the image ``PIPELINE_IMAGE`` holds the edgeloop package; locally
 the subprocess runner uses this venv and inherits the environment.
 """
 
-
 from typing import NamedTuple
 
 from kfp import dsl
@@ -29,8 +28,9 @@ KANIKO_IMAGE = "gcr.io/kaniko-project/executor:v1.23.2-debug"
 
 
 @dsl.component(base_image=PIPELINE_IMAGE)
-def snapshot_labels(project: str, label_policy: str, config_file: str) -> NamedTuple(
-        "LabelSnapshot", [("manifest_uri", str), ("labels_digest", str), ("labeled_images", int)]):
+def snapshot_labels(project: str, label_policy: str, config_file: str) -> NamedTuple(  # type: ignore[valid-type]
+    "LabelSnapshot", [("manifest_uri", str), ("labels_digest", str), ("labeled_images", int)]
+):
     """Export the labels from Label Studio into a content-addressed manifest (never cached)."""
     from pipelines.tasks import snapshot_labels_task
 
@@ -46,19 +46,41 @@ def build_dataset(manifest_uri: str, config_file: str, dataset: Output[Dataset])
 
 
 @dsl.component(base_image=PIPELINE_IMAGE)
-def train_model(dataset: Input[Dataset], architecture: str, epochs: int, batch_size: int, image_size: int,
-                learning_rate: float, nproc_per_node: int, seed: int, config_file: str,
-                model: Output[Model], metrics: Output[Metrics]) -> float:
+def train_model(
+    dataset: Input[Dataset],
+    architecture: str,
+    epochs: int,
+    batch_size: int,
+    image_size: int,
+    learning_rate: float,
+    nproc_per_node: int,
+    seed: int,
+    config_file: str,
+    model: Output[Model],
+    metrics: Output[Metrics],
+) -> float:
     """DDP training under torchrun; returns the validation accuracy."""
     from pipelines.tasks import train_task
 
-    return train_task(dataset, architecture, epochs, batch_size, image_size, learning_rate, nproc_per_node,
-                      seed, config_file, model, metrics)
+    return train_task(
+        dataset,
+        architecture,
+        epochs,
+        batch_size,
+        image_size,
+        learning_rate,
+        nproc_per_node,
+        seed,
+        config_file,
+        model,
+        metrics,
+    )
 
 
 @dsl.component(base_image=PIPELINE_IMAGE)
-def export_onnx(model: Input[Model], dataset: Input[Dataset], onnx_model: Output[Model],
-                parity: Output[Metrics]) -> str:
+def export_onnx(
+    model: Input[Model], dataset: Input[Dataset], onnx_model: Output[Model], parity: Output[Metrics]
+) -> str:
     """Export the fp32 ONNX model with its card and torch parity check; returns the model digest."""
     from pipelines.tasks import export_task
 
@@ -66,8 +88,13 @@ def export_onnx(model: Input[Model], dataset: Input[Dataset], onnx_model: Output
 
 
 @dsl.component(base_image=PIPELINE_IMAGE)
-def select_precision(onnx_model: Input[Model], dataset: Input[Dataset], target_profile: str,
-                     chosen_model: Output[Model], evidence: Output[Metrics]) -> str:
+def select_precision(
+    onnx_model: Input[Model],
+    dataset: Input[Dataset],
+    target_profile: str,
+    chosen_model: Output[Model],
+    evidence: Output[Metrics],
+) -> str:
     """Pick fp32 or int8 by measurement for the target hardware profile; returns the precision."""
     from pipelines.tasks import select_precision_task
 
@@ -76,46 +103,103 @@ def select_precision(onnx_model: Input[Model], dataset: Input[Dataset], target_p
 
 @dsl.component(base_image=PIPELINE_IMAGE)
 def staging_evaluation(
-        dataset: Input[Dataset], candidate: Input[Model], reference: Input[Model],
-        min_accuracy: float, max_regression: float, min_class_recall: float, class_recall_floors: dict,
-        max_latency_p95_ms: float, max_ece: float, max_parity_diff: float, latency_requests: int,
-        config_file: str,
-        staged_model: Output[Model], evaluation: Output[Artifact], metrics: Output[Metrics],
-        confusion_matrix: Output[ClassificationMetrics], report: Output[Markdown]) -> bool:
+    dataset: Input[Dataset],
+    candidate: Input[Model],
+    reference: Input[Model],
+    min_accuracy: float,
+    max_regression: float,
+    min_class_recall: float,
+    class_recall_floors: dict,
+    max_latency_p95_ms: float,
+    max_ece: float,
+    max_parity_diff: float,
+    latency_requests: int,
+    config_file: str,
+    staged_model: Output[Model],
+    evaluation: Output[Artifact],
+    metrics: Output[Metrics],
+    confusion_matrix: Output[ClassificationMetrics],
+    report: Output[Markdown],
+) -> bool:
     """Serve the candidate on the real model server, measure, compare with the champion, apply the rules."""
     from pipelines.tasks import staging_evaluation_task
 
     return staging_evaluation_task(
-        dataset, candidate, reference, min_accuracy, max_regression, min_class_recall, class_recall_floors,
-        max_latency_p95_ms, max_ece, max_parity_diff, latency_requests, config_file,
-        staged_model, evaluation, metrics, confusion_matrix, report)
+        dataset,
+        candidate,
+        reference,
+        min_accuracy,
+        max_regression,
+        min_class_recall,
+        class_recall_floors,
+        max_latency_p95_ms,
+        max_ece,
+        max_parity_diff,
+        latency_requests,
+        config_file,
+        staged_model,
+        evaluation,
+        metrics,
+        confusion_matrix,
+        report,
+    )
 
 
 @dsl.component(base_image=PIPELINE_IMAGE)
-def register_model(staged_model: Input[Model], evaluation: Input[Artifact], dataset: Input[Dataset],
-                   dataset_version: str, labels_digest: str, pipeline_run: str, git_commit: str,
-                   architecture: str, target_profile: str, config_file: str) -> NamedTuple(
-        "Registration", [("version", str), ("gate_passed", bool), ("evidence_digest", str)]):
+def register_model(
+    staged_model: Input[Model],
+    evaluation: Input[Artifact],
+    dataset: Input[Dataset],
+    dataset_version: str,
+    labels_digest: str,
+    pipeline_run: str,
+    git_commit: str,
+    architecture: str,
+    target_profile: str,
+    config_file: str,
+) -> NamedTuple(  # type: ignore[valid-type]
+    "Registration", [("version", str), ("gate_passed", bool), ("evidence_digest", str)]
+):
     """Register the version in MLflow with its evidence; alias candidate if the gate passed, else rejected."""
     from pipelines.tasks import register_task
 
-    return register_task(staged_model, evaluation, dataset, dataset_version, labels_digest, pipeline_run,
-                         git_commit, architecture, target_profile, config_file)
+    return register_task(
+        staged_model,
+        evaluation,
+        dataset,
+        dataset_version,
+        labels_digest,
+        pipeline_run,
+        git_commit,
+        architecture,
+        target_profile,
+        config_file,
+    )
 
 
 @dsl.component(base_image=PIPELINE_IMAGE)
-def await_approval(version: str, gate_passed: bool, timeout_s: float, poll_s: float, auto_approve: bool,
-                   pipeline_run: str, config_file: str) -> str:
+def await_approval(
+    version: str,
+    gate_passed: bool,
+    timeout_s: float,
+    poll_s: float,
+    auto_approve: bool,
+    pipeline_run: str,
+    config_file: str,
+) -> str:
     """Wait for a person's decision (edgeloop approve/reject or the MLflow tag); returns approved|rejected.
     A version that failed the automatic gate is rejected at once (never shown for approval)."""
     from pipelines.tasks import await_approval_task
 
-    return await_approval_task(version, gate_passed, timeout_s, poll_s, auto_approve, pipeline_run, config_file)
+    return await_approval_task(
+        version, gate_passed, timeout_s, poll_s, auto_approve, pipeline_run, config_file
+    )
 
 
 @dsl.component(base_image=PIPELINE_IMAGE)
-def prepare_image_build(image_repository: str, context: Output[Artifact]) -> NamedTuple(
-        "BuildContext", [("image", str), ("content_hash", str), ("needs_build", bool)]):
+def prepare_image_build(image_repository: str, context: Output[Artifact]) -> NamedTuple(  # type: ignore[valid-type]
+    "BuildContext", [("image", str), ("content_hash", str), ("needs_build", bool)]
+):
     """Write the serving image's build context; the tag is a hash of its content."""
     from pipelines.tasks import prepare_image_build_task
 
@@ -139,16 +223,19 @@ def kaniko_build(context: Input[Artifact], image: str, needs_build: bool):
         args=[
             'set -e; if [ "$2" != "true" ] && [ "$2" != "True" ]; then echo "image $1 exists: no rebuild"; exit 0; fi; '
             'mkdir -p /workspace && tar -xzf "$0" -C /workspace; '
-            'exec /kaniko/executor --context=dir:///workspace --dockerfile=/workspace/serving/Dockerfile '
+            "exec /kaniko/executor --context=dir:///workspace --dockerfile=/workspace/serving/Dockerfile "
             '--destination="$1" --reproducible --cache=true --snapshot-mode=redo',
-            context.path, image, needs_build,
+            context.path,
+            image,
+            needs_build,
         ],
     )
 
 
 @dsl.component(base_image=PIPELINE_IMAGE)
-def deploy_model(version: str, image: str, deploy_target: str, namespace: str, gitops_dir: str,
-                 config_file: str) -> str:
+def deploy_model(
+    version: str, image: str, deploy_target: str, namespace: str, gitops_dir: str, config_file: str
+) -> str:
     """Render the InferenceService for the approved version, apply it (or write it for Flux), move champion."""
     from pipelines.tasks import deploy_task
 

@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgeloop.pipeline")
 
+# the steps' multi-value returns (field names = the KFP output names)
+LabelSnapshot = namedtuple("LabelSnapshot", ["manifest_uri", "labels_digest", "labeled_images"])
+Registration = namedtuple("Registration", ["version", "gate_passed", "evidence_digest"])
+ImageContext = namedtuple("ImageContext", ["image", "content_hash", "needs_build"])
+
 
 def settings_for(config_file: str) -> Settings:
     from edgeloop.config import load_settings
@@ -56,7 +61,6 @@ def snapshot_labels_task(project: str, label_policy: str, config_file: str):
     from edgeloop.model_card import sha256_file
 
     settings = settings_for(config_file)
-    out = namedtuple("LabelSnapshot", ["manifest_uri", "labels_digest", "labeled_images"])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "manifest.jsonl"
         report = import_labels(settings, project or None, path, policy=label_policy)
@@ -68,7 +72,7 @@ def snapshot_labels_task(project: str, label_policy: str, config_file: str):
             store.upload_file(uri, path)
     n = int(getattr(report, "labeled_images", 0))
     log.info("labels snapshot %s: %d labeled images (%s)", digest[:12], n, uri)
-    return out(str(uri), digest, n)
+    return LabelSnapshot(str(uri), digest, n)
 
 
 def build_dataset_task(manifest_uri: str, config_file: str, dataset: Any) -> str:
@@ -82,35 +86,73 @@ def build_dataset_task(manifest_uri: str, config_file: str, dataset: Any) -> str
     with tempfile.TemporaryDirectory() as tmp:
         manifest = BlobStore.from_settings(settings).download_to(manifest_uri, Path(tmp) / "manifest.jsonl")
         info = build_dataset(settings, manifest, out)
-    dataset.metadata.update({"version": info.version, "classes": info.classes, "images": info.images,
-                             "counts": info.counts, "manifest_uri": manifest_uri})
+    dataset.metadata.update(
+        {
+            "version": info.version,
+            "classes": info.classes,
+            "images": info.images,
+            "counts": info.counts,
+            "manifest_uri": manifest_uri,
+        }
+    )
     log.info(info.summary())
     return info.version
 
 
 # -- training -------------------------------------------------------------------------------------------------
-def train_task(dataset: Any, architecture: str, epochs: int, batch_size: int, image_size: int,
-               learning_rate: float, nproc_per_node: int, seed: int, config_file: str, model: Any,
-               metrics: Any) -> float:
+def train_task(
+    dataset: Any,
+    architecture: str,
+    epochs: int,
+    batch_size: int,
+    image_size: int,
+    learning_rate: float,
+    nproc_per_node: int,
+    seed: int,
+    config_file: str,
+    model: Any,
+    metrics: Any,
+) -> float:
     from components.training import TrainConfig, run_training
 
     settings = settings_for(config_file)
     out = _dir(model)
-    cfg = TrainConfig(arch=architecture, size=image_size, epochs=epochs, batch_size=batch_size, lr=learning_rate,
-                      seed=seed, min_epochs=min(epochs, TrainConfig.min_epochs))
+    cfg = TrainConfig(
+        arch=architecture,
+        size=image_size,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=learning_rate,
+        seed=seed,
+        min_epochs=min(epochs, TrainConfig.min_epochs),
+    )
     try:
         uri = settings.mlflow_tracking_uri()
     except Exception:  # noqa: BLE001 - training works without tracking
         uri = None
-    result = run_training(Path(dataset.path), out, cfg, nproc_per_node=nproc_per_node, mlflow_tracking_uri=uri,
-                          mlflow_experiment=settings.mlflow.experiment,
-                          dataset_version=dataset.metadata.get("version"), progress=False, echo=True)
+    result = run_training(
+        Path(dataset.path),
+        out,
+        cfg,
+        nproc_per_node=nproc_per_node,
+        mlflow_tracking_uri=uri,
+        mlflow_experiment=settings.mlflow.experiment,
+        dataset_version=dataset.metadata.get("version"),
+        progress=False,
+        echo=True,
+    )
     for k, v in result.metrics.items():
         if isinstance(v, int | float) and not isinstance(v, bool):
             metrics.log_metric(k, float(v))
-    model.metadata.update({"architecture": architecture, "framework": "pytorch",
-                           "dataset_version": dataset.metadata.get("version", ""),
-                           "val_accuracy": result.val_accuracy, "nproc_per_node": nproc_per_node})
+    model.metadata.update(
+        {
+            "architecture": architecture,
+            "framework": "pytorch",
+            "dataset_version": dataset.metadata.get("version", ""),
+            "val_accuracy": result.val_accuracy,
+            "nproc_per_node": nproc_per_node,
+        }
+    )
     _persist(metrics)
     return float(result.val_accuracy)
 
@@ -122,14 +164,21 @@ def export_task(model: Any, dataset: Any, onnx_model: Any, parity: Any) -> str:
     card = export_model(Path(model.path), out, dataset_dir=Path(dataset.path))
     for k, v in _flat(card.parity or {}).items():
         parity.log_metric(k, v)
-    onnx_model.metadata.update({"precision": card.precision.value, "digest": card.digest(),
-                                "framework": "onnx", "architecture": card.architecture})
+    onnx_model.metadata.update(
+        {
+            "precision": card.precision.value,
+            "digest": card.digest(),
+            "framework": "onnx",
+            "architecture": card.architecture,
+        }
+    )
     _persist(parity)
     return card.digest()
 
 
-def select_precision_task(onnx_model: Any, dataset: Any, target_profile: str, chosen_model: Any,
-                          evidence: Any) -> str:
+def select_precision_task(
+    onnx_model: Any, dataset: Any, target_profile: str, chosen_model: Any, evidence: Any
+) -> str:
     from components.precision import choose_precision
 
     out = _dir(chosen_model)
@@ -140,9 +189,15 @@ def select_precision_task(onnx_model: Any, dataset: Any, target_profile: str, ch
         for key in ("latency_ms_b1", "accuracy", "agreement_with_fp32"):
             if key in m:
                 evidence.log_metric(f"{m['precision']}.{key}", float(m[key]))
-    chosen_model.metadata.update({"precision": card.precision.value, "digest": card.digest(),
-                                  "target_profile": target_profile, "framework": "onnx",
-                                  "reasons": card.precision_evidence.get("reasons", [])})
+    chosen_model.metadata.update(
+        {
+            "precision": card.precision.value,
+            "digest": card.digest(),
+            "target_profile": target_profile,
+            "framework": "onnx",
+            "reasons": card.precision_evidence.get("reasons", []),
+        }
+    )
     _persist(evidence)
     return card.precision.value
 
@@ -165,27 +220,58 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
 
 
 # -- staging evaluation, registry, gate ---------------------------------------------------------------------------
-def staging_evaluation_task(dataset: Any, candidate: Any, reference: Any, min_accuracy: float,
-                            max_regression: float, min_class_recall: float, class_recall_floors: dict,
-                            max_latency_p95_ms: float, max_ece: float, max_parity_diff: float,
-                            latency_requests: int, config_file: str, staged_model: Any, evaluation: Any,
-                            metrics: Any, confusion_matrix: Any, report: Any) -> bool:
+def staging_evaluation_task(
+    dataset: Any,
+    candidate: Any,
+    reference: Any,
+    min_accuracy: float,
+    max_regression: float,
+    min_class_recall: float,
+    class_recall_floors: dict,
+    max_latency_p95_ms: float,
+    max_ece: float,
+    max_parity_diff: float,
+    latency_requests: int,
+    config_file: str,
+    staged_model: Any,
+    evaluation: Any,
+    metrics: Any,
+    confusion_matrix: Any,
+    report: Any,
+) -> bool:
     from pipelines.gate import GateThresholds
     from pipelines.staging import run_staging_evaluation, stage_model
 
     settings = settings_for(config_file)
-    thresholds = GateThresholds(min_accuracy=min_accuracy, max_regression=max_regression,
-                                min_class_recall=min_class_recall,
-                                class_recall_floors={str(k): float(v) for k, v in (class_recall_floors or {}).items()},
-                                max_latency_p95_ms=max_latency_p95_ms, max_ece=max_ece,
-                                max_parity_diff=max_parity_diff)
+    thresholds = GateThresholds.model_validate(
+        {
+            "min_accuracy": min_accuracy,
+            "max_regression": max_regression,
+            "min_class_recall": min_class_recall,
+            "class_recall_floors": {str(k): float(v) for k, v in (class_recall_floors or {}).items()},
+            "max_latency_p95_ms": max_latency_p95_ms,
+            "max_ece": max_ece,
+            "max_parity_diff": max_parity_diff,
+        }
+    )
     staged = stage_model(Path(candidate.path), Path(staged_model.path), Path(dataset.path))
-    result = run_staging_evaluation(settings, Path(dataset.path), staged, Path(reference.path), thresholds,
-                                    latency_requests=latency_requests)
+    result = run_staging_evaluation(
+        settings,
+        Path(dataset.path),
+        staged,
+        Path(reference.path),
+        thresholds,
+        latency_requests=latency_requests,
+    )
     Path(evaluation.path).parent.mkdir(parents=True, exist_ok=True)
     Path(evaluation.path).write_text(result.to_json())
-    evaluation.metadata.update({"evidence_digest": result.report.digest(), "gate_passed": result.decision.passed,
-                                "champion_version": result.champion_version or ""})
+    evaluation.metadata.update(
+        {
+            "evidence_digest": result.report.digest(),
+            "gate_passed": result.decision.passed,
+            "champion_version": result.champion_version or "",
+        }
+    )
     for k, v in result.report.flat_metrics().items():
         metrics.log_metric(k, float(v))
     confusion_matrix.log_confusion_matrix(result.report.labels, result.report.confusion_matrix)
@@ -193,33 +279,53 @@ def staging_evaluation_task(dataset: Any, candidate: Any, reference: Any, min_ac
     _persist(confusion_matrix)
     Path(report.path).parent.mkdir(parents=True, exist_ok=True)
     Path(report.path).write_text(result.markdown)
-    staged_model.metadata.update({"digest": result.report.model_digest, "precision": result.report.precision,
-                                  "framework": "onnx"})
+    staged_model.metadata.update(
+        {"digest": result.report.model_digest, "precision": result.report.precision, "framework": "onnx"}
+    )
     log.info("gate: %s", result.decision.summary())
     return bool(result.decision.passed)
 
 
-def register_task(staged_model: Any, evaluation: Any, dataset: Any, dataset_version: str, labels_digest: str,
-                  pipeline_run: str, git_commit: str, architecture: str, target_profile: str, config_file: str):
+def register_task(
+    staged_model: Any,
+    evaluation: Any,
+    dataset: Any,
+    dataset_version: str,
+    labels_digest: str,
+    pipeline_run: str,
+    git_commit: str,
+    architecture: str,
+    target_profile: str,
+    config_file: str,
+):
     from pipelines import registry
     from pipelines.staging import StagingResult
 
     settings = settings_for(config_file)
     result = StagingResult.from_json(Path(evaluation.path).read_text())
-    lineage = {"dataset_version": dataset_version, "labels_digest": labels_digest, "pipeline_run": pipeline_run,
-               "git_commit": git_commit or os.environ.get("EDGELOOP_GIT_COMMIT", "") or _git_commit(),
-               "champion_compared": result.champion_version or "none",
-               "dataset_uri": str(dataset.metadata.get("manifest_uri", ""))}
+    lineage = {
+        "dataset_version": dataset_version,
+        "labels_digest": labels_digest,
+        "pipeline_run": pipeline_run,
+        "git_commit": git_commit or os.environ.get("EDGELOOP_GIT_COMMIT", "") or _git_commit(),
+        "champion_compared": result.champion_version or "none",
+        "dataset_uri": str(dataset.metadata.get("manifest_uri", "")),
+    }
     with _tmp_file("report.md", result.markdown) as md:
         reg = registry.register_candidate(
-            settings, Path(staged_model.path), result.report, result.decision, report_markdown=result.markdown,
-            champion_report=result.champion_report, lineage=lineage,
+            settings,
+            Path(staged_model.path),
+            result.report,
+            result.decision,
+            report_markdown=result.markdown,
+            champion_report=result.champion_report,
+            lineage=lineage,
             params={"architecture": architecture, "target_profile": target_profile},
-            extra_evidence={"dataset.json": Path(dataset.path) / "dataset.json", "report.md": md})
-    out = namedtuple("Registration", ["version", "gate_passed", "evidence_digest"])
+            extra_evidence={"dataset.json": Path(dataset.path) / "dataset.json", "report.md": md},
+        )
     if not reg.gate_passed:
         log.warning("version %s rejected by the gate: %s", reg.version, "; ".join(reg.reasons))
-    return out(reg.version, reg.gate_passed, reg.evidence_digest)
+    return Registration(reg.version, reg.gate_passed, reg.evidence_digest)
 
 
 class _tmp_file:
@@ -246,8 +352,15 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def await_approval_task(version: str, gate_passed: bool, timeout_s: float, poll_s: float, auto_approve: bool,
-                        pipeline_run: str, config_file: str) -> str:
+def await_approval_task(
+    version: str,
+    gate_passed: bool,
+    timeout_s: float,
+    poll_s: float,
+    auto_approve: bool,
+    pipeline_run: str,
+    config_file: str,
+) -> str:
     from pipelines import registry
 
     settings = settings_for(config_file)
@@ -255,10 +368,23 @@ def await_approval_task(version: str, gate_passed: bool, timeout_s: float, poll_
         reasons = registry.version_tags(settings, version).get(registry.REJECTED_REASONS, "the gate failed")
         log.warning("version %s failed the automatic gate, no approval asked: %s", version, reasons)
         return registry.REJECTED_VALUE
-    d = registry.wait_for_decision(settings, version, timeout_s, auto_approve=auto_approve, poll_s=poll_s,
-                                   run_name=pipeline_run, progress=log.info)
-    log.info("decision on version %s: %s by %s (%s)%s", version, d.decision, d.by, d.mode,
-             f": {d.note}" if d.note else "")
+    d = registry.wait_for_decision(
+        settings,
+        version,
+        timeout_s,
+        auto_approve=auto_approve,
+        poll_s=poll_s,
+        run_name=pipeline_run,
+        progress=log.info,
+    )
+    log.info(
+        "decision on version %s: %s by %s (%s)%s",
+        version,
+        d.decision,
+        d.by,
+        d.mode,
+        f": {d.note}" if d.note else "",
+    )
     return d.decision
 
 
@@ -266,19 +392,22 @@ def await_approval_task(version: str, gate_passed: bool, timeout_s: float, poll_
 def prepare_image_build_task(image_repository: str, context: Any):
     from pipelines.image_build import image_exists_in_registry, write_context
 
-    out = namedtuple("BuildContext", ["image", "content_hash", "needs_build"])
     ctx = write_context(Path(context.path), image_repository)
     exists = image_exists_in_registry(ctx.image) if os.environ.get("KUBERNETES_SERVICE_HOST") else None
     context.metadata.update({"content_hash": ctx.content_hash, "image": ctx.image, "files": ctx.files})
-    return out(ctx.image, ctx.content_hash, exists is not True)
+    return ImageContext(ctx.image, ctx.content_hash, exists is not True)
 
 
 def local_image_build_task(context: Any, image: str, config_file: str) -> str:
     from pipelines.image_build import BuildContext, build_locally
 
     settings = settings_for(config_file)
-    ctx = BuildContext(archive=context.path, content_hash=context.metadata.get("content_hash", ""), image=image,
-                       files=int(context.metadata.get("files", 0)))
+    ctx = BuildContext(
+        archive=context.path,
+        content_hash=context.metadata.get("content_hash", ""),
+        image=image,
+        files=int(context.metadata.get("files", 0)),
+    )
     result = build_locally(ctx, record_dir=settings.state_dir / "images")
     log.info("image %s: %s (%s)", image, result.status, result.reason)
     if result.status == "failed":
@@ -286,13 +415,24 @@ def local_image_build_task(context: Any, image: str, config_file: str) -> str:
     return json.dumps(result.as_dict())
 
 
-def deploy_task(version: str, image: str, deploy_target: str, namespace: str, gitops_dir: str,
-                config_file: str) -> str:
+def deploy_task(
+    version: str, image: str, deploy_target: str, namespace: str, gitops_dir: str, config_file: str
+) -> str:
     from pipelines.deploy import deploy_version
 
     settings = settings_for(config_file)
-    result = deploy_version(settings, version, image=image, deploy_target=deploy_target, namespace=namespace,
-                            gitops_dir=gitops_dir)
-    log.info("version %s deployed to %s; champion moved (previous: %s)", version, result.target,
-             result.previous_champion or "none")
+    result = deploy_version(
+        settings,
+        version,
+        image=image,
+        deploy_target=deploy_target,
+        namespace=namespace,
+        gitops_dir=gitops_dir,
+    )
+    log.info(
+        "version %s deployed to %s; champion moved (previous: %s)",
+        version,
+        result.target,
+        result.previous_champion or "none",
+    )
     return result.target

@@ -8,8 +8,14 @@ from pathlib import Path
 import numpy as np
 
 
-def make_tiny_model(out_dir: Path, labels: Sequence[str] = ("ok", "scratch", "dent", "stain"), size: int = 32,
-                    seed: int = 0, name: str = "edgeloop-inspection", weights: np.ndarray | None = None) -> Path:
+def make_tiny_model(
+    out_dir: Path,
+    labels: Sequence[str] = ("ok", "scratch", "dent", "stain"),
+    size: int = 32,
+    seed: int = 0,
+    name: str = "edgeloop-inspection",
+    weights: np.ndarray | None = None,
+) -> Path:
     """``model.onnx`` (images[N,3,S,S] -> mean colour -> linear -> softmax; embedding = mean colour) + card."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -31,18 +37,29 @@ def make_tiny_model(out_dir: Path, labels: Sequence[str] = ("ok", "scratch", "de
         helper.make_node("Softmax", ["logits"], [PROBS_OUTPUT], axis=1),
     ]
     graph = helper.make_graph(
-        nodes, "tiny",
+        nodes,
+        "tiny",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 3, size, size])],
-        [helper.make_tensor_value_info(PROBS_OUTPUT, TensorProto.FLOAT, ["N", k]),
-         helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, ["N", 3])],
-        initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B"),
-                     numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes")],
+        [
+            helper.make_tensor_value_info(PROBS_OUTPUT, TensorProto.FLOAT, ["N", k]),
+            helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, ["N", 3]),
+        ],
+        initializer=[
+            numpy_helper.from_array(w, "W"),
+            numpy_helper.from_array(b, "B"),
+            numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     onnx.checker.check_model(model)
     onnx.save(model, str(out_dir / MODEL_FILE))
-    card = ModelCard(name=name, architecture="tiny-linear", labels=list(labels),
-                     preprocessing=PreprocessConfig(size=size), embedding_dim=3)
+    card = ModelCard(
+        name=name,
+        architecture="tiny-linear",
+        labels=list(labels),
+        preprocessing=PreprocessConfig(size=size),
+        embedding_dim=3,
+    )
     card.with_digests(out_dir).save(out_dir)
     return out_dir

@@ -19,7 +19,6 @@ import or compile time. Service endpoints reach the steps at run time through
 ``config_file`` / ``EDGELOOP_*`` variables of the step's environment.
 """
 
-
 from kfp import dsl
 
 from pipelines import steps
@@ -27,8 +26,11 @@ from pipelines import steps
 PIPELINE_NAME = "edgeloop-training"
 
 
-@dsl.pipeline(name=PIPELINE_NAME, description="Label Studio labels -> DDP training -> ONNX -> staging evaluation "
-                                              "-> human-gated registry -> serving image -> KServe deploy.")
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description="Label Studio labels -> DDP training -> ONNX -> staging evaluation "
+    "-> human-gated registry -> serving image -> KServe deploy.",
+)
 def training_pipeline(
     project: str = "",
     label_policy: str = "latest",
@@ -65,52 +67,96 @@ def training_pipeline(
     labels.set_caching_options(False)  # always a fresh export: see the module docstring
 
     dataset = steps.build_dataset(manifest_uri=labels.outputs["manifest_uri"], config_file=config_file)
-    trained = steps.train_model(dataset=dataset.outputs["dataset"], architecture=architecture, epochs=epochs,
-                                batch_size=batch_size, image_size=image_size, learning_rate=learning_rate,
-                                nproc_per_node=nproc_per_node, seed=seed, config_file=config_file)
+    trained = steps.train_model(
+        dataset=dataset.outputs["dataset"],
+        architecture=architecture,
+        epochs=epochs,
+        batch_size=batch_size,
+        image_size=image_size,
+        learning_rate=learning_rate,
+        nproc_per_node=nproc_per_node,
+        seed=seed,
+        config_file=config_file,
+    )
     trained.set_cpu_limit("8").set_memory_limit("16G")
     exported = steps.export_onnx(model=trained.outputs["model"], dataset=dataset.outputs["dataset"])
-    chosen = steps.select_precision(onnx_model=exported.outputs["onnx_model"], dataset=dataset.outputs["dataset"],
-                                    target_profile=target_profile)
+    chosen = steps.select_precision(
+        onnx_model=exported.outputs["onnx_model"],
+        dataset=dataset.outputs["dataset"],
+        target_profile=target_profile,
+    )
 
     staging = steps.staging_evaluation(
-        dataset=dataset.outputs["dataset"], candidate=chosen.outputs["chosen_model"],
-        reference=exported.outputs["onnx_model"], min_accuracy=min_accuracy, max_regression=max_regression,
-        min_class_recall=min_class_recall, class_recall_floors=class_recall_floors,
-        max_latency_p95_ms=max_latency_p95_ms, max_ece=max_ece, max_parity_diff=max_parity_diff,
-        latency_requests=latency_requests, config_file=config_file)
+        dataset=dataset.outputs["dataset"],
+        candidate=chosen.outputs["chosen_model"],
+        reference=exported.outputs["onnx_model"],
+        min_accuracy=min_accuracy,
+        max_regression=max_regression,
+        min_class_recall=min_class_recall,
+        class_recall_floors=class_recall_floors,
+        max_latency_p95_ms=max_latency_p95_ms,
+        max_ece=max_ece,
+        max_parity_diff=max_parity_diff,
+        latency_requests=latency_requests,
+        config_file=config_file,
+    )
     staging.set_cpu_limit("4").set_memory_limit("8G").set_caching_options(False)  # depends on the champion
 
     registered = steps.register_model(
-        staged_model=staging.outputs["staged_model"], evaluation=staging.outputs["evaluation"],
-        dataset=dataset.outputs["dataset"], dataset_version=dataset.outputs["Output"],
-        labels_digest=labels.outputs["labels_digest"], pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-        git_commit=git_commit, architecture=architecture, target_profile=target_profile, config_file=config_file)
+        staged_model=staging.outputs["staged_model"],
+        evaluation=staging.outputs["evaluation"],
+        dataset=dataset.outputs["dataset"],
+        dataset_version=dataset.outputs["Output"],
+        labels_digest=labels.outputs["labels_digest"],
+        pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        git_commit=git_commit,
+        architecture=architecture,
+        target_profile=target_profile,
+        config_file=config_file,
+    )
     registered.set_caching_options(False)
 
     # The gate's verdict goes into await-approval (which returns "rejected" at once for a failed gate)
     # rather than into a dsl.If: kfp 2.17's local runner cannot evaluate a condition on a named output
     # of a multi-output step, and the approval step's single output works on both runners.
-    approval = steps.await_approval(version=registered.outputs["version"],
-                                    gate_passed=registered.outputs["gate_passed"], timeout_s=approval_timeout_s,
-                                    poll_s=approval_poll_s, auto_approve=auto_approve,
-                                    pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, config_file=config_file)
+    approval = steps.await_approval(
+        version=registered.outputs["version"],
+        gate_passed=registered.outputs["gate_passed"],
+        timeout_s=approval_timeout_s,
+        poll_s=approval_poll_s,
+        auto_approve=auto_approve,
+        pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        config_file=config_file,
+    )
     approval.set_caching_options(False)
     with dsl.If(approval.output == "approved", name="approved"):
         context = steps.prepare_image_build(image_repository=image_repository).set_caching_options(False)
         with dsl.If(image_builder == "kaniko", name="build-in-cluster"):
-            kaniko = steps.kaniko_build(context=context.outputs["context"], image=context.outputs["image"],
-                                        needs_build=context.outputs["needs_build"]).set_caching_options(False)
-            steps.deploy_model(version=registered.outputs["version"], image=context.outputs["image"],
-                               deploy_target=deploy_target, namespace=namespace, gitops_dir=gitops_dir,
-                               config_file=config_file).after(kaniko).set_caching_options(False)
+            kaniko = steps.kaniko_build(
+                context=context.outputs["context"],
+                image=context.outputs["image"],
+                needs_build=context.outputs["needs_build"],
+            ).set_caching_options(False)
+            steps.deploy_model(
+                version=registered.outputs["version"],
+                image=context.outputs["image"],
+                deploy_target=deploy_target,
+                namespace=namespace,
+                gitops_dir=gitops_dir,
+                config_file=config_file,
+            ).after(kaniko).set_caching_options(False)
         with dsl.Else(name="build-locally"):
-            local = steps.local_image_build(context=context.outputs["context"],
-                                            image=context.outputs["image"],
-                                            config_file=config_file).set_caching_options(False)
-            steps.deploy_model(version=registered.outputs["version"], image=context.outputs["image"],
-                               deploy_target=deploy_target, namespace=namespace, gitops_dir=gitops_dir,
-                               config_file=config_file).after(local).set_caching_options(False)
+            local = steps.local_image_build(
+                context=context.outputs["context"], image=context.outputs["image"], config_file=config_file
+            ).set_caching_options(False)
+            steps.deploy_model(
+                version=registered.outputs["version"],
+                image=context.outputs["image"],
+                deploy_target=deploy_target,
+                namespace=namespace,
+                gitops_dir=gitops_dir,
+                config_file=config_file,
+            ).after(local).set_caching_options(False)
 
 
 def parameter_types() -> dict[str, type]:

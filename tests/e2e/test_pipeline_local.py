@@ -13,15 +13,36 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["-p", "epochs=2", "-p", "image_size=64", "-p", "architecture=resnet18", "-p", "latency_requests=40",
-         # a 2-epoch model on 80 images is weak: the test checks the loop, not the model's quality
-         "-p", "min_accuracy=0", "-p", "min_class_recall=0", "-p", "max_ece=1", "-p", "max_latency_p95_ms=2000"]
+SMALL = [
+    "-p",
+    "epochs=2",
+    "-p",
+    "image_size=64",
+    "-p",
+    "architecture=resnet18",
+    "-p",
+    "latency_requests=40",
+    # a 2-epoch model on 80 images is weak: the test checks the loop, not the model's quality
+    "-p",
+    "min_accuracy=0",
+    "-p",
+    "min_class_recall=0",
+    "-p",
+    "max_ece=1",
+    "-p",
+    "max_latency_p95_ms=2000",
+]
 
 
 def _edgeloop(settings, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "EDGELOOP_STATE_DIR": str(settings.state_dir)}
-    return subprocess.run([sys.executable, "-m", "edgeloop.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "edgeloop.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_local_pipeline_run_ends_with_an_approved_champion(stack_settings, sample_dir):
@@ -44,15 +65,27 @@ def test_local_pipeline_run_ends_with_an_approved_champion(stack_settings, sampl
     assert tags[registry.APPROVAL] == "approved" and tags[registry.APPROVAL_MODE] == "auto"
     assert tags[registry.APPROVAL_BY].startswith("auto-approve")
     assert tags[registry.APPROVAL_EVIDENCE] == tags[registry.EVIDENCE_DIGEST]
-    for key in ("lineage.dataset_version", "lineage.labels_digest", "lineage.pipeline_run", "lineage.git_commit",
-                registry.MODEL_DIGEST, registry.STORAGE_URI, registry.DEPLOYED_TO):
+    for key in (
+        "lineage.dataset_version",
+        "lineage.labels_digest",
+        "lineage.pipeline_run",
+        "lineage.git_commit",
+        registry.MODEL_DIGEST,
+        registry.STORAGE_URI,
+        registry.DEPLOYED_TO,
+    ):
         assert tags.get(key), key
 
     c = registry.client(stack_settings)
     run_id = c.get_model_version(stack_settings.mlflow.registered_model, version).run_id
     evidence = {a.path for a in c.list_artifacts(run_id, "evidence")}
-    assert {"evidence/evaluation.json", "evidence/report.md", "evidence/confusion_matrix.json",
-            "evidence/confusion_matrix.png", "evidence/gate.json"} <= evidence
+    assert {
+        "evidence/evaluation.json",
+        "evidence/report.md",
+        "evidence/confusion_matrix.json",
+        "evidence/confusion_matrix.png",
+        "evidence/gate.json",
+    } <= evidence
     model_files = {a.path for a in c.list_artifacts(run_id, "model")}
     assert {"model/model.onnx", "model/model_card.json", "model/reference_profile.npz"} <= model_files
     metrics = c.get_run(run_id).data.metrics
@@ -61,17 +94,20 @@ def test_local_pipeline_run_ends_with_an_approved_champion(stack_settings, sampl
     report = registry.download_evaluation(stack_settings, version)
     assert report is not None and report.latency is not None and report.parity is not None
     assert set(report.slices) == {"lighting", "camera"}
-    print(f"champion v{version}: accuracy {report.accuracy:.3f}, ECE {report.ece:.3f}, "
-          f"p50/p95/p99 {report.latency.p50_ms:.1f}/{report.latency.p95_ms:.1f}/{report.latency.p99_ms:.1f} ms, "
-          f"parity top-1 {report.parity.top1_agreement:.3f}, precision {report.precision}")
+    print(
+        f"champion v{version}: accuracy {report.accuracy:.3f}, ECE {report.ece:.3f}, "
+        f"p50/p95/p99 {report.latency.p50_ms:.1f}/{report.latency.p95_ms:.1f}/{report.latency.p99_ms:.1f} ms, "
+        f"parity top-1 {report.parity.top1_agreement:.3f}, precision {report.precision}"
+    )
     gitops = stack_settings.state_dir / "gitops" / "edge-cpu"
     isvc = next(gitops.glob("inferenceservice-*.yaml")).read_text()
     assert tags[registry.MODEL_DIGEST] in isvc
 
 
 def test_a_failing_step_names_the_step_and_the_cause(stack_settings):
-    r = _edgeloop(stack_settings, "pipeline", "run", "--local", "--json", "-p", "project=no-such-project",
-                  timeout=300)
+    r = _edgeloop(
+        stack_settings, "pipeline", "run", "--local", "--json", "-p", "project=no-such-project", timeout=300
+    )
     assert r.returncode == 1
     outcome = json.loads(r.stdout)
     assert outcome["failed_step"] == "snapshot-labels"

@@ -24,8 +24,14 @@ def _report(pred: list[int], seed: int = 0):
     y = [0, 1, 2, 3] * 5
     probs = np.full((len(y), 4), 0.05)
     probs[np.arange(len(y)), pred] = 0.85
-    return evaluate_predictions(LABELS, y, probs, metas=[{"lighting": "dim", "camera": "cam-a"}] * len(y),
-                                latencies_ms=[3.0 + seed] * len(y), reference_probs=probs)
+    return evaluate_predictions(
+        LABELS,
+        y,
+        probs,
+        metas=[{"lighting": "dim", "camera": "cam-a"}] * len(y),
+        latencies_ms=[3.0 + seed] * len(y),
+        reference_probs=probs,
+    )
 
 
 GOOD = [0, 1, 2, 3] * 5
@@ -36,23 +42,36 @@ WORSE = [0, 1, 2, 0] * 5  # every stain predicted as ok
 def settings(stack_settings):
     """The test stack, with a registered model name of its own per test."""
     name = f"test-{uuid.uuid4().hex[:8]}"
-    return stack_settings.model_copy(update={"mlflow": stack_settings.mlflow.model_copy(
-        update={"registered_model": name, "experiment": "pipeline-tests"})})
+    return stack_settings.model_copy(
+        update={
+            "mlflow": stack_settings.mlflow.model_copy(
+                update={"registered_model": name, "experiment": "pipeline-tests"}
+            )
+        }
+    )
 
 
 def _register(settings, tmp_path: Path, pred=GOOD, champion=None, seed=0):
-    model = make_tiny_model(tmp_path / f"model-{uuid.uuid4().hex[:6]}", seed=seed, name=settings.mlflow.registered_model)
+    model = make_tiny_model(
+        tmp_path / f"model-{uuid.uuid4().hex[:6]}", seed=seed, name=settings.mlflow.registered_model
+    )
     rep = _report(pred, seed)
     decision = evaluate_rules(rep, champion, GateThresholds(min_class_recall=0.0))
-    return registry.register_candidate(settings, model, rep, decision, report_markdown="# report\n",
-                                       lineage={"dataset_version": "ds-1", "pipeline_run": "test-run",
-                                                "git_commit": "abc123"}), rep
+    return registry.register_candidate(
+        settings,
+        model,
+        rep,
+        decision,
+        report_markdown="# report\n",
+        lineage={"dataset_version": "ds-1", "pipeline_run": "test-run", "git_commit": "abc123"},
+    ), rep
 
 
 def _cli(settings, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "EDGELOOP_STATE_DIR": str(settings.state_dir)}
-    return subprocess.run([sys.executable, "-m", "edgeloop.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "edgeloop.cli", *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def _wait_in_thread(settings, version: str, timeout_s: float):
@@ -77,8 +96,13 @@ def test_register_wait_and_approve_from_another_process(settings, tmp_path):
     assert tags[registry.EVIDENCE_DIGEST] == rep.digest()
     # evidence is in the run
     arts = {a.path for a in c.list_artifacts(reg.run_id, "evidence")}
-    assert {"evidence/evaluation.json", "evidence/report.md", "evidence/confusion_matrix.json",
-            "evidence/gate.json", "evidence/confusion_matrix.png"} <= arts
+    assert {
+        "evidence/evaluation.json",
+        "evidence/report.md",
+        "evidence/confusion_matrix.json",
+        "evidence/gate.json",
+        "evidence/confusion_matrix.png",
+    } <= arts
     assert c.get_run(reg.run_id).data.metrics["accuracy"] == 1.0
 
     t, box = _wait_in_thread(settings, reg.version, timeout_s=90)
@@ -111,7 +135,9 @@ def test_reject_from_another_process_and_timeout(settings, tmp_path):
     d = registry.wait_for_decision(settings, reg2.version, timeout_s=1.0, poll_s=0.2)
     assert d.decision == "rejected" and d.mode == "timeout"
     tags = registry.version_tags(settings, reg2.version)
-    assert tags[registry.APPROVAL_MODE] == "timeout" and "no decision within 1 s" in tags[registry.APPROVAL_NOTE]
+    assert (
+        tags[registry.APPROVAL_MODE] == "timeout" and "no decision within 1 s" in tags[registry.APPROVAL_NOTE]
+    )
 
 
 def test_approval_by_mlflow_ui_tag_is_recorded(settings, tmp_path):
@@ -121,7 +147,12 @@ def test_approval_by_mlflow_ui_tag_is_recorded(settings, tmp_path):
     c.set_model_version_tag(name, reg.version, "approval.by", "dana")
     c.set_model_version_tag(name, reg.version, "approval", "approved")  # what a reviewer does in the UI
     d = registry.wait_for_decision(settings, reg.version, timeout_s=30, poll_s=0.2)
-    assert d.decision == "approved" and d.by == "dana" and d.mode == "mlflow-ui" and d.evidence_digest == rep.digest()
+    assert (
+        d.decision == "approved"
+        and d.by == "dana"
+        and d.mode == "mlflow-ui"
+        and d.evidence_digest == rep.digest()
+    )
     assert registry.version_tags(settings, reg.version)[registry.APPROVAL_AT]
 
 

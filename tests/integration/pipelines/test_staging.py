@@ -21,9 +21,16 @@ def _dataset(sample_dir: Path, out: Path) -> Path:
     metas = [json.loads(x) for x in (sample_dir / "metadata.jsonl").read_text().splitlines() if x.strip()]
     for i, m in enumerate(metas):
         split = ("test", "val", "train")[i % 3]
-        rows.append({"sha256": sha256_file(sample_dir / m["file"]), "file": f"../{sample_dir.name}/{m['file']}",
-                     "label": m["label"], "split": split, "image": f"az://images/sample/{m['file']}",
-                     "metadata": {"lighting": m["lighting"], "camera": m["camera"]}})
+        rows.append(
+            {
+                "sha256": sha256_file(sample_dir / m["file"]),
+                "file": f"../{sample_dir.name}/{m['file']}",
+                "label": m["label"],
+                "split": split,
+                "image": f"az://images/sample/{m['file']}",
+                "metadata": {"lighting": m["lighting"], "camera": m["camera"]},
+            }
+        )
     (out / "index.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return out
 
@@ -37,13 +44,21 @@ def test_staging_evaluation_through_real_server(dataset_dir: Path, tmp_path: Pat
     model = make_tiny_model(tmp_path / "model", size=32)
     staged = stage_model(model, tmp_path / "staged", dataset_dir)
     assert (staged / "reference_profile.npz").exists()  # monitoring's reference, stored with the model
-    result = run_staging_evaluation(None, dataset_dir, staged, reference_model_dir=model,
-                                    thresholds=GateThresholds(min_accuracy=0.0, min_class_recall=0.0, max_ece=1.0),
-                                    latency_requests=40, compare_with_champion=False)
+    result = run_staging_evaluation(
+        None,
+        dataset_dir,
+        staged,
+        reference_model_dir=model,
+        thresholds=GateThresholds(min_accuracy=0.0, min_class_recall=0.0, max_ece=1.0),
+        latency_requests=40,
+        compare_with_champion=False,
+    )
     r = result.report
     n_test = sum(1 for x in (dataset_dir / "index.jsonl").read_text().splitlines() if '"split": "test"' in x)
     assert r.n == n_test and sum(map(sum, r.confusion_matrix)) == n_test
-    assert r.latency is not None and r.latency.n == max(40, n_test) and 0 < r.latency.p50_ms <= r.latency.p99_ms
+    assert (
+        r.latency is not None and r.latency.n == max(40, n_test) and 0 < r.latency.p50_ms <= r.latency.p99_ms
+    )
     # the server's answers match the in-process fp32 reference: same model, same preprocessing
     assert r.parity is not None and r.parity.top1_agreement == 1.0 and r.parity.max_abs_diff < 1e-4
     assert set(r.slices) == {"lighting", "camera"} and sum(s.n for s in r.slices["camera"].values()) == n_test

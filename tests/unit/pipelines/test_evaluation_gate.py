@@ -27,8 +27,14 @@ def onehot(pred: list[int], conf: float = 0.9, k: int = 4) -> np.ndarray:
 
 def report_for(y_true, y_pred, conf=0.9, latency=5.0, metas=None, ref=None):
     probs = onehot(y_pred, conf)
-    return evaluate_predictions(LABELS, y_true, probs, metas=metas, latencies_ms=[latency] * len(y_true),
-                                reference_probs=probs if ref is None else ref)
+    return evaluate_predictions(
+        LABELS,
+        y_true,
+        probs,
+        metas=metas,
+        latencies_ms=[latency] * len(y_true),
+        reference_probs=probs if ref is None else ref,
+    )
 
 
 def test_confusion_matrix_and_per_class():
@@ -38,7 +44,9 @@ def test_confusion_matrix_and_per_class():
     assert cm.tolist() == [[1, 1, 0, 0], [0, 2, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0]]
     r = report_for(y_true, y_pred)
     assert r.accuracy == pytest.approx(4 / 6)
-    assert r.per_class["ok"].recall == pytest.approx(0.5) and r.per_class["ok"].precision == pytest.approx(0.5)
+    assert r.per_class["ok"].recall == pytest.approx(0.5) and r.per_class["ok"].precision == pytest.approx(
+        0.5
+    )
     assert r.per_class["scratch"].precision == pytest.approx(2 / 3) and r.per_class["scratch"].recall == 1.0
     assert r.per_class["stain"].recall == 0.0 and r.per_class["stain"].support == 1
 
@@ -70,8 +78,12 @@ def test_parity_counts_top1_flips():
 
 
 def test_slices_per_lighting_and_camera():
-    metas = [{"lighting": "dim", "camera": "cam-a"}, {"lighting": "dim", "camera": "cam-b"},
-             {"lighting": "bright", "camera": "cam-a"}, {"camera": "cam-b"}]
+    metas = [
+        {"lighting": "dim", "camera": "cam-a"},
+        {"lighting": "dim", "camera": "cam-b"},
+        {"lighting": "bright", "camera": "cam-a"},
+        {"camera": "cam-b"},
+    ]
     s = slice_metrics([0, 1, 2, 3], [0, 0, 2, 3], metas)
     assert s["lighting"]["dim"].accuracy == 0.5 and s["lighting"]["dim"].n == 2
     assert s["lighting"]["bright"].accuracy == 1.0 and "None" not in s["lighting"]

@@ -20,20 +20,34 @@ def _compile(tmp_path: Path) -> str:
 
 def test_compiled_yaml_is_checked_in_and_current(tmp_path):
     fresh = _compile(tmp_path)
-    assert COMPILED.exists(), "run `edgeloop pipeline compile` and commit pipelines/compiled/training_pipeline.yaml"
+    assert (
+        COMPILED.exists()
+    ), "run `edgeloop pipeline compile` and commit pipelines/compiled/training_pipeline.yaml"
     assert fresh == COMPILED.read_text(), (
         "the pipeline changed: run `edgeloop pipeline compile` and review the diff of "
-        "pipelines/compiled/training_pipeline.yaml")
+        "pipelines/compiled/training_pipeline.yaml"
+    )
 
 
 def test_compile_is_independent_of_environment(tmp_path):
     """Compiling in a process with other EDGELOOP_* settings gives the same bytes (nothing env-derived)."""
-    env = {**os.environ, "EDGELOOP_STATE_DIR": str(tmp_path / "elsewhere"),
-           "EDGELOOP_MLFLOW__TRACKING_URI": "http://example.invalid:5000",
-           "EDGELOOP_MLFLOW__REGISTERED_MODEL": "other-model"}
+    env = {
+        **os.environ,
+        "EDGELOOP_STATE_DIR": str(tmp_path / "elsewhere"),
+        "EDGELOOP_MLFLOW__TRACKING_URI": "http://example.invalid:5000",
+        "EDGELOOP_MLFLOW__REGISTERED_MODEL": "other-model",
+    }
     out = tmp_path / "env.yaml"
-    subprocess.run([sys.executable, "-c", f"from pipelines.runner import compile_pipeline; compile_pipeline(__import__('pathlib').Path({str(out)!r}))"],
-                   check=True, env=env, cwd=ROOT)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from pipelines.runner import compile_pipeline; compile_pipeline(__import__('pathlib').Path({str(out)!r}))",
+        ],
+        check=True,
+        env=env,
+        cwd=ROOT,
+    )
     text = out.read_text()
     assert text == COMPILED.read_text()
     for leak in (str(ROOT), str(Path.home()), "127.0.0.1", "example.invalid", "other-model"):
@@ -53,8 +67,17 @@ def _all_tasks(spec: dict) -> dict[str, dict]:
 
 def test_caching_policy():
     tasks = _all_tasks(_spec(COMPILED.read_text()))
-    never = {"snapshot-labels", "staging-evaluation", "register-model", "await-approval", "prepare-image-build",
-             "kaniko-build", "local-image-build", "deploy-model", "deploy-model-2"}
+    never = {
+        "snapshot-labels",
+        "staging-evaluation",
+        "register-model",
+        "await-approval",
+        "prepare-image-build",
+        "kaniko-build",
+        "local-image-build",
+        "deploy-model",
+        "deploy-model-2",
+    }
     cached = {"build-dataset", "train-model", "export-onnx", "select-precision"}
     for name in never:
         assert tasks[name]["cachingOptions"].get("enableCache") is not True, name
@@ -62,7 +85,10 @@ def test_caching_policy():
         assert tasks[name]["cachingOptions"]["enableCache"] is True, name
     # the dataset is keyed on the manifest URI (named by the labels' digest), a run-time value
     inputs = tasks["build-dataset"]["inputs"]["parameters"]["manifest_uri"]
-    assert inputs["taskOutputParameter"] == {"outputParameterKey": "manifest_uri", "producerTask": "snapshot-labels"}
+    assert inputs["taskOutputParameter"] == {
+        "outputParameterKey": "manifest_uri",
+        "producerTask": "snapshot-labels",
+    }
 
 
 def test_gate_and_approval_guard_build_and_deploy():
@@ -84,8 +110,18 @@ def test_gate_and_approval_guard_build_and_deploy():
 def test_parameters_a_ui_user_sets_and_kaniko_step():
     spec = _spec(COMPILED.read_text())
     params = spec["root"]["inputDefinitions"]["parameters"]
-    for p in ("project", "architecture", "epochs", "min_accuracy", "max_regression", "min_class_recall",
-              "max_latency_p95_ms", "approval_timeout_s", "target_profile", "auto_approve"):
+    for p in (
+        "project",
+        "architecture",
+        "epochs",
+        "min_accuracy",
+        "max_regression",
+        "min_class_recall",
+        "max_latency_p95_ms",
+        "approval_timeout_s",
+        "target_profile",
+        "auto_approve",
+    ):
         assert p in params and "defaultValue" in params[p], p
     assert params["auto_approve"]["defaultValue"] is False
     execs = spec["deploymentSpec"]["executors"]

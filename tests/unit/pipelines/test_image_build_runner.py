@@ -1,0 +1,90 @@
+"""Image build context (content-hash tag, skip without a builder) and the CLI/runner helpers."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import click
+import pytest
+
+from pipelines.image_build import BuildContext, build_locally, content_hash, write_context
+
+
+def _repo(root: Path) -> Path:
+    (root / "serving").mkdir(parents=True)
+    (root / "edgeloop").mkdir()
+    (root / "requirements").mkdir()
+    (root / "serving" / "Dockerfile").write_text("FROM python:3.11-slim\n")
+    (root / "serving" / "server.py").write_text("print('hi')\n")
+    (root / "serving" / "__pycache__").mkdir()
+    (root / "serving" / "__pycache__" / "x.pyc").write_bytes(b"junk")
+    (root / "edgeloop" / "__init__.py").write_text("")
+    (root / "requirements" / "constraints.txt").write_text("numpy==2.2.0\n")
+    (root / "pyproject.toml").write_text("[project]\nname='x'\n")
+    return root
+
+
+def test_tag_is_a_content_hash_of_what_goes_in(tmp_path):
+    root = _repo(tmp_path / "repo")
+    a = write_context(tmp_path / "a.tar.gz", "reg.example/serving", root)
+    b = write_context(tmp_path / "b.tar.gz", "reg.example/serving", root)
+    assert a.image == b.image and a.image.startswith("reg.example/serving:")
+    assert (tmp_path / "a.tar.gz").read_bytes() == (tmp_path / "b.tar.gz").read_bytes()  # reproducible
+    with tarfile.open(a.archive) as tar:
+        names = tar.getnames()
+    assert "serving/Dockerfile" in names and not any("__pycache__" in n for n in names)
+    (root / "serving" / "__pycache__" / "y.pyc").write_bytes(b"more junk")  # not part of the image
+    assert content_hash(root) == a.content_hash
+    (root / "serving" / "server.py").write_text("print('changed')\n")
+    assert content_hash(root) != a.content_hash
+
+
+def test_local_build_is_skipped_with_a_reason_when_no_builder_works(tmp_path):
+    root = _repo(tmp_path / "repo")
+    ctx = write_context(tmp_path / "c.tar.gz", "reg.example/serving", root)
+    r = build_locally(ctx, record_dir=tmp_path / "rec", tools=("definitely-not-a-builder",))
+    assert r.status == "skipped" and "definitely-not-a-builder not installed" in r.reason
+    assert not (tmp_path / "rec").exists()
+
+
+def test_a_recorded_build_is_not_repeated(tmp_path):
+    import json
+
+    ctx = BuildContext(archive="x", content_hash="ab" * 32, image="reg/serving:abab", files=1)
+    (tmp_path / "rec").mkdir()
+    (tmp_path / "rec" / f"{ctx.content_hash[:16]}.json").write_text(
+        json.dumps({"status": "built", "builder": "docker"})
+    )
+    r = build_locally(ctx, record_dir=tmp_path / "rec", tools=())
+    assert r.status == "exists" and "no rebuild" in r.reason
+
+
+def test_missing_dockerfile_is_a_clear_error(tmp_path):
+    root = _repo(tmp_path / "repo")
+    (root / "serving" / "Dockerfile").unlink()
+    with pytest.raises(FileNotFoundError, match="Dockerfile"):
+        write_context(tmp_path / "c.tar.gz", "r/s", root)
+
+
+def test_cli_params_are_typed_and_unknown_ones_refused():
+    from pipelines.cli import _parse_params
+
+    got = _parse_params(("epochs=3", "min_accuracy=0.8", "auto_approve=true", "architecture=resnet18"))
+    assert got == {"epochs": 3, "min_accuracy": 0.8, "auto_approve": True, "architecture": "resnet18"}
+    with pytest.raises(click.BadParameter, match="unknown pipeline parameter"):
+        _parse_params(("epochz=3",))
+    with pytest.raises(click.BadParameter):
+        _parse_params(("epochs=three",))
+
+
+def test_failure_cause_is_the_failed_steps_last_exception():
+    from pipelines.runner import _failure_cause
+
+    log = (
+        "Executing task 'train-model'\n  Traceback (most recent call last):\n"
+        '  File "x.py", line 1\n  components.errors.TrainingError: training failed (exit code 1)\n'
+    )
+    assert (
+        _failure_cause(log, "train-model") == "components.errors.TrainingError: training failed (exit code 1)"
+    )
