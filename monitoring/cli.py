@@ -259,8 +259,10 @@ def run(
             if report_path is not None:
                 (report_dir / "latest.html").write_text(report_path.read_text())
             click.echo(report.summary())
-        except MonitorError:
-            raise
+        except MonitorError as e:
+            if done == 0:  # a configuration error: say so and stop
+                raise
+            click.echo(f"scan skipped: {e}", err=True)  # e.g. the registry is briefly unreachable
         except Exception as e:  # a failed scan (storage briefly down) must not end the loop
             log.exception("scan failed")
             click.echo(f"scan failed: {type(e).__name__}: {e}", err=True)

@@ -7,17 +7,3 @@ def mon_assets(tmp_path_factory):
     from monitoring.testing import MonitorAssets
 
     return MonitorAssets(tmp_path_factory.getbasetemp() / "monitoring-assets").build()
-
-
-@pytest.fixture(scope="session")
-def mon_outputs(mon_assets):
-    """Model outputs and image statistics per sample set: {name: (Outputs, stats)}."""
-    from monitoring.model import ModelRunner
-    from monitoring.profile import image_stats_batch
-
-    runner = ModelRunner(mon_assets.model_dir)
-    out = {}
-    for name in ("ref", "same", "shifted"):
-        paths = mon_assets.images(name)
-        out[name] = (runner.run(paths), image_stats_batch(paths, runner.preprocess.size))
-    return out
