@@ -14,12 +14,22 @@ if TYPE_CHECKING:
 MODEL_ARTIFACT_PATH = "model"  # runs:/<run_id>/model holds model.onnx + model_card.json
 
 
-def write_model_card(model_dir: Path, *, name: str, architecture: str, labels: list[str],
-                     preprocessing: PreprocessConfig, precision: Precision | str,
-                     execution_provider: str = "CPUExecutionProvider", metrics: dict[str, float] | None = None,
-                     parity: dict[str, float] | None = None, precision_evidence: dict[str, Any] | None = None,
-                     dataset_version: str | None = None, lineage: dict[str, str] | None = None,
-                     embedding_dim: int | None = None) -> ModelCard:
+def write_model_card(
+    model_dir: Path,
+    *,
+    name: str,
+    architecture: str,
+    labels: list[str],
+    preprocessing: PreprocessConfig,
+    precision: Precision | str,
+    execution_provider: str = "CPUExecutionProvider",
+    metrics: dict[str, float] | None = None,
+    parity: dict[str, float] | None = None,
+    precision_evidence: dict[str, Any] | None = None,
+    dataset_version: str | None = None,
+    lineage: dict[str, str] | None = None,
+    embedding_dim: int | None = None,
+) -> ModelCard:
     """Build the card (with the sha256 of every file in ``model_dir``) and save it there."""
     model_dir = Path(model_dir)
     if not (model_dir / MODEL_FILE).exists():
@@ -27,10 +37,17 @@ def write_model_card(model_dir: Path, *, name: str, architecture: str, labels: l
     if embedding_dim is None:
         embedding_dim = _embedding_dim(model_dir / MODEL_FILE)
     card = ModelCard(
-        name=name, architecture=architecture, labels=list(labels), preprocessing=preprocessing,
-        precision=Precision(precision), execution_provider=execution_provider, embedding_dim=embedding_dim,
-        metrics={k: float(v) for k, v in (metrics or {}).items()}, parity=dict(parity or {}),
-        precision_evidence=dict(precision_evidence or {}), dataset_version=dataset_version,
+        name=name,
+        architecture=architecture,
+        labels=list(labels),
+        preprocessing=preprocessing,
+        precision=Precision(precision),
+        execution_provider=execution_provider,
+        embedding_dim=embedding_dim,
+        metrics={k: float(v) for k, v in (metrics or {}).items()},
+        parity=dict(parity or {}),
+        precision_evidence=dict(precision_evidence or {}),
+        dataset_version=dataset_version,
         lineage={k: str(v) for k, v in (lineage or {}).items()},
     ).with_digests(model_dir)
     card.save(model_dir)
@@ -57,7 +74,13 @@ def log_model_dir(settings: Settings, model_dir: Path, run_id: str, card: ModelC
         mlflow.log_artifacts(str(model_dir), artifact_path=MODEL_ARTIFACT_PATH)
         mlflow.log_metrics({f"parity_{k}": float(v) for k, v in card.parity.items()})
         mlflow.log_metrics({f"final_{k}": float(v) for k, v in card.metrics.items()})
-        mlflow.set_tags({"precision": card.precision.value, "execution_provider": card.execution_provider,
-                         "model_digest": card.digest(), "dataset_version": card.dataset_version or "",
-                         **{f"lineage.{k}": v for k, v in card.lineage.items()}})
+        mlflow.set_tags(
+            {
+                "precision": card.precision.value,
+                "execution_provider": card.execution_provider,
+                "model_digest": card.digest(),
+                "dataset_version": card.dataset_version or "",
+                **{f"lineage.{k}": v for k, v in card.lineage.items()},
+            }
+        )
     return f"runs:/{run_id}/{MODEL_ARTIFACT_PATH}"

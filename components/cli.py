@@ -18,11 +18,23 @@ def labels() -> None:
 
 
 @labels.command("import")
-@click.option("--project", default=None, help="Label Studio project title (default: labelstudio.project_title).")
-@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
-              help="Manifest path (default: <state_dir>/training/manifest.jsonl).")
-@click.option("--policy", type=click.Choice(["latest", "majority"]), default="latest", show_default=True,
-              help="Several annotations per task: the latest wins, or the majority (ties are flagged and left out).")
+@click.option(
+    "--project", default=None, help="Label Studio project title (default: labelstudio.project_title)."
+)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Manifest path (default: <state_dir>/training/manifest.jsonl).",
+)
+@click.option(
+    "--policy",
+    type=click.Choice(["latest", "majority"]),
+    default="latest",
+    show_default=True,
+    help="Several annotations per task: the latest wins, or the majority (ties are flagged and left out).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 @user_errors
@@ -42,8 +54,13 @@ def dataset() -> None:
 
 @dataset.command("build")
 @click.option("-m", "--manifest", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True)
-@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
-              help="Dataset directory (default: <state_dir>/training/dataset).")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Dataset directory (default: <state_dir>/training/dataset).",
+)
 @click.option("--no-upload", is_flag=True, help="Do not store the index in blob storage.")
 @click.option("--no-mlflow", is_flag=True, help="Do not log the dataset to MLflow.")
 @click.option("--json", "as_json", is_flag=True)
@@ -66,7 +83,9 @@ def build(obj, manifest: Path, out: Path | None, no_upload: bool, no_mlflow: boo
 
 
 @click.command()
-@click.option("--project", default=None, help="Label Studio project title (default: labelstudio.project_title).")
+@click.option(
+    "--project", default=None, help="Label Studio project title (default: labelstudio.project_title)."
+)
 @click.option("--policy", type=click.Choice(["latest", "majority"]), default="latest", show_default=True)
 @click.option("--arch", type=click.Choice(ARCH_CHOICES), default="resnet18", show_default=True)
 @click.option("--size", default=96, show_default=True, help="Model input size (pixels).")
@@ -75,20 +94,50 @@ def build(obj, manifest: Path, out: Path | None, no_upload: bool, no_mlflow: boo
 @click.option("--lr", default=2e-3, show_default=True)
 @click.option("--patience", default=6, show_default=True, help="Early stopping patience (epochs).")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--weights", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="Local checkpoint to start from (nothing is downloaded).")
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="Local checkpoint to start from (nothing is downloaded).",
+)
 @click.option("--nproc-per-node", default=2, show_default=True, help="DDP processes (torchrun).")
-@click.option("--provider", default="CPUExecutionProvider", show_default=True,
-              help="ONNX Runtime execution provider the precision is chosen for.")
+@click.option(
+    "--provider",
+    default="CPUExecutionProvider",
+    show_default=True,
+    help="ONNX Runtime execution provider the precision is chosen for.",
+)
 @click.option("--max-accuracy-drop", default=0.01, show_default=True)
 @click.option("--max-disagreement", default=0.02, show_default=True)
-@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
-              help="Work directory (default: <state_dir>/training/<timestamp>).")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Work directory (default: <state_dir>/training/<timestamp>).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 @user_errors
-def train(obj, project, policy, arch, size, epochs, batch_size, lr, patience, seed, weights, nproc_per_node,
-          provider, max_accuracy_drop, max_disagreement, out, as_json) -> None:
+def train(
+    obj,
+    project,
+    policy,
+    arch,
+    size,
+    epochs,
+    batch_size,
+    lr,
+    patience,
+    seed,
+    weights,
+    nproc_per_node,
+    provider,
+    max_accuracy_drop,
+    max_disagreement,
+    out,
+    as_json,
+) -> None:
     """Import labels, build the dataset, train with DDP, export to ONNX, choose precision, write the card."""
     import time
 
@@ -97,17 +146,35 @@ def train(obj, project, policy, arch, size, epochs, batch_size, lr, patience, se
     from components.training import TrainConfig
 
     out = out or obj.settings.state_dir / "training" / time.strftime("%Y%m%d-%H%M%S")
-    config = TrainConfig(arch=arch, size=size, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
-                         seed=seed, weights=str(weights) if weights else None)
+    config = TrainConfig(
+        arch=arch,
+        size=size,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        patience=patience,
+        seed=seed,
+        weights=str(weights) if weights else None,
+    )
     bounds = PrecisionBounds(max_accuracy_drop=max_accuracy_drop, max_disagreement=max_disagreement)
-    res = run_training_path(obj.settings, out, project=project, policy=policy, config=config,
-                            nproc_per_node=nproc_per_node, bounds=bounds, provider=provider,
-                            log=lambda m: click.echo(m, err=True))
+    res = run_training_path(
+        obj.settings,
+        out,
+        project=project,
+        policy=policy,
+        config=config,
+        nproc_per_node=nproc_per_node,
+        bounds=bounds,
+        provider=provider,
+        log=lambda m: click.echo(m, err=True),
+    )
     if as_json:
         click.echo(json.dumps(res.as_dict(), indent=2, default=str))
         return
     ev = {m["precision"]: m for m in res.precision_evidence["measurements"]}
-    lat = ", ".join(f"{p} b1 {m['latency_ms_b1']:.2f} ms / b8 {m['latency_ms_b8']:.2f} ms" for p, m in ev.items())
+    lat = ", ".join(
+        f"{p} b1 {m['latency_ms_b1']:.2f} ms / b8 {m['latency_ms_b8']:.2f} ms" for p, m in ev.items()
+    )
     click.echo(
         f"val accuracy      {res.val_accuracy:.4f} (test {res.test_accuracy})\n"
         f"parity            max |dp| {res.parity['max_abs_diff']:.2e}, top-1 agreement "

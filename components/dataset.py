@@ -32,10 +32,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeloop.model_card import sha256_bytes, sha256_file
-
 from components.errors import DatasetError
 from components.labels import ManifestRow, read_manifest
+from edgeloop.model_card import sha256_bytes, sha256_file
 
 if TYPE_CHECKING:
     from edgeloop.blob import BlobStore
@@ -97,12 +96,15 @@ class DatasetInfo:
 
     def summary(self) -> str:
         per_split = {s: sum(self.counts.get(s, {}).values()) for s in SPLITS}
-        return (f"dataset {self.version}: {self.images} images, {len(self.classes)} classes {self.classes}, "
-                f"split {per_split}; {len(self.excluded)} excluded")
+        return (
+            f"dataset {self.version}: {self.images} images, {len(self.classes)} classes {self.classes}, "
+            f"split {per_split}; {len(self.excluded)} excluded"
+        )
 
 
-def assign_split(sha256: str, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
-                 salt: str = SPLIT_SALT) -> str:
+def assign_split(
+    sha256: str, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS, salt: str = SPLIT_SALT
+) -> str:
     """The split of an image: a pure function of its content hash (and the split settings)."""
     if abs(sum(fractions) - 1.0) > 1e-6 or any(f < 0 for f in fractions):
         raise DatasetError(f"split fractions {fractions} must be >= 0 and sum to 1")
@@ -115,8 +117,11 @@ def assign_split(sha256: str, fractions: tuple[float, float, float] = DEFAULT_FR
     return SPLITS[-1]
 
 
-def dataset_version(rows: list[tuple[str, str]], fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
-                    salt: str = SPLIT_SALT) -> str:
+def dataset_version(
+    rows: list[tuple[str, str]],
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    salt: str = SPLIT_SALT,
+) -> str:
     """Digest of the resolved manifest: (sha256, label) pairs in any order plus the split settings."""
     h = hashlib.sha256()
     h.update(f"split:{salt}:{','.join(f'{f:.6f}' for f in fractions)}\n".encode())
@@ -174,11 +179,20 @@ def _fetch(store: BlobStore, row: ManifestRow, dest: Path, retries: int) -> tupl
     return None, last, True
 
 
-def build_dataset(settings: Settings | None, manifest: Path, out_dir: Path, *,
-                  fractions: tuple[float, float, float] = DEFAULT_FRACTIONS, split_salt: str = SPLIT_SALT,
-                  workers: int = 8, retries: int = 3, upload: bool = True,
-                  mlflow_run_id: str | None = None, log_mlflow: bool = True,
-                  store: BlobStore | None = None) -> DatasetInfo:
+def build_dataset(
+    settings: Settings | None,
+    manifest: Path,
+    out_dir: Path,
+    *,
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    split_salt: str = SPLIT_SALT,
+    workers: int = 8,
+    retries: int = 3,
+    upload: bool = True,
+    mlflow_run_id: str | None = None,
+    log_mlflow: bool = True,
+    store: BlobStore | None = None,
+) -> DatasetInfo:
     """Fetch, verify and split the manifest's images into ``out_dir``; store the index and log it.
 
     ``settings`` may be ``None`` when ``store`` is given and ``upload``/``log_mlflow`` are off (tests).
@@ -198,7 +212,11 @@ def build_dataset(settings: Settings | None, manifest: Path, out_dir: Path, *,
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def job(row: ManifestRow) -> tuple[ManifestRow, str | None, str, bool]:
-        dest = out_dir / "images" / f"{row.sha256 or hashlib.sha256(row.image.encode()).hexdigest()}{_ext(row.image)}"
+        dest = (
+            out_dir
+            / "images"
+            / f"{row.sha256 or hashlib.sha256(row.image.encode()).hexdigest()}{_ext(row.image)}"
+        )
         sha, reason, downloaded = _fetch(store, row, dest, retries)
         if sha and not reason and dest.name != f"{sha}{_ext(row.image)}":  # manifest had no sha256
             final = dest.with_name(f"{sha}{_ext(row.image)}")
@@ -214,19 +232,30 @@ def build_dataset(settings: Settings | None, manifest: Path, out_dir: Path, *,
             downloaded += int(was_downloaded)
             cached += int(not was_downloaded)
             if reason or sha is None:
-                excluded.append({"image": row.image, "sha256": row.sha256 or "", "reason": reason or "unknown"})
+                excluded.append(
+                    {"image": row.image, "sha256": row.sha256 or "", "reason": reason or "unknown"}
+                )
                 log.warning("excluded %s: %s", row.image, reason)
                 continue
             if sha in seen:
                 excluded.append({"image": row.image, "sha256": sha, "reason": "duplicate content"})
                 continue
             seen.add(sha)
-            included.append(DatasetRow(sha256=sha, file=f"images/{sha}{_ext(row.image)}", label=row.label,
-                                       split=assign_split(sha, fractions, split_salt), image=row.image,
-                                       metadata=dict(row.metadata or {})))
+            included.append(
+                DatasetRow(
+                    sha256=sha,
+                    file=f"images/{sha}{_ext(row.image)}",
+                    label=row.label,
+                    split=assign_split(sha, fractions, split_salt),
+                    image=row.image,
+                    metadata=dict(row.metadata or {}),
+                )
+            )
     if not included:
-        raise DatasetError(f"none of the {len(rows)} images in {manifest} could be used; see the exclusions: "
-                           f"{excluded[:3]}")
+        raise DatasetError(
+            f"none of the {len(rows)} images in {manifest} could be used; see the exclusions: "
+            f"{excluded[:3]}"
+        )
     included.sort(key=lambda r: r.sha256)
     classes = sorted({r.label for r in included})
     counts: dict[str, dict[str, int]] = {s: {c: 0 for c in classes} for s in SPLITS}
@@ -247,10 +276,20 @@ def build_dataset(settings: Settings | None, manifest: Path, out_dir: Path, *,
             fh.write(json.dumps(asdict(r), sort_keys=True) + "\n")
     if manifest.resolve() != (out_dir / MANIFEST_FILE).resolve():
         shutil.copyfile(manifest, out_dir / MANIFEST_FILE)
-    info = DatasetInfo(version=version, classes=classes, counts=counts, fractions=tuple(fractions),
-                       split_salt=split_salt, manifest_sha256=sha256_file(manifest), images=len(included),
-                       excluded=excluded, warnings=warnings, directory=str(out_dir),
-                       downloaded=downloaded, cached=cached)
+    info = DatasetInfo(
+        version=version,
+        classes=classes,
+        counts=counts,
+        fractions=fractions,
+        split_salt=split_salt,
+        manifest_sha256=sha256_file(manifest),
+        images=len(included),
+        excluded=excluded,
+        warnings=warnings,
+        directory=str(out_dir),
+        downloaded=downloaded,
+        cached=cached,
+    )
     if upload and settings is not None:
         container = settings.blob.datasets_container
         store.ensure_container(container)
@@ -296,19 +335,32 @@ def log_dataset(settings: Settings, info: DatasetInfo, directory: Path, run_id: 
             from edgeloop.blob import BlobStore
 
             try:  # a plain (unsigned) URL: where it lives, not a credential
-                source_url = BlobStore.from_settings(settings).client.url.rstrip("/") + "/" + \
-                    info.blob_uri[len("az://"):] + INDEX_FILE
+                source_url = (
+                    BlobStore.from_settings(settings).client.url.rstrip("/")
+                    + "/"
+                    + info.blob_uri[len("az://") :]
+                    + INDEX_FILE
+                )
             except Exception:
                 pass
-        mlflow.log_input(MetaDataset(HTTPDatasetSource(source_url), name="edgeloop-images", digest=info.version),
-                         context="training")
+        mlflow.log_input(
+            MetaDataset(  # type: ignore[abstract]
+                HTTPDatasetSource(source_url), name="edgeloop-images", digest=info.version
+            ),
+            context="training",
+        )
         mlflow.set_tag("dataset_version", info.version)
-        mlflow.log_params({
-            "dataset_version": info.version, "dataset_images": info.images,
-            "dataset_classes": ",".join(info.classes), "dataset_uri": info.blob_uri or str(directory),
-            "dataset_excluded": len(info.excluded), "split_fractions": ",".join(map(str, info.fractions)),
-            **{f"dataset_{s}": sum(info.counts[s].values()) for s in SPLITS},
-        })
+        mlflow.log_params(
+            {
+                "dataset_version": info.version,
+                "dataset_images": info.images,
+                "dataset_classes": ",".join(info.classes),
+                "dataset_uri": info.blob_uri or str(directory),
+                "dataset_excluded": len(info.excluded),
+                "split_fractions": ",".join(map(str, info.fractions)),
+                **{f"dataset_{s}": sum(info.counts[s].values()) for s in SPLITS},
+            }
+        )
         for name in (INFO_FILE, INDEX_FILE, MANIFEST_FILE):
             if (Path(directory) / name).exists():
                 mlflow.log_artifact(str(Path(directory) / name), artifact_path="dataset")

@@ -11,9 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeloop.model_card import EMBEDDING_OUTPUT, INPUT_NAME, MODEL_FILE, PROBS_OUTPUT
-
 from components.errors import ParityError
+from edgeloop.model_card import EMBEDDING_OUTPUT, INPUT_NAME, MODEL_FILE, PROBS_OUTPUT
 
 DEFAULT_OPSET = 17
 MAX_ABS_DIFF = 1e-4
@@ -36,14 +35,19 @@ class ParityReport:
         return asdict(self)
 
     def card_fields(self) -> dict[str, float]:
-        return {"max_abs_diff": self.max_abs_diff, "max_abs_diff_embedding": self.max_abs_diff_embedding,
-                "top1_agreement": self.top1_agreement, "images": float(self.images),
-                "max_abs_diff_threshold": self.max_abs_diff_threshold,
-                "min_agreement_threshold": self.min_agreement_threshold}
+        return {
+            "max_abs_diff": self.max_abs_diff,
+            "max_abs_diff_embedding": self.max_abs_diff_embedding,
+            "top1_agreement": self.top1_agreement,
+            "images": float(self.images),
+            "max_abs_diff_threshold": self.max_abs_diff_threshold,
+            "min_agreement_threshold": self.min_agreement_threshold,
+        }
 
 
-def export_onnx(model_file: Path, out_path: Path | None = None, *, opset: int = DEFAULT_OPSET,
-                model: Any | None = None) -> Path:
+def export_onnx(
+    model_file: Path, out_path: Path | None = None, *, opset: int = DEFAULT_OPSET, model: Any | None = None
+) -> Path:
     """``model.pt`` (from training) -> one self-contained ONNX file, checked with onnx.checker.
 
     ``model`` (a torch module wrapping a classifier, already loaded) overrides ``model_file``'s weights;
@@ -64,15 +68,28 @@ def export_onnx(model_file: Path, out_path: Path | None = None, *, opset: int = 
     dummy = torch.zeros(2, 3, size, size)
     with torch.no_grad():
         torch.onnx.export(
-            wrapper, (dummy,), str(out_path), dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[PROBS_OUTPUT, EMBEDDING_OUTPUT],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, PROBS_OUTPUT: {0: "batch"}, EMBEDDING_OUTPUT: {0: "batch"}},
+            wrapper,
+            (dummy,),
+            str(out_path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[PROBS_OUTPUT, EMBEDDING_OUTPUT],
+            dynamic_axes={
+                INPUT_NAME: {0: "batch"},
+                PROBS_OUTPUT: {0: "batch"},
+                EMBEDDING_OUTPUT: {0: "batch"},
+            },
             do_constant_folding=True,
         )
     proto = onnx.load(str(out_path))
     onnx.checker.check_model(proto, full_check=True)
-    meta_props = {"edgeloop.arch": meta["arch"], "edgeloop.labels": ",".join(meta["classes"]),
-                  "edgeloop.input_size": str(size), "edgeloop.dataset_version": str(meta.get("dataset_version"))}
+    meta_props = {
+        "edgeloop.arch": meta["arch"],
+        "edgeloop.labels": ",".join(meta["classes"]),
+        "edgeloop.input_size": str(size),
+        "edgeloop.dataset_version": str(meta.get("dataset_version")),
+    }
     for k, v in meta_props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
@@ -95,16 +112,24 @@ def run_onnx(session: Any, x, batch: int = 32):
 
     probs, embs = [], []
     for i in range(0, len(x), batch):
-        p, e = session.run([PROBS_OUTPUT, EMBEDDING_OUTPUT], {INPUT_NAME: x[i:i + batch]})
+        p, e = session.run([PROBS_OUTPUT, EMBEDDING_OUTPUT], {INPUT_NAME: x[i : i + batch]})
         probs.append(p)
         embs.append(e)
     return np.concatenate(probs), np.concatenate(embs)
 
 
-def check_parity(model_file: Path, onnx_path: Path, dataset_dir: Path, *, split: str = "val",
-                 max_abs_diff: float = MAX_ABS_DIFF, min_agreement: float = MIN_AGREEMENT,
-                 provider: str = "CPUExecutionProvider", limit: int | None = None,
-                 raise_on_failure: bool = True) -> ParityReport:
+def check_parity(
+    model_file: Path,
+    onnx_path: Path,
+    dataset_dir: Path,
+    *,
+    split: str = "val",
+    max_abs_diff: float = MAX_ABS_DIFF,
+    min_agreement: float = MIN_AGREEMENT,
+    provider: str = "CPUExecutionProvider",
+    limit: int | None = None,
+    raise_on_failure: bool = True,
+) -> ParityReport:
     """Run torch and ONNX Runtime on the same preprocessed images of ``split``; compare.
 
     Raises :class:`ParityError` (with the report) when the max absolute probability difference
@@ -113,9 +138,8 @@ def check_parity(model_file: Path, onnx_path: Path, dataset_dir: Path, *, split:
     import numpy as np
     import torch
 
-    from edgeloop.preprocessing import Preprocess, PreprocessConfig
-
     from components.modeling import ClassifierWithEmbedding, load_model_file, load_split
+    from edgeloop.preprocessing import Preprocess, PreprocessConfig
 
     net, meta = load_model_file(Path(model_file))
     pre = Preprocess(PreprocessConfig(**meta["preprocess"]))
@@ -128,7 +152,7 @@ def check_parity(model_file: Path, onnx_path: Path, dataset_dir: Path, *, split:
     with torch.no_grad():
         tp, te = [], []
         for i in range(0, len(x), 32):
-            p, e = wrapper(torch.from_numpy(x[i:i + 32]))
+            p, e = wrapper(torch.from_numpy(x[i : i + 32]))
             tp.append(p.numpy())
             te.append(e.numpy())
     t_probs, t_emb = np.concatenate(tp), np.concatenate(te)
@@ -140,7 +164,9 @@ def check_parity(model_file: Path, onnx_path: Path, dataset_dir: Path, *, split:
         top1_agreement=float((t_probs.argmax(1) == o_probs.argmax(1)).mean()),
         onnx_accuracy=float((o_probs.argmax(1) == targets).mean()),
         torch_accuracy=float((t_probs.argmax(1) == targets).mean()),
-        max_abs_diff_threshold=max_abs_diff, min_agreement_threshold=min_agreement, passed=True,
+        max_abs_diff_threshold=max_abs_diff,
+        min_agreement_threshold=min_agreement,
+        passed=True,
     )
     problems = []
     if not report.max_abs_diff <= max_abs_diff:  # also catches NaN
@@ -150,44 +176,77 @@ def check_parity(model_file: Path, onnx_path: Path, dataset_dir: Path, *, split:
     if problems:
         report.passed = False
         if raise_on_failure:
-            raise ParityError(f"ONNX export {onnx_path} differs from the torch model on {report.images} "
-                              f"{split} images: {'; '.join(problems)}. Do not ship it: re-export "
-                              "(check opset and unsupported ops) or investigate the model.", report.as_dict())
+            raise ParityError(
+                f"ONNX export {onnx_path} differs from the torch model on {report.images} "
+                f"{split} images: {'; '.join(problems)}. Do not ship it: re-export "
+                "(check opset and unsupported ops) or investigate the model.",
+                report.as_dict(),
+            )
     return report
 
 
-def export_and_verify(model_file: Path, out_path: Path, dataset_dir: Path, *, opset: int = DEFAULT_OPSET,
-                      max_abs_diff: float = MAX_ABS_DIFF, min_agreement: float = MIN_AGREEMENT
-                      ) -> tuple[Path, ParityReport, float]:
+def export_and_verify(
+    model_file: Path,
+    out_path: Path,
+    dataset_dir: Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    max_abs_diff: float = MAX_ABS_DIFF,
+    min_agreement: float = MIN_AGREEMENT,
+) -> tuple[Path, ParityReport, float]:
     """Export, then check parity on the validation split: (onnx path, parity report, export seconds)."""
     t0 = time.perf_counter()
     path = export_onnx(model_file, out_path, opset=opset)
     seconds = time.perf_counter() - t0
-    return path, check_parity(model_file, path, dataset_dir, max_abs_diff=max_abs_diff,
-                              min_agreement=min_agreement), round(seconds, 3)
+    return (
+        path,
+        check_parity(model_file, path, dataset_dir, max_abs_diff=max_abs_diff, min_agreement=min_agreement),
+        round(seconds, 3),
+    )
 
 
-def export_model(model: Path, out_dir: Path, *, dataset_dir: Path, name: str = "edgeloop-inspection",
-                 opset: int = DEFAULT_OPSET, max_abs_diff: float = MAX_ABS_DIFF,
-                 min_agreement: float = MIN_AGREEMENT, lineage: dict[str, str] | None = None):
+def export_model(
+    model: Path,
+    out_dir: Path,
+    *,
+    dataset_dir: Path,
+    name: str = "edgeloop-inspection",
+    opset: int = DEFAULT_OPSET,
+    max_abs_diff: float = MAX_ABS_DIFF,
+    min_agreement: float = MIN_AGREEMENT,
+    lineage: dict[str, str] | None = None,
+):
     """Training output (directory holding ``model.pt``, or the file) -> model directory with the fp32
     ``model.onnx`` and its card (metrics, parity, dataset version). Raises :class:`ParityError`.
     Returns the :class:`~edgeloop.model_card.ModelCard`."""
-    from edgeloop.preprocessing import PreprocessConfig
-
     from components.card import write_model_card
     from components.modeling import MODEL_FILE as MODEL_PT
+    from edgeloop.preprocessing import PreprocessConfig
 
     model_file = Path(model) / MODEL_PT if Path(model).is_dir() else Path(model)
     out_dir = Path(out_dir)
-    path, parity, _ = export_and_verify(model_file, out_dir / MODEL_FILE, dataset_dir, opset=opset,
-                                        max_abs_diff=max_abs_diff, min_agreement=min_agreement)
+    path, parity, _ = export_and_verify(
+        model_file,
+        out_dir / MODEL_FILE,
+        dataset_dir,
+        opset=opset,
+        max_abs_diff=max_abs_diff,
+        min_agreement=min_agreement,
+    )
     import torch
 
     meta = torch.load(model_file, map_location="cpu", weights_only=False)
     metrics = {k: float(v) for k, v in (meta.get("metrics") or {}).items() if isinstance(v, int | float)}
     metrics["onnx_val_accuracy"] = parity.onnx_accuracy
-    return write_model_card(out_dir, name=name, architecture=meta["arch"], labels=list(meta["classes"]),
-                            preprocessing=PreprocessConfig(**meta["preprocess"]), precision="fp32",
-                            metrics=metrics, parity=parity.card_fields(),
-                            dataset_version=meta.get("dataset_version"), lineage=lineage)
+    return write_model_card(
+        out_dir,
+        name=name,
+        architecture=meta["arch"],
+        labels=list(meta["classes"]),
+        preprocessing=PreprocessConfig(**meta["preprocess"]),
+        precision="fp32",
+        metrics=metrics,
+        parity=parity.card_fields(),
+        dataset_version=meta.get("dataset_version"),
+        lineage=lineage,
+    )

@@ -25,10 +25,9 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from components.errors import LabelImportError
 from edgeloop import labelstudio as lsx
 from edgeloop.model_card import sha256_file
-
-from components.errors import LabelImportError
 
 if TYPE_CHECKING:
     from edgeloop.config import Settings
@@ -62,7 +61,7 @@ class ManifestRow:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ManifestRow:
-        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__ if k in d})
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})  # type: ignore[arg-type]
 
 
 @dataclass
@@ -136,11 +135,18 @@ def _prediction(task: Mapping[str, Any]) -> dict[str, Any] | None:
     if not preds:
         return None
     latest = max(preds, key=lambda p: (str(p.get("created_at") or ""), p.get("id") or 0))
-    return {"label": _choice(latest), "score": latest.get("score"), "model_version": latest.get("model_version")}
+    return {
+        "label": _choice(latest),
+        "score": latest.get("score"),
+        "model_version": latest.get("model_version"),
+    }
 
 
-def resolve_task(task: Mapping[str, Any], policy: LabelPolicy | str = LabelPolicy.LATEST,
-                 users: Mapping[int, str] | None = None) -> TaskResolution:
+def resolve_task(
+    task: Mapping[str, Any],
+    policy: LabelPolicy | str = LabelPolicy.LATEST,
+    users: Mapping[int, str] | None = None,
+) -> TaskResolution:
     """Reduce one exported task's annotations to a manifest row (or ``None`` with the reason counted)."""
     policy = LabelPolicy(policy)
     users = users or {}
@@ -189,9 +195,12 @@ def resolve_task(task: Mapping[str, Any], policy: LabelPolicy | str = LabelPolic
     return res
 
 
-def resolve_export(tasks: Iterable[Mapping[str, Any]], policy: LabelPolicy | str = LabelPolicy.LATEST,
-                   users: Mapping[int, str] | None = None,
-                   report: ImportReport | None = None) -> tuple[list[ManifestRow], ImportReport]:
+def resolve_export(
+    tasks: Iterable[Mapping[str, Any]],
+    policy: LabelPolicy | str = LabelPolicy.LATEST,
+    users: Mapping[int, str] | None = None,
+    report: ImportReport | None = None,
+) -> tuple[list[ManifestRow], ImportReport]:
     """All tasks of an export -> manifest rows sorted by sha256 (then URI), plus the counts."""
     report = report or ImportReport()
     report.policy = LabelPolicy(policy).value
@@ -243,7 +252,9 @@ def read_manifest(path: Path) -> list[ManifestRow]:
         try:
             rows.append(ManifestRow.from_dict(json.loads(line)))
         except (ValueError, TypeError) as e:
-            raise LabelImportError(f"{path}:{n} is not a manifest row ({e}); re-run `edgeloop labels import`") from e
+            raise LabelImportError(
+                f"{path}:{n} is not a manifest row ({e}); re-run `edgeloop labels import`"
+            ) from e
     return rows
 
 
@@ -253,11 +264,15 @@ def export_project(ls: Any, project_id: int, timeout_s: float = 300.0) -> tuple[
     deadline = time.monotonic() + timeout_s
     while snap.status != "completed":
         if snap.status == "failed":
-            raise LabelImportError(f"Label Studio export {snap.id} of project {project_id} failed; "
-                                   "check the Label Studio log and retry")
+            raise LabelImportError(
+                f"Label Studio export {snap.id} of project {project_id} failed; "
+                "check the Label Studio log and retry"
+            )
         if time.monotonic() > deadline:
-            raise LabelImportError(f"Label Studio export {snap.id} not ready after {timeout_s:.0f} s; "
-                                   "retry, or raise the timeout for large projects")
+            raise LabelImportError(
+                f"Label Studio export {snap.id} not ready after {timeout_s:.0f} s; "
+                "retry, or raise the timeout for large projects"
+            )
         time.sleep(0.5)
         snap = ls.projects.exports.get(project_id, snap.id)
     data = b"".join(ls.projects.exports.download(project_id, snap.id, export_type="JSON"))
@@ -274,16 +289,19 @@ def _users(ls: Any) -> dict[int, str]:
         return {}
 
 
-def import_labels(settings: Settings, project: str | None, out_path: Path,
-                  policy: LabelPolicy | str = LabelPolicy.LATEST) -> ImportReport:
+def import_labels(
+    settings: Settings, project: str | None, out_path: Path, policy: LabelPolicy | str = LabelPolicy.LATEST
+) -> ImportReport:
     """Export the project's annotations from Label Studio and write the label manifest to ``out_path``."""
     t0 = time.perf_counter()
     title = project or settings.labelstudio.project_title
     ls = lsx.client(settings)
     proj = lsx.find_project(ls, title)
     if proj is None:
-        raise LabelImportError(f"no Label Studio project titled '{title}'; seed one with `edgeloop data seed` "
-                               "or pass --project")
+        raise LabelImportError(
+            f"no Label Studio project titled '{title}'; seed one with `edgeloop data seed` "
+            "or pass --project"
+        )
     export_id, tasks = export_project(ls, int(proj.id))
     report = ImportReport(project_id=int(proj.id), project_title=title, export_id=export_id)
     rows, report = resolve_export(tasks, policy, _users(ls), report)

@@ -16,9 +16,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from edgeloop.preprocessing import Preprocess, PreprocessConfig, decode_image
-
 from components.dataset import DatasetRow
+from edgeloop.preprocessing import Preprocess, PreprocessConfig, decode_image
 
 ARCHS = ("mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "efficientnet_b0")
 MODEL_FILE = "model.pt"
@@ -95,11 +94,25 @@ class ClassifierWithEmbedding(nn.Module):
         return torch.softmax(logits, dim=1), embedding
 
 
-def save_model_file(path: Path, model: nn.Module, arch: str, classes: Sequence[str],
-                    preprocess: PreprocessConfig, **extra: Any) -> Path:
-    module = model.module if hasattr(model, "module") else model
-    torch.save({"arch": arch, "classes": list(classes), "preprocess": preprocess.model_dump(),
-                "state_dict": module.state_dict(), **extra}, path)
+def save_model_file(
+    path: Path,
+    model: nn.Module,
+    arch: str,
+    classes: Sequence[str],
+    preprocess: PreprocessConfig,
+    **extra: Any,
+) -> Path:
+    module = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    torch.save(
+        {
+            "arch": arch,
+            "classes": list(classes),
+            "preprocess": preprocess.model_dump(),
+            "state_dict": module.state_dict(),
+            **extra,
+        },
+        path,
+    )
     return Path(path)
 
 
@@ -114,28 +127,39 @@ def load_model_file(path: Path) -> tuple[nn.Module, dict[str, Any]]:
 
 # -- data ---------------------------------------------------------------------------------------------
 
+
 def augmenter():
     """Augmentations applied to the PIL image (already at model size) before the shared Preprocess."""
     from torchvision.transforms import v2
 
-    return v2.Compose([
-        v2.RandomHorizontalFlip(),
-        v2.RandomVerticalFlip(),
-        v2.RandomApply([v2.RandomRotation(10, fill=(28, 30, 33))], p=0.5),
-        v2.ColorJitter(brightness=0.25, contrast=0.2, saturation=0.2, hue=0.02),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+            v2.RandomApply([v2.RandomRotation(10, fill=(28, 30, 33))], p=0.5),
+            v2.ColorJitter(brightness=0.25, contrast=0.2, saturation=0.2, hue=0.02),
+        ]
+    )
 
 
 class ImageDataset(torch.utils.data.Dataset):
     """Images of one split, decoded and resized once (uint8, model size) and kept in memory."""
 
-    def __init__(self, rows: Sequence[DatasetRow], directory: Path, classes: Sequence[str],
-                 preprocess: Preprocess, augment: bool = False):
+    def __init__(
+        self,
+        rows: Sequence[DatasetRow],
+        directory: Path,
+        classes: Sequence[str],
+        preprocess: Preprocess,
+        augment: bool = False,
+    ):
         self.rows = list(rows)
         self.preprocess = preprocess
         self.class_to_idx = {c: i for i, c in enumerate(classes)}
         self.targets = [self.class_to_idx[r.label] for r in self.rows]
-        self.images = [preprocess.resize(decode_image((Path(directory) / r.file).read_bytes())) for r in self.rows]
+        self.images = [
+            preprocess.resize(decode_image((Path(directory) / r.file).read_bytes())) for r in self.rows
+        ]
         self.augment = augmenter() if augment else None
 
     def __len__(self) -> int:
@@ -154,8 +178,14 @@ class ImageDataset(torch.utils.data.Dataset):
         return np.stack([self.preprocess.normalize(x) for x in self.images])
 
 
-def load_split(directory: Path, split: str, classes: Sequence[str], preprocess: Preprocess,
-               augment: bool = False, limit: int | None = None) -> ImageDataset:
+def load_split(
+    directory: Path,
+    split: str,
+    classes: Sequence[str],
+    preprocess: Preprocess,
+    augment: bool = False,
+    limit: int | None = None,
+) -> ImageDataset:
     from components.dataset import load_rows
 
     rows = load_rows(directory, split)

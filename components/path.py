@@ -40,11 +40,19 @@ class PathResult:
         return asdict(self)
 
 
-def run_training_path(settings: Settings, out_dir: Path, *, project: str | None = None,
-                      policy: LabelPolicy | str = LabelPolicy.LATEST, config: TrainConfig | None = None,
-                      nproc_per_node: int = 2, bounds: PrecisionBounds = PrecisionBounds(),
-                      provider: str = "CPUExecutionProvider", progress: bool = True,
-                      log=print) -> PathResult:
+def run_training_path(
+    settings: Settings,
+    out_dir: Path,
+    *,
+    project: str | None = None,
+    policy: LabelPolicy | str = LabelPolicy.LATEST,
+    config: TrainConfig | None = None,
+    nproc_per_node: int = 2,
+    bounds: PrecisionBounds = PrecisionBounds(),
+    provider: str = "CPUExecutionProvider",
+    progress: bool = True,
+    log=print,
+) -> PathResult:
     from components import card as cardmod
     from components import tracking
     from components.dataset import build_dataset
@@ -64,9 +72,11 @@ def run_training_path(settings: Settings, out_dir: Path, *, project: str | None 
     timings["import_labels"] = round(time.perf_counter() - t, 2)
     log(f"labels: {report.summary()}")
 
-    run_id = tracking.start_run(settings, run_name=f"train-{config.arch}",
-                                tags={"labelstudio.project": report.project_title,
-                                      "labelstudio.export_id": str(report.export_id)})
+    run_id = tracking.start_run(
+        settings,
+        run_name=f"train-{config.arch}",
+        tags={"labelstudio.project": report.project_title, "labelstudio.export_id": str(report.export_id)},
+    )
     t = time.perf_counter()
     info = build_dataset(settings, out_dir / "manifest.jsonl", out_dir / "dataset", mlflow_run_id=run_id)
     timings["build_dataset"] = round(time.perf_counter() - t, 2)
@@ -74,24 +84,42 @@ def run_training_path(settings: Settings, out_dir: Path, *, project: str | None 
     for w in info.warnings:
         log(f"warning: {w}")
 
-    result = run_training(out_dir / "dataset", out_dir / "train", config, nproc_per_node=nproc_per_node,
-                          mlflow_tracking_uri=settings.mlflow_tracking_uri(),
-                          mlflow_experiment=settings.mlflow.experiment, mlflow_run_id=run_id,
-                          dataset_version=info.version, git_commit=commit, progress=progress)
+    result = run_training(
+        out_dir / "dataset",
+        out_dir / "train",
+        config,
+        nproc_per_node=nproc_per_node,
+        mlflow_tracking_uri=settings.mlflow_tracking_uri(),
+        mlflow_experiment=settings.mlflow.experiment,
+        mlflow_run_id=run_id,
+        dataset_version=info.version,
+        git_commit=commit,
+        progress=progress,
+    )
     timings["train"] = result.seconds
-    log(f"trained {config.arch} on {nproc_per_node} processes in {result.seconds:.0f} s: "
-        f"val accuracy {result.val_accuracy:.4f}")
+    log(
+        f"trained {config.arch} on {nproc_per_node} processes in {result.seconds:.0f} s: "
+        f"val accuracy {result.val_accuracy:.4f}"
+    )
 
     t = time.perf_counter()
-    onnx_path, parity, _ = export_and_verify(result.model_path, out_dir / "export" / "model.fp32.onnx",
-                                             out_dir / "dataset")
+    onnx_path, parity, _ = export_and_verify(
+        Path(result.model_path), out_dir / "export" / "model.fp32.onnx", out_dir / "dataset"
+    )
     timings["export_and_parity"] = round(time.perf_counter() - t, 2)
     log(f"parity: max |dp| {parity.max_abs_diff:.2e}, top-1 agreement {parity.top1_agreement:.4f}")
 
     t = time.perf_counter()
     model_dir = out_dir / "model"
-    decision = select_precision(onnx_path, out_dir / "dataset", model_dir, labels=info.classes, size=config.size,
-                                provider=provider, bounds=bounds)
+    decision = select_precision(
+        onnx_path,
+        out_dir / "dataset",
+        model_dir,
+        labels=info.classes,
+        size=config.size,
+        provider=provider,
+        bounds=bounds,
+    )
     timings["select_precision"] = round(time.perf_counter() - t, 2)
     log(f"precision: {decision.reasons[-1]} ({'; '.join(decision.reasons[:-1]) or 'fp32 only'})")
 
@@ -99,18 +127,41 @@ def run_training_path(settings: Settings, out_dir: Path, *, project: str | None 
     from edgeloop.preprocessing import PreprocessConfig
 
     chosen = next(m for m in decision.measurements if m.precision is decision.precision)
-    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, float) and not k.startswith("val_loss")}
-    metrics.update({"onnx_val_accuracy": chosen.accuracy, "latency_ms_b1": chosen.latency_ms_b1,
-                    "latency_ms_b8": chosen.latency_ms_b8})
-    lineage = {"git_commit": commit, "mlflow_run_id": run_id, "dataset_uri": info.blob_uri,
-               "manifest_sha256": info.manifest_sha256, "labelstudio_project": report.project_title,
-               "labelstudio_export_id": str(report.export_id), "label_policy": report.policy,
-               "train_command": " ".join(result.command[2:]), "nproc_per_node": str(nproc_per_node)}
+    metrics = {
+        k: v for k, v in result.metrics.items() if isinstance(v, float) and not k.startswith("val_loss")
+    }
+    metrics.update(
+        {
+            "onnx_val_accuracy": chosen.accuracy,
+            "latency_ms_b1": chosen.latency_ms_b1,
+            "latency_ms_b8": chosen.latency_ms_b8,
+        }
+    )
+    lineage = {
+        "git_commit": commit,
+        "mlflow_run_id": run_id,
+        "dataset_uri": info.blob_uri,
+        "manifest_sha256": info.manifest_sha256,
+        "labelstudio_project": report.project_title,
+        "labelstudio_export_id": str(report.export_id),
+        "label_policy": report.policy,
+        "train_command": " ".join(result.command[2:]),
+        "nproc_per_node": str(nproc_per_node),
+    }
     card = cardmod.write_model_card(
-        model_dir, name=settings.mlflow.registered_model, architecture=config.arch, labels=info.classes,
-        preprocessing=PreprocessConfig(size=config.size), precision=decision.precision,
-        execution_provider=provider, metrics=metrics, parity=parity.card_fields(),
-        precision_evidence=decision.evidence(), dataset_version=info.version, lineage=lineage)
+        model_dir,
+        name=settings.mlflow.registered_model,
+        architecture=config.arch,
+        labels=info.classes,
+        preprocessing=PreprocessConfig(size=config.size),
+        precision=decision.precision,
+        execution_provider=provider,
+        metrics=metrics,
+        parity=parity.card_fields(),
+        precision_evidence=decision.evidence(),
+        dataset_version=info.version,
+        lineage=lineage,
+    )
     model_uri = cardmod.log_model_dir(settings, model_dir, run_id, card)
     timings["card_and_log"] = round(time.perf_counter() - t, 2)
     with tracking.mlflow_run(settings, run_id):
@@ -118,10 +169,20 @@ def run_training_path(settings: Settings, out_dir: Path, *, project: str | None 
 
         mlflow.log_metrics({f"time_{k}_s": v for k, v in timings.items()})
         mlflow.log_dict({"import": report.as_dict(), "timings_s": timings}, "training_path.json")
-    res = PathResult(run_id=run_id, run_url=tracking.run_url(settings, run_id), model_dir=str(model_dir),
-                     model_uri=model_uri, dataset_version=info.version, val_accuracy=result.val_accuracy,
-                     test_accuracy=result.metrics.get("test_accuracy"), parity=parity.card_fields(),
-                     precision=decision.precision.value, precision_evidence=decision.evidence(),
-                     timings_s=timings, import_report=report.as_dict(), dataset=info.as_dict())
+    res = PathResult(
+        run_id=run_id,
+        run_url=tracking.run_url(settings, run_id),
+        model_dir=str(model_dir),
+        model_uri=model_uri,
+        dataset_version=info.version,
+        val_accuracy=result.val_accuracy,
+        test_accuracy=result.metrics.get("test_accuracy"),
+        parity=parity.card_fields(),
+        precision=decision.precision.value,
+        precision_evidence=decision.evidence(),
+        timings_s=timings,
+        import_report=report.as_dict(),
+        dataset=info.as_dict(),
+    )
     (out_dir / "result.json").write_text(json.dumps(res.as_dict(), indent=2, default=str))
     return res

@@ -18,9 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeloop.model_card import MODEL_FILE, Precision
-
 from components.errors import PrecisionError
+from edgeloop.model_card import MODEL_FILE, Precision
 
 
 @dataclass(frozen=True)
@@ -60,13 +59,19 @@ class PrecisionDecision:
 
     def evidence(self) -> dict[str, Any]:
         """What goes into ModelCard.precision_evidence."""
-        return {"chosen": self.precision.value, "provider": self.provider, "reasons": self.reasons,
-                "bounds": asdict(self.bounds), "measurements": [m.as_dict() for m in self.measurements],
-                "errors": self.errors}
+        return {
+            "chosen": self.precision.value,
+            "provider": self.provider,
+            "reasons": self.reasons,
+            "bounds": asdict(self.bounds),
+            "measurements": [m.as_dict() for m in self.measurements],
+            "errors": self.errors,
+        }
 
 
-def decide_precision(measurements: list[PrecisionMeasurement], bounds: PrecisionBounds = PrecisionBounds()
-                     ) -> tuple[Precision, list[str]]:
+def decide_precision(
+    measurements: list[PrecisionMeasurement], bounds: PrecisionBounds = PrecisionBounds()
+) -> tuple[Precision, list[str]]:
     """The fastest (batch-1 median) variant within the bounds; fp32 is the baseline and always eligible."""
     by = {m.precision: m for m in measurements}
     if Precision.FP32 not in by:
@@ -79,8 +84,10 @@ def decide_precision(measurements: list[PrecisionMeasurement], bounds: Precision
         drop = base.accuracy - m.accuracy
         disagreement = 1.0 - m.agreement_with_fp32
         speedup = base.latency_ms_b1 / m.latency_ms_b1 if m.latency_ms_b1 > 0 else 0.0
-        why = (f"{m.precision.value}: batch-1 {m.latency_ms_b1:.3f} ms vs fp32 {base.latency_ms_b1:.3f} ms "
-               f"(x{speedup:.2f}), accuracy drop {drop:+.4f}, disagreement {disagreement:.4f}")
+        why = (
+            f"{m.precision.value}: batch-1 {m.latency_ms_b1:.3f} ms vs fp32 {base.latency_ms_b1:.3f} ms "
+            f"(x{speedup:.2f}), accuracy drop {drop:+.4f}, disagreement {disagreement:.4f}"
+        )
         if drop > bounds.max_accuracy_drop:
             reasons.append(f"{why}: rejected, accuracy drop above {bounds.max_accuracy_drop}")
         elif disagreement > bounds.max_disagreement:
@@ -98,9 +105,10 @@ def decide_precision(measurements: list[PrecisionMeasurement], bounds: Precision
 
 # -- building and measuring variants -------------------------------------------------------------------
 
+
 class _Calibration:
     def __init__(self, x):
-        self._it = iter([{"images": x[i:i + 1]} for i in range(len(x))])
+        self._it = iter([{"images": x[i : i + 1]} for i in range(len(x))])
 
     def get_next(self):
         return next(self._it, None)
@@ -131,14 +139,23 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration) -> Path:
         def get_next(self):
             return self.inner.get_next()
 
-    quantize_static(str(pre), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=softmax)
+    quantize_static(
+        str(pre),
+        str(out_path),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=softmax,
+    )
     pre.unlink(missing_ok=True)
     return out_path
 
 
-def measure_latencies(paths: dict[Precision, Path], size: int, batch: int, provider: str, runs: int = 50,
-                      warmup: int = 5) -> dict[Precision, tuple[float, float]]:
+def measure_latencies(
+    paths: dict[Precision, Path], size: int, batch: int, provider: str, runs: int = 50, warmup: int = 5
+) -> dict[Precision, tuple[float, float]]:
     """(median, p90) milliseconds per call for a batch of ``batch`` images, per variant.
 
     Variants are timed interleaved (one call each, round after round), so load from other
@@ -176,17 +193,25 @@ def measure_quality(path: Path, x_val, y_val, fp32_top1, provider: str) -> tuple
     return accuracy, agreement
 
 
-def select_precision(fp32_path: Path, dataset_dir: Path, out_dir: Path, *, labels: list[str], size: int,
-                     provider: str = "CPUExecutionProvider", bounds: PrecisionBounds = PrecisionBounds(),
-                     candidates: tuple[Precision, ...] = (Precision.FP32, Precision.INT8),
-                     calibration_images: int = 64, latency_runs: int = 50) -> PrecisionDecision:
+def select_precision(
+    fp32_path: Path,
+    dataset_dir: Path,
+    out_dir: Path,
+    *,
+    labels: list[str],
+    size: int,
+    provider: str = "CPUExecutionProvider",
+    bounds: PrecisionBounds = PrecisionBounds(),
+    candidates: tuple[Precision, ...] = (Precision.FP32, Precision.INT8),
+    calibration_images: int = 64,
+    latency_runs: int = 50,
+) -> PrecisionDecision:
     """Build the candidates, measure them, choose; the chosen file is copied to ``out_dir/model.onnx``."""
     import numpy as np
 
-    from edgeloop.preprocessing import Preprocess, PreprocessConfig
-
     from components.export import onnx_session, run_onnx
     from components.modeling import load_split
+    from edgeloop.preprocessing import Preprocess, PreprocessConfig
 
     out_dir = Path(out_dir)
     work = out_dir.parent / f"{out_dir.name}-variants"
@@ -217,16 +242,31 @@ def select_precision(fp32_path: Path, dataset_dir: Path, out_dir: Path, *, label
     b1 = measure_latencies(paths, size, 1, provider, latency_runs)
     b8 = measure_latencies(paths, size, 8, provider, max(10, latency_runs // 4))
     measurements = [
-        PrecisionMeasurement(precision=p, path=str(path), latency_ms_b1=b1[p][0], latency_ms_b1_p90=b1[p][1],
-                             latency_ms_b8=b8[p][0], latency_ms_b8_p90=b8[p][1], accuracy=quality[p][0],
-                             agreement_with_fp32=quality[p][1], size_bytes=Path(path).stat().st_size)
+        PrecisionMeasurement(
+            precision=p,
+            path=str(path),
+            latency_ms_b1=b1[p][0],
+            latency_ms_b1_p90=b1[p][1],
+            latency_ms_b8=b8[p][0],
+            latency_ms_b8_p90=b8[p][1],
+            accuracy=quality[p][0],
+            agreement_with_fp32=quality[p][1],
+            size_bytes=Path(path).stat().st_size,
+        )
         for p, path in paths.items()
     ]
     chosen, reasons = decide_precision(measurements, bounds)
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(paths[chosen], out_dir / MODEL_FILE)
-    return PrecisionDecision(precision=chosen, model_path=str(out_dir / MODEL_FILE), provider=provider,
-                             reasons=reasons, measurements=measurements, bounds=bounds, errors=errors)
+    return PrecisionDecision(
+        precision=chosen,
+        model_path=str(out_dir / MODEL_FILE),
+        provider=provider,
+        reasons=reasons,
+        measurements=measurements,
+        bounds=bounds,
+        errors=errors,
+    )
 
 
 def provider_for_target(target: str) -> str:
@@ -244,8 +284,15 @@ def provider_for_target(target: str) -> str:
     return "CPUExecutionProvider"
 
 
-def choose_precision(onnx_dir: Path, out_dir: Path, *, dataset_dir: Path, target: str = "cpu",
-                     bounds: PrecisionBounds = PrecisionBounds(), calibration_images: int = 64):
+def choose_precision(
+    onnx_dir: Path,
+    out_dir: Path,
+    *,
+    dataset_dir: Path,
+    target: str = "cpu",
+    bounds: PrecisionBounds = PrecisionBounds(),
+    calibration_images: int = 64,
+):
     """Model directory in (fp32 ``model.onnx`` + card, from :func:`components.export.export_model`),
     model directory out: the chosen variant as ``model.onnx`` and a card with precision, provider,
     evidence and fresh file digests. Returns the new :class:`~edgeloop.model_card.ModelCard`."""
@@ -253,14 +300,31 @@ def choose_precision(onnx_dir: Path, out_dir: Path, *, dataset_dir: Path, target
 
     card = ModelCard.load(Path(onnx_dir))
     provider = provider_for_target(target)
-    decision = select_precision(Path(onnx_dir) / MODEL_FILE, dataset_dir, out_dir, labels=card.labels,
-                                size=card.preprocessing.size, provider=provider, bounds=bounds,
-                                calibration_images=calibration_images)
+    decision = select_precision(
+        Path(onnx_dir) / MODEL_FILE,
+        dataset_dir,
+        out_dir,
+        labels=card.labels,
+        size=card.preprocessing.size,
+        provider=provider,
+        bounds=bounds,
+        calibration_images=calibration_images,
+    )
     chosen = next(m for m in decision.measurements if m.precision is decision.precision)
     evidence = {**decision.evidence(), "target": target}
-    metrics = {**card.metrics, "onnx_val_accuracy": chosen.accuracy, "latency_ms_b1": chosen.latency_ms_b1,
-               "latency_ms_b8": chosen.latency_ms_b8}
-    new = card.model_copy(update={"precision": decision.precision, "execution_provider": provider,
-                                  "precision_evidence": evidence, "metrics": metrics}).with_digests(Path(out_dir))
+    metrics = {
+        **card.metrics,
+        "onnx_val_accuracy": chosen.accuracy,
+        "latency_ms_b1": chosen.latency_ms_b1,
+        "latency_ms_b8": chosen.latency_ms_b8,
+    }
+    new = card.model_copy(
+        update={
+            "precision": decision.precision,
+            "execution_provider": provider,
+            "precision_evidence": evidence,
+            "metrics": metrics,
+        }
+    ).with_digests(Path(out_dir))
     new.save(Path(out_dir))
     return new

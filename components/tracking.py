@@ -17,10 +17,16 @@ ROOT = Path(__file__).resolve().parent.parent
 def git_commit(cwd: Path = ROOT) -> str:
     """The repository's HEAD commit, with ``-dirty`` when tracked files changed; ``unknown`` outside git."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return f"{sha}-dirty" if dirty else sha
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -34,8 +40,13 @@ def configure(tracking_uri: str, experiment: str) -> None:
 
 
 @contextlib.contextmanager
-def mlflow_run_at(tracking_uri: str, experiment: str, run_id: str | None = None,
-                  run_name: str | None = None, tags: dict[str, str] | None = None) -> Iterator[Any]:
+def mlflow_run_at(
+    tracking_uri: str,
+    experiment: str,
+    run_id: str | None = None,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> Iterator[Any]:
     """Resume ``run_id`` (or start a new run) and end it (not fail it) on exit, unless it was active."""
     import mlflow
 
@@ -49,15 +60,25 @@ def mlflow_run_at(tracking_uri: str, experiment: str, run_id: str | None = None,
 
 
 @contextlib.contextmanager
-def mlflow_run(settings: Settings, run_id: str | None = None, run_name: str | None = None,
-               tags: dict[str, str] | None = None) -> Iterator[Any]:
-    with mlflow_run_at(settings.mlflow_tracking_uri(), settings.mlflow.experiment, run_id, run_name, tags) as run:
+def mlflow_run(
+    settings: Settings,
+    run_id: str | None = None,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> Iterator[Any]:
+    with mlflow_run_at(
+        settings.mlflow_tracking_uri(), settings.mlflow.experiment, run_id, run_name, tags
+    ) as run:
         yield run
 
 
 def start_run(settings: Settings, run_name: str | None = None, tags: dict[str, str] | None = None) -> str:
     """Create the training path's run (git commit tagged) and return its id; steps resume it by id."""
-    base = {"edgeloop.step": "training-path", "git_commit": git_commit(), "mlflow.source.git.commit": git_commit()}
+    base = {
+        "edgeloop.step": "training-path",
+        "git_commit": git_commit(),
+        "mlflow.source.git.commit": git_commit(),
+    }
     with mlflow_run(settings, None, run_name, {**base, **(tags or {})}) as run:
         return str(run.info.run_id)
 
@@ -67,4 +88,6 @@ def run_url(settings: Settings, run_id: str) -> str:
 
     configure(settings.mlflow_tracking_uri(), settings.mlflow.experiment)
     run = mlflow.get_run(run_id)
-    return f"{settings.mlflow_tracking_uri().rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    return (
+        f"{settings.mlflow_tracking_uri().rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    )

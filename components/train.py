@@ -30,7 +30,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from components.modeling import ARCHS, MODEL_FILE, build_model, load_initial_weights, load_split, save_model_file
+from components.modeling import (
+    ARCHS,
+    MODEL_FILE,
+    build_model,
+    load_initial_weights,
+    load_split,
+    save_model_file,
+)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 BEST_FILE = "best.pt"
@@ -38,6 +45,7 @@ METRICS_FILE = "metrics.json"
 
 
 # -- distributed helpers ----------------------------------------------------------------------------
+
 
 def init_distributed(args: argparse.Namespace) -> tuple[int, int, torch.device]:
     """(rank, world size, device); a plain single process when not launched by torchrun."""
@@ -83,7 +91,7 @@ class DistributedWeightedSampler(Sampler[int]):
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         draw = torch.multinomial(self.weights, self.num_samples * self.num_replicas, True, generator=g)
-        return iter(draw[self.rank::self.num_replicas].tolist())
+        return iter(draw[self.rank :: self.num_replicas].tolist())
 
     def __len__(self) -> int:
         return self.num_samples
@@ -98,8 +106,14 @@ def class_weights(targets: list[int], num_classes: int) -> torch.Tensor:
 
 # -- the three named steps ---------------------------------------------------------------------------
 
-def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                    loader: DataLoader, device: torch.device) -> dict[str, float]:
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    device: torch.device,
+) -> dict[str, float]:
     model.train()
     loss_sum = correct = seen = 0.0
     for images, targets in loader:
@@ -117,8 +131,9 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device: torch.device,
-             num_classes: int) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module, criterion: nn.Module, loader: DataLoader, device: torch.device, num_classes: int
+) -> dict[str, Any]:
     """Eval-mode loss/accuracy over this rank's shard, summed over ranks (no padded duplicates)."""
     model.eval()
     loss_sum = 0.0
@@ -134,8 +149,13 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device:
     loss_sum, confusion = summed[0], torch.tensor(summed[1:]).view(num_classes, num_classes)
     seen = float(confusion.sum())
     per_class = (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist()
-    return {"loss": loss_sum / max(seen, 1), "accuracy": float(confusion.diag().sum()) / max(seen, 1),
-            "per_class_recall": per_class, "images": int(seen), "confusion": confusion.int().tolist()}
+    return {
+        "loss": loss_sum / max(seen, 1),
+        "accuracy": float(confusion.diag().sum()) / max(seen, 1),
+        "per_class_recall": per_class,
+        "images": int(seen),
+        "confusion": confusion.int().tolist(),
+    }
 
 
 @torch.no_grad()
@@ -161,6 +181,7 @@ def recalibrate_bn(model: nn.Module, loader: DataLoader, device: torch.device, p
 
 # -- entry point -------------------------------------------------------------------------------------
 
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="edgeloop DDP image-classifier training", add_help=add_help)
     p.add_argument("--data", required=True, type=Path, help="dataset directory (edgeloop dataset build)")
@@ -173,22 +194,38 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--balance", choices=("loss", "sampler", "none"), default="loss",
-                   help="class-imbalance handling: weighted loss, weighted sampler, or none")
-    p.add_argument("--bn-momentum", type=float, default=0.1,
-                   help="BatchNorm momentum override (mobilenet_v3 ships 0.01); <0 keeps the default")
+    p.add_argument(
+        "--balance",
+        choices=("loss", "sampler", "none"),
+        default="loss",
+        help="class-imbalance handling: weighted loss, weighted sampler, or none",
+    )
+    p.add_argument(
+        "--bn-momentum",
+        type=float,
+        default=0.1,
+        help="BatchNorm momentum override (mobilenet_v3 ships 0.01); <0 keeps the default",
+    )
     p.add_argument("--no-bn-recalibrate", action="store_true", help="skip the final BatchNorm recalibration")
-    p.add_argument("--eval-bn", choices=("recalibrate", "running"), default="recalibrate",
-                   help="per-epoch validation with BatchNorm statistics recomputed on the train images "
-                        "(honest eval-mode accuracy for early stopping) or with the running statistics")
+    p.add_argument(
+        "--eval-bn",
+        choices=("recalibrate", "running"),
+        default="recalibrate",
+        help="per-epoch validation with BatchNorm statistics recomputed on the train images "
+        "(honest eval-mode accuracy for early stopping) or with the running statistics",
+    )
     p.add_argument("--patience", type=int, default=6, help="early stopping: epochs without val improvement")
     p.add_argument("--min-epochs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers per process")
     p.add_argument("--device", choices=("auto", "cpu"), default="auto")
     p.add_argument("--resume", type=Path, default=None, help="checkpoint.pt to resume from")
-    p.add_argument("--stop-after", type=int, default=None,
-                   help="stop after this many epochs in this invocation (to test resuming)")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="stop after this many epochs in this invocation (to test resuming)",
+    )
     p.add_argument("--mlflow-tracking-uri", default=None)
     p.add_argument("--mlflow-experiment", default="edgeloop")
     p.add_argument("--mlflow-run-id", default=None, help="resume this MLflow run (rank 0 logs to it)")
@@ -217,9 +254,8 @@ def _mlflow(args: argparse.Namespace, rank: int):
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    from edgeloop.preprocessing import Preprocess, PreprocessConfig
-
     from components.dataset import DatasetInfo
+    from edgeloop.preprocessing import Preprocess, PreprocessConfig
 
     t0 = time.perf_counter()
     rank, world, device = init_distributed(args)
@@ -234,7 +270,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.weights:
         skipped = load_initial_weights(model, args.weights)
         if rank == 0 and skipped:
-            print(f"initialised from {args.weights}; not loaded (shape/name differs): {skipped}", file=sys.stderr)
+            print(
+                f"initialised from {args.weights}; not loaded (shape/name differs): {skipped}",
+                file=sys.stderr,
+            )
     model.to(device)
     seed_everything(args.seed + 1000 * rank)  # different augmentations per rank
 
@@ -244,28 +283,42 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"{args.data} has no training images")
     weights = class_weights(train_ds.targets, len(classes))
     if args.balance == "sampler":
-        sampler: Sampler[int] = DistributedWeightedSampler([float(weights[t]) for t in train_ds.targets],
-                                                            world, rank, args.seed)
+        sampler: Sampler[int] = DistributedWeightedSampler(
+            [float(weights[t]) for t in train_ds.targets], world, rank, args.seed
+        )
     else:
-        sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True,
-                                                      seed=args.seed, drop_last=False)
-    train_loader = DataLoader(train_ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                              drop_last=len(train_ds) > args.batch_size * world * 2)
+        sampler = torch.utils.data.DistributedSampler(
+            train_ds, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=False
+        )
+    train_loader = DataLoader(
+        train_ds,
+        batch_size=args.batch_size,
+        sampler=sampler,
+        num_workers=args.workers,
+        drop_last=len(train_ds) > args.batch_size * world * 2,
+    )
     # every rank recalibrates on the same (unaugmented) train images: identical statistics everywhere
-    calib_loader = DataLoader(load_split(args.data, "train", classes, preprocess), batch_size=64, shuffle=True,
-                              generator=torch.Generator().manual_seed(args.seed))
+    calib_loader = DataLoader(
+        load_split(args.data, "train", classes, preprocess),
+        batch_size=64,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
     val_shard = torch.utils.data.Subset(val_ds, list(range(rank, len(val_ds), world)))
     val_loader = DataLoader(val_shard, batch_size=64, num_workers=args.workers)
 
-    criterion = nn.CrossEntropyLoss(weight=weights.to(device) if args.balance == "loss" else None,
-                                    label_smoothing=args.label_smoothing)
+    criterion = nn.CrossEntropyLoss(
+        weight=weights.to(device) if args.balance == "loss" else None, label_smoothing=args.label_smoothing
+    )
     ddp_model: nn.Module = model
     if world > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                        else None)
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs,
-                                                    steps_per_epoch=1, pct_start=0.15)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=1, pct_start=0.15
+    )
 
     start_epoch, best, bad_epochs, history = 0, {"accuracy": -1.0, "loss": math.inf, "epoch": -1}, 0, []
     if args.resume:
@@ -285,18 +338,41 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     tracker = _mlflow(args, rank)
     if tracker and start_epoch == 0:
         mlflow = tracker[0]
-        params = {k: (str(v) if v is not None else "") for k, v in vars(args).items()
-                  if k not in {"mlflow_tracking_uri", "mlflow_run_id", "resume", "stop_after", "no_progress"}}
-        mlflow.log_params({**params, "world_size": world, "device": device.type,
-                           "train_images": len(train_ds), "val_images": len(val_ds),
-                           "classes": ",".join(classes), "torch": torch.__version__})
-        mlflow.set_tags({"dataset_version": args.dataset_version or info.version,
-                         "git_commit": args.git_commit or "unknown", "arch": args.arch})
+        params = {
+            k: (str(v) if v is not None else "")
+            for k, v in vars(args).items()
+            if k not in {"mlflow_tracking_uri", "mlflow_run_id", "resume", "stop_after", "no_progress"}
+        }
+        mlflow.log_params(
+            {
+                **params,
+                "world_size": world,
+                "device": device.type,
+                "train_images": len(train_ds),
+                "val_images": len(val_ds),
+                "classes": ",".join(classes),
+                "torch": torch.__version__,
+            }
+        )
+        mlflow.set_tags(
+            {
+                "dataset_version": args.dataset_version or info.version,
+                "git_commit": args.git_commit or "unknown",
+                "arch": args.arch,
+            }
+        )
 
     from tqdm import tqdm
 
-    bar = tqdm(total=args.epochs, initial=start_epoch, desc=f"training {args.arch} x{world}", unit="epoch",
-               disable=rank != 0 or args.no_progress, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=args.epochs,
+        initial=start_epoch,
+        desc=f"training {args.arch} x{world}",
+        unit="epoch",
+        disable=rank != 0 or args.no_progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     epochs_run = 0
     stopped_early = False
     for epoch in range(start_epoch, args.epochs):
@@ -308,8 +384,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         if args.eval_bn == "recalibrate":
             recalibrate_bn(model, calib_loader, device, passes=1)
         ev = evaluate(model, criterion, val_loader, device, len(classes))
-        row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
-               "val_loss": ev["loss"], "val_accuracy": ev["accuracy"]}
+        row = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": tr["loss"],
+            "train_accuracy": tr["accuracy"],
+            "val_loss": ev["loss"],
+            "val_accuracy": ev["accuracy"],
+        }
         history.append(row)
         improved = (ev["accuracy"], -ev["loss"]) > (best["accuracy"], -best["loss"])
         if improved:
@@ -317,10 +399,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         else:
             bad_epochs += 1
         if rank == 0:
-            ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "args": args, "best": best,
-                    "bad_epochs": bad_epochs, "history": history, "classes": classes,
-                    "rng": [torch.get_rng_state()]}
+            ckpt = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "lr_scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "args": args,
+                "best": best,
+                "bad_epochs": bad_epochs,
+                "history": history,
+                "classes": classes,
+                "rng": [torch.get_rng_state()],
+            }
             tmp = args.out / f".{CHECKPOINT_FILE}.tmp"
             torch.save(ckpt, tmp)
             tmp.replace(args.out / CHECKPOINT_FILE)
@@ -328,7 +418,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 torch.save({"model": model.state_dict(), "epoch": epoch, "val": ev}, args.out / BEST_FILE)
             if tracker:
                 tracker[0].log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-        bar.set_postfix(loss=f"{tr['loss']:.3f}", val_acc=f"{ev['accuracy']:.3f}", best=f"{best['accuracy']:.3f}")
+        bar.set_postfix(
+            loss=f"{tr['loss']:.3f}", val_acc=f"{ev['accuracy']:.3f}", best=f"{best['accuracy']:.3f}"
+        )
         bar.update(1)
         epochs_run += 1
         if epoch + 1 >= args.min_epochs and bad_epochs >= args.patience:
@@ -340,11 +432,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     barrier()
 
     finished = stopped_early or (history and history[-1]["epoch"] == args.epochs - 1)
-    result: dict[str, Any] = {"finished": bool(finished), "epochs_run": epochs_run, "history": history,
-                              "best_epoch": best["epoch"], "stopped_early": stopped_early}
+    result: dict[str, Any] = {
+        "finished": bool(finished),
+        "epochs_run": epochs_run,
+        "history": history,
+        "best_epoch": best["epoch"],
+        "stopped_early": stopped_early,
+    }
     if rank == 0 and finished:
-        result.update(_finalize(args, model, criterion, classes, preprocess, preprocess_cfg, info, device, tracker,
-                                world))
+        result.update(
+            _finalize(
+                args, model, criterion, classes, preprocess, preprocess_cfg, info, device, tracker, world
+            )
+        )
         result["seconds"] = round(time.perf_counter() - t0, 2)
         result["world_size"] = world
         (args.out / METRICS_FILE).write_text(json.dumps(result, indent=2))
@@ -356,17 +456,26 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _finalize(args, model, criterion, classes, preprocess, preprocess_cfg, info, device, tracker,
-              world) -> dict[str, Any]:
+def _finalize(
+    args, model, criterion, classes, preprocess, preprocess_cfg, info, device, tracker, world
+) -> dict[str, Any]:
     """Rank 0: best weights, BatchNorm recalibrated on the train images, eval on val and test, model.pt."""
     best = torch.load(args.out / BEST_FILE, map_location="cpu", weights_only=False)
     model.load_state_dict(best["model"])
     val_ds = load_split(args.data, "val", classes, preprocess)
-    before = _evaluate_local(model, DataLoader(val_ds, batch_size=64), device, len(classes)) if len(val_ds) else None
+    before = (
+        _evaluate_local(model, DataLoader(val_ds, batch_size=64), device, len(classes))
+        if len(val_ds)
+        else None
+    )
     n_bn = 0
     if not args.no_bn_recalibrate:
-        calib = DataLoader(load_split(args.data, "train", classes, preprocess), batch_size=64, shuffle=True,
-                           generator=torch.Generator().manual_seed(args.seed))
+        calib = DataLoader(
+            load_split(args.data, "train", classes, preprocess),
+            batch_size=64,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
         n_bn = recalibrate_bn(model, calib, device)
     model.eval()
     # rank 0 alone: evaluate full splits without the collective all-reduce
@@ -385,10 +494,17 @@ def _finalize(args, model, criterion, classes, preprocess, preprocess_cfg, info,
     if before is not None:
         metrics["val_accuracy_before_bn_recalibration"] = before["accuracy"]
     metrics["bn_layers_recalibrated"] = n_bn
-    save_model_file(args.out / MODEL_FILE, model, args.arch, classes, preprocess_cfg,
-                    metrics={k: v for k, v in metrics.items() if isinstance(v, float)},
-                    dataset_version=args.dataset_version or info.version, best_epoch=best["epoch"],
-                    args={k: str(v) for k, v in vars(args).items()})
+    save_model_file(
+        args.out / MODEL_FILE,
+        model,
+        args.arch,
+        classes,
+        preprocess_cfg,
+        metrics={k: v for k, v in metrics.items() if isinstance(v, float)},
+        dataset_version=args.dataset_version or info.version,
+        best_epoch=best["epoch"],
+        args={k: str(v) for k, v in vars(args).items()},
+    )
     if tracker:
         tracker[0].log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
         tracker[0].log_metric("best_epoch", best["epoch"])
@@ -406,9 +522,13 @@ def _evaluate_local(model, loader, device, num_classes):
         for t, p in zip(targets.tolist(), logits.argmax(1).tolist(), strict=True):
             confusion[t, p] += 1
     seen = float(confusion.sum())
-    return {"loss": loss_sum / max(seen, 1), "accuracy": float(confusion.diag().sum()) / max(seen, 1),
-            "per_class_recall": (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist(), "images": int(seen),
-            "confusion": confusion.int().tolist()}
+    return {
+        "loss": loss_sum / max(seen, 1),
+        "accuracy": float(confusion.diag().sum()) / max(seen, 1),
+        "per_class_recall": (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist(),
+        "images": int(seen),
+        "confusion": confusion.int().tolist(),
+    }
 
 
 if __name__ == "__main__":

@@ -43,10 +43,32 @@ class TrainConfig:
     extra_args: list[str] = field(default_factory=list)
 
     def argv(self) -> list[str]:
-        a = ["--arch", self.arch, "--size", str(self.size), "--epochs", str(self.epochs),
-             "--batch-size", str(self.batch_size), "--lr", str(self.lr), "--weight-decay", str(self.weight_decay),
-             "--balance", self.balance, "--patience", str(self.patience), "--min-epochs", str(self.min_epochs),
-             "--seed", str(self.seed), "--bn-momentum", str(self.bn_momentum), "--device", self.device]
+        a = [
+            "--arch",
+            self.arch,
+            "--size",
+            str(self.size),
+            "--epochs",
+            str(self.epochs),
+            "--batch-size",
+            str(self.batch_size),
+            "--lr",
+            str(self.lr),
+            "--weight-decay",
+            str(self.weight_decay),
+            "--balance",
+            self.balance,
+            "--patience",
+            str(self.patience),
+            "--min-epochs",
+            str(self.min_epochs),
+            "--seed",
+            str(self.seed),
+            "--bn-momentum",
+            str(self.bn_momentum),
+            "--device",
+            self.device,
+        ]
         if self.weights:
             a += ["--weights", str(self.weights)]
         return a + list(self.extra_args)
@@ -71,13 +93,34 @@ class TrainResult:
         return asdict(self)
 
 
-def torchrun_command(dataset_dir: Path, out_dir: Path, config: TrainConfig, nproc_per_node: int = 2,
-                     mlflow_tracking_uri: str | None = None, mlflow_experiment: str = "edgeloop",
-                     mlflow_run_id: str | None = None, dataset_version: str | None = None,
-                     git_commit: str | None = None, resume: Path | None = None,
-                     progress: bool = True) -> list[str]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc_per_node),
-           "-m", "components.train", "--data", str(dataset_dir), "--out", str(out_dir), *config.argv()]
+def torchrun_command(
+    dataset_dir: Path,
+    out_dir: Path,
+    config: TrainConfig,
+    nproc_per_node: int = 2,
+    mlflow_tracking_uri: str | None = None,
+    mlflow_experiment: str = "edgeloop",
+    mlflow_run_id: str | None = None,
+    dataset_version: str | None = None,
+    git_commit: str | None = None,
+    resume: Path | None = None,
+    progress: bool = True,
+) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(nproc_per_node),
+        "-m",
+        "components.train",
+        "--data",
+        str(dataset_dir),
+        "--out",
+        str(out_dir),
+        *config.argv(),
+    ]
     if mlflow_tracking_uri:
         cmd += ["--mlflow-tracking-uri", mlflow_tracking_uri, "--mlflow-experiment", mlflow_experiment]
         if mlflow_run_id:
@@ -93,11 +136,22 @@ def torchrun_command(dataset_dir: Path, out_dir: Path, config: TrainConfig, npro
     return cmd
 
 
-def run_training(dataset_dir: Path, out_dir: Path, config: TrainConfig | None = None, *, nproc_per_node: int = 2,
-                 mlflow_tracking_uri: str | None = None, mlflow_experiment: str = "edgeloop",
-                 mlflow_run_id: str | None = None, dataset_version: str | None = None,
-                 git_commit: str | None = None, resume: Path | None = None, progress: bool = True,
-                 echo: bool = True, timeout_s: float | None = None) -> TrainResult:
+def run_training(
+    dataset_dir: Path,
+    out_dir: Path,
+    config: TrainConfig | None = None,
+    *,
+    nproc_per_node: int = 2,
+    mlflow_tracking_uri: str | None = None,
+    mlflow_experiment: str = "edgeloop",
+    mlflow_run_id: str | None = None,
+    dataset_version: str | None = None,
+    git_commit: str | None = None,
+    resume: Path | None = None,
+    progress: bool = True,
+    echo: bool = True,
+    timeout_s: float | None = None,
+) -> TrainResult:
     """Train with DDP on ``nproc_per_node`` processes; raises :class:`TrainingError` with the log tail."""
     config = config or TrainConfig()
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
@@ -106,19 +160,36 @@ def run_training(dataset_dir: Path, out_dir: Path, config: TrainConfig | None = 
         from components.tracking import git_commit as _git
 
         git_commit = _git()
-    cmd = torchrun_command(dataset_dir, out_dir, config, nproc_per_node, mlflow_tracking_uri, mlflow_experiment,
-                           mlflow_run_id, dataset_version, git_commit, resume, progress)
+    cmd = torchrun_command(
+        dataset_dir,
+        out_dir,
+        config,
+        nproc_per_node,
+        mlflow_tracking_uri,
+        mlflow_experiment,
+        mlflow_run_id,
+        dataset_version,
+        git_commit,
+        resume,
+        progress,
+    )
     log_path = out_dir / "train.log"
     (out_dir / "metrics.json").unlink(missing_ok=True)  # never report a previous run's result
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+    }
     t0 = time.perf_counter()
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True
+        )
         assert proc.stdout is not None
         try:
-            while chunk := proc.stdout.read1(4096) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096):
+            while (
+                chunk := proc.stdout.read1(4096) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096)
+            ):
                 log.write(chunk)
                 if echo:
                     sys.stderr.buffer.write(chunk)
@@ -135,9 +206,18 @@ def run_training(dataset_dir: Path, out_dir: Path, config: TrainConfig | None = 
     metrics_path = out_dir / "metrics.json"
     if rc != 0 or not metrics_path.exists():
         tail = log_path.read_text(errors="replace")[-3000:]
-        raise TrainingError(f"training failed (exit code {rc}) after {seconds:.0f} s; log: {log_path}\n{tail}")
+        raise TrainingError(
+            f"training failed (exit code {rc}) after {seconds:.0f} s; log: {log_path}\n{tail}"
+        )
     result = json.loads(metrics_path.read_text())
     metrics = {k: v for k, v in result.items() if k not in {"history"}}
-    return TrainResult(model_path=str(out_dir / "model.pt"), checkpoint_path=str(out_dir / "checkpoint.pt"),
-                       metrics=metrics, history=result.get("history", []), nproc_per_node=nproc_per_node,
-                       seconds=seconds, log_path=str(log_path), command=cmd)
+    return TrainResult(
+        model_path=str(out_dir / "model.pt"),
+        checkpoint_path=str(out_dir / "checkpoint.pt"),
+        metrics=metrics,
+        history=result.get("history", []),
+        nproc_per_node=nproc_per_node,
+        seconds=seconds,
+        log_path=str(log_path),
+        command=cmd,
+    )
