@@ -265,3 +265,26 @@ def test_monitor_run_serves_metrics(stack_settings, mon_assets, traffic, tmp_pat
         in body
     )
     assert (tmp_path / "reports" / "latest.html").exists()
+
+
+def test_model_by_registry_alias_is_downloaded_and_verified(stack_settings, mon_assets, tmp_path):
+    import mlflow
+
+    from monitoring.cli import resolve_model_dir
+    from monitoring.profile import PROFILE_FILE
+
+    settings = _settings(stack_settings, tmp_path / "state")
+    name = f"mon-registry-{uuid.uuid4().hex[:6]}"
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri())
+    mlflow.set_experiment("monitoring-tests")
+    client = mlflow.MlflowClient()
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(mon_assets.model_dir), "model")
+    client.create_registered_model(name)
+    mv = client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    client.set_registered_model_alias(name, "champion", mv.version)
+
+    directory = resolve_model_dir(settings, None, name, "champion")
+    assert (directory / "model_card.json").exists() and (directory / PROFILE_FILE).exists()
+    assert str(settings.state_dir) in str(directory)  # cached under the state dir
+    assert resolve_model_dir(settings, None, name, "champion") == directory  # second call: from the cache
