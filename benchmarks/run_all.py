@@ -1,0 +1,47 @@
+"""Run every benchmark in turn (what `make bench` runs); each writes its JSON under benchmarks/results/.
+
+The training-steps benchmark needs the local stack with seeded labels; it is skipped
+with a note when the stack is not running. Pass --only NAME to run one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+
+BENCHMARKS = {
+    "serving": "benchmarks.serving_bench",
+    "stream": "benchmarks.stream_bench",
+    "training": "benchmarks.training_steps",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", choices=sorted(BENCHMARKS), action="append", help="run only this one (repeatable)")
+    args = ap.parse_args(argv)
+    summary: dict[str, str] = {}
+    for name in args.only or list(BENCHMARKS):
+        if name == "training" and not _stack_ready():
+            summary[name] = "skipped: the local stack is not running (run `make up` and `edgeloop data seed`)"
+            continue
+        print(f"\n=== {name} ===", flush=True)
+        t0 = time.perf_counter()
+        importlib.import_module(BENCHMARKS[name]).main([])
+        summary[name] = f"done in {time.perf_counter() - t0:.0f} s"
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _stack_ready() -> bool:
+    from edgeloop.config import load_settings
+    from edgeloop.stack import Stack
+
+    return all(s.state == "ready" for s in Stack(load_settings()).status())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
