@@ -154,15 +154,17 @@ def seed_directory(
     report.tasks_existing = len(uploaded) - len(new_tasks)
 
     tasks = lsx.tasks_by_sha(ls, project.id) if new_tasks else existing
-    for img, _ in tqdm(uploaded, desc="submitting labels", unit="task", disable=not progress):
+    to_label: list[tuple[int, str]] = []
+    for img, _ in uploaded:
         task = tasks.get(img.sha256)
         if task is None:
             continue
         if img.label is None:
             report.unlabeled_tasks += int(not task.annotations)
-            continue
-        if task.annotations:  # already labeled (by a person or an earlier seed): never overwrite
-            continue
-        lsx.annotate(ls, task.id, img.label, project.id)
-        report.annotations_created += 1
+        elif not task.annotations:  # already labeled (by a person or an earlier seed): never overwrite
+            to_label.append((task.id, img.label))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        done = pool.map(lambda t: lsx.annotate(ls, t[0], t[1], project.id), to_label)
+        for _ in tqdm(done, total=len(to_label), desc="submitting labels", unit="task", disable=not progress):
+            report.annotations_created += 1
     return report
