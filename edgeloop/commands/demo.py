@@ -9,10 +9,16 @@ from edgeloop.errors import user_errors
 
 @click.command()
 @click.option("--per-class", default=60, show_default=True, help="Sample images per class.")
-@click.option("--epochs", default=None, type=int, help="Training epochs (default: the pipeline's).")
+@click.option("--epochs", default=None, type=int, help="Training epochs (default: the demo's).")
+@click.option(
+    "--serve-seconds",
+    default=0.0,
+    show_default=True,
+    help="Keep the champion's server up this long at the end, to try it yourself.",
+)
 @click.pass_obj
 @user_errors
-def demo(obj, per_class: int, epochs: int | None) -> None:
+def demo(obj, per_class: int, epochs: int | None, serve_seconds: float) -> None:
     """Stack up, seed the sample data, run the pipeline with auto-approval, serve the champion.
 
     Prints where to look at the end: MLflow UI, Label Studio UI, the endpoint and a sample prediction.
@@ -20,4 +26,5 @@ def demo(obj, per_class: int, epochs: int | None) -> None:
     settings = obj.settings
     from pipelines.demo import run_demo
 
-    run_demo(settings, per_class=per_class, epochs=epochs)
+    params = {"epochs": epochs} if epochs else None
+    run_demo(settings, params=params, per_class=per_class, serve_seconds=serve_seconds, echo=click.echo)
