@@ -88,11 +88,11 @@ def build(obj, manifest: Path, out: Path | None, no_upload: bool, no_mlflow: boo
 )
 @click.option("--policy", type=click.Choice(["latest", "majority"]), default="latest", show_default=True)
 @click.option("--arch", type=click.Choice(ARCH_CHOICES), default="resnet18", show_default=True)
-@click.option("--size", default=96, show_default=True, help="Model input size (pixels).")
-@click.option("--epochs", default=25, show_default=True)
+@click.option("--size", default=128, show_default=True, help="Model input size (pixels).")
+@click.option("--epochs", default=30, show_default=True)
 @click.option("--batch-size", default=16, show_default=True, help="Per process.")
 @click.option("--lr", default=2e-3, show_default=True)
-@click.option("--patience", default=6, show_default=True, help="Early stopping patience (epochs).")
+@click.option("--patience", default=8, show_default=True, help="Early stopping patience (epochs).")
 @click.option("--seed", default=0, show_default=True)
 @click.option(
     "--weights",

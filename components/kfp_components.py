@@ -72,11 +72,11 @@ def train_component(
     model: Output[Model],
     metrics: Output[Metrics],
     arch: str = "resnet18",
-    size: int = 96,
-    epochs: int = 25,
+    size: int = 128,
+    epochs: int = 30,
     batch_size: int = 16,
     lr: float = 0.002,
-    patience: int = 6,
+    patience: int = 8,
     seed: int = 0,
     nproc_per_node: int = 2,
     mlflow_run_id: str = "",
@@ -95,7 +95,7 @@ def train_component(
         lr=lr,
         patience=patience,
         seed=seed,
-        min_epochs=min(epochs, 3),
+        min_epochs=min(epochs, 20),
     )
     result = run_training(
         dataset.path,

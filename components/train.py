@@ -188,8 +188,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output directory (checkpoints, model.pt)")
     p.add_argument("--arch", default="resnet18", choices=ARCHS)
     p.add_argument("--weights", type=Path, default=None, help="local checkpoint to start from (no downloads)")
-    p.add_argument("--size", type=int, default=96, help="model input size in pixels (square)")
-    p.add_argument("--epochs", type=int, default=25)
+    p.add_argument("--size", type=int, default=128, help="model input size in pixels (square)")
+    p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=16, help="per process")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
@@ -214,8 +214,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="per-epoch validation with BatchNorm statistics recomputed on the train images "
         "(honest eval-mode accuracy for early stopping) or with the running statistics",
     )
-    p.add_argument("--patience", type=int, default=6, help="early stopping: epochs without val improvement")
-    p.add_argument("--min-epochs", type=int, default=3)
+    p.add_argument("--patience", type=int, default=8, help="early stopping: epochs without val improvement")
+    p.add_argument("--min-epochs", type=int, default=20, help="no early stop before this epoch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers per process")
     p.add_argument("--device", choices=("auto", "cpu"), default="auto")

@@ -21,8 +21,8 @@ from components.errors import TrainingError
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ARCH = "resnet18"
-DEFAULT_SIZE = 96
-DEFAULT_EPOCHS = 25
+DEFAULT_SIZE = 128
+DEFAULT_EPOCHS = 30
 
 
 @dataclass
@@ -34,8 +34,10 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     balance: str = "loss"
-    patience: int = 6
-    min_epochs: int = 3
+    patience: int = 8
+    # no early stop before the one-cycle schedule has mostly annealed: stopping at the
+    # first plateau (epoch ~12 of 25) cost 3 points of val accuracy on the sample
+    min_epochs: int = 20
     seed: int = 0
     bn_momentum: float = 0.1
     weights: str | None = None
@@ -61,7 +63,7 @@ class TrainConfig:
             "--patience",
             str(self.patience),
             "--min-epochs",
-            str(self.min_epochs),
+            str(min(self.min_epochs, self.epochs)),
             "--seed",
             str(self.seed),
             "--bn-momentum",
