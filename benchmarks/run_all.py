@@ -21,7 +21,9 @@ BENCHMARKS = {
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=sorted(BENCHMARKS), action="append", help="run only this one (repeatable)")
+    ap.add_argument(
+        "--only", choices=sorted(BENCHMARKS), action="append", help="run only this one (repeatable)"
+    )
     args = ap.parse_args(argv)
     summary: dict[str, str] = {}
     for name in args.only or list(BENCHMARKS):

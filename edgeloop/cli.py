@@ -21,7 +21,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Generate the sample dataset and seed blob storage + Label Studio.",
     ),
     "config": ("edgeloop.commands.config", "config", "Show the effective settings (secrets masked)."),
-    "demo": ("edgeloop.commands.demo", "demo", "The whole loop on the sample data, locally (what `make demo` runs)."),
+    "demo": (
+        "edgeloop.commands.demo",
+        "demo",
+        "The whole loop on the sample data, locally (what `make demo` runs).",
+    ),
     "labels": ("components.cli", "labels", "Import annotations from Label Studio into a manifest."),
     "dataset": ("components.cli", "dataset", "Build a versioned dataset from a label manifest."),
     "train": ("components.cli", "train", "Import labels, build the dataset, train with DDP, export to ONNX."),

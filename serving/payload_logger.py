@@ -24,7 +24,7 @@ from serving.metrics import PAYLOAD_LOG
 log = logging.getLogger(__name__)
 
 # (model, records, images by sha256) -> None; raises on failure
-Writer = Callable[[str, list[PayloadRecord], dict[str, bytes]], None]
+Writer = Callable[[str, list[PayloadRecord], dict[str, bytes]], object]
 
 
 @dataclass
@@ -97,7 +97,7 @@ class PayloadLogger:
         for i in range(len(labels)):
             if self.sample_rate < 1 and self._rng.random() >= self.sample_rate:
                 continue
-            image, m, s = (frames[i], None, None) if frames is not None else (x[i], mean, std)
+            image, m, s = (frames[i], None, None) if frames is not None else (x[i], mean, std)  # type: ignore[index]
             item = _Item(
                 now,
                 model,

@@ -40,7 +40,7 @@ class ModelSpec:
     @classmethod
     def parse(cls, text: str) -> ModelSpec:
         uri, _, fragment = str(text).partition("#")
-        opts: dict[str, list[str]] = {}
+        opts: dict[str, list[str | None]] = {}
         for key, value in parse_qsl(fragment.replace(",", "&"), keep_blank_values=False):
             if key not in ("version", "alias", "name"):
                 raise ModelLoadError(
@@ -51,7 +51,7 @@ class ModelSpec:
             uri=uri,
             version=(opts.get("version") or [None])[-1],
             name=(opts.get("name") or [None])[-1],
-            aliases=tuple(opts.get("alias", [])),
+            aliases=tuple(a for a in opts.get("alias", []) if a),
         )
 
 

@@ -48,8 +48,8 @@ def build_model_dir(
             self.m = m
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            feats = torch.flatten(self.m.avgpool(self.m.features(x)), 1)
-            return torch.softmax(self.m.classifier(feats), dim=1), feats
+            feats = torch.flatten(self.m.avgpool(self.m.features(x)), 1)  # type: ignore[operator]
+            return torch.softmax(self.m.classifier(feats), dim=1), feats  # type: ignore[operator]
 
     model = WithHeads(net)
     _calibrate(model, size)
@@ -60,7 +60,7 @@ def build_model_dir(
         torch.onnx.export(
             model,
             (torch.randn(1, 3, size, size),),
-            buf,
+            buf,  # type: ignore[arg-type]
             dynamo=False,
             opset_version=17,
             input_names=[INPUT_NAME],
