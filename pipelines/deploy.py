@@ -60,8 +60,11 @@ def render_version(
     image: str = "",
     overlay: str = DEFAULT_OVERLAY,
     namespace: str | None = None,
+    model_only: bool = False,
 ) -> list[dict[str, Any]]:
-    from edgeloop.deploy.render import render_release
+    """The manifests for one registered version: the whole release (for GitOps) or, with
+    ``model_only``, just the InferenceService and its autoscaler (what the pipeline's Role may apply)."""
+    from edgeloop.deploy.render import render_inference_service, render_release
     from pipelines import registry
 
     tags = registry.version_tags(settings, version)
@@ -72,19 +75,16 @@ def render_version(
             f"version {version} records no storage URI/model digest (tags "
             f"{registry.STORAGE_URI}, {registry.MODEL_DIGEST}); register it through the pipeline"
         )
-    objs = render_release(
+    render = render_inference_service if model_only else render_release
+    return render(
         settings.mlflow.registered_model,
         str(version),
         storage_url(settings, az),
         digest,
         image or None,
         overlay,
+        namespace=namespace,
     )
-    if namespace:
-        for o in objs:
-            if o.get("kind") not in ("Namespace", "ClusterRole", "ClusterRoleBinding") and "metadata" in o:
-                o["metadata"]["namespace"] = namespace
-    return objs
 
 
 def resolve_target(deploy_target: str) -> str:
@@ -133,7 +133,9 @@ def deploy_version(
 
     target = resolve_target(deploy_target)
     try:
-        objs = render_version(settings, version, image, overlay, namespace or None)
+        objs = render_version(
+            settings, version, image, overlay, namespace or None, model_only=target == "cluster"
+        )
         if validate:
             from edgeloop.deploy.errors import SchemaUnavailableError
             from edgeloop.deploy.validate import validate_objects
@@ -184,7 +186,7 @@ def rollback_and_deploy(
             f"{name} champion version {current} records no previous champion: " "nothing to roll back to"
         )
     target = resolve_target(deploy_target)
-    objs = render_version(settings, previous, overlay=overlay)
+    objs = render_version(settings, previous, overlay=overlay, model_only=target == "cluster")
     if target == "cluster":
         apply_objects(objs)
         where = "cluster"

@@ -158,6 +158,13 @@ def training_pipeline(
                 config_file=config_file,
             ).after(local).set_caching_options(False)
 
+    # Every step's pod carries the role label the NetworkPolicies in manifests/ allow (ignored locally).
+    from kfp import kubernetes
+    from kfp.dsl import pipeline_context
+
+    for task in pipeline_context.Pipeline.get_default_pipeline().tasks.values():
+        kubernetes.add_pod_label(task, "edgeloop.io/role", "pipeline")
+
 
 def parameter_types() -> dict[str, type]:
     """Pipeline parameter name -> Python type (for the CLI's ``-p KEY=VALUE``)."""

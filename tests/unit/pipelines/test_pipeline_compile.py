@@ -55,7 +55,15 @@ def test_compile_is_independent_of_environment(tmp_path):
 
 
 def _spec(text: str) -> dict:
-    return yaml.safe_load(text)
+    return next(yaml.safe_load_all(text))  # the pipeline spec; the platform spec (pod labels) follows
+
+
+def test_every_step_pod_carries_the_network_policy_role_label(tmp_path):
+    docs = list(yaml.safe_load_all(_compile(tmp_path)))
+    executors = docs[0]["deploymentSpec"]["executors"]
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(platform) == set(executors)
+    assert all(e["podMetadata"]["labels"] == {"edgeloop.io/role": "pipeline"} for e in platform.values())
 
 
 def _all_tasks(spec: dict) -> dict[str, dict]:
