@@ -31,6 +31,8 @@ def settings_for(config_file: str) -> Settings:
     from edgeloop.config import load_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("azure", "httpx", "httpcore", "urllib3"):  # one line per HTTP request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     return load_settings(config_file or None)
 
 
