@@ -23,6 +23,9 @@ DEMO_PARAMS: dict[str, Any] = {
     "latency_requests": 100,
     "min_accuracy": 0.85,
     "min_class_recall": 0.6,
+    # The sample's test split holds ~26 images: 0.95 lets one image of them flip between fp32 and
+    # the chosen precision (0.98 would allow none).
+    "min_top1_agreement": 0.95,
     "max_latency_p95_ms": 1000.0,
 }
 

@@ -233,6 +233,7 @@ def staging_evaluation_task(
     max_latency_p95_ms: float,
     max_ece: float,
     max_parity_diff: float,
+    min_top1_agreement: float,
     latency_requests: int,
     config_file: str,
     staged_model: Any,
@@ -254,6 +255,7 @@ def staging_evaluation_task(
             "max_latency_p95_ms": max_latency_p95_ms,
             "max_ece": max_ece,
             "max_parity_diff": max_parity_diff,
+            "min_top1_agreement": min_top1_agreement,
         }
     )
     staged = stage_model(Path(candidate.path), Path(staged_model.path), Path(dataset.path))

@@ -49,6 +49,7 @@ def training_pipeline(
     max_latency_p95_ms: float = 250.0,
     max_ece: float = 0.25,
     max_parity_diff: float = 0.15,
+    min_top1_agreement: float = 0.98,
     latency_requests: int = 200,
     approval_timeout_s: float = 86400.0,
     approval_poll_s: float = 15.0,
@@ -97,6 +98,7 @@ def training_pipeline(
         max_latency_p95_ms=max_latency_p95_ms,
         max_ece=max_ece,
         max_parity_diff=max_parity_diff,
+        min_top1_agreement=min_top1_agreement,
         latency_requests=latency_requests,
         config_file=config_file,
     )
