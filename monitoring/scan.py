@@ -58,6 +58,8 @@ class Window:
     stats_rows: list[int]
     other_versions: int = 0
     images: dict[str, np.ndarray] = field(default_factory=dict)  # sha -> image, for the rows downloaded
+    records_dropped: int = 0  # no embedding logged and no image to compute one from
+    images_missing: int = 0  # images the payload log names but storage could not return
 
     @property
     def predicted(self) -> np.ndarray:
@@ -83,6 +85,8 @@ class ScanReport:
     outbox_size: int | None
     wall_s: float
     report_path: str | None = None
+    records_dropped: int = 0
+    images_missing: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -96,6 +100,11 @@ class ScanReport:
             + (f" ({self.other_versions} records of other versions ignored)" if self.other_versions else ""),
             f"DRIFT: {'yes' if self.drift else 'no'}",
         ]
+        if self.records_dropped or self.images_missing:
+            lines.append(
+                f"  not scanned: {self.records_dropped} records without embedding or image, "
+                f"{self.images_missing} images missing from storage"
+            )
         for r in self.results:
             if "skipped" in r.extra:
                 lines.append(f"  {r.name:<16} skipped: {r.extra['skipped']}")
@@ -213,6 +222,7 @@ def load_window(
     )
     need = {shas[i] for i in sample} | {r.image_sha256 for r in records if r.embedding is None}
     images = _download_images(store, [records[by_sha[s][0]] for s in sorted(need)])
+    images_missing = len(need) - len(images)
 
     probs: np.ndarray = np.array([r.probabilities for r in records], dtype=np.float64).reshape(n, -1)
     missing = [i for i, r in enumerate(records) if r.embedding is None]
@@ -234,7 +244,8 @@ def load_window(
         else:
             emb[i] = np.nan
     keep = np.asarray(~np.isnan(emb).any(axis=1), dtype=bool) if n else np.zeros(0, bool)
-    if n and not keep.all():
+    dropped = int((~keep).sum()) if n else 0
+    if dropped:
         log.warning("%d records dropped: no embedding and no image to compute one", int((~keep).sum()))
         records = [r for r, k in zip(records, keep.tolist(), strict=True) if k]
         probs, emb = probs[keep], emb[keep]
@@ -245,7 +256,7 @@ def load_window(
             stat_rows.append(row_of[s])
             stats.append(image_stats(images[s], stats_size))
     stats_arr = np.vstack(stats) if stats else np.zeros((0, len(IMAGE_STAT_NAMES)))
-    return Window(records, probs, emb, stats_arr, stat_rows, other, images)
+    return Window(records, probs, emb, stats_arr, stat_rows, other, images, dropped, images_missing)
 
 
 def detectors(profile: ReferenceProfile, options: ScanOptions) -> list[Any]:
@@ -339,6 +350,8 @@ def scan_window(
         records=len(window.records),
         images=len(set(shas)),
         other_versions=window.other_versions,
+        records_dropped=window.records_dropped,
+        images_missing=window.images_missing,
         drift=any(r.is_drift for r in results),
         results=results,
         flagged=len({f.sha256 for f in flags}),

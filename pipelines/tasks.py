@@ -128,9 +128,12 @@ def train_task(
         seed=seed,
         min_epochs=min(epochs, TrainConfig.min_epochs),
     )
+    from edgeloop.config import StackNotRunningError
+
     try:
         uri = settings.mlflow_tracking_uri()
-    except Exception:  # noqa: BLE001 - training works without tracking
+    except StackNotRunningError as e:  # training works without tracking, but say so
+        log.warning("training without MLflow tracking: %s", e)
         uri = None
     result = run_training(
         Path(dataset.path),

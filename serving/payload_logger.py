@@ -141,26 +141,15 @@ class PayloadLogger:
         for it in items:
             by_model.setdefault(it.model, []).append(it)
         for model, group in by_model.items():
-            records, images = [], {}
+            records: list[PayloadRecord] = []
+            images: dict[str, bytes] = {}
             for it in group:
-                png = encode_png(_to_hwc(it))
-                sha = sha256_bytes(png)
-                images[sha] = png
-                probs = it.probabilities.astype(float).tolist()
-                records.append(
-                    PayloadRecord(
-                        ts=it.ts,
-                        model=model,
-                        version=it.version,
-                        label=it.label,
-                        score=max(probs),
-                        probabilities=probs,
-                        embedding=None if it.embedding is None else it.embedding.astype(float).tolist(),
-                        image_sha256=sha,
-                        image_uri=f"az://{self.container}/{image_blob_name(sha)}",
-                        request_id=it.request_id,
-                    )
-                )
+                try:
+                    records.append(self._record(model, it, images))
+                except Exception as e:  # one bad item must not kill the writer thread: count it
+                    self.failed += 1
+                    PAYLOAD_LOG.labels("failed").inc()
+                    log.warning("payload log: could not encode one record: %s: %s", type(e).__name__, e)
             try:
                 self._writer(model, records, images)
                 self.written += len(records)
@@ -171,6 +160,24 @@ class PayloadLogger:
                 log.warning(
                     "payload log write failed for %d records: %s: %s", len(records), type(e).__name__, e
                 )
+
+    def _record(self, model: str, it: _Item, images: dict[str, bytes]) -> PayloadRecord:
+        png = encode_png(_to_hwc(it))
+        sha = sha256_bytes(png)
+        images[sha] = png
+        probs = it.probabilities.astype(float).tolist()
+        return PayloadRecord(
+            ts=it.ts,
+            model=model,
+            version=it.version,
+            label=it.label,
+            score=max(probs),
+            probabilities=probs,
+            embedding=None if it.embedding is None else it.embedding.astype(float).tolist(),
+            image_sha256=sha,
+            image_uri=f"az://{self.container}/{image_blob_name(sha)}",
+            request_id=it.request_id,
+        )
 
     def close(self, timeout_s: float = 10.0) -> None:
         if not self._started:

@@ -81,3 +81,22 @@ def test_sampling_rate_zero_logs_nothing_and_a_failing_writer_is_counted():
     pl.offer("m", "1", ["ok"], np.ones((1, 2), np.float32), None, random_frames(1, 8), None, MEAN, STD)
     pl.close()
     assert pl.failed == 1 and pl.written == 0
+
+
+def test_a_record_that_cannot_be_encoded_is_counted_and_the_writer_keeps_going():
+    import numpy as np
+
+    from serving.payload_logger import PayloadLogger, _Item
+
+    written: list = []
+    logger = PayloadLogger(lambda model, recs, imgs: written.extend(recs), "payloads", sample_rate=1.0)
+    good = np.zeros((8, 8, 3), dtype=np.uint8)
+    bad = np.zeros((8, 8, 5), dtype=np.uint8)  # five channels: not encodable as PNG
+    probs = np.array([0.9, 0.1], dtype=np.float32)
+
+    def item(frame):
+        return _Item(0.0, "m", "1", "ok", probs, None, frame, None, None, None)
+
+    logger._flush([item(good), item(bad), item(good)])
+    assert len(written) == 2
+    assert logger.failed == 1
