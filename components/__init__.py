@@ -1,6 +1,6 @@
 """edgeloop's training path (issue 3): labels -> dataset -> DDP training -> ONNX -> precision -> model card.
 
-Every step is a plain typed function (CLI, tests and the KFP wrappers in
-:mod:`components.kfp_components` call the same code). Heavy libraries (torch,
+Every step is a plain typed function: the CLI, the tests and the pipeline's thin KFP
+components (:mod:`pipelines.steps`, via :mod:`pipelines.tasks`) call the same code. Heavy libraries (torch,
 onnxruntime, mlflow, label_studio_sdk) are imported inside functions only.
 """
