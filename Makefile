@@ -11,8 +11,11 @@ LS_VENV := .tools/label-studio
 LS_TEMPLATE := .tools/label-studio-template/label_studio.sqlite3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
+# Top-level folders installed as edgeloop.<name> (see [tool.setuptools.package-dir] in pyproject.toml).
+FEATURE_DIRS := components pipelines serving stream monitoring deploy manifests
+TYPECHECK_VIEW := build/typecheck
 
-.PHONY: help setup up down status demo test test-unit lint bench lock compile clean-state
+.PHONY: help setup up down status demo test test-unit lint bench lock compile clean-state schemas
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -68,13 +71,17 @@ test-unit: setup ## Only the fast unit tests
 lint: setup ## ruff (lint + format check) and mypy; fails on errors
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy edgeloop components serving monitoring pipelines
+	@# mypy knows no package-dir mapping: check a symlink view laid out as the installed `edgeloop` package.
+	rm -rf $(TYPECHECK_VIEW) && mkdir -p $(TYPECHECK_VIEW)/edgeloop
+	for f in edgeloop/*; do ln -s "$(CURDIR)/$$f" $(TYPECHECK_VIEW)/edgeloop/; done
+	for p in $(FEATURE_DIRS); do ln -s "$(CURDIR)/$$p" $(TYPECHECK_VIEW)/edgeloop/$$p; done
+	cd $(TYPECHECK_VIEW) && "$(CURDIR)/$(VENV)/bin/mypy" --config-file "$(CURDIR)/pyproject.toml" -p edgeloop
 
 bench: setup ## Benchmarks (writes JSON under benchmarks/results/)
 	$(PY) -m benchmarks.run_all
 
 compile: setup ## Compile the Kubeflow pipeline to pipelines/compiled/
-	$(EDGELOOP) pipeline compile
+	$(EDGELOOP) pipeline compile --out pipelines/compiled/training_pipeline.yaml
 
 lock: ## Re-resolve requirements/constraints.txt from requirements/*.in (then review the diff)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install -q --upgrade 'pip==26.*'
@@ -84,3 +91,8 @@ lock: ## Re-resolve requirements/constraints.txt from requirements/*.in (then re
 
 clean-state: down ## Delete the local stack's data (.edgeloop/)
 	rm -rf .edgeloop
+
+schemas: ## Re-download the vendored upstream schemas at the commits in edgeloop/schemas/sources.txt
+	grep -v '^#' edgeloop/schemas/sources.txt | while read -r local repo commit path; do \
+	  curl -fsSL "https://raw.githubusercontent.com/$$repo/$$commit/$$path" -o "edgeloop/schemas/$$local" || exit 1; \
+	done

@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stack_ready() -> bool:
-    from edgeloop.config import load_settings
-    from edgeloop.stack import Stack
+    from edgeloop.core.config import load_settings
+    from edgeloop.local.stack import Stack
 
     return all(s.state == "ready" for s in Stack(load_settings()).status())
 

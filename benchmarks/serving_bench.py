@@ -37,7 +37,7 @@ CONCURRENCY = 32
 
 
 def build_models() -> dict[int, Path]:
-    from serving.testing import build_model_dir
+    from edgeloop.testing.serving import build_model_dir
 
     dirs = {}
     for size in (224, 64):
@@ -53,7 +53,7 @@ def bare_ort(model_dir: Path, size: int, batch: int, seconds: float) -> float:
     """Images/s of back-to-back ``batch``-sized runs with the server's session settings."""
     import onnxruntime as ort
 
-    from serving.providers import OrtSettings
+    from edgeloop.serving.providers import OrtSettings
 
     sess = ort.InferenceSession(
         str(model_dir / "model.onnx"),
@@ -72,7 +72,7 @@ def bare_ort(model_dir: Path, size: int, batch: int, seconds: float) -> float:
 
 # ----------------------------------------------------------------------------- load generation
 def make_client(kind: str, srv: Any, model: str) -> Any:
-    from serving.client import AsyncGrpcClient, AsyncRestClient
+    from edgeloop.serving.client import AsyncGrpcClient, AsyncRestClient
 
     if kind == "grpc":
         return AsyncGrpcClient(srv.grpc_target, model)
@@ -184,11 +184,11 @@ def batch_mean(srv: Any, model: str) -> float | None:
 
 # ----------------------------------------------------------------------------- decode cost
 def decode_cost(size: int) -> dict:
-    """ms to decode one binary [1,size,size,3] UINT8 REST body: stock kserve vs serving.codec."""
+    """ms to decode one binary [1,size,size,3] UINT8 REST body: stock kserve vs edgeloop.serving.codec."""
     import orjson
     from kserve.protocol.infer_type import InferRequest
 
-    from serving import codec
+    from edgeloop.serving import codec
 
     frames = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
     raw = frames.tobytes()
@@ -233,8 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     sec = args.seconds
 
-    from serving.launcher import running_server
-    from serving.testing import encode_jpeg, random_frames
+    from edgeloop.serving.launcher import running_server
+    from edgeloop.testing.serving import encode_jpeg, random_frames
 
     t_start = time.perf_counter()
     dirs = build_models()

@@ -65,7 +65,7 @@ def decode_only(video: Path, seconds: float = 2.0) -> dict[str, float]:
     """One core's decode and decode+resize rate for the 720p clip (context for the decode share)."""
     import av
 
-    from edgeloop.preprocessing import Preprocess, PreprocessConfig
+    from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
 
     pre = Preprocess(PreprocessConfig(size=SIZE))
     n, dec, conv = 0, 0.0, 0.0
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     mode = args.mode
     if mode == "auto":
         try:
-            import serving.launcher  # noqa: F401
+            import edgeloop.serving.launcher  # noqa: F401
 
             mode = "server"
         except ImportError:
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     server_ctx: Any = None
     server = None
     if mode == "server":
-        from serving.launcher import running_server
+        from edgeloop.serving.launcher import running_server
 
         server_ctx = running_server([model_dir])
         server = server_ctx.__enter__()

@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 
-    from components.path import run_training_path
-    from components.training import TrainConfig
-    from edgeloop.config import load_settings
+    from edgeloop.components.path import run_training_path
+    from edgeloop.components.training import TrainConfig
+    from edgeloop.core.config import load_settings
 
     out = args.out or Path(tempfile.mkdtemp(prefix="edgeloop-train-bench-"))
     load_before = os.getloadavg()

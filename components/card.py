@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeloop.model_card import MODEL_FILE, ModelCard, Precision
-from edgeloop.preprocessing import PreprocessConfig
+from edgeloop.core.model_card import MODEL_FILE, ModelCard, Precision
+from edgeloop.core.preprocessing import PreprocessConfig
 
 if TYPE_CHECKING:
-    from edgeloop.config import Settings
+    from edgeloop.core.config import Settings
 
 MODEL_ARTIFACT_PATH = "model"  # runs:/<run_id>/model holds model.onnx + model_card.json
 
@@ -68,7 +68,7 @@ def log_model_dir(settings: Settings, model_dir: Path, run_id: str, card: ModelC
     """Log ``model_dir`` as artifacts of the run (``runs:/<id>/model``), with the card's figures; returns the URI."""
     import mlflow
 
-    from components.tracking import mlflow_run
+    from edgeloop.components.tracking import mlflow_run
 
     with mlflow_run(settings, run_id):
         mlflow.log_artifacts(str(model_dir), artifact_path=MODEL_ARTIFACT_PATH)

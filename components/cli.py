@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edgeloop.errors import user_errors
+from edgeloop.core.errors import user_errors
 
 ARCH_CHOICES = ("mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "efficientnet_b0")
 
@@ -40,7 +40,7 @@ def labels() -> None:
 @user_errors
 def import_(obj, project: str | None, out: Path | None, policy: str, as_json: bool) -> None:
     """Export the project's annotations (and predictions) and write the manifest."""
-    from components.labels import import_labels
+    from edgeloop.components.labels import import_labels
 
     out = out or obj.settings.state_dir / "training" / "manifest.jsonl"
     report = import_labels(obj.settings, project, out, policy)
@@ -68,7 +68,7 @@ def dataset() -> None:
 @user_errors
 def build(obj, manifest: Path, out: Path | None, no_upload: bool, no_mlflow: bool, as_json: bool) -> None:
     """Fetch the manifest's images, exclude corrupt ones, split, version, store and log."""
-    from components.dataset import build_dataset
+    from edgeloop.components.dataset import build_dataset
 
     out = out or obj.settings.state_dir / "training" / "dataset"
     info = build_dataset(obj.settings, manifest, out, upload=not no_upload, log_mlflow=not no_mlflow)
@@ -141,9 +141,9 @@ def train(
     """Import labels, build the dataset, train with DDP, export to ONNX, choose precision, write the card."""
     import time
 
-    from components.path import run_training_path
-    from components.precision import PrecisionBounds
-    from components.training import TrainConfig
+    from edgeloop.components.path import run_training_path
+    from edgeloop.components.precision import PrecisionBounds
+    from edgeloop.components.training import TrainConfig
 
     out = out or obj.settings.state_dir / "training" / time.strftime("%Y%m%d-%H%M%S")
     config = TrainConfig(

@@ -32,13 +32,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from components.errors import DatasetError
-from components.labels import ManifestRow, read_manifest
-from edgeloop.model_card import sha256_bytes, sha256_file
+from edgeloop.components.errors import DatasetError
+from edgeloop.components.labels import ManifestRow, read_manifest
+from edgeloop.core.model_card import sha256_bytes, sha256_file
 
 if TYPE_CHECKING:
-    from edgeloop.blob import BlobStore
-    from edgeloop.config import Settings
+    from edgeloop.core.blob import BlobStore
+    from edgeloop.core.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def _ext(uri: str) -> str:
 
 def _check_image(data: bytes) -> str | None:
     """None if ``data`` decodes as an image, else the reason."""
-    from edgeloop.preprocessing import ImageDecodeError, decode_image
+    from edgeloop.core.preprocessing import ImageDecodeError, decode_image
 
     try:
         img = decode_image(data)
@@ -205,7 +205,7 @@ def build_dataset(
     if store is None:
         if settings is None:
             raise DatasetError("build_dataset needs settings or a BlobStore")
-        from edgeloop.blob import BlobStore
+        from edgeloop.core.blob import BlobStore
 
         store = BlobStore.from_settings(settings)
     assign_split("0", fractions, split_salt)  # validates the fractions before any download
@@ -323,7 +323,7 @@ def split_counts(rows: list[DatasetRow]) -> dict[str, dict[str, int]]:
 
 def log_dataset(settings: Settings, info: DatasetInfo, directory: Path, run_id: str | None = None) -> str:
     """Record the dataset in an MLflow run (as its input, params and artifacts); returns the run id."""
-    from components.tracking import mlflow_run
+    from edgeloop.components.tracking import mlflow_run
 
     with mlflow_run(settings, run_id) as run:
         import mlflow
@@ -332,7 +332,7 @@ def log_dataset(settings: Settings, info: DatasetInfo, directory: Path, run_id: 
 
         source_url = info.blob_uri or Path(directory).resolve().as_uri()
         if info.blob_uri:
-            from edgeloop.blob import BlobStore
+            from edgeloop.core.blob import BlobStore
 
             try:  # a plain (unsigned) URL: where it lives, not a credential
                 source_url = (

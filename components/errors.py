@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgeloop.errors import EdgeloopError
+from edgeloop.core.errors import EdgeloopError
 
 
 class LabelImportError(EdgeloopError):

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from components.errors import ParityError
-from edgeloop.model_card import EMBEDDING_OUTPUT, INPUT_NAME, MODEL_FILE, PROBS_OUTPUT
+from edgeloop.components.errors import ParityError
+from edgeloop.core.model_card import EMBEDDING_OUTPUT, INPUT_NAME, MODEL_FILE, PROBS_OUTPUT
 
 DEFAULT_OPSET = 17
 MAX_ABS_DIFF = 1e-4
@@ -56,7 +56,7 @@ def export_onnx(
     import onnx
     import torch
 
-    from components.modeling import ClassifierWithEmbedding, load_model_file
+    from edgeloop.components.modeling import ClassifierWithEmbedding, load_model_file
 
     net, meta = load_model_file(Path(model_file))
     if model is not None:
@@ -138,8 +138,8 @@ def check_parity(
     import numpy as np
     import torch
 
-    from components.modeling import ClassifierWithEmbedding, load_model_file, load_split
-    from edgeloop.preprocessing import Preprocess, PreprocessConfig
+    from edgeloop.components.modeling import ClassifierWithEmbedding, load_model_file, load_split
+    from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
 
     net, meta = load_model_file(Path(model_file))
     pre = Preprocess(PreprocessConfig(**meta["preprocess"]))
@@ -218,10 +218,10 @@ def export_model(
 ):
     """Training output (directory holding ``model.pt``, or the file) -> model directory with the fp32
     ``model.onnx`` and its card (metrics, parity, dataset version). Raises :class:`ParityError`.
-    Returns the :class:`~edgeloop.model_card.ModelCard`."""
-    from components.card import write_model_card
-    from components.modeling import MODEL_FILE as MODEL_PT
-    from edgeloop.preprocessing import PreprocessConfig
+    Returns the :class:`~edgeloop.core.model_card.ModelCard`."""
+    from edgeloop.components.card import write_model_card
+    from edgeloop.components.modeling import MODEL_FILE as MODEL_PT
+    from edgeloop.core.preprocessing import PreprocessConfig
 
     model_file = Path(model) / MODEL_PT if Path(model).is_dir() else Path(model)
     out_dir = Path(out_dir)

@@ -25,12 +25,12 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from components.errors import LabelImportError
-from edgeloop import labelstudio as lsx
-from edgeloop.model_card import sha256_file
+from edgeloop.components.errors import LabelImportError
+from edgeloop.core import labelstudio as lsx
+from edgeloop.core.model_card import sha256_file
 
 if TYPE_CHECKING:
-    from edgeloop.config import Settings
+    from edgeloop.core.config import Settings
 
 METADATA_KEYS = ("lighting", "camera", "variant", "source", "source_file")
 
@@ -42,7 +42,7 @@ class LabelPolicy(str, Enum):
 
 @dataclass
 class ManifestRow:
-    """One labeled image: what :func:`components.dataset.build_dataset` needs to fetch and verify it."""
+    """One labeled image: what :func:`edgeloop.components.dataset.build_dataset` needs to fetch and verify it."""
 
     image: str  # az://container/path
     sha256: str | None
@@ -308,7 +308,7 @@ def import_labels(
     # a task made by hand may hold only a SAS URL: turn it back into an az:// URI of this account
     needs_uri = [r for r in rows if not r.image.startswith("az://")]
     if needs_uri:
-        from edgeloop.blob import BlobStore
+        from edgeloop.core.blob import BlobStore
 
         store = BlobStore.from_settings(settings)
         for r in needs_uri:

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from components.dataset import DatasetRow
-from edgeloop.preprocessing import Preprocess, PreprocessConfig, decode_image
+from edgeloop.components.dataset import DatasetRow
+from edgeloop.core.preprocessing import Preprocess, PreprocessConfig, decode_image
 
 ARCHS = ("mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "efficientnet_b0")
 MODEL_FILE = "model.pt"
@@ -186,7 +186,7 @@ def load_split(
     augment: bool = False,
     limit: int | None = None,
 ) -> ImageDataset:
-    from components.dataset import load_rows
+    from edgeloop.components.dataset import load_rows
 
     rows = load_rows(directory, split)
     if limit is not None:

@@ -12,12 +12,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from components.labels import LabelPolicy
-from components.precision import PrecisionBounds
-from components.training import TrainConfig
+from edgeloop.components.labels import LabelPolicy
+from edgeloop.components.precision import PrecisionBounds
+from edgeloop.components.training import TrainConfig
 
 if TYPE_CHECKING:
-    from edgeloop.config import Settings
+    from edgeloop.core.config import Settings
 
 
 @dataclass
@@ -53,13 +53,13 @@ def run_training_path(
     progress: bool = True,
     log=print,
 ) -> PathResult:
-    from components import card as cardmod
-    from components import tracking
-    from components.dataset import build_dataset
-    from components.export import export_and_verify
-    from components.labels import import_labels
-    from components.precision import select_precision
-    from components.training import run_training
+    from edgeloop.components import card as cardmod
+    from edgeloop.components import tracking
+    from edgeloop.components.dataset import build_dataset
+    from edgeloop.components.export import export_and_verify
+    from edgeloop.components.labels import import_labels
+    from edgeloop.components.precision import select_precision
+    from edgeloop.components.training import run_training
 
     config = config or TrainConfig()
     out_dir = Path(out_dir)
@@ -124,7 +124,7 @@ def run_training_path(
     log(f"precision: {decision.reasons[-1]} ({'; '.join(decision.reasons[:-1]) or 'fp32 only'})")
 
     t = time.perf_counter()
-    from edgeloop.preprocessing import PreprocessConfig
+    from edgeloop.core.preprocessing import PreprocessConfig
 
     chosen = next(m for m in decision.measurements if m.precision is decision.precision)
     metrics = {

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.errors import PrecisionError
-from edgeloop.model_card import MODEL_FILE, Precision
+from edgeloop.components.errors import PrecisionError
+from edgeloop.core.model_card import MODEL_FILE, Precision
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def measure_latencies(
     """
     import numpy as np
 
-    from components.export import onnx_session
+    from edgeloop.components.export import onnx_session
 
     sessions = {p: onnx_session(path, provider) for p, path in paths.items()}
     x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
@@ -185,7 +185,7 @@ def measure_latencies(
 
 def measure_quality(path: Path, x_val, y_val, fp32_top1, provider: str) -> tuple[float, float]:
     """(accuracy, top-1 agreement with fp32) on the validation images."""
-    from components.export import onnx_session, run_onnx
+    from edgeloop.components.export import onnx_session, run_onnx
 
     top1 = run_onnx(onnx_session(path, provider), x_val)[0].argmax(1)
     accuracy = float((top1 == y_val).mean()) if len(y_val) else float("nan")
@@ -209,9 +209,9 @@ def select_precision(
     """Build the candidates, measure them, choose; the chosen file is copied to ``out_dir/model.onnx``."""
     import numpy as np
 
-    from components.export import onnx_session, run_onnx
-    from components.modeling import load_split
-    from edgeloop.preprocessing import Preprocess, PreprocessConfig
+    from edgeloop.components.export import onnx_session, run_onnx
+    from edgeloop.components.modeling import load_split
+    from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
 
     out_dir = Path(out_dir)
     work = out_dir.parent / f"{out_dir.name}-variants"
@@ -293,10 +293,10 @@ def choose_precision(
     bounds: PrecisionBounds = PrecisionBounds(),
     calibration_images: int = 64,
 ):
-    """Model directory in (fp32 ``model.onnx`` + card, from :func:`components.export.export_model`),
+    """Model directory in (fp32 ``model.onnx`` + card, from :func:`edgeloop.components.export.export_model`),
     model directory out: the chosen variant as ``model.onnx`` and a card with precision, provider,
-    evidence and fresh file digests. Returns the new :class:`~edgeloop.model_card.ModelCard`."""
-    from edgeloop.model_card import ModelCard
+    evidence and fresh file digests. Returns the new :class:`~edgeloop.core.model_card.ModelCard`."""
+    from edgeloop.core.model_card import ModelCard
 
     card = ModelCard.load(Path(onnx_dir))
     provider = provider_for_target(target)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from edgeloop.config import Settings
+    from edgeloop.core.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

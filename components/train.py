@@ -2,9 +2,9 @@
 
 Run under torchrun (one process per device; gloo on CPU, nccl on GPU)::
 
-    torchrun --standalone --nproc-per-node 2 -m components.train --data DATASET_DIR --out OUT_DIR
+    torchrun --standalone --nproc-per-node 2 -m edgeloop.components.train --data DATASET_DIR --out OUT_DIR
 
-or through :func:`components.training.run_training`, which launches exactly that.
+or through :func:`edgeloop.components.training.run_training`, which launches exactly that.
 Shaped like torchvision's references/classification/train.py: ``train_one_epoch``,
 ``evaluate``, ``main(args)``; one checkpoint dict (model, optimizer, lr_scheduler,
 epoch, args, early-stopping state) written by rank 0 every epoch, resumable with
@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from components.modeling import (
+from edgeloop.components.modeling import (
     ARCHS,
     MODEL_FILE,
     build_model,
@@ -246,7 +246,7 @@ def _mlflow(args: argparse.Namespace, rank: int):
         return None
     import mlflow
 
-    from components.tracking import configure
+    from edgeloop.components.tracking import configure
 
     configure(args.mlflow_tracking_uri, args.mlflow_experiment)
     run = mlflow.start_run(run_id=args.mlflow_run_id) if args.mlflow_run_id else mlflow.start_run()
@@ -254,8 +254,8 @@ def _mlflow(args: argparse.Namespace, rank: int):
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    from components.dataset import DatasetInfo
-    from edgeloop.preprocessing import Preprocess, PreprocessConfig
+    from edgeloop.components.dataset import DatasetInfo
+    from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
 
     t0 = time.perf_counter()
     rank, world, device = init_distributed(args)

@@ -1,7 +1,7 @@
-"""Launch DDP training (:mod:`components.train`) under torchrun as a subprocess.
+"""Launch DDP training (:mod:`edgeloop.components.train`) under torchrun as a subprocess.
 
 No torch import here: the CLI and the KFP component call :func:`run_training`,
-which runs ``python -m torch.distributed.run --standalone --nproc-per-node N -m components.train ...``,
+which runs ``python -m torch.distributed.run --standalone --nproc-per-node N -m edgeloop.components.train ...``,
 tees its output to ``<out>/train.log`` (and to stderr, for the rank-0 progress bar),
 and returns a typed :class:`TrainResult`.
 """
@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.errors import TrainingError
+from edgeloop.components.errors import TrainingError
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ARCH = "resnet18"
@@ -116,7 +116,7 @@ def torchrun_command(
         "--nproc-per-node",
         str(nproc_per_node),
         "-m",
-        "components.train",
+        "edgeloop.components.train",
         "--data",
         str(dataset_dir),
         "--out",
@@ -159,7 +159,7 @@ def run_training(
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if git_commit is None:
-        from components.tracking import git_commit as _git
+        from edgeloop.components.tracking import git_commit as _git
 
         git_commit = _git()
     cmd = torchrun_command(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from edgeloop.config import Settings, load_settings
+from edgeloop.core.config import Settings, load_settings
 
 # name -> (module, attribute, one-line help shown before the module is imported)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -26,21 +26,25 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "demo",
         "The whole loop on the sample data, locally (what `make demo` runs).",
     ),
-    "labels": ("components.cli", "labels", "Import annotations from Label Studio into a manifest."),
-    "dataset": ("components.cli", "dataset", "Build a versioned dataset from a label manifest."),
-    "train": ("components.cli", "train", "Import labels, build the dataset, train with DDP, export to ONNX."),
-    "serve": ("serving.cli", "serve", "Run the KServe model server over ONNX Runtime."),
+    "labels": ("edgeloop.components.cli", "labels", "Import annotations from Label Studio into a manifest."),
+    "dataset": ("edgeloop.components.cli", "dataset", "Build a versioned dataset from a label manifest."),
+    "train": (
+        "edgeloop.components.cli",
+        "train",
+        "Import labels, build the dataset, train with DDP, export to ONNX.",
+    ),
+    "serve": ("edgeloop.serving.cli", "serve", "Run the KServe model server over ONNX Runtime."),
     "deploy": ("edgeloop.deploy.cli", "deploy", "Render KServe manifests for a model version."),
     "plan": ("edgeloop.deploy.cli", "plan", "Capacity and autoscaling plan with a burst simulation."),
     "pipeline": (
-        "pipelines.cli",
+        "edgeloop.pipelines.cli",
         "pipeline",
         "Compile, run locally, submit or schedule the Kubeflow pipeline.",
     ),
-    "approve": ("pipelines.cli", "approve", "Approve a candidate model version (the human gate)."),
-    "reject": ("pipelines.cli", "reject", "Reject a candidate model version (the human gate)."),
-    "rollback": ("pipelines.cli", "rollback", "Point champion back at the previous champion."),
-    "monitor": ("monitoring.cli", "monitor", "Drift scans and the relabel queue."),
+    "approve": ("edgeloop.pipelines.cli", "approve", "Approve a candidate model version (the human gate)."),
+    "reject": ("edgeloop.pipelines.cli", "reject", "Reject a candidate model version (the human gate)."),
+    "rollback": ("edgeloop.pipelines.cli", "rollback", "Point champion back at the previous champion."),
+    "monitor": ("edgeloop.monitoring.cli", "monitor", "Drift scans and the relabel queue."),
     "stream": ("edgeloop.stream.cli", "stream", "Process live video streams and publish results over MQTT."),
 }
 
@@ -110,7 +114,7 @@ def cli(ctx: click.Context, config_file: Path | None, verbose: int) -> None:
 
 
 def main() -> None:
-    from edgeloop.errors import EdgeloopError
+    from edgeloop.core.errors import EdgeloopError
 
     try:
         cli(standalone_mode=True)

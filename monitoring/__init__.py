@@ -3,10 +3,10 @@ per-image flags and a budgeted, idempotent relabel queue into Label Studio.
 
 Entry points:
 
-* :func:`monitoring.profile.build_reference_profile` - at training time, store the
+* :func:`edgeloop.monitoring.profile.build_reference_profile` - at training time, store the
   reference profile next to ``model.onnx`` (``reference_profile.npz``);
-* :func:`monitoring.scan.scan_window` - one drift scan over a window of served traffic;
-* ``edgeloop monitor scan|run|deliver`` - the command line (``monitoring.cli``).
+* :func:`edgeloop.monitoring.scan.scan_window` - one drift scan over a window of served traffic;
+* ``edgeloop monitor scan|run|deliver`` - the command line (``edgeloop.monitoring.cli``).
 
 Nothing heavy is imported here: submodules import numpy/onnxruntime/label_studio_sdk themselves.
 """

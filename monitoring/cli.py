@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from edgeloop.errors import EdgeloopError, user_errors
+from edgeloop.core.errors import EdgeloopError, user_errors
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def resolve_model_dir(settings: Any, model_dir: Path | None, model: str | None, 
         raise MonitorError(
             f"registered model {model} v{mv.version} has no model_card.json among its artifacts"
         )
-    from edgeloop.model_card import IntegrityError, ModelCard
+    from edgeloop.core.model_card import IntegrityError, ModelCard
 
     try:
         ModelCard.load(cards[0].parent).verify(cards[0].parent)
@@ -58,7 +58,7 @@ def resolve_model_dir(settings: Any, model_dir: Path | None, model: str | None, 
 
 def _options(kw: dict[str, Any]) -> Any:
     """ScanOptions from the shared options (popped from ``kw``)."""
-    from monitoring.scan import ScanOptions
+    from edgeloop.monitoring.scan import ScanOptions
 
     no_queue = kw.pop("no_queue")
     return ScanOptions(
@@ -169,8 +169,8 @@ def scan(
     **kw,
 ) -> None:
     """Scan one window: drift report, flagged images queued for labeling (at most --budget)."""
-    from monitoring.metrics import MonitorMetrics
-    from monitoring.scan import resolve_window, scan_window
+    from edgeloop.monitoring.metrics import MonitorMetrics
+    from edgeloop.monitoring.scan import resolve_window, scan_window
 
     settings = obj.settings
     directory = resolve_model_dir(settings, model_dir, model_name, alias)
@@ -229,8 +229,8 @@ def run(
     **kw,
 ) -> None:
     """Scan the last --window every --interval, serving metrics; retries the relabel outbox each time."""
-    from monitoring.metrics import MonitorMetrics
-    from monitoring.scan import parse_duration, resolve_window, scan_window
+    from edgeloop.monitoring.metrics import MonitorMetrics
+    from edgeloop.monitoring.scan import parse_duration, resolve_window, scan_window
 
     settings = obj.settings
     metrics = MonitorMetrics()
@@ -279,7 +279,7 @@ def run(
 @user_errors
 def deliver(obj, project: str | None, as_json: bool) -> None:
     """Deliver the relabel outbox to Label Studio now (scans do this too)."""
-    from monitoring.relabel import RelabelQueue
+    from edgeloop.monitoring.relabel import RelabelQueue
 
     report = RelabelQueue.for_settings(obj.settings).deliver(obj.settings, project)
     if as_json:
@@ -297,7 +297,7 @@ def deliver(obj, project: str | None, as_json: bool) -> None:
 @user_errors
 def outbox(obj, as_json: bool) -> None:
     """List relabel items waiting for Label Studio."""
-    from monitoring.relabel import RelabelQueue
+    from edgeloop.monitoring.relabel import RelabelQueue
 
     rows: list[dict[str, Any]] = [
         {"project": p, "sha256": i.sha256, "reason": i.flag_reason, "attempts": a, "last_error": err}

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from monitoring.profile import ReferenceProfile, confidence_and_margin
+from edgeloop.monitoring.profile import ReferenceProfile, confidence_and_margin
 
 LOW_CONFIDENCE = "low_confidence"
 SMALL_MARGIN = "small_margin"

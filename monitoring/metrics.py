@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 if TYPE_CHECKING:
-    from monitoring.scan import ScanReport
+    from edgeloop.monitoring.scan import ScanReport
 
 
 class MonitorMetrics:

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from edgeloop.model_card import EMBEDDING_OUTPUT, MODEL_FILE, PROBS_OUTPUT, ModelCard
-from edgeloop.preprocessing import Preprocess
+from edgeloop.core.model_card import EMBEDDING_OUTPUT, MODEL_FILE, PROBS_OUTPUT, ModelCard
+from edgeloop.core.preprocessing import Preprocess
 
 if TYPE_CHECKING:
     import onnxruntime as ort

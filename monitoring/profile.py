@@ -16,7 +16,7 @@ It holds:
 
 For the training / pipeline step, one call::
 
-    from monitoring.profile import build_reference_profile
+    from edgeloop.monitoring.profile import build_reference_profile
     build_reference_profile(model_dir, val_image_paths)   # writes model_dir/reference_profile.npz
 
 Call it before ``ModelCard.with_digests`` so the profile's digest is in the card.
@@ -49,7 +49,7 @@ def image_stats(image: Any, size: int = STATS_SIZE) -> np.ndarray:
     does) so sharpness does not depend on the resolution it was sent at. Profiles use the
     model's input size: the model server logs images at that size.
     """
-    from monitoring.model import to_rgb_array
+    from edgeloop.monitoring.model import to_rgb_array
 
     rgb = _resize(to_rgb_array(image), size).astype(np.float32)
     gray = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -174,7 +174,7 @@ class ReferenceProfile:
         if not path.exists():
             raise ProfileError(
                 f"no reference profile at {path}: build it at training time with "
-                "monitoring.profile.build_reference_profile(model_dir, validation_images)"
+                "edgeloop.monitoring.profile.build_reference_profile(model_dir, validation_images)"
             )
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
@@ -258,7 +258,7 @@ def build_reference_profile(
 
     Pass held-out images (validation split), a few hundred is plenty; at least 10.
     """
-    from monitoring.model import ModelRunner, to_rgb_array
+    from edgeloop.monitoring.model import ModelRunner, to_rgb_array
 
     model_dir = Path(model_dir)
     runner = ModelRunner(model_dir)

@@ -10,7 +10,7 @@ Two guarantees:
   first; delivery imports what it can and leaves the rest for the next scan/run when
   Label Studio is unreachable.
 
-Tasks follow :mod:`edgeloop.labelstudio`'s conventions (``image`` SAS URL, ``blob_uri``,
+Tasks follow :mod:`edgeloop.core.labelstudio`'s conventions (``image`` SAS URL, ``blob_uri``,
 ``sha256``, plus ``flag_reason`` / ``flag_score``), so the label import treats a
 relabeled image exactly like a seeded one. The prediction (label, score, model_version)
 is imported with the task as a pre-annotation. This module never starts training.
@@ -29,10 +29,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeloop import labelstudio as lsx
+from edgeloop.core import labelstudio as lsx
 
 if TYPE_CHECKING:
-    from edgeloop.config import Settings
+    from edgeloop.core.config import Settings
 
 log = logging.getLogger(__name__)
 

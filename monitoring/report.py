@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from monitoring.profile import IMAGE_STAT_NAMES, confidence_and_margin
+from edgeloop.monitoring.profile import IMAGE_STAT_NAMES, confidence_and_margin
 
 if TYPE_CHECKING:
-    from monitoring.flags import Flag
-    from monitoring.profile import ReferenceProfile
-    from monitoring.scan import ScanReport, Window
+    from edgeloop.monitoring.flags import Flag
+    from edgeloop.monitoring.profile import ReferenceProfile
+    from edgeloop.monitoring.scan import ScanReport, Window
 
 
 def pca_2d(reference: np.ndarray, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

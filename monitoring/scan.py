@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeloop.payload_log import PayloadRecord, read_window
-from monitoring.drift import CategoricalDrift, DriftResult, KSDrift, MMDDrift, PSIDrift
-from monitoring.flags import Flag, flag_images, select_for_labeling
-from monitoring.profile import IMAGE_STAT_NAMES, ReferenceProfile, confidence_and_margin, image_stats
+from edgeloop.core.payload_log import PayloadRecord, read_window
+from edgeloop.monitoring.drift import CategoricalDrift, DriftResult, KSDrift, MMDDrift, PSIDrift
+from edgeloop.monitoring.flags import Flag, flag_images, select_for_labeling
+from edgeloop.monitoring.profile import IMAGE_STAT_NAMES, ReferenceProfile, confidence_and_margin, image_stats
 
 if TYPE_CHECKING:
-    from edgeloop.blob import BlobStore
-    from edgeloop.config import Settings
-    from monitoring.relabel import DeliveryReport, EnqueueReport
+    from edgeloop.core.blob import BlobStore
+    from edgeloop.core.config import Settings
+    from edgeloop.monitoring.relabel import DeliveryReport, EnqueueReport
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def resolve_window(
 
 
 def _download_images(store: BlobStore, records: list[PayloadRecord]) -> dict[str, np.ndarray]:
-    from edgeloop.payload_log import load_image
+    from edgeloop.core.payload_log import load_image
 
     unique = {r.image_sha256: r for r in records}
 
@@ -205,7 +205,7 @@ def load_window(
     stats_size: int = 128,
 ) -> Window:
     """Read the window's records (of ``version`` unless None), fill in missing embeddings with
-    ``runner`` (a :class:`monitoring.model.ModelRunner`), and compute image statistics on a sample."""
+    ``runner`` (a :class:`edgeloop.monitoring.model.ModelRunner`), and compute image statistics on a sample."""
     all_records = list(read_window(store, container, model, start, end))
     records = [r for r in all_records if version is None or r.version == version]
     other = len(all_records) - len(records)
@@ -292,10 +292,10 @@ def scan_window(
     metrics: Any = None,
 ) -> ScanReport:
     """Scan one window for ``model_dir``'s model: drift, flags, relabel queue; see the module docstring."""
-    from edgeloop.blob import BlobStore
-    from edgeloop.model_card import ModelCard
-    from monitoring.model import ModelRunner
-    from monitoring.relabel import RelabelQueue
+    from edgeloop.core.blob import BlobStore
+    from edgeloop.core.model_card import ModelCard
+    from edgeloop.monitoring.model import ModelRunner
+    from edgeloop.monitoring.relabel import RelabelQueue
 
     t0 = time.perf_counter()
     options = options or ScanOptions()
@@ -363,7 +363,7 @@ def scan_window(
         wall_s=0.0,
     )
     if report_path is not None:
-        from monitoring.report import write_html_report
+        from edgeloop.monitoring.report import write_html_report
 
         thumbs = _images_for(store, window, selected)
         write_html_report(Path(report_path), report, profile, window, selected, thumbs)
@@ -388,7 +388,7 @@ class _LazyRunner:
 
 
 def _relabel_item(store: BlobStore, card: Any, record: PayloadRecord, flag: Flag) -> Any:
-    from monitoring.relabel import RelabelItem
+    from edgeloop.monitoring.relabel import RelabelItem
 
     meta: dict[str, Any] = {
         "served_at": datetime.fromtimestamp(record.ts, UTC).isoformat(),

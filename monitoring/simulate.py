@@ -12,12 +12,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeloop.model_card import sha256_bytes
-from edgeloop.payload_log import PayloadRecord, encode_png, encode_records, image_blob_name, records_blob_name
+from edgeloop.core.model_card import sha256_bytes
+from edgeloop.core.payload_log import (
+    PayloadRecord,
+    encode_png,
+    encode_records,
+    image_blob_name,
+    records_blob_name,
+)
 
 if TYPE_CHECKING:
-    from edgeloop.blob import BlobStore
-    from edgeloop.config import Settings
+    from edgeloop.core.blob import BlobStore
+    from edgeloop.core.config import Settings
 
 
 def replay_images(
@@ -36,8 +42,8 @@ def replay_images(
 
     Records are filed under the hour of ``ts`` (a backfill lands where a window reader looks), for the
     model name ``model_name`` (default: the model card's name)."""
-    from edgeloop.blob import BlobStore
-    from monitoring.model import ModelRunner, to_rgb_array
+    from edgeloop.core.blob import BlobStore
+    from edgeloop.monitoring.model import ModelRunner, to_rgb_array
 
     store = store or BlobStore.from_settings(settings)
     container = settings.blob.payloads_container

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from edgeloop.errors import user_errors
+from edgeloop.core.errors import user_errors
 
 if TYPE_CHECKING:
-    from edgeloop.config import Settings
+    from edgeloop.core.config import Settings
 
 _param = click.option(
     "-p",
@@ -24,7 +24,7 @@ _param = click.option(
 
 
 def _parse_params(params: tuple[str, ...]) -> dict[str, object]:
-    from pipelines.training_pipeline import parameter_types
+    from edgeloop.pipelines.training_pipeline import parameter_types
 
     types = parameter_types()
     out: dict[str, object] = {}
@@ -69,11 +69,11 @@ def pipeline() -> None:
     "--out",
     type=click.Path(path_type=Path),
     default=None,
-    help="Output YAML (default: pipelines/compiled/training_pipeline.yaml).",
+    help="Output YAML [default: ./training_pipeline.yaml].",
 )
 def compile(out: Path | None) -> None:  # noqa: A001 - the command's name
     """Compile the pipeline to KFP IR YAML (what you upload to Kubeflow)."""
-    from pipelines.runner import compile_pipeline
+    from edgeloop.pipelines.runner import compile_pipeline
 
     path = compile_pipeline(out)
     click.echo(f"wrote {path}")
@@ -102,7 +102,7 @@ def run(
     obj, local: bool, auto_approve: bool, params: tuple[str, ...], pipeline_root: Path | None, as_json: bool
 ) -> None:
     """Run the whole pipeline locally, end to end."""
-    from pipelines.runner import run_local
+    from edgeloop.pipelines.runner import run_local
 
     args = _parse_params(params)
     if auto_approve:
@@ -133,7 +133,7 @@ def submit(
     obj, host: str, params: tuple[str, ...], experiment: str, run_name: str | None, namespace: str | None
 ) -> None:
     """Upload the compiled pipeline and start a run (kfp.Client)."""
-    from pipelines.runner import submit_run
+    from edgeloop.pipelines.runner import submit_run
 
     url = submit_run(
         host, _parse_params(params), experiment=experiment, run_name=run_name, namespace=namespace
@@ -162,7 +162,7 @@ def schedule(
     namespace: str | None,
 ) -> None:
     """Create a recurring run (label import is never cached, so each run sees the latest labels)."""
-    from pipelines.runner import schedule_runs
+    from edgeloop.pipelines.runner import schedule_runs
 
     job_id = schedule_runs(
         host,
@@ -178,7 +178,7 @@ def schedule(
 
 # -- the human gate -------------------------------------------------------------------------------------------
 def _decide(obj, decision: str, model: str, version: str, by: str, note: str, evidence: str | None) -> None:
-    from pipelines import registry
+    from edgeloop.pipelines import registry
 
     settings = _for_model(obj.settings, model)
     d = registry.record_decision(
@@ -226,14 +226,14 @@ def reject(obj, model: str, version: str, by: str, note: str) -> None:
 @user_errors
 def rollback(obj, model: str, no_deploy: bool) -> None:
     """Point champion back at the previous champion of MODEL and redeploy it."""
-    from pipelines import registry
+    from edgeloop.pipelines import registry
 
     settings = _for_model(obj.settings, model)
     if no_deploy:
         old, new = registry.rollback(settings)
         click.echo(f"{model}: champion {old} -> {new}")
         return
-    from pipelines.deploy import rollback_and_deploy
+    from edgeloop.pipelines.deploy import rollback_and_deploy
 
     old, new, where = rollback_and_deploy(settings)
     click.echo(f"{model}: champion {old} -> {new}; deployed to {where}")

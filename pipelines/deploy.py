@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeloop.errors import EdgeloopError
+from edgeloop.core.errors import EdgeloopError
 
 if TYPE_CHECKING:
-    from edgeloop.config import Settings
+    from edgeloop.core.config import Settings
 
 log = logging.getLogger(__name__)
 FIELD_MANAGER = "edgeloop"
@@ -47,7 +47,7 @@ class DeployResult:
 
 def storage_url(settings: Settings, az_uri: str) -> str:
     """``az://container/path`` -> the blob URL KServe's storage initializer fetches."""
-    from edgeloop.blob import BlobStore, BlobUri
+    from edgeloop.core.blob import BlobStore, BlobUri
 
     u = BlobUri.parse(az_uri)
     base = BlobStore.from_settings(settings).client.url.rstrip("/")
@@ -65,7 +65,7 @@ def render_version(
     """The manifests for one registered version: the whole release (for GitOps) or, with
     ``model_only``, just the InferenceService and its autoscaler (what the pipeline's Role may apply)."""
     from edgeloop.deploy.render import render_inference_service, render_release
-    from pipelines import registry
+    from edgeloop.pipelines import registry
 
     tags = registry.version_tags(settings, version)
     az = tags.get(registry.STORAGE_URI)
@@ -129,7 +129,7 @@ def deploy_version(
     overlay: str = DEFAULT_OVERLAY,
     validate: bool = True,
 ) -> DeployResult:
-    from pipelines import registry
+    from edgeloop.pipelines import registry
 
     target = resolve_target(deploy_target)
     try:
@@ -173,7 +173,7 @@ def rollback_and_deploy(
     overlay: str = DEFAULT_OVERLAY,
 ) -> tuple[str, str, str]:
     """``edgeloop rollback``: redeploy the previous champion, then move the alias back."""
-    from pipelines import registry
+    from edgeloop.pipelines import registry
 
     name = settings.mlflow.registered_model
     c = registry.client(settings)

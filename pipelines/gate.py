@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from pipelines.evaluation import EvaluationReport
+from edgeloop.pipelines.evaluation import EvaluationReport
 
 
 class GateThresholds(BaseModel):

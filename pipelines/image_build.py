@@ -1,10 +1,12 @@
 """The serving image: its build context, a content-hash tag, and a build where a builder works.
 
-What goes into the image is the serving code, the shared library code it imports
-(``edgeloop``), the pinned dependency set and ``serving/Dockerfile``. The tag is
-the sha256 of exactly those bytes, so an unchanged server keeps its tag (no
-rebuild), and a new model needs no image at all (models are fetched by KServe's
-storage initializer from the storage URI).
+The context holds whole packages, laid out as they are installed: ``edgeloop/__init__.py``,
+``edgeloop/core`` (settings, blob, model card, preprocessing, model loading) and
+``edgeloop/serving`` (the server, its Dockerfile and its pinned requirements). They are read
+from the installed package, so the context is the same from a clone or from a wheel. The tag
+is the sha256 of exactly those bytes: an unchanged server keeps its tag (no rebuild), an edit
+elsewhere (streams, pipelines) does not change it, and a new model needs no image at all
+(models are fetched by KServe's storage initializer from the storage URI).
 
 On a cluster the pipeline builds with Kaniko (a container step compiled into the
 pipeline YAML). Locally, :func:`build_locally` uses docker, podman or buildah if
@@ -19,16 +21,27 @@ import json
 import shutil
 import subprocess
 import tarfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-# What the serving image is built from, relative to the repository root.
-CONTEXT_PATHS = ("serving", "edgeloop", "requirements/constraints.txt", "pyproject.toml")
-DOCKERFILE = "serving/Dockerfile"
+DOCKERFILE = "edgeloop/serving/Dockerfile"
 EXCLUDE_PARTS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
 EXCLUDE_SUFFIXES = {".pyc", ".pyo"}
 DEFAULT_REPOSITORY = "ghcr.io/edgeloop/edgeloop-serving"
+
+
+def serving_image_sources() -> dict[str, Path]:
+    """Path in the build context -> where it is installed: the packages the serving image holds."""
+    from importlib import resources
+
+    import edgeloop
+
+    return {
+        "edgeloop/__init__.py": Path(edgeloop.__file__),
+        "edgeloop/core": Path(str(resources.files("edgeloop.core"))),
+        "edgeloop/serving": Path(str(resources.files("edgeloop.serving"))),
+    }
 
 
 @dataclass
@@ -53,43 +66,44 @@ class BuildResult:
         return asdict(self)
 
 
-def context_files(root: Path = ROOT) -> list[Path]:
-    """The files of the build context, sorted, relative to ``root``."""
-    out: list[Path] = []
-    for rel in CONTEXT_PATHS:
-        p = root / rel
-        if p.is_file():
-            out.append(Path(rel))
-        elif p.is_dir():
-            for f in sorted(p.rglob("*")):
-                r = f.relative_to(root)
+def context_files(sources: Mapping[str, Path] | None = None) -> dict[str, Path]:
+    """The files of the build context, sorted: path in the context -> file on disk."""
+    out: dict[str, Path] = {}
+    for rel, src in (sources if sources is not None else serving_image_sources()).items():
+        if src.is_file():
+            out[rel] = src
+        elif src.is_dir():
+            for f in sorted(src.rglob("*")):
+                r = f.relative_to(src)
                 if f.is_file() and not (set(r.parts) & EXCLUDE_PARTS) and f.suffix not in EXCLUDE_SUFFIXES:
-                    out.append(r)
-    return sorted(set(out))
+                    out[f"{rel}/{r.as_posix()}"] = f
+    return dict(sorted(out.items()))
 
 
-def content_hash(root: Path = ROOT, files: list[Path] | None = None) -> str:
+def content_hash(sources: Mapping[str, Path] | None = None, files: Mapping[str, Path] | None = None) -> str:
     """sha256 over (path, bytes) of every context file: the image tag's source."""
     h = hashlib.sha256()
-    for rel in files if files is not None else context_files(root):
-        h.update(rel.as_posix().encode() + b"\0")
-        h.update(hashlib.sha256((root / rel).read_bytes()).digest())
+    for rel, path in (files if files is not None else context_files(sources)).items():
+        h.update(rel.encode() + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()
 
 
-def write_context(out: Path, repository: str = DEFAULT_REPOSITORY, root: Path = ROOT) -> BuildContext:
+def write_context(
+    out: Path, repository: str = DEFAULT_REPOSITORY, sources: Mapping[str, Path] | None = None
+) -> BuildContext:
     """A reproducible ``.tar.gz`` of the context (sorted, zeroed mtimes/owners) at ``out``."""
-    files = context_files(root)
-    if not (root / DOCKERFILE).exists():
-        raise FileNotFoundError(f"{DOCKERFILE} is missing from {root}: the serving image cannot be built")
-    digest = content_hash(root, files)
+    files = context_files(sources)
+    if DOCKERFILE not in files:
+        raise FileNotFoundError(f"{DOCKERFILE} is missing from the build context: the serving image cannot be built")
+    digest = content_hash(files=files)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
-        for rel in files:
-            info = tarfile.TarInfo(rel.as_posix())
-            data = (root / rel).read_bytes()
+        for rel, path in files.items():
+            info = tarfile.TarInfo(rel)
+            data = path.read_bytes()
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             info.uid = info.gid = 0
             info.uname = info.gname = ""

@@ -25,14 +25,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeloop.errors import EdgeloopError
+from edgeloop.core.errors import EdgeloopError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from edgeloop.config import Settings
-    from pipelines.evaluation import EvaluationReport
-    from pipelines.gate import GateDecision
+    from edgeloop.core.config import Settings
+    from edgeloop.pipelines.evaluation import EvaluationReport
+    from edgeloop.pipelines.gate import GateDecision
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def register_candidate(
     """
     import mlflow
 
-    from edgeloop.model_card import ModelCard
+    from edgeloop.core.model_card import ModelCard
 
     model_dir = Path(model_dir)
     card = ModelCard.load(model_dir)
@@ -250,7 +250,7 @@ def register_candidate(
 
 
 def _upload_model(settings: Settings, name: str, digest: str, model_dir: Path) -> str:
-    from edgeloop.blob import BlobStore, BlobUri
+    from edgeloop.core.blob import BlobStore, BlobUri
 
     store = BlobStore.from_settings(settings)
     container = settings.blob.models_container
@@ -301,7 +301,7 @@ def download_version(settings: Settings, version: str, dest: Path) -> Path:
     """The model files of a version (model.onnx + model_card.json), verified against the card."""
     import mlflow
 
-    from edgeloop.model_card import ModelCard
+    from edgeloop.core.model_card import ModelCard
 
     name = settings.mlflow.registered_model
     client(settings)
@@ -315,7 +315,7 @@ def download_version(settings: Settings, version: str, dest: Path) -> Path:
 def download_evaluation(settings: Settings, version: str) -> EvaluationReport | None:
     import mlflow
 
-    from pipelines.evaluation import EvaluationReport
+    from edgeloop.pipelines.evaluation import EvaluationReport
 
     c = client(settings)
     mv = _get_version(c, settings.mlflow.registered_model, version)

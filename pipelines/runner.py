@@ -14,13 +14,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeloop.errors import EdgeloopError
+from edgeloop.core.errors import EdgeloopError
 
 if TYPE_CHECKING:
-    from edgeloop.config import Settings
+    from edgeloop.core.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The compiled pipeline checked into the repository (golden-tested); `make compile` refreshes it.
 COMPILED = Path(__file__).resolve().parent / "compiled" / "training_pipeline.yaml"
+DEFAULT_OUTPUT = Path("training_pipeline.yaml")
 # Parameters a local run sets on top of the pipeline's (cluster-oriented) defaults.
 LOCAL_DEFAULTS: dict[str, Any] = {"image_builder": "local", "deploy_target": "gitops"}
 
@@ -32,9 +34,9 @@ class PipelineRunError(EdgeloopError):
 def compile_pipeline(out: Path | None = None) -> Path:
     from kfp import compiler
 
-    from pipelines.training_pipeline import training_pipeline
+    from edgeloop.pipelines.training_pipeline import training_pipeline
 
-    out = Path(out) if out else COMPILED
+    out = Path(out) if out else DEFAULT_OUTPUT
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(training_pipeline, str(out))
     return out
@@ -166,7 +168,7 @@ def run_local(
     """
     from kfp import local
 
-    from pipelines.training_pipeline import PIPELINE_NAME, training_pipeline
+    from edgeloop.pipelines.training_pipeline import PIPELINE_NAME, training_pipeline
 
     root = Path(pipeline_root) if pipeline_root else settings.state_dir / "kfp-local"
     root.mkdir(parents=True, exist_ok=True)

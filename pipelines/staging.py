@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeloop.errors import EdgeloopError
-from pipelines.evaluation import EvaluationReport, evaluate_predictions, render_markdown
-from pipelines.gate import GateDecision, GateThresholds, evaluate_rules
+from edgeloop.core.errors import EdgeloopError
+from edgeloop.pipelines.evaluation import EvaluationReport, evaluate_predictions, render_markdown
+from edgeloop.pipelines.gate import GateDecision, GateThresholds, evaluate_rules
 
 if TYPE_CHECKING:
-    from edgeloop.config import Settings
+    from edgeloop.core.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class StagingResult:
 
 
 def load_split_images(dataset_dir: Path, split: str = "test") -> list[TestImage]:
-    from components.dataset import load_rows
+    from edgeloop.components.dataset import load_rows
 
     dataset_dir = Path(dataset_dir)
     return [
@@ -112,7 +112,7 @@ def _rgb(data: bytes) -> np.ndarray:
 
 
 def predict_in_process(model_dir: Path, images: Sequence[TestImage]) -> np.ndarray:
-    from monitoring.model import ModelRunner
+    from edgeloop.monitoring.model import ModelRunner
 
     return ModelRunner(model_dir).run([_rgb(i.data) for i in images]).probabilities
 
@@ -125,8 +125,8 @@ def serve_and_measure(
     One encoded image per request over REST (OIP v2, binary extension), as a camera client sends them;
     the latencies are what such a client observes, server decode and preprocessing included.
     """
-    from edgeloop.model_card import ModelCard
-    from serving.launcher import ServerStartError, running_server
+    from edgeloop.core.model_card import ModelCard
+    from edgeloop.serving.launcher import ServerStartError, running_server
 
     name = ModelCard.load(model_dir).name  # the server serves a model under its card's name
     try:
@@ -156,7 +156,7 @@ def run_staging_evaluation(
     compare_with_champion: bool = True,
     serve: Callable[..., tuple[np.ndarray, list[float]]] | None = None,
 ) -> StagingResult:
-    from edgeloop.model_card import ModelCard
+    from edgeloop.core.model_card import ModelCard
 
     model_dir = Path(model_dir)
     card = ModelCard.load(model_dir)
@@ -212,8 +212,8 @@ def evaluate_champion(
     labels: Sequence[str],
 ) -> tuple[EvaluationReport | None, str | None]:
     """The current champion on the same test images (in-process), or (None, None) without a champion."""
-    from edgeloop.model_card import ModelCard
-    from pipelines import registry
+    from edgeloop.core.model_card import ModelCard
+    from edgeloop.pipelines import registry
 
     version = registry.champion_version(settings)
     if version is None:
@@ -252,7 +252,7 @@ def stage_model(model_dir: Path, out_dir: Path, dataset_dir: Path) -> Path:
         shutil.rmtree(out_dir)
     shutil.copytree(model_dir, out_dir)
     try:
-        from monitoring.profile import build_reference_profile
+        from edgeloop.monitoring.profile import build_reference_profile
     except ImportError:  # pragma: no cover - monitoring not installed
         log.warning("monitoring is not available: no reference profile stored with the model")
         return out_dir

@@ -32,7 +32,7 @@ def snapshot_labels(project: str, label_policy: str, config_file: str) -> NamedT
     "LabelSnapshot", [("manifest_uri", str), ("labels_digest", str), ("labeled_images", int)]
 ):
     """Export the labels from Label Studio into a content-addressed manifest (never cached)."""
-    from pipelines.tasks import snapshot_labels_task
+    from edgeloop.pipelines.tasks import snapshot_labels_task
 
     return snapshot_labels_task(project, label_policy, config_file)
 
@@ -40,7 +40,7 @@ def snapshot_labels(project: str, label_policy: str, config_file: str) -> NamedT
 @dsl.component(base_image=PIPELINE_IMAGE)
 def build_dataset(manifest_uri: str, config_file: str, dataset: Output[Dataset]) -> str:
     """Fetch, verify and split the labeled images; returns the dataset version. Cached by manifest digest."""
-    from pipelines.tasks import build_dataset_task
+    from edgeloop.pipelines.tasks import build_dataset_task
 
     return build_dataset_task(manifest_uri, config_file, dataset)
 
@@ -60,7 +60,7 @@ def train_model(
     metrics: Output[Metrics],
 ) -> float:
     """DDP training under torchrun; returns the validation accuracy."""
-    from pipelines.tasks import train_task
+    from edgeloop.pipelines.tasks import train_task
 
     return train_task(
         dataset,
@@ -82,7 +82,7 @@ def export_onnx(
     model: Input[Model], dataset: Input[Dataset], onnx_model: Output[Model], parity: Output[Metrics]
 ) -> str:
     """Export the fp32 ONNX model with its card and torch parity check; returns the model digest."""
-    from pipelines.tasks import export_task
+    from edgeloop.pipelines.tasks import export_task
 
     return export_task(model, dataset, onnx_model, parity)
 
@@ -96,7 +96,7 @@ def select_precision(
     evidence: Output[Metrics],
 ) -> str:
     """Pick fp32 or int8 by measurement for the target hardware profile; returns the precision."""
-    from pipelines.tasks import select_precision_task
+    from edgeloop.pipelines.tasks import select_precision_task
 
     return select_precision_task(onnx_model, dataset, target_profile, chosen_model, evidence)
 
@@ -123,7 +123,7 @@ def staging_evaluation(
     report: Output[Markdown],
 ) -> bool:
     """Serve the candidate on the real model server, measure, compare with the champion, apply the rules."""
-    from pipelines.tasks import staging_evaluation_task
+    from edgeloop.pipelines.tasks import staging_evaluation_task
 
     return staging_evaluation_task(
         dataset,
@@ -163,7 +163,7 @@ def register_model(
     "Registration", [("version", str), ("gate_passed", bool), ("evidence_digest", str)]
 ):
     """Register the version in MLflow with its evidence; alias candidate if the gate passed, else rejected."""
-    from pipelines.tasks import register_task
+    from edgeloop.pipelines.tasks import register_task
 
     return register_task(
         staged_model,
@@ -191,7 +191,7 @@ def await_approval(
 ) -> str:
     """Wait for a person's decision (edgeloop approve/reject or the MLflow tag); returns approved|rejected.
     A version that failed the automatic gate is rejected at once (never shown for approval)."""
-    from pipelines.tasks import await_approval_task
+    from edgeloop.pipelines.tasks import await_approval_task
 
     return await_approval_task(
         version, gate_passed, timeout_s, poll_s, auto_approve, pipeline_run, config_file
@@ -203,7 +203,7 @@ def prepare_image_build(image_repository: str, context: Output[Artifact]) -> Nam
     "BuildContext", [("image", str), ("content_hash", str), ("needs_build", bool)]
 ):
     """Write the serving image's build context; the tag is a hash of its content."""
-    from pipelines.tasks import prepare_image_build_task
+    from edgeloop.pipelines.tasks import prepare_image_build_task
 
     return prepare_image_build_task(image_repository, context)
 
@@ -211,7 +211,7 @@ def prepare_image_build(image_repository: str, context: Output[Artifact]) -> Nam
 @dsl.component(base_image=PIPELINE_IMAGE)
 def local_image_build(context: Input[Artifact], image: str, config_file: str) -> str:
     """Build with docker/buildah/podman when one works here; else record why it was skipped."""
-    from pipelines.tasks import local_image_build_task
+    from edgeloop.pipelines.tasks import local_image_build_task
 
     return local_image_build_task(context, image, config_file)
 
@@ -239,6 +239,6 @@ def deploy_model(
     version: str, image: str, deploy_target: str, namespace: str, gitops_dir: str, config_file: str
 ) -> str:
     """Render the InferenceService for the approved version, apply it (or write it for Flux), move champion."""
-    from pipelines.tasks import deploy_task
+    from edgeloop.pipelines.tasks import deploy_task
 
     return deploy_task(version, image, deploy_target, namespace, gitops_dir, config_file)

@@ -1,6 +1,6 @@
 """What each pipeline step does, as plain functions over KFP artifact objects.
 
-The components in :mod:`pipelines.steps` are one-line wrappers over these, so
+The components in :mod:`edgeloop.pipelines.steps` are one-line wrappers over these, so
 the steps can be tested (and debugged) by calling them with any object that has
 ``.path``, ``.metadata`` (and ``.log_metric`` / ``.log_confusion_matrix`` for
 metrics), without KFP.
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from edgeloop.config import Settings
+    from edgeloop.core.config import Settings
 
 log = logging.getLogger("edgeloop.pipeline")
 
@@ -28,7 +28,7 @@ ImageContext = namedtuple("ImageContext", ["image", "content_hash", "needs_build
 
 
 def settings_for(config_file: str) -> Settings:
-    from edgeloop.config import load_settings
+    from edgeloop.core.config import load_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("azure", "httpx", "httpcore", "urllib3"):  # one line per HTTP request otherwise
@@ -58,9 +58,9 @@ def snapshot_labels_task(project: str, label_policy: str, config_file: str):
     """Never cached: the manifest's digest names it, so build_dataset can be cached on that name."""
     import tempfile
 
-    from components.labels import import_labels
-    from edgeloop.blob import BlobStore, BlobUri
-    from edgeloop.model_card import sha256_file
+    from edgeloop.components.labels import import_labels
+    from edgeloop.core.blob import BlobStore, BlobUri
+    from edgeloop.core.model_card import sha256_file
 
     settings = settings_for(config_file)
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,8 +80,8 @@ def snapshot_labels_task(project: str, label_policy: str, config_file: str):
 def build_dataset_task(manifest_uri: str, config_file: str, dataset: Any) -> str:
     import tempfile
 
-    from components.dataset import build_dataset
-    from edgeloop.blob import BlobStore
+    from edgeloop.components.dataset import build_dataset
+    from edgeloop.core.blob import BlobStore
 
     settings = settings_for(config_file)
     out = _dir(dataset)
@@ -115,7 +115,7 @@ def train_task(
     model: Any,
     metrics: Any,
 ) -> float:
-    from components.training import TrainConfig, run_training
+    from edgeloop.components.training import TrainConfig, run_training
 
     settings = settings_for(config_file)
     out = _dir(model)
@@ -128,7 +128,7 @@ def train_task(
         seed=seed,
         min_epochs=min(epochs, TrainConfig.min_epochs),
     )
-    from edgeloop.config import StackNotRunningError
+    from edgeloop.core.config import StackNotRunningError
 
     try:
         uri = settings.mlflow_tracking_uri()
@@ -163,7 +163,7 @@ def train_task(
 
 
 def export_task(model: Any, dataset: Any, onnx_model: Any, parity: Any) -> str:
-    from components.export import export_model
+    from edgeloop.components.export import export_model
 
     out = _dir(onnx_model)
     card = export_model(Path(model.path), out, dataset_dir=Path(dataset.path))
@@ -184,7 +184,7 @@ def export_task(model: Any, dataset: Any, onnx_model: Any, parity: Any) -> str:
 def select_precision_task(
     onnx_model: Any, dataset: Any, target_profile: str, chosen_model: Any, evidence: Any
 ) -> str:
-    from components.precision import choose_precision
+    from edgeloop.components.precision import choose_precision
 
     out = _dir(chosen_model)
     card = choose_precision(Path(onnx_model.path), out, dataset_dir=Path(dataset.path), target=target_profile)
@@ -208,7 +208,7 @@ def select_precision_task(
 
 
 def _card(directory: Path):
-    from edgeloop.model_card import ModelCard
+    from edgeloop.core.model_card import ModelCard
 
     return ModelCard.load(directory)
 
@@ -245,8 +245,8 @@ def staging_evaluation_task(
     confusion_matrix: Any,
     report: Any,
 ) -> bool:
-    from pipelines.gate import GateThresholds
-    from pipelines.staging import run_staging_evaluation, stage_model
+    from edgeloop.pipelines.gate import GateThresholds
+    from edgeloop.pipelines.staging import run_staging_evaluation, stage_model
 
     settings = settings_for(config_file)
     thresholds = GateThresholds.model_validate(
@@ -305,8 +305,8 @@ def register_task(
     target_profile: str,
     config_file: str,
 ):
-    from pipelines import registry
-    from pipelines.staging import StagingResult
+    from edgeloop.pipelines import registry
+    from edgeloop.pipelines.staging import StagingResult
 
     settings = settings_for(config_file)
     result = StagingResult.from_json(Path(evaluation.path).read_text())
@@ -352,7 +352,7 @@ class _tmp_file:
 
 def _git_commit() -> str:
     try:
-        from components.tracking import git_commit
+        from edgeloop.components.tracking import git_commit
 
         return git_commit()
     except Exception:  # noqa: BLE001
@@ -368,7 +368,7 @@ def await_approval_task(
     pipeline_run: str,
     config_file: str,
 ) -> str:
-    from pipelines import registry
+    from edgeloop.pipelines import registry
 
     settings = settings_for(config_file)
     if not gate_passed:
@@ -397,7 +397,7 @@ def await_approval_task(
 
 # -- image and deploy ------------------------------------------------------------------------------------------------
 def prepare_image_build_task(image_repository: str, context: Any):
-    from pipelines.image_build import image_exists_in_registry, write_context
+    from edgeloop.pipelines.image_build import image_exists_in_registry, write_context
 
     ctx = write_context(Path(context.path), image_repository)
     exists = image_exists_in_registry(ctx.image) if os.environ.get("KUBERNETES_SERVICE_HOST") else None
@@ -406,7 +406,7 @@ def prepare_image_build_task(image_repository: str, context: Any):
 
 
 def local_image_build_task(context: Any, image: str, config_file: str) -> str:
-    from pipelines.image_build import BuildContext, build_locally
+    from edgeloop.pipelines.image_build import BuildContext, build_locally
 
     settings = settings_for(config_file)
     ctx = BuildContext(
@@ -425,7 +425,7 @@ def local_image_build_task(context: Any, image: str, config_file: str) -> str:
 def deploy_task(
     version: str, image: str, deploy_target: str, namespace: str, gitops_dir: str, config_file: str
 ) -> str:
-    from pipelines.deploy import deploy_version
+    from edgeloop.pipelines.deploy import deploy_version
 
     settings = settings_for(config_file)
     result = deploy_version(

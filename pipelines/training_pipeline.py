@@ -21,7 +21,7 @@ import or compile time. Service endpoints reach the steps at run time through
 
 from kfp import dsl
 
-from pipelines import steps
+from edgeloop.pipelines import steps
 
 PIPELINE_NAME = "edgeloop-training"
 

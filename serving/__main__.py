@@ -1,4 +1,4 @@
-"""Container entry point: ``python -m serving --model URI [...]`` with kserve's own flags.
+"""Container entry point: ``python -m edgeloop.serving --model URI [...]`` with kserve's own flags.
 
 The parser extends ``kserve.model_server.parser`` (``--http_port``, ``--grpc_port``,
 ``--model_name``, ``--max_threads``, ...) the way kserve's runtimes do. ``--model_dir``
@@ -13,19 +13,19 @@ import os
 import sys
 from pathlib import Path
 
-from edgeloop.model_card import MODEL_CARD_FILE
+from edgeloop.core.model_card import MODEL_CARD_FILE
 
 
 def build_parser() -> argparse.ArgumentParser:
     from kserve import model_server
 
-    from serving.providers import DEFAULT_PROVIDER_ORDER
+    from edgeloop.serving.providers import DEFAULT_PROVIDER_ORDER
 
     def flag(text: str) -> bool:
         return text.strip().lower() in ("1", "true", "yes", "on")
 
     p = argparse.ArgumentParser(
-        prog="python -m serving",
+        prog="python -m edgeloop.serving",
         parents=[model_server.parser],
         description="edgeloop model server (ONNX Runtime behind kserve)",
     )
@@ -78,10 +78,10 @@ def specs_from_model_dir(model_dir: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from serving import logs
-    from serving.errors import ServingError
-    from serving.options import BatchingOptions, LimitOptions, PayloadLogOptions, ServingOptions
-    from serving.providers import OrtSettings
+    from edgeloop.serving import logs
+    from edgeloop.serving.errors import ServingError
+    from edgeloop.serving.options import BatchingOptions, LimitOptions, PayloadLogOptions, ServingOptions
+    from edgeloop.serving.providers import OrtSettings
 
     args = build_parser().parse_args(argv)
     logs.configure(args.log_level)
@@ -121,10 +121,10 @@ def main(argv: list[str] | None = None) -> None:
     settings = None
     needs_settings = args.payload_log_rate > 0 or any(s.startswith(("az://", "models:/")) for s in specs)
     if needs_settings or args.enable_admin:
-        from edgeloop.config import load_settings
+        from edgeloop.core.config import load_settings
 
         settings = load_settings()
-    from serving.server import run_server
+    from edgeloop.serving.server import run_server
 
     try:
         run_server(specs, options, settings)

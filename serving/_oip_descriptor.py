@@ -1,8 +1,8 @@
 """The OIP v2 gRPC schema (``inference`` package) as a serialized FileDescriptorProto.
 
 Generated from ``grpc_predict_v2.proto`` (the Open Inference Protocol, as shipped in
-../shared/schemas/kserve) with ``grpc_tools.protoc --descriptor_set_out``; regenerate with
-``python -m serving._oip_descriptor PROTO_FILE``. :mod:`serving.client` loads it into a
+edgeloop/schemas/kserve/grpc_predict_v2.proto) with ``grpc_tools.protoc --descriptor_set_out``; regenerate with
+``python -m edgeloop.serving._oip_descriptor PROTO_FILE``. :mod:`edgeloop.serving.client` loads it into a
 private descriptor pool, so the client can share a process with kserve or tritonclient
 (both register the same message names in the default pool).
 """

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from serving.errors import OverloadedError
+from edgeloop.serving.errors import OverloadedError
 
 RunFn = Callable[[np.ndarray], Sequence[np.ndarray]]  # NCHW batch -> outputs, each [N, ...]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from edgeloop.errors import user_errors
+from edgeloop.core.errors import user_errors
 
 
 @contextlib.contextmanager
@@ -100,11 +100,11 @@ def serve(
     log_level: str,
 ) -> None:
     """Serve ONNX image classifiers over OIP v2 REST/gRPC and V1 with KServe's model server."""
-    from edgeloop.config import load_settings
-    from serving import logs
-    from serving.errors import ServingError
-    from serving.options import BatchingOptions, LimitOptions, PayloadLogOptions, ServingOptions
-    from serving.providers import OrtSettings
+    from edgeloop.core.config import load_settings
+    from edgeloop.serving import logs
+    from edgeloop.serving.errors import ServingError
+    from edgeloop.serving.options import BatchingOptions, LimitOptions, PayloadLogOptions, ServingOptions
+    from edgeloop.serving.providers import OrtSettings
 
     bad = [a for a in aliases if "=" not in a]
     if bad:
@@ -128,7 +128,7 @@ def serve(
     )
     logs.configure(log_level.upper())
     with _plain_argv():
-        from serving.server import run_server
+        from edgeloop.serving.server import run_server
     try:
         run_server(list(models), options, settings)
     except ServingError as e:

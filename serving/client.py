@@ -1,7 +1,7 @@
 """A small client for the edgeloop model server: gRPC and REST (binary tensors), sync and async.
 
 No kserve or tritonclient import: the OIP messages come from a private protobuf
-descriptor pool (:mod:`serving._oip_descriptor`), so this module can live in the same
+descriptor pool (:mod:`edgeloop.serving._oip_descriptor`), so this module can live in the same
 process as either of them. Used by the stream processor and the staging evaluation::
 
     with GrpcClient("127.0.0.1:8081", model="inspection") as c:
@@ -246,7 +246,7 @@ class AsyncRestClient:
 def _messages() -> dict[str, Any]:
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-    from serving._oip_descriptor import serialized
+    from edgeloop.serving._oip_descriptor import serialized
 
     pool = descriptor_pool.DescriptorPool()
     pool.Add(descriptor_pb2.FileDescriptorProto.FromString(serialized()))

@@ -22,8 +22,8 @@ import orjson
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse, RequestedOutput
 from PIL import Image
 
-from edgeloop.preprocessing import ImageDecodeError, Preprocess, decode_image
-from serving.errors import (
+from edgeloop.core.preprocessing import ImageDecodeError, Preprocess, decode_image
+from edgeloop.serving.errors import (
     DatatypeError,
     InvalidInputError,
     PayloadTooLargeError,

@@ -3,7 +3,7 @@
     with running_server(["/models/v1", "models:/inspection@candidate"], settings) as srv:
         GrpcClient(srv.grpc_target).infer_frames(frames)
 
-The server runs ``python -m serving`` (the container's entry point) on free 127.0.0.1
+The server runs ``python -m edgeloop.serving`` (the container's entry point) on free 127.0.0.1
 ports in its own process group; the context waits for ``/v2/health/ready`` (which the
 server only reaches after every model is verified, loaded and warmed up) and the gRPC
 port, and on exit sends SIGTERM to the group, then SIGKILL after a grace period.
@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from edgeloop.config import Settings
-    from serving.client import GrpcClient, RestClient
+    from edgeloop.core.config import Settings
+    from edgeloop.serving.client import GrpcClient, RestClient
 
 
 class ServerStartError(RuntimeError):
@@ -53,12 +53,12 @@ class ServerHandle:
         return f"127.0.0.1:{self.grpc_port}"
 
     def rest_client(self, model: str = "inspection", **kwargs: Any) -> RestClient:
-        from serving.client import RestClient
+        from edgeloop.serving.client import RestClient
 
         return RestClient(self.rest_url, model, **kwargs)
 
     def grpc_client(self, model: str = "inspection", **kwargs: Any) -> GrpcClient:
-        from serving.client import GrpcClient
+        from edgeloop.serving.client import GrpcClient
 
         return GrpcClient(self.grpc_target, model, **kwargs)
 
@@ -139,7 +139,7 @@ def running_server(
     cmd = [
         sys.executable,
         "-m",
-        "serving",
+        "edgeloop.serving",
         "--http_port",
         str(http_port),
         "--grpc_port",
@@ -162,7 +162,6 @@ def running_server(
             stderr=subprocess.STDOUT,
             env=child_env,
             start_new_session=True,
-            cwd=str(Path(__file__).resolve().parent.parent),
         )
     try:
         _wait_ready(proc, http_port, grpc_port, ready_timeout_s, log_path)

@@ -25,7 +25,7 @@ from kserve import Model
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from pydantic import ValidationError
 
-from edgeloop.model_card import (
+from edgeloop.core.model_card import (
     EMBEDDING_OUTPUT,
     MODEL_CARD_FILE,
     MODEL_FILE,
@@ -34,19 +34,19 @@ from edgeloop.model_card import (
     ModelCard,
     sha256_bytes,
 )
-from edgeloop.preprocessing import Preprocess
-from serving import codec, metrics
-from serving.batching import DirectRunner, DynamicBatcher
-from serving.errors import (
+from edgeloop.core.preprocessing import Preprocess
+from edgeloop.serving import codec, metrics
+from edgeloop.serving.batching import DirectRunner, DynamicBatcher
+from edgeloop.serving.errors import (
     ConflictError,
     IntegrityRefusedError,
     InvalidInputError,
     ModelLoadError,
     VersionNotFoundError,
 )
-from serving.options import DEFAULT_ALIAS, BatchingOptions, LimitOptions
-from serving.providers import OrtSettings, SessionInfo, create_session
-from serving.sources import ResolvedModel
+from edgeloop.serving.options import DEFAULT_ALIAS, BatchingOptions, LimitOptions
+from edgeloop.serving.providers import OrtSettings, SessionInfo, create_session
+from edgeloop.serving.sources import ResolvedModel
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
-"""The server's own options (ports, batching, limits, admin), built by the CLI or ``python -m serving``.
+"""The server's own options (ports, batching, limits, admin), built by the CLI or ``python -m edgeloop.serving``.
 
-Where things are (blob storage, MLflow) stays in :class:`edgeloop.config.Settings`.
+Where things are (blob storage, MLflow) stays in :class:`edgeloop.core.config.Settings`.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving.providers import OrtSettings
+from edgeloop.serving.providers import OrtSettings
 
 DEFAULT_ALIAS = "champion"
 

@@ -1,4 +1,4 @@
-"""Sampled, non-blocking payload logging to blob storage, in the format of :mod:`edgeloop.payload_log`.
+"""Sampled, non-blocking payload logging to blob storage, in the format of :mod:`edgeloop.core.payload_log`.
 
 The request path only samples rows and puts references on a bounded queue
 (``put_nowait``); a full queue drops the row and counts it. A background thread
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeloop.model_card import sha256_bytes
-from edgeloop.payload_log import PayloadRecord, encode_png, image_blob_name
-from serving.metrics import PAYLOAD_LOG
+from edgeloop.core.model_card import sha256_bytes
+from edgeloop.core.payload_log import PayloadRecord, encode_png, image_blob_name
+from edgeloop.serving.metrics import PAYLOAD_LOG
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class PayloadLogger:
 
     @classmethod
     def to_blob(cls, store, container: str, **kwargs) -> PayloadLogger:
-        from edgeloop.payload_log import write_batch
+        from edgeloop.core.payload_log import write_batch
 
         store.ensure_container(container)
         return cls(

@@ -4,13 +4,13 @@ What kserve 0.21 does as is: the process, uvicorn + grpc.aio on one event loop,
 health, ``/metrics``, V1 ``:predict``, gRPC ``ModelInfer``. What is added here:
 
 * ``POST /v2/models/{name}[/versions/{v}]/infer`` (registered before kserve's routes,
-  so they win): the body is decoded by :mod:`serving.codec` (zero-copy binary tensors)
+  so they win): the body is decoded by :mod:`edgeloop.serving.codec` (zero-copy binary tensors)
   instead of kserve's per-element path, and versions/aliases are honoured.
 * ``GET /v2/models/{name}[/versions/{v}][/ready]`` with versions and the execution provider.
 * admin (off unless enabled): ``POST /edgeloop/admin/models/{name}/versions`` loads a
   version from a URI, ``PUT .../aliases/{alias}`` moves an alias, ``DELETE
   .../versions/{v}`` drains and unloads one.
-* one error mapping (:mod:`serving.errors`) for REST handlers and a gRPC interceptor.
+* one error mapping (:mod:`edgeloop.serving.errors`) for REST handlers and a gRPC interceptor.
 * binding: kserve hard-codes 0.0.0.0 (REST) and [::] (gRPC); here both bind ``bind_host``
   (127.0.0.1 by default for ``edgeloop serve``; 0.0.0.0 in the container).
 """
@@ -37,8 +37,8 @@ from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.rest.server import RESTServer
 from uvicorn.importer import import_from_string
 
-from serving import codec, metrics
-from serving.errors import (
+from edgeloop.serving import codec, metrics
+from edgeloop.serving.errors import (
     AdminDisabledError,
     InvalidInputError,
     ModelNotFoundError,
@@ -48,12 +48,12 @@ from serving.errors import (
     http_status,
     public_message,
 )
-from serving.model import OnnxImageModel
-from serving.options import ServingOptions
-from serving.sources import ModelSpec, resolve
+from edgeloop.serving.model import OnnxImageModel
+from edgeloop.serving.options import ServingOptions
+from edgeloop.serving.sources import ModelSpec, resolve
 
 if TYPE_CHECKING:
-    from edgeloop.config import Settings
+    from edgeloop.core.config import Settings
 
 log = logging.getLogger(__name__)
 ADMIN_PREFIX = "/edgeloop/admin"
@@ -103,7 +103,7 @@ class Routes:
     def install_error_handlers(self, app: FastAPI) -> None:
         # After kserve's: these replace its handlers for the same classes, so every error is
         # counted and shaped the same way.
-        from serving.errors import ServingError
+        from edgeloop.serving.errors import ServingError
 
         for cls in (ServingError, InvalidInput, ModelNotFound, ModelNotReady, NotImplementedError, Exception):
             app.add_exception_handler(cls, self.error_response)
@@ -289,7 +289,7 @@ class EdgeloopServicer(InferenceServicer):
 
 
 class ErrorInterceptor(AsyncExceptionToStatusInterceptor):
-    """Every exception -> the status from :mod:`serving.errors`; counted; no per-call logging."""
+    """Every exception -> the status from :mod:`edgeloop.serving.errors`; counted; no per-call logging."""
 
     def __init__(self, routes: Routes):
         super().__init__()
@@ -397,12 +397,12 @@ def build_models(
     specs: list[str | ModelSpec], options: ServingOptions, settings: Settings | None = None
 ) -> list[OnnxImageModel]:
     """Resolve, verify, load and warm up every model version; group versions by served name."""
-    from edgeloop.model_card import ModelCard
-    from serving.payload_logger import PayloadLogger
+    from edgeloop.core.model_card import ModelCard
+    from edgeloop.serving.payload_logger import PayloadLogger
 
     logger = None
     if options.payload_log.sample_rate > 0:
-        from edgeloop.blob import BlobStore
+        from edgeloop.core.blob import BlobStore
 
         if settings is None:
             raise InvalidInputError("payload logging needs settings to reach blob storage")

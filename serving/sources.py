@@ -1,7 +1,7 @@
 """Model URIs -> local model directories (``model.onnx`` + ``model_card.json``).
 
 * a local directory: ``/models/inspection/3`` (or ``file:///...``);
-* a blob prefix: ``az://models/inspection/3`` (downloaded with :class:`edgeloop.blob.BlobStore`);
+* a blob prefix: ``az://models/inspection/3`` (downloaded with :class:`edgeloop.core.blob.BlobStore`);
 * the MLflow registry: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` (the registered
   version's artifacts are downloaded; the alias in the URI becomes an alias on the server).
 
@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
-from edgeloop.model_card import MODEL_CARD_FILE
-from serving.errors import ModelLoadError
+from edgeloop.core.model_card import MODEL_CARD_FILE
+from edgeloop.serving.errors import ModelLoadError
 
 if TYPE_CHECKING:
-    from edgeloop.config import Settings
+    from edgeloop.core.config import Settings
 
 log = logging.getLogger(__name__)
 _MLFLOW = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
@@ -111,7 +111,7 @@ def _model_dir(root: Path, uri: str) -> Path:
 
 
 def _from_blob(spec: ModelSpec, settings: Settings, dest: Path) -> ResolvedModel:
-    from edgeloop.blob import BlobStore, BlobUri
+    from edgeloop.core.blob import BlobStore, BlobUri
 
     u = BlobUri.parse(spec.uri)
     prefix = u.path.rstrip("/") + "/" if u.path else ""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeloop.config import Settings, load_settings
+from edgeloop.core.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +40,7 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
 
     Set EDGELOOP_TEST_STATE_DIR to reuse a stack you already started (it is then left running).
     """
-    from edgeloop.stack import Stack
+    from edgeloop.local.stack import Stack
 
     reuse = os.environ.get("EDGELOOP_TEST_STATE_DIR")
     state_dir = Path(reuse) if reuse else tmp_path_factory.mktemp("edgeloop-state")
@@ -54,7 +54,7 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
 
 @pytest.fixture(scope="session")
 def blob_store(stack_settings: Settings):
-    from edgeloop.blob import BlobStore
+    from edgeloop.core.blob import BlobStore
 
     return BlobStore.from_settings(stack_settings)
 
@@ -62,7 +62,7 @@ def blob_store(stack_settings: Settings):
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The seeded sample dataset (small), generated once per session."""
-    from edgeloop.sample_data import generate_dataset
+    from edgeloop.local.sample_data import generate_dataset
 
     out = tmp_path_factory.mktemp("sample")
     generate_dataset(out, per_class=24, seed=7, size=128)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edgeloop.errors import user_errors
+from edgeloop.core.errors import user_errors
 
 
 @click.group()
@@ -30,7 +30,7 @@ def data() -> None:
 @click.pass_obj
 def generate(obj, out: Path | None, per_class: int, size: int, seed: int, shifted: bool) -> None:
     """Write seeded images of metal tags (classes ok, scratch, dent, stain) with metadata.jsonl."""
-    from edgeloop.sample_data import generate_dataset
+    from edgeloop.local.sample_data import generate_dataset
 
     out = out or obj.settings.state_dir / "sample" / ("shifted" if shifted else "base")
     metas = generate_dataset(out, per_class=per_class, seed=seed, size=size, shifted=shifted, progress=True)
@@ -63,8 +63,8 @@ def seed(
     obj, source_dir: Path | None, project_title: str | None, source: str | None, per_class: int, as_json: bool
 ) -> None:
     """Upload images to blob storage and create Label Studio tasks (+ labels). Re-running adds no duplicates."""
-    from edgeloop.sample_data import generate_dataset
-    from edgeloop.seed import seed_directory
+    from edgeloop.local.sample_data import generate_dataset
+    from edgeloop.local.seed import seed_directory
 
     settings = obj.settings
     if source_dir is None:

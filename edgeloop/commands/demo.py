@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgeloop.errors import user_errors
+from edgeloop.core.errors import user_errors
 
 
 @click.command()
@@ -24,7 +24,7 @@ def demo(obj, per_class: int, epochs: int | None, serve_seconds: float) -> None:
     Prints where to look at the end: MLflow UI, Label Studio UI, the endpoint and a sample prediction.
     """
     settings = obj.settings
-    from pipelines.demo import run_demo
+    from edgeloop.local.demo import run_demo
 
     params = {"epochs": epochs} if epochs else None
     run_demo(settings, params=params, per_class=per_class, serve_seconds=serve_seconds, echo=click.echo)

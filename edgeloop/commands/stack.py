@@ -6,8 +6,8 @@ import json
 
 import click
 
-from edgeloop.errors import user_errors
-from edgeloop.stack import SERVICES, Stack, prepare_labelstudio_template
+from edgeloop.core.errors import user_errors
+from edgeloop.local.stack import SERVICES, Stack, prepare_labelstudio_template
 
 _only = click.option(
     "--only",

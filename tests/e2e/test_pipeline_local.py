@@ -46,8 +46,8 @@ def _edgeloop(settings, *args: str, timeout: float = 600) -> subprocess.Complete
 
 
 def test_local_pipeline_run_ends_with_an_approved_champion(stack_settings, sample_dir):
-    from edgeloop.seed import seed_directory
-    from pipelines import registry
+    from edgeloop.local.seed import seed_directory
+    from edgeloop.pipelines import registry
 
     seed_directory(stack_settings, sample_dir, source="sample", progress=False)
     t0 = time.perf_counter()

@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from components.dataset import build_dataset, load_rows
-from components.labels import import_labels
-from components.path import run_training_path
-from components.training import TrainConfig
-from edgeloop import labelstudio as lsx
-from edgeloop.model_card import MODEL_FILE, ModelCard, sha256_bytes
+from edgeloop.components.dataset import build_dataset, load_rows
+from edgeloop.components.labels import import_labels
+from edgeloop.components.path import run_training_path
+from edgeloop.components.training import TrainConfig
+from edgeloop.core import labelstudio as lsx
+from edgeloop.core.model_card import MODEL_FILE, ModelCard, sha256_bytes
 
 PROJECT = "edgeloop-training-path-it"
 
@@ -20,7 +20,7 @@ PROJECT = "edgeloop-training-path-it"
 @pytest.fixture(scope="module")
 def seeded(stack_settings, sample_dir, blob_store):
     """The sample in its own project, plus one labeled task whose image is corrupt."""
-    from edgeloop.seed import seed_directory
+    from edgeloop.local.seed import seed_directory
 
     seed_directory(stack_settings, sample_dir, source="training-it", project_title=PROJECT, progress=False)
     corrupt = b"\x89PNG\r\n\x1a\n" + b"\x00not-an-image" * 40
@@ -81,8 +81,8 @@ def test_full_training_path_on_the_real_stack(stack_settings, seeded, blob_store
 
 @pytest.mark.slow
 def test_unchanged_labels_same_version_new_labels_only_add_rows(stack_settings, seeded, tmp_path):
-    from edgeloop.sample_data import generate_dataset
-    from edgeloop.seed import seed_directory
+    from edgeloop.local.sample_data import generate_dataset
+    from edgeloop.local.seed import seed_directory
 
     def build(name):
         import_labels(stack_settings, PROJECT, tmp_path / f"{name}.jsonl")

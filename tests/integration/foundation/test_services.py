@@ -4,9 +4,9 @@ import json
 import threading
 import uuid
 
-from edgeloop import labelstudio as lsx
-from edgeloop.sample_data import read_metadata
-from edgeloop.seed import seed_directory
+from edgeloop.core import labelstudio as lsx
+from edgeloop.local.sample_data import read_metadata
+from edgeloop.local.seed import seed_directory
 
 
 def test_blob_round_trip_and_sas_url(blob_store):

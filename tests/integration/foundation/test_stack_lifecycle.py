@@ -19,15 +19,15 @@ def _edgeloop(state: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def _pids_alive(pgids):
-    from edgeloop.stack import group_members
+    from edgeloop.local.stack import group_members
 
     return [m for pgid in pgids for m in group_members(pgid)]
 
 
 def test_restart_keeps_data_and_leaves_no_process(tmp_path):
-    from edgeloop import labelstudio as lsx
-    from edgeloop.blob import BlobStore
-    from edgeloop.config import load_settings
+    from edgeloop.core import labelstudio as lsx
+    from edgeloop.core.blob import BlobStore
+    from edgeloop.core.config import load_settings
 
     state = tmp_path / "state"
     r = _edgeloop(state, "stack", "up")

@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from edgeloop import labelstudio as lsx
-from edgeloop.config import load_settings
-from monitoring.scan import ScanOptions, scan_window
-from monitoring.simulate import replay_images
+from edgeloop.core import labelstudio as lsx
+from edgeloop.core.config import load_settings
+from edgeloop.monitoring.scan import ScanOptions, scan_window
+from edgeloop.monitoring.simulate import replay_images
 
 pytestmark = pytest.mark.slow
 
@@ -18,11 +18,11 @@ pytestmark = pytest.mark.slow
 def test_relabeled_images_reach_the_label_import_and_improve_the_model(
     stack_settings, blob_store, mon_assets, tmp_path
 ):
-    from components.dataset import build_dataset, load_rows
-    from components.labels import import_labels, read_manifest
-    from edgeloop.sample_data import CLASSES, generate_dataset
-    from monitoring.model import ModelRunner
-    from monitoring.testing import labeled_images, train_tiny_model
+    from edgeloop.components.dataset import build_dataset, load_rows
+    from edgeloop.components.labels import import_labels, read_manifest
+    from edgeloop.local.sample_data import CLASSES, generate_dataset
+    from edgeloop.monitoring.model import ModelRunner
+    from edgeloop.testing.monitoring import labeled_images, train_tiny_model
 
     project = f"loop-{uuid.uuid4().hex[:8]}"
     settings = load_settings(

@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from edgeloop import labelstudio as lsx
-from edgeloop.config import load_settings
-from monitoring.scan import ScanOptions, scan_window
-from monitoring.simulate import replay_images
+from edgeloop.core import labelstudio as lsx
+from edgeloop.core.config import load_settings
+from edgeloop.monitoring.scan import ScanOptions, scan_window
+from edgeloop.monitoring.simulate import replay_images
 
 
 def _closed_port() -> int:
@@ -270,8 +270,8 @@ def test_monitor_run_serves_metrics(stack_settings, mon_assets, traffic, tmp_pat
 def test_model_by_registry_alias_is_downloaded_and_verified(stack_settings, mon_assets, tmp_path):
     import mlflow
 
-    from monitoring.cli import resolve_model_dir
-    from monitoring.profile import PROFILE_FILE
+    from edgeloop.monitoring.cli import resolve_model_dir
+    from edgeloop.monitoring.profile import PROFILE_FILE
 
     settings = _settings(stack_settings, tmp_path / "state")
     name = f"mon-registry-{uuid.uuid4().hex[:6]}"

@@ -5,11 +5,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from edgeloop import labelstudio as lsx
-from edgeloop.config import load_settings
-from monitoring.scan import ScanOptions, scan_window
+from edgeloop.core import labelstudio as lsx
+from edgeloop.core.config import load_settings
+from edgeloop.monitoring.scan import ScanOptions, scan_window
 
-launcher = pytest.importorskip("serving.launcher")
+launcher = pytest.importorskip("edgeloop.serving.launcher")
 
 
 def test_served_shifted_traffic_is_scanned_and_queued(stack_settings, mon_assets, tmp_path):

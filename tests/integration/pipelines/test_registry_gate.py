@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import registry
-from pipelines.evaluation import evaluate_predictions
-from pipelines.gate import GateThresholds, evaluate_rules
-from pipelines.testing import make_tiny_model
+from edgeloop.pipelines import registry
+from edgeloop.pipelines.evaluation import evaluate_predictions
+from edgeloop.pipelines.gate import GateThresholds, evaluate_rules
+from edgeloop.testing.pipelines import make_tiny_model
 
 LABELS = ["ok", "scratch", "dent", "stain"]
 
@@ -157,7 +157,7 @@ def test_approval_by_mlflow_ui_tag_is_recorded(settings, tmp_path):
 
 
 def test_worse_than_champion_is_rejected_then_deploy_and_rollback(settings, tmp_path):
-    from pipelines.deploy import deploy_version, rollback_and_deploy
+    from edgeloop.pipelines.deploy import deploy_version, rollback_and_deploy
 
     name = settings.mlflow.registered_model
     gitops = tmp_path / "gitops"

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.gate import GateThresholds
-from pipelines.staging import StagingResult, run_staging_evaluation, stage_model
-from pipelines.testing import make_tiny_model
+from edgeloop.pipelines.gate import GateThresholds
+from edgeloop.pipelines.staging import StagingResult, run_staging_evaluation, stage_model
+from edgeloop.testing.pipelines import make_tiny_model
 
 
 def _dataset(sample_dir: Path, out: Path) -> Path:
     """An edgeloop dataset directory (index.jsonl) over the sample images: every 3rd image is test."""
-    from edgeloop.model_card import sha256_file
+    from edgeloop.core.model_card import sha256_file
 
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -69,7 +69,7 @@ def test_staging_evaluation_through_real_server(dataset_dir: Path, tmp_path: Pat
 
 
 def test_staging_fails_clearly_without_test_images(tmp_path: Path):
-    from pipelines.staging import StagingError
+    from edgeloop.pipelines.staging import StagingError
 
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "index.jsonl").write_text("")

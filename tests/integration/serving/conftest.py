@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.launcher import ServerHandle, running_server
-from serving.testing import build_tiny_model_dir
+from edgeloop.serving.launcher import ServerHandle, running_server
+from edgeloop.testing.serving import build_tiny_model_dir
 
 SIZE = 64
 

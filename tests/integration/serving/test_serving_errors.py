@@ -10,8 +10,8 @@ import numpy as np
 import orjson
 import pytest
 
-from serving.client import ClientError
-from serving.testing import random_frames
+from edgeloop.serving.client import ClientError
+from edgeloop.testing.serving import random_frames
 
 INFER = "/v2/models/inspection/infer"
 
@@ -130,7 +130,7 @@ def test_errors_are_counted_by_kind(server):
 
 
 def test_admin_needs_to_be_enabled_and_authorised(model_dirs):
-    from serving.launcher import running_server
+    from edgeloop.serving.launcher import running_server
 
     with running_server([model_dirs["1"]], env={"EDGELOOP_SERVING_ADMIN_TOKEN": "s3cret"}, admin=True) as srv:
         url = f"{srv.rest_url}/edgeloop/admin/models/inspection/aliases/champion"

@@ -8,9 +8,9 @@ import uuid
 import numpy as np
 import onnxruntime as ort
 
-from edgeloop.preprocessing import Preprocess, PreprocessConfig
-from serving.launcher import running_server
-from serving.testing import build_model_dir, encode_jpeg, random_frames
+from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
+from edgeloop.serving.launcher import running_server
+from edgeloop.testing.serving import build_model_dir, encode_jpeg, random_frames
 
 
 def register(settings, model_dir, name: str, alias: str) -> str:
@@ -49,7 +49,7 @@ def test_mobilenet_export_matches_onnx_runtime(tmp_path):
     jpegs = [encode_jpeg(f) for f in frames]
     pre = Preprocess(PreprocessConfig(size=64))
     sess = ort.InferenceSession(str(model_dir / "model.onnx"))
-    from edgeloop.preprocessing import decode_image
+    from edgeloop.core.preprocessing import decode_image
 
     want_frames = sess.run(None, {"images": pre.batch(list(frames))})
     want_jpegs = sess.run(None, {"images": pre.batch([decode_image(j) for j in jpegs])})

@@ -11,8 +11,8 @@ import onnxruntime as ort
 import orjson
 import pytest
 
-from edgeloop.preprocessing import Preprocess, PreprocessConfig, decode_image
-from serving.testing import encode_jpeg, random_frames
+from edgeloop.core.preprocessing import Preprocess, PreprocessConfig, decode_image
+from edgeloop.testing.serving import encode_jpeg, random_frames
 
 LABELS = np.array(["ok", "scratch", "dent", "stain"])
 
@@ -135,7 +135,7 @@ def test_metadata_ready_and_metrics(server):
 
 
 def test_concurrent_grpc_requests_are_batched(server):
-    from serving.client import AsyncGrpcClient
+    from edgeloop.serving.client import AsyncGrpcClient
 
     frames = random_frames(1, 64)
 

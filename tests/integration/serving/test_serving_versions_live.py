@@ -9,10 +9,10 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 
-from edgeloop.preprocessing import Preprocess, PreprocessConfig
-from serving.client import ClientError
-from serving.launcher import running_server
-from serving.testing import random_frames
+from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
+from edgeloop.serving.client import ClientError
+from edgeloop.serving.launcher import running_server
+from edgeloop.testing.serving import random_frames
 
 ADMIN = "/edgeloop/admin/models/inspection"
 
@@ -95,7 +95,7 @@ def test_a_tampered_version_is_refused_and_the_champion_keeps_serving(server, mo
 def test_a_tampered_model_stops_the_server_from_starting(model_dirs):
     import pytest
 
-    from serving.launcher import ServerStartError
+    from edgeloop.serving.launcher import ServerStartError
 
     with pytest.raises(ServerStartError, match="sha256"), running_server([model_dirs["tampered"]]):
         pass

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeloop.stack import free_port
+from edgeloop.local.stack import free_port
 
 
 class Broker:

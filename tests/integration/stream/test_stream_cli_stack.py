@@ -11,7 +11,7 @@ import urllib.request
 
 import jsonschema
 
-from edgeloop.stack import free_port
+from edgeloop.local.stack import free_port
 from edgeloop.stream.result import result_schema
 
 

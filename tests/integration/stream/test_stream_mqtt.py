@@ -192,7 +192,7 @@ def test_a_dying_source_is_reconnected_while_others_continue(broker, subscribe, 
 
 
 def test_through_the_model_server_over_grpc(broker, subscribe, tiny_model, videos, tmp_path):
-    launcher = pytest.importorskip("serving.launcher")
+    launcher = pytest.importorskip("edgeloop.serving.launcher")
     from edgeloop.stream.predictors import GrpcPredictor
 
     sub = subscribe("127.0.0.1", broker.port)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from components.labels import ManifestRow, write_manifest
-from edgeloop.model_card import sha256_bytes
-from edgeloop.sample_data import CLASSES, render_tag
+from edgeloop.components.labels import ManifestRow, write_manifest
+from edgeloop.core.model_card import sha256_bytes
+from edgeloop.local.sample_data import CLASSES, render_tag
 
 
 class MemoryStore:
@@ -70,7 +70,7 @@ def memory_store() -> MemoryStore:
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """A built dataset of 4 classes x 12 images at 32 px (no servers)."""
-    from components.dataset import build_dataset
+    from edgeloop.components.dataset import build_dataset
 
     store = MemoryStore()
     tmp = tmp_path_factory.mktemp("tiny")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from components.dataset import DatasetInfo, assign_split, build_dataset, dataset_version, load_rows
-from components.labels import ManifestRow, write_manifest
+from edgeloop.components.dataset import DatasetInfo, assign_split, build_dataset, dataset_version, load_rows
+from edgeloop.components.labels import ManifestRow, write_manifest
 
 
 def shas(n, prefix="x"):

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from components.errors import ParityError
-from components.export import check_parity, export_model, export_onnx
-from edgeloop.model_card import MODEL_FILE, ModelCard
+from edgeloop.components.errors import ParityError
+from edgeloop.components.export import check_parity, export_model, export_onnx
+from edgeloop.core.model_card import MODEL_FILE, ModelCard
 
 pytestmark = pytest.mark.slow  # trains a (tiny) model
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow  # trains a (tiny) model
 @pytest.fixture(scope="module")
 def trained(tiny_dataset, tmp_path_factory):
     """Two epochs of mobilenet_v3_small at 32 px, in-process (no torchrun), stopped after one and resumed."""
-    from components import train
+    from edgeloop.components import train
 
     out = tmp_path_factory.mktemp("train")
     base = [
@@ -79,7 +79,7 @@ def test_export_follows_the_serving_contract_and_matches_torch(trained, tiny_dat
 def test_a_broken_export_is_caught(trained, tiny_dataset, tmp_path):
     import torch
 
-    from components.modeling import load_model_file
+    from edgeloop.components.modeling import load_model_file
 
     out, *_ = trained
     net, _ = load_model_file(out / "model.pt")

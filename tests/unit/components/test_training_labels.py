@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from components.labels import LabelPolicy, read_manifest, resolve_export, resolve_task, write_manifest
+from edgeloop.components.labels import (
+    LabelPolicy,
+    read_manifest,
+    resolve_export,
+    resolve_task,
+    write_manifest,
+)
 
 
 def ann(aid, label, when, cancelled=False, who=1, empty=False):

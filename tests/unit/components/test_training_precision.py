@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from components.errors import PrecisionError
-from components.precision import PrecisionBounds, PrecisionMeasurement, decide_precision, provider_for_target
-from edgeloop.model_card import Precision
+from edgeloop.components.errors import PrecisionError
+from edgeloop.components.precision import (
+    PrecisionBounds,
+    PrecisionMeasurement,
+    decide_precision,
+    provider_for_target,
+)
+from edgeloop.core.model_card import Precision
 
 
 def m(precision, b1, acc, agree=1.0, b8=None):

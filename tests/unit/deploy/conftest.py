@@ -1,4 +1,4 @@
-"""Fixtures for the deploy tests: the repo's manifests, the upstream CRD schemas next to the repo."""
+"""Fixtures for the deploy tests: the packaged manifests and the vendored upstream CRD schemas."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-SCHEMAS = Path(REPO_ROOT).parent / "shared" / "schemas"
 DIGEST = "3f" * 32
 STORAGE = "https://edgeloopprod.blob.core.windows.net/models/edgeloop-inspection/7"
 
@@ -19,9 +18,9 @@ needs_kubectl = pytest.mark.skipif(
 
 @pytest.fixture(scope="session")
 def schemas_dir() -> Path:
-    if not SCHEMAS.is_dir():
-        pytest.skip(f"upstream CRD schemas not found at {SCHEMAS}")
-    return SCHEMAS
+    from edgeloop.schemas import schemas_dir
+
+    return schemas_dir()
 
 
 @pytest.fixture(scope="session")

@@ -56,7 +56,7 @@ def test_render_to_stdout_and_to_gitops_dir(rendered_overlays, tmp_path):
 
 
 def test_render_needs_a_digest_and_reads_it_from_the_model_card(tmp_path, rendered_overlays):
-    from edgeloop.model_card import ModelCard
+    from edgeloop.core.model_card import ModelCard
 
     r = CliRunner()
     res = r.invoke(deploy, ["render", "m", "1", "--storage-uri", STORAGE])

@@ -226,7 +226,7 @@ def test_pytorchjob_fallback_is_validated(schemas_dir):
             {
                 "name": "pytorch",
                 "image": "ghcr.io/edgeloop/edgeloop:0.1.0",
-                "command": ["torchrun", "--nproc-per-node=2", "-m", "components.train"],
+                "command": ["torchrun", "--nproc-per-node=2", "-m", "edgeloop.components.train"],
             }
         ]
     }

@@ -133,7 +133,7 @@ def test_train_job_schema_and_shape(schemas_dir):
     cpu = render_train_job("train-7", ["--epochs", 3, "--lr", "0.01"], nproc_per_node=2)
     validate_objects([cpu], schemas_dir=schemas_dir)
     t = cpu["spec"]["trainer"]
-    assert t["command"] == ["torchrun", "--nproc-per-node=2", "-m", "components.train"]
+    assert t["command"] == ["torchrun", "--nproc-per-node=2", "-m", "edgeloop.components.train"]
     assert t["args"] == ["--epochs", "3", "--lr", "0.01"] and t["numProcPerNode"] == 2
     assert cpu["spec"]["runtimeRef"]["name"] == "edgeloop-torch-ddp"
     assert "podSpecOverrides" not in cpu["spec"]

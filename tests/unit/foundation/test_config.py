@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from edgeloop.config import StackNotRunningError, load_settings
+from edgeloop.core.config import StackNotRunningError, load_settings
 
 
 def test_env_overrides_file(tmp_path, monkeypatch):

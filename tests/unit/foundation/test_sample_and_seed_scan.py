@@ -3,9 +3,9 @@ import hashlib
 import numpy as np
 from PIL import Image
 
-from edgeloop.labelstudio import classes_of, label_config
-from edgeloop.sample_data import CLASSES, generate_dataset, read_metadata, render_tag
-from edgeloop.seed import scan_directory
+from edgeloop.core.labelstudio import classes_of, label_config
+from edgeloop.local.sample_data import CLASSES, generate_dataset, read_metadata, render_tag
+from edgeloop.local.seed import scan_directory
 
 
 def _digest(directory):

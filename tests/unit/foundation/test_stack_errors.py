@@ -2,8 +2,8 @@ import socket
 
 import pytest
 
-from edgeloop.config import load_settings
-from edgeloop.stack import MissingToolError, PortInUseError, Stack
+from edgeloop.core.config import load_settings
+from edgeloop.local.stack import MissingToolError, PortInUseError, Stack
 
 
 def test_port_in_use_names_port_and_service(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 @pytest.fixture(scope="session")
 def mon_assets(tmp_path_factory):
     """Sample sets (train/ref/same/shifted) and a tiny model with its reference profile, once per session."""
-    from monitoring.testing import MonitorAssets
+    from edgeloop.testing.monitoring import MonitorAssets
 
     return MonitorAssets(tmp_path_factory.getbasetemp() / "monitoring-assets").build()
 
@@ -12,8 +12,8 @@ def mon_assets(tmp_path_factory):
 @pytest.fixture(scope="session")
 def mon_outputs(mon_assets):
     """Model outputs and image statistics per sample set: {name: (Outputs, stats)}."""
-    from monitoring.model import ModelRunner
-    from monitoring.profile import image_stats_batch
+    from edgeloop.monitoring.model import ModelRunner
+    from edgeloop.monitoring.profile import image_stats_batch
 
     runner = ModelRunner(mon_assets.model_dir)
     out = {}

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from monitoring.drift import MIN_SAMPLES, CategoricalDrift, DriftResult, KSDrift, MMDDrift, PSIDrift
-from monitoring.profile import IMAGE_STAT_NAMES, ReferenceProfile, confidence_and_margin
+from edgeloop.monitoring.drift import MIN_SAMPLES, CategoricalDrift, DriftResult, KSDrift, MMDDrift, PSIDrift
+from edgeloop.monitoring.profile import IMAGE_STAT_NAMES, ReferenceProfile, confidence_and_margin
 
 ALPHA = 0.05 / 4  # the level each of the four detectors runs at in a scan (family-wise 0.05)
 

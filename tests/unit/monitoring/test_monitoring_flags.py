@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from monitoring.flags import OOD, Flag, flag_images, select_for_labeling
-from monitoring.profile import ReferenceProfile
+from edgeloop.monitoring.flags import OOD, Flag, flag_images, select_for_labeling
+from edgeloop.monitoring.profile import ReferenceProfile
 
 
 def _flags(assets, outputs, name):

@@ -9,12 +9,19 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgeloop.payload_log import PayloadRecord
-from monitoring.flags import flag_images, select_for_labeling
-from monitoring.metrics import MonitorMetrics
-from monitoring.profile import ReferenceProfile
-from monitoring.report import pca_2d, render_html
-from monitoring.scan import ScanOptions, ScanReport, Window, parse_duration, resolve_window, run_detectors
+from edgeloop.core.payload_log import PayloadRecord
+from edgeloop.monitoring.flags import flag_images, select_for_labeling
+from edgeloop.monitoring.metrics import MonitorMetrics
+from edgeloop.monitoring.profile import ReferenceProfile
+from edgeloop.monitoring.report import pca_2d, render_html
+from edgeloop.monitoring.scan import (
+    ScanOptions,
+    ScanReport,
+    Window,
+    parse_duration,
+    resolve_window,
+    run_detectors,
+)
 
 DASHBOARD = Path(__file__).resolve().parents[3] / "monitoring" / "dashboards" / "edgeloop.json"
 
@@ -22,7 +29,7 @@ DASHBOARD = Path(__file__).resolve().parents[3] / "monitoring" / "dashboards" / 
 @pytest.fixture(scope="module")
 def shifted_scan(mon_assets, mon_outputs):
     """A scan report over the shifted images, assembled without any server."""
-    from monitoring.model import to_rgb_array
+    from edgeloop.monitoring.model import to_rgb_array
 
     profile = ReferenceProfile.load(mon_assets.model_dir)
     out, stats = mon_outputs["shifted"]
@@ -122,7 +129,7 @@ def test_metrics_carry_each_detector_and_the_queue(shifted_scan):
 def test_dashboard_queries_only_metrics_that_exist(shifted_scan):
     import prometheus_client
 
-    import serving.metrics  # noqa: F401  registers the server's metrics in the default registry
+    import edgeloop.serving.metrics  # noqa: F401  registers the server's metrics in the default registry
 
     *_, report = shifted_scan
     m = MonitorMetrics()

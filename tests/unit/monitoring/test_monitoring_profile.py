@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from edgeloop.sample_data import render_tag
-from monitoring.profile import (
+from edgeloop.local.sample_data import render_tag
+from edgeloop.monitoring.profile import (
     IMAGE_STAT_NAMES,
     PROFILE_FILE,
     ProfileError,

@@ -4,8 +4,8 @@ import socket
 
 import pytest
 
-from edgeloop.config import load_settings
-from monitoring.relabel import RelabelItem, RelabelQueue
+from edgeloop.core.config import load_settings
+from edgeloop.monitoring.relabel import RelabelItem, RelabelQueue
 
 
 def _closed_port() -> int:

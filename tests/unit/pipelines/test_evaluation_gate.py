@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.evaluation import (
+from edgeloop.pipelines.evaluation import (
     confusion_matrix,
     evaluate_predictions,
     expected_calibration_error,
@@ -14,7 +14,7 @@ from pipelines.evaluation import (
     render_markdown,
     slice_metrics,
 )
-from pipelines.gate import GateThresholds, evaluate_rules
+from edgeloop.pipelines.gate import GateThresholds, evaluate_rules
 
 LABELS = ["ok", "scratch", "dent", "stain"]
 

@@ -8,41 +8,53 @@ from pathlib import Path
 import click
 import pytest
 
-from pipelines.image_build import BuildContext, build_locally, content_hash, write_context
+from edgeloop.pipelines.image_build import BuildContext, build_locally, content_hash, context_files, write_context
 
 
-def _repo(root: Path) -> Path:
+def _repo(root: Path) -> dict[str, Path]:
     (root / "serving").mkdir(parents=True)
-    (root / "edgeloop").mkdir()
-    (root / "requirements").mkdir()
+    (root / "core").mkdir()
     (root / "serving" / "Dockerfile").write_text("FROM python:3.11-slim\n")
     (root / "serving" / "server.py").write_text("print('hi')\n")
     (root / "serving" / "__pycache__").mkdir()
     (root / "serving" / "__pycache__" / "x.pyc").write_bytes(b"junk")
-    (root / "edgeloop" / "__init__.py").write_text("")
-    (root / "requirements" / "constraints.txt").write_text("numpy==2.2.0\n")
-    (root / "pyproject.toml").write_text("[project]\nname='x'\n")
-    return root
+    (root / "core" / "config.py").write_text("")
+    (root / "__init__.py").write_text("")
+    return {
+        "edgeloop/__init__.py": root / "__init__.py",
+        "edgeloop/core": root / "core",
+        "edgeloop/serving": root / "serving",
+    }
 
 
 def test_tag_is_a_content_hash_of_what_goes_in(tmp_path):
-    root = _repo(tmp_path / "repo")
-    a = write_context(tmp_path / "a.tar.gz", "reg.example/serving", root)
-    b = write_context(tmp_path / "b.tar.gz", "reg.example/serving", root)
+    src = _repo(tmp_path / "repo")
+    root = tmp_path / "repo"
+    a = write_context(tmp_path / "a.tar.gz", "reg.example/serving", src)
+    b = write_context(tmp_path / "b.tar.gz", "reg.example/serving", src)
     assert a.image == b.image and a.image.startswith("reg.example/serving:")
     assert (tmp_path / "a.tar.gz").read_bytes() == (tmp_path / "b.tar.gz").read_bytes()  # reproducible
     with tarfile.open(a.archive) as tar:
         names = tar.getnames()
-    assert "serving/Dockerfile" in names and not any("__pycache__" in n for n in names)
+    assert "edgeloop/serving/Dockerfile" in names and not any("__pycache__" in n for n in names)
+    assert "edgeloop/core/config.py" in names and "edgeloop/__init__.py" in names
     (root / "serving" / "__pycache__" / "y.pyc").write_bytes(b"more junk")  # not part of the image
-    assert content_hash(root) == a.content_hash
+    (root / "stream.py").write_text("print('not in the image')\n")
+    assert content_hash(src) == a.content_hash
     (root / "serving" / "server.py").write_text("print('changed')\n")
-    assert content_hash(root) != a.content_hash
+    assert content_hash(src) != a.content_hash
+
+
+def test_the_serving_image_holds_whole_packages_and_nothing_else():
+    files = context_files()
+    assert "edgeloop/serving/Dockerfile" in files and "edgeloop/serving/server.py" in files
+    assert "edgeloop/core/model_card.py" in files and "edgeloop/serving/requirements.txt" in files
+    tops = {"/".join(k.split("/")[:2]) for k in files}
+    assert tops == {"edgeloop/__init__.py", "edgeloop/core", "edgeloop/serving"}
 
 
 def test_local_build_is_skipped_with_a_reason_when_no_builder_works(tmp_path):
-    root = _repo(tmp_path / "repo")
-    ctx = write_context(tmp_path / "c.tar.gz", "reg.example/serving", root)
+    ctx = write_context(tmp_path / "c.tar.gz", "reg.example/serving", _repo(tmp_path / "repo"))
     r = build_locally(ctx, record_dir=tmp_path / "rec", tools=("definitely-not-a-builder",))
     assert r.status == "skipped" and "definitely-not-a-builder not installed" in r.reason
     assert not (tmp_path / "rec").exists()
@@ -61,14 +73,14 @@ def test_a_recorded_build_is_not_repeated(tmp_path):
 
 
 def test_missing_dockerfile_is_a_clear_error(tmp_path):
-    root = _repo(tmp_path / "repo")
-    (root / "serving" / "Dockerfile").unlink()
+    src = _repo(tmp_path / "repo")
+    (src["edgeloop/serving"] / "Dockerfile").unlink()
     with pytest.raises(FileNotFoundError, match="Dockerfile"):
-        write_context(tmp_path / "c.tar.gz", "r/s", root)
+        write_context(tmp_path / "c.tar.gz", "r/s", src)
 
 
 def test_cli_params_are_typed_and_unknown_ones_refused():
-    from pipelines.cli import _parse_params
+    from edgeloop.pipelines.cli import _parse_params
 
     got = _parse_params(("epochs=3", "min_accuracy=0.8", "auto_approve=true", "architecture=resnet18"))
     assert got == {"epochs": 3, "min_accuracy": 0.8, "auto_approve": True, "architecture": "resnet18"}
@@ -79,12 +91,13 @@ def test_cli_params_are_typed_and_unknown_ones_refused():
 
 
 def test_failure_cause_is_the_failed_steps_last_exception():
-    from pipelines.runner import _failure_cause
+    from edgeloop.pipelines.runner import _failure_cause
 
     log = (
         "Executing task 'train-model'\n  Traceback (most recent call last):\n"
-        '  File "x.py", line 1\n  components.errors.TrainingError: training failed (exit code 1)\n'
+        '  File "x.py", line 1\n  edgeloop.components.errors.TrainingError: training failed (exit code 1)\n'
     )
     assert (
-        _failure_cause(log, "train-model") == "components.errors.TrainingError: training failed (exit code 1)"
+        _failure_cause(log, "train-model")
+        == "edgeloop.components.errors.TrainingError: training failed (exit code 1)"
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.runner import COMPILED, compile_pipeline
+from edgeloop.pipelines.runner import COMPILED, compile_pipeline
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -20,11 +20,9 @@ def _compile(tmp_path: Path) -> str:
 
 def test_compiled_yaml_is_checked_in_and_current(tmp_path):
     fresh = _compile(tmp_path)
-    assert (
-        COMPILED.exists()
-    ), "run `edgeloop pipeline compile` and commit pipelines/compiled/training_pipeline.yaml"
+    assert COMPILED.exists(), "run `make compile` and commit pipelines/compiled/training_pipeline.yaml"
     assert fresh == COMPILED.read_text(), (
-        "the pipeline changed: run `edgeloop pipeline compile` and review the diff of "
+        "the pipeline changed: run `make compile` and review the diff of "
         "pipelines/compiled/training_pipeline.yaml"
     )
 
@@ -42,7 +40,7 @@ def test_compile_is_independent_of_environment(tmp_path):
         [
             sys.executable,
             "-c",
-            f"from pipelines.runner import compile_pipeline; compile_pipeline(__import__('pathlib').Path({str(out)!r}))",
+            f"from edgeloop.pipelines.runner import compile_pipeline; compile_pipeline(__import__('pathlib').Path({str(out)!r}))",
         ],
         check=True,
         env=env,

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from serving.batching import DirectRunner, DynamicBatcher
-from serving.errors import OverloadedError
+from edgeloop.serving.batching import DirectRunner, DynamicBatcher
+from edgeloop.serving.errors import OverloadedError
 
 
 def slow_double(delay: float = 0.02):

@@ -9,17 +9,17 @@ import numpy as np
 import orjson
 import pytest
 
-from edgeloop.preprocessing import Preprocess, PreprocessConfig
-from serving import codec
-from serving.client import rest_request, rest_response
-from serving.errors import (
+from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
+from edgeloop.serving import codec
+from edgeloop.serving.client import rest_request, rest_response
+from edgeloop.serving.errors import (
     DatatypeError,
     InvalidInputError,
     PayloadTooLargeError,
     ShapeError,
     UndecodableImageError,
 )
-from serving.testing import encode_jpeg, random_frames
+from edgeloop.testing.serving import encode_jpeg, random_frames
 
 PRE = Preprocess(PreprocessConfig(size=64))
 
@@ -102,7 +102,7 @@ def test_bytes_images_binary_and_json_b64_decode_like_the_shared_preprocess():
     from_json = codec.tensor_values(codec.decode_rest_v2(as_json, None, "m").inputs[0])
     assert binary == from_json == jpegs
     mi = codec.to_model_input(binary, "images", PRE, max_images=8)
-    from edgeloop.preprocessing import decode_image
+    from edgeloop.core.preprocessing import decode_image
 
     expected = PRE.batch([decode_image(j) for j in jpegs])
     np.testing.assert_allclose(mi.x, expected, atol=1e-6)

@@ -10,13 +10,13 @@ import pytest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.infer_type import InferInput, InferRequest
 
-from edgeloop.preprocessing import Preprocess, PreprocessConfig
-from serving import codec
-from serving.client import grpc_request, grpc_response
-from serving.errors import InvalidInputError, VersionNotFoundError
-from serving.model import OnnxImageModel
-from serving.sources import resolve
-from serving.testing import encode_jpeg, random_frames
+from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
+from edgeloop.serving import codec
+from edgeloop.serving.client import grpc_request, grpc_response
+from edgeloop.serving.errors import InvalidInputError, VersionNotFoundError
+from edgeloop.serving.model import OnnxImageModel
+from edgeloop.serving.sources import resolve
+from edgeloop.testing.serving import encode_jpeg, random_frames
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import time
 import numpy as np
 from PIL import Image
 
-from edgeloop.preprocessing import Preprocess, PreprocessConfig
-from serving.payload_logger import PayloadLogger
-from serving.testing import random_frames
+from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
+from edgeloop.serving.payload_logger import PayloadLogger
+from edgeloop.testing.serving import random_frames
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -86,7 +86,7 @@ def test_sampling_rate_zero_logs_nothing_and_a_failing_writer_is_counted():
 def test_a_record_that_cannot_be_encoded_is_counted_and_the_writer_keeps_going():
     import numpy as np
 
-    from serving.payload_logger import PayloadLogger, _Item
+    from edgeloop.serving.payload_logger import PayloadLogger, _Item
 
     written: list = []
     logger = PayloadLogger(lambda model, recs, imgs: written.extend(recs), "payloads", sample_rate=1.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnxruntime as ort
 import pytest
 
-from serving.providers import OrtSettings, choose_providers, create_session, provider_name
+from edgeloop.serving.providers import OrtSettings, choose_providers, create_session, provider_name
 
 
 def test_choose_providers_keeps_the_configured_order_of_what_exists_and_ends_with_cpu():

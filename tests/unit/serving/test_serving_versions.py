@@ -10,10 +10,10 @@ import pytest
 from kserve.errors import InvalidInput, ModelNotFound
 from prometheus_client import REGISTRY
 
-from serving import errors
-from serving.model import ModelVersions, load_version
-from serving.providers import OrtSettings
-from serving.sources import ModelSpec, resolve
+from edgeloop.serving import errors
+from edgeloop.serving.model import ModelVersions, load_version
+from edgeloop.serving.providers import OrtSettings
+from edgeloop.serving.sources import ModelSpec, resolve
 
 
 def _integrity_count(model: str) -> float:

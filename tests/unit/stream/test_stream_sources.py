@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeloop.errors import EdgeloopError
-from edgeloop.preprocessing import Preprocess, PreprocessConfig
+from edgeloop.core.errors import EdgeloopError
+from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
 from edgeloop.stream.queues import DropPolicy, Scheduler
 from edgeloop.stream.sources import (
     FpsSampler,

@@ -1,0 +1,224 @@
+"""One typed settings object for edgeloop.
+
+Read from environment variables (prefix ``EDGELOOP_``, nested with ``__``) and an
+optional YAML file (``EDGELOOP_CONFIG`` or ``--config``). Nothing here is read at
+import time: call :func:`load_settings` and pass the result down.
+
+Secrets (storage keys, tokens, passwords) never live in code: they come from the
+environment or from the stack's generated ``secrets.json`` in the state dir, and
+are typed as ``SecretStr`` so they are never printed or logged by accident.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+def _here(name: str) -> Path:
+    """``./name`` of the working directory, resolved when settings are loaded (never the package's location)."""
+    return Path.cwd() / name
+
+
+class ServicePorts(BaseModel):
+    """Ports of the local stack. ``None`` means: pick a free port on first ``up`` and keep it."""
+
+    azurite: int | None = None
+    mlflow: int | None = None
+    labelstudio: int | None = None
+    mosquitto: int | None = None
+
+
+class StackSettings(BaseModel):
+    host: str = "127.0.0.1"
+    ports: ServicePorts = Field(default_factory=ServicePorts)
+    ready_timeout_s: float = 180.0
+    stop_grace_s: float = 15.0
+    # Where Label Studio's own venv and Azurite's node_modules are installed by `make setup`.
+    tools_dir: Path = Field(default_factory=lambda: _here(".tools"))
+    node_modules: Path = Field(default_factory=lambda: _here("node_modules"))
+
+
+class BlobSettings(BaseModel):
+    account: str = "edgeloop"
+    images_container: str = "images"
+    datasets_container: str = "datasets"
+    models_container: str = "models"
+    mlflow_container: str = "mlflow"
+    payloads_container: str = "payloads"
+    # Set to reach a real Azure account instead of the local Azurite.
+    connection_string: SecretStr | None = None
+
+
+class LabelStudioSettings(BaseModel):
+    url: str | None = None  # None: the local stack's server
+    username: str = "admin@edgeloop.local"
+    password: SecretStr | None = None
+    api_key: SecretStr | None = None
+    project_title: str = "edgeloop-inspection"
+
+
+class MlflowSettings(BaseModel):
+    tracking_uri: str | None = None  # None: the local stack's server
+    experiment: str = "edgeloop"
+    registered_model: str = "edgeloop-inspection"
+
+
+class MqttSettings(BaseModel):
+    host: str | None = None
+    port: int | None = None
+    topic_prefix: str = "edgeloop/results"
+
+
+class Settings(BaseSettings):
+    """Everything edgeloop needs to know about where things are."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGELOOP_", env_nested_delimiter="__", extra="ignore")
+
+    state_dir: Path = Field(default_factory=lambda: _here(".edgeloop"))
+    stack: StackSettings = Field(default_factory=StackSettings)
+    blob: BlobSettings = Field(default_factory=BlobSettings)
+    labelstudio: LabelStudioSettings = Field(default_factory=LabelStudioSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    config_file: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlFileSource(settings_cls))
+
+    # -- derived locations -------------------------------------------------
+    @property
+    def stack_dir(self) -> Path:
+        return self.state_dir / "stack"
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.state_dir / "secrets.json"
+
+    @property
+    def stack_state_file(self) -> Path:
+        return self.stack_dir / "state.json"
+
+    # -- resolved endpoints (explicit settings win over the local stack) ----
+    def stack_state(self) -> dict[str, Any]:
+        if self.stack_state_file.exists():
+            return json.loads(self.stack_state_file.read_text())
+        return {}
+
+    def _stack_port(self, service: str) -> int:
+        port = self.stack_state().get("ports", {}).get(service) or getattr(self.stack.ports, service)
+        if not port:
+            raise StackNotRunningError(service)
+        return int(port)
+
+    def blob_connection_string(self) -> str:
+        if self.blob.connection_string is not None:
+            return self.blob.connection_string.get_secret_value()
+        key = self.secrets()["azurite_key"]
+        port = self._stack_port("azurite")
+        account = self.blob.account
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};"
+            f"BlobEndpoint=http://{self.stack.host}:{port}/{account};"
+        )
+
+    def mlflow_tracking_uri(self) -> str:
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        return f"http://{self.stack.host}:{self._stack_port('mlflow')}"
+
+    def labelstudio_url(self) -> str:
+        if self.labelstudio.url:
+            return self.labelstudio.url.rstrip("/")
+        return f"http://{self.stack.host}:{self._stack_port('labelstudio')}"
+
+    def labelstudio_api_key(self) -> str:
+        if self.labelstudio.api_key is not None:
+            return self.labelstudio.api_key.get_secret_value()
+        return self.secrets()["labelstudio_token"]
+
+    def mqtt_endpoint(self) -> tuple[str, int]:
+        if self.mqtt.host and self.mqtt.port:
+            return self.mqtt.host, self.mqtt.port
+        return self.stack.host, self._stack_port("mosquitto")
+
+    # -- secrets ------------------------------------------------------------
+    def secrets(self) -> dict[str, str]:
+        """The stack's generated secrets, created (mode 0600) on first use."""
+        path = self.secrets_file
+        if path.exists():
+            return json.loads(path.read_text())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        values = {
+            "azurite_key": _b64_key(),
+            "labelstudio_token": secrets.token_hex(20),
+            "labelstudio_password": secrets.token_urlsafe(16),
+        }
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(values, fh)
+        return values
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as a plain dict with secrets masked, for `edgeloop config show`."""
+        return json.loads(self.model_dump_json())
+
+
+class StackNotRunningError(RuntimeError):
+    """An endpoint of the local stack was asked for, but the stack has not been started."""
+
+    def __init__(self, service: str):
+        super().__init__(
+            f"the local stack's {service} has no port yet: start the stack with `edgeloop stack up` "
+            f"(or set EDGELOOP_STACK__PORTS__{service.upper()} / the service URL in your settings)"
+        )
+        self.service = service
+
+
+def _b64_key() -> str:
+    import base64
+
+    return base64.b64encode(secrets.token_bytes(64)).decode()
+
+
+class _YamlFileSource(PydanticBaseSettingsSource):
+    """Optional YAML file named by init kwarg ``config_file`` or env ``EDGELOOP_CONFIG``."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = self.current_state.get("config_file") or os.environ.get("EDGELOOP_CONFIG")
+        if not path:
+            return {}
+        file = Path(path)
+        if not file.exists():
+            raise FileNotFoundError(
+                f"settings file {file} does not exist (named by --config or EDGELOOP_CONFIG)"
+            )
+        data = yaml.safe_load(file.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"settings file {file} must hold a mapping at its top level")
+        return data
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build the settings from (in order of precedence) overrides, environment, then the YAML file."""
+    if config_file is not None:
+        overrides["config_file"] = Path(config_file)
+    return Settings(**overrides)

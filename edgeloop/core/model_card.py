@@ -1,0 +1,111 @@
+"""The model card: what a served model is, how to feed it, and how to verify its files.
+
+Written by the training path next to ``model.onnx`` as ``model_card.json``,
+logged to MLflow with the model, read by the server before loading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from edgeloop.core.preprocessing import PreprocessConfig
+
+MODEL_CARD_FILE = "model_card.json"
+MODEL_FILE = "model.onnx"
+INPUT_NAME = "images"
+PROBS_OUTPUT = "probabilities"
+EMBEDDING_OUTPUT = "embedding"
+
+
+class Precision(str, Enum):
+    FP32 = "fp32"
+    INT8 = "int8"
+
+
+class IntegrityError(RuntimeError):
+    """A model file's sha256 does not match its card: the model must not be loaded."""
+
+
+class ModelCard(BaseModel):
+    name: str
+    version: str | None = None
+    architecture: str
+    labels: list[str]
+    preprocessing: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    input_name: str = INPUT_NAME
+    outputs: list[str] = Field(default_factory=lambda: [PROBS_OUTPUT, EMBEDDING_OUTPUT])
+    embedding_dim: int | None = None
+    precision: Precision = Precision.FP32
+    execution_provider: str = "CPUExecutionProvider"
+    metrics: dict[str, float] = Field(default_factory=dict)
+    parity: dict[str, float] = Field(default_factory=dict)
+    precision_evidence: dict[str, Any] = Field(default_factory=dict)
+    dataset_version: str | None = None
+    lineage: dict[str, str] = Field(default_factory=dict)
+    files: dict[str, str] = Field(default_factory=dict, description="relative path -> sha256")
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / MODEL_CARD_FILE
+        path.write_text(self.model_dump_json(indent=2))
+        return path
+
+    @classmethod
+    def load(cls, directory: Path) -> ModelCard:
+        path = Path(directory) / MODEL_CARD_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"no {MODEL_CARD_FILE} in {directory}: a model directory needs its card")
+        return cls.model_validate_json(path.read_text())
+
+    def with_digests(self, directory: Path) -> ModelCard:
+        """Return a copy whose ``files`` holds the sha256 of every file in ``directory`` but the card."""
+        directory = Path(directory)
+        files = {
+            str(p.relative_to(directory)): sha256_file(p)
+            for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name != MODEL_CARD_FILE
+        }
+        return self.model_copy(update={"files": files})
+
+    def verify(self, directory: Path) -> None:
+        """Raise :class:`IntegrityError` unless every listed file exists with its recorded sha256."""
+        directory = Path(directory)
+        if not self.files:
+            raise IntegrityError(
+                f"model card in {directory} lists no file digests; refusing an unverifiable model"
+            )
+        for rel, expected in self.files.items():
+            path = directory / rel
+            if not path.exists():
+                raise IntegrityError(f"{rel} is listed in the model card but missing from {directory}")
+            actual = sha256_file(path)
+            if actual != expected:
+                raise IntegrityError(
+                    f"{rel} has sha256 {actual[:12]}..., the model card says {expected[:12]}...: "
+                    "the file was changed after the model was registered; re-export or re-register it"
+                )
+
+    def digest(self) -> str:
+        """One digest over all file digests: what the InferenceService annotation and approvals pin."""
+        h = hashlib.sha256()
+        for rel in sorted(self.files):
+            h.update(f"{rel}:{self.files[rel]}\n".encode())
+        return h.hexdigest()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,1 @@
+"""Local-only tooling: the services stack, sample data, seeding, and the demo."""

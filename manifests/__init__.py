@@ -1,0 +1,1 @@
+"""The kustomize base and overlays, shipped as package data for `edgeloop deploy render`."""

@@ -1,0 +1,258 @@
+"""``edgeloop stream``: classify live video from N sources and publish one MQTT result per frame."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgeloop.core.errors import EdgeloopError, user_errors
+
+log = logging.getLogger(__name__)
+
+
+def _host_port(value: str, what: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise click.BadParameter(f"{what} must be HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+@click.command("stream", context_settings={"show_default": True})
+@click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Model directory (model.onnx + model_card.json): run ONNX Runtime in this process.",
+)
+@click.option("--server", help="Model server HOST:PORT (OIP v2 gRPC), instead of --model.")
+@click.option(
+    "--model-name", help="Model name on the server [default: the registered model name from settings]."
+)
+@click.option("--model-version", help="Model version or alias on the server [default: the server's default].")
+@click.option(
+    "--input-size",
+    type=click.IntRange(8, 4096),
+    help="Frame size to send to the server [default: from the model's metadata].",
+)
+@click.option(
+    "--fps",
+    type=click.FloatRange(min=0.01),
+    help="Target frames per second per source [default: every frame].",
+)
+@click.option("--line", default="line1", help="Production line: the middle level of the MQTT topic.")
+@click.option(
+    "--queue-size", type=click.IntRange(1, 10_000), default=8, help="Frames held per source before dropping."
+)
+@click.option(
+    "--drop-policy",
+    type=click.Choice(["drop-oldest", "drop-newest", "block"]),
+    default="drop-oldest",
+    help="What a full queue does: drop its oldest frame, refuse the newest, or make the reader wait "
+    "(block: for files; a live camera must not be blocked).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 256),
+    default=8,
+    help="Most frames per inference call, taken round-robin across sources.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    help="Inference calls in flight (more helps with --server; results stay in order).",
+)
+@click.option(
+    "--max-age-ms", type=click.FloatRange(min=1), help="Drop frames older than this before inference."
+)
+@click.option(
+    "--realtime/--no-realtime",
+    default=True,
+    help="Pace files and image directories to their timestamps, as a camera would deliver them.",
+)
+@click.option("--loop", is_flag=True, help="Restart files and image directories when they end.")
+@click.option(
+    "--max-retries",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Give up on a network source after this many failed reconnects in a row (0: never).",
+)
+@click.option(
+    "--outbox",
+    "outbox_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where results wait while the broker is away [default: <state_dir>/stream/outbox].",
+)
+@click.option("--mqtt", "mqtt_addr", help="MQTT broker HOST:PORT [default: from settings / the local stack].")
+@click.option("--no-mqtt", is_flag=True, help="Publish nothing; only count results (for measuring).")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="Serve Prometheus metrics on this port (0: off).",
+)
+@click.option(
+    "--metrics-addr", default="127.0.0.1", help="Address for the metrics endpoint (0.0.0.0 to scrape)."
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0),
+    default=0,
+    help="Stop after this many seconds (0: when every source has ended, or on Ctrl-C).",
+)
+@click.option(
+    "--summary-json",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write the final summary as JSON to this file.",
+)
+@click.pass_context
+@user_errors
+def stream(
+    ctx: click.Context,
+    sources: tuple[str, ...],
+    model_dir: Path | None,
+    server: str | None,
+    model_name: str | None,
+    model_version: str | None,
+    input_size: int | None,
+    fps: float | None,
+    line: str,
+    queue_size: int,
+    drop_policy: str,
+    batch_size: int,
+    workers: int,
+    max_age_ms: float | None,
+    realtime: bool,
+    loop: bool,
+    max_retries: int,
+    outbox_dir: Path | None,
+    mqtt_addr: str | None,
+    no_mqtt: bool,
+    metrics_port: int,
+    metrics_addr: str,
+    duration: float,
+    summary_json: Path | None,
+) -> None:
+    """Classify frames from every SOURCE at once and publish one MQTT message per frame.
+
+    \b
+    SOURCE is [NAME=]URI; NAME (default: file stem or host/path) is the camera in
+    the topic <prefix>/<line>/<camera>. URI is one of:
+      video file     clip.mp4, /data/cam1.mkv (read once, paced to real time)
+      network stream rtsp://cam1/stream, http(s)://host/live.ts (reconnected with backoff)
+      image folder   /data/frames/ (images in name order, at --fps or 10 fps)
+
+    \b
+    Frames are decoded, sampled to --fps, resized to the model's input, queued per
+    source (bounded: --queue-size, --drop-policy) and classified in batches across
+    sources, in process (--model DIR) or by the model server (--server HOST:PORT).
+    Every dropped frame is counted per source and reason. Results (JSON, see
+    stream/result.schema.json) go out with QoS 1; while the broker is
+    unreachable they wait in an on-disk outbox and are replayed in order.
+    A summary per source is printed at exit.
+
+    \b
+    Examples:
+      edgeloop stream --model models/m1 cam1=rtsp://10.0.0.5/live cam2=rtsp://10.0.0.6/live
+      edgeloop stream --server 127.0.0.1:8081 --fps 5 --metrics-port 9108 line-a.mp4 --loop
+    """
+    from edgeloop.stream.processor import StreamConfig, StreamProcessor
+    from edgeloop.stream.publisher import CountingSink, MqttPublisher, ResultSink
+    from edgeloop.stream.queues import DropPolicy
+    from edgeloop.stream.sources import ReaderConfig, SourceSpec
+    from edgeloop.stream.stats import StreamMetrics
+
+    if (model_dir is None) == (server is None):
+        raise click.UsageError("give exactly one of --model DIR (in process) or --server HOST:PORT (gRPC)")
+    specs = [SourceSpec.parse(s) for s in sources]
+    from edgeloop.core.config import load_settings
+
+    settings = ctx.obj.settings if ctx.obj is not None else load_settings()
+    predictor = _predictor(model_dir, server, model_name, model_version, input_size, settings)
+
+    config = StreamConfig(
+        line=line,
+        queue_size=queue_size,
+        drop_policy=DropPolicy(drop_policy),
+        batch_size=batch_size,
+        workers=workers,
+        max_age_s=max_age_ms / 1e3 if max_age_ms else None,
+        topic_prefix=settings.mqtt.topic_prefix,
+        reader=ReaderConfig(fps=fps, realtime=realtime, loop=loop, max_retries=max_retries),
+    )
+    metrics = StreamMetrics()
+    processor = StreamProcessor(specs, predictor, None, config, metrics)
+    sink: ResultSink
+    if no_mqtt:
+        sink = CountingSink(processor.stats_for)
+    else:
+        host, port = _host_port(mqtt_addr, "--mqtt") if mqtt_addr else settings.mqtt_endpoint()
+        outbox = outbox_dir or settings.state_dir / "stream" / "outbox"
+        sink = MqttPublisher(host, port, outbox, stats_for=processor.stats_for, metrics=metrics)
+        click.echo(
+            f"publishing to mqtt://{host}:{port}/{config.topic_prefix}/{line}/<camera> " f"(outbox {outbox})",
+            err=True,
+        )
+    processor.sink = sink
+    sink.start()
+
+    http = None
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        http, _ = start_http_server(metrics_port, addr=metrics_addr, registry=metrics.registry)
+        click.echo(f"metrics on http://{metrics_addr}:{metrics_port}/metrics", err=True)
+
+    def _on_signal(signum: int, frame: Any) -> None:
+        click.echo(f"\n{signal.Signals(signum).name}: stopping (again to abort)", err=True)
+        signal.signal(signum, signal.SIG_DFL)
+        processor.request_stop()
+
+    old = {}
+    if threading.current_thread() is threading.main_thread():  # signals can only be caught there
+        old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        summary = processor.run(duration_s=duration or None)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if http is not None:
+            http.shutdown()
+    click.echo(summary.table())
+    if summary_json:
+        summary_json.parent.mkdir(parents=True, exist_ok=True)
+        summary_json.write_text(json.dumps(summary.to_dict(), indent=2))
+    if all(s["state"] == "failed" for s in summary.sources):
+        raise EdgeloopError("no source could be read (see the errors above)")
+
+
+def _predictor(
+    model_dir: Path | None,
+    server: str | None,
+    model_name: str | None,
+    model_version: str | None,
+    input_size: int | None,
+    settings: Any,
+) -> Any:
+    if model_dir is not None:
+        from edgeloop.stream.predictors import OnnxPredictor
+
+        return OnnxPredictor(model_dir)
+    from edgeloop.stream.predictors import GrpcPredictor
+
+    assert server is not None
+    _host_port(server, "--server")
+    name = model_name or settings.mlflow.registered_model
+    return GrpcPredictor(server, name, model_version=model_version, input_size=input_size)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    stream(sys.argv[1:])

@@ -1,0 +1,209 @@
+"""Where frames get classified: in process (ONNX Runtime) or by the model server over gRPC.
+
+Both implement :class:`Predictor`: ``predict(uint8 NHWC frames) -> [Prediction]``,
+plus the model's name, version and input size (so readers resize once, on their
+own threads, with the shared :class:`~edgeloop.core.preprocessing.Preprocess`).
+Switching is one constructor: ``OnnxPredictor(model_dir)`` or
+``GrpcPredictor("host:port", model_name)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgeloop.core.errors import EdgeloopError
+from edgeloop.core.model_card import MODEL_FILE, PROBS_OUTPUT, ModelCard
+from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
+
+log = logging.getLogger(__name__)
+
+
+class PredictorError(EdgeloopError):
+    """The model (or the model server) could not be loaded or reached; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    label: str
+    score: float
+    probabilities: np.ndarray  # float32 [C], in the order of ``Predictor.labels`` when known
+
+
+class Predictor(Protocol):
+    model_name: str
+    model_version: str | None
+    labels: list[str] | None
+    preprocess: Preprocess  # resize to the model's input size (normalisation happens in the model's runtime)
+
+    def predict(self, frames: np.ndarray) -> list[Prediction]:
+        """uint8 [N, S, S, 3] frames -> one prediction per frame, in order."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _predictions(
+    probs: np.ndarray, labels: list[str] | None, names: list[str] | None = None
+) -> list[Prediction]:
+    top = probs.argmax(axis=1)
+    out = []
+    for i, k in enumerate(top):
+        label = names[i] if names is not None else (labels[k] if labels else str(int(k)))
+        out.append(Prediction(label=label, score=float(probs[i, k]), probabilities=probs[i]))
+    return out
+
+
+class OnnxPredictor:
+    """ONNX Runtime in this process, with the model card's preprocessing."""
+
+    def __init__(self, model_dir: Path | str, intra_op_threads: int = 0, verify: bool = True):
+        import onnxruntime as ort
+
+        model_dir = Path(model_dir)
+        card = ModelCard.load(model_dir)
+        if verify:
+            if card.files:
+                try:
+                    card.verify(model_dir)
+                except Exception as e:
+                    raise PredictorError(f"model in {model_dir} failed its integrity check: {e}") from e
+            else:
+                log.warning(
+                    "model card in %s lists no file digests; the model file is not verified", model_dir
+                )
+        path = model_dir / MODEL_FILE
+        if not path.exists():
+            raise PredictorError(f"{path} does not exist: a model directory holds {MODEL_FILE} and its card")
+        opts = ort.SessionOptions()
+        if intra_op_threads:
+            opts.intra_op_num_threads = intra_op_threads
+        try:
+            self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise PredictorError(f"ONNX Runtime could not load {path}: {e}") from e
+        self.card = card
+        self.model_name = card.name
+        self.model_version = card.version
+        self.labels = list(card.labels)
+        self.preprocess = Preprocess(card.preprocessing)
+        self._input = card.input_name
+
+    def predict(self, frames: np.ndarray) -> list[Prediction]:
+        x = self.preprocess.normalize_batch(frames)
+        (probs,) = self._session.run([PROBS_OUTPUT], {self._input: x})
+        return _predictions(np.asarray(probs, dtype=np.float32), self.labels)
+
+    def close(self) -> None:
+        self._session = None
+
+
+class GrpcPredictor:
+    """The model server over OIP v2 gRPC (through :class:`edgeloop.serving.client.GrpcClient`).
+
+    Sends UINT8 [N, S, S, 3] frames and reads ``label`` and ``probabilities``. The
+    input size S comes from the model's metadata (its FP32 input is [-1, 3, S, S]),
+    so frames are resized here, on the readers' threads, and only S x S pixels
+    cross the wire; the server applies the same preprocessing from the same card.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        model_name: str,
+        model_version: str | None = None,
+        input_size: int | None = None,
+        timeout_s: float = 10.0,
+        connect_timeout_s: float = 10.0,
+    ):
+        import grpc
+
+        from edgeloop.serving.client import ClientError, GrpcClient
+
+        self.address = address
+        self._client = GrpcClient(address, model_name, timeout_s=timeout_s)
+        try:
+            grpc.channel_ready_future(self._client._channel).result(timeout=connect_timeout_s)
+        except grpc.FutureTimeoutError:
+            self._client.close()
+            raise PredictorError(
+                f"cannot reach the model server at {address} (gRPC) within {connect_timeout_s:.0f} s: "
+                "start it with `edgeloop serve`, or check --server host:port"
+            ) from None
+        try:
+            meta = self._client.metadata(model_version)
+        except ClientError as e:
+            self._client.close()
+            raise PredictorError(
+                f"the model server at {address} has no model {model_name!r} "
+                f"(version {model_version or 'default'}) ready: {e}; check --model-name"
+            ) from e
+        self.model_name = meta.get("name") or model_name
+        versions = meta.get("versions") or []
+        self.model_version = model_version or (versions[0] if len(versions) == 1 else None)
+        self._version = model_version
+        self.labels: list[str] | None = _labels_from_metadata(meta)
+        size = input_size or _size_from_metadata(meta)
+        if size is None:
+            size = 224
+            log.warning(
+                "model %s: input size not in its metadata; sending 224x224 frames (set --input-size)",
+                model_name,
+            )
+        self.preprocess = Preprocess(PreprocessConfig(size=size))
+
+    def predict(self, frames: np.ndarray) -> list[Prediction]:
+        from edgeloop.serving.client import ClientError
+
+        try:
+            pred = self._client.infer_frames(frames, version=self._version)
+        except ClientError as e:
+            raise PredictorError(f"model server {self.address}: {e}") from e
+        self.model_version = pred.model_version or self.model_version
+        probs = np.asarray(pred.probabilities, dtype=np.float32)
+        return _predictions(probs, self.labels, list(pred.labels) if pred.labels else None)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _size_from_metadata(meta: dict[str, Any]) -> int | None:
+    for t in meta.get("inputs", []):
+        shape = [int(d) for d in t.get("shape", [])]
+        if len(shape) == 4 and shape[1] == 3 and shape[2] > 0 and shape[2] == shape[3]:
+            return int(shape[2])
+        if len(shape) == 4 and shape[3] == 3 and shape[1] > 0 and shape[1] == shape[2]:
+            return int(shape[1])
+    return None
+
+
+def _labels_from_metadata(meta: dict[str, Any]) -> list[str] | None:
+    """The class names, when the server lists them in the model's metadata parameters."""
+    value = meta.get("parameters", {}).get("labels")
+    if isinstance(value, dict):  # an InferParameter: {"stringParam": "[...]"}
+        value = next(iter(value.values()), None)
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    return None
+
+
+def decode_bytes_tensor(raw: bytes) -> list[str]:
+    """OIP raw BYTES tensor: each element is a 4-byte little-endian length, then the bytes."""
+    out, off = [], 0
+    while off < len(raw):
+        (n,) = struct.unpack_from("<I", raw, off)
+        off += 4
+        out.append(bytes(raw[off : off + n]).decode())
+        off += n
+    return out
