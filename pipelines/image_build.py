@@ -95,7 +95,9 @@ def write_context(
     """A reproducible ``.tar.gz`` of the context (sorted, zeroed mtimes/owners) at ``out``."""
     files = context_files(sources)
     if DOCKERFILE not in files:
-        raise FileNotFoundError(f"{DOCKERFILE} is missing from the build context: the serving image cannot be built")
+        raise FileNotFoundError(
+            f"{DOCKERFILE} is missing from the build context: the serving image cannot be built"
+        )
     digest = content_hash(files=files)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,18 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The project's wheel, and the folder it is installed into (dependencies come from this venv)."""
     tmp = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(REPO), "-w", str(tmp)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            str(REPO),
+            "-w",
+            str(tmp),
+        ],
         check=True,
         capture_output=True,
         cwd=tmp,
@@ -37,7 +48,12 @@ def _run(target: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str
     env = {**os.environ, "PYTHONPATH": str(target)}
     env.pop("EDGELOOP_STATE_DIR", None)
     return subprocess.run(
-        [sys.executable, "-m", "edgeloop.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "edgeloop.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -64,7 +80,11 @@ def test_the_installed_package_works_from_any_directory(installed, tmp_path):
     where = _run(target, tmp_path, "--help")
     assert where.returncode == 0 and "serve" in where.stdout, where.stderr
     probe = subprocess.run(
-        [sys.executable, "-c", "import edgeloop.serving.server, edgeloop.deploy; print(edgeloop.deploy.__file__)"],
+        [
+            sys.executable,
+            "-c",
+            "import edgeloop.serving.server, edgeloop.deploy; print(edgeloop.deploy.__file__)",
+        ],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(target)},
         capture_output=True,

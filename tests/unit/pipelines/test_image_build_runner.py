@@ -8,7 +8,13 @@ from pathlib import Path
 import click
 import pytest
 
-from edgeloop.pipelines.image_build import BuildContext, build_locally, content_hash, context_files, write_context
+from edgeloop.pipelines.image_build import (
+    BuildContext,
+    build_locally,
+    content_hash,
+    context_files,
+    write_context,
+)
 
 
 def _repo(root: Path) -> dict[str, Path]:
