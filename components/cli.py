@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 
+from edgeloop.components.defaults import ARCHS, TRAINING, PrecisionBounds
 from edgeloop.core.errors import user_errors
 
-ARCH_CHOICES = ("mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "efficientnet_b0")
+_BOUNDS = PrecisionBounds()
 
 
 @click.group()
@@ -87,28 +88,42 @@ def build(obj, manifest: Path, out: Path | None, no_upload: bool, no_mlflow: boo
     "--project", default=None, help="Label Studio project title (default: labelstudio.project_title)."
 )
 @click.option("--policy", type=click.Choice(["latest", "majority"]), default="latest", show_default=True)
-@click.option("--arch", type=click.Choice(ARCH_CHOICES), default="resnet18", show_default=True)
-@click.option("--size", default=128, show_default=True, help="Model input size (pixels).")
-@click.option("--epochs", default=30, show_default=True)
-@click.option("--batch-size", default=16, show_default=True, help="Per process.")
-@click.option("--lr", default=2e-3, show_default=True)
-@click.option("--patience", default=8, show_default=True, help="Early stopping patience (epochs).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--arch", type=click.Choice(ARCHS), default=TRAINING.arch, show_default=True)
+@click.option("--size", default=TRAINING.size, show_default=True, help="Model input size (pixels).")
+@click.option("--epochs", default=TRAINING.epochs, show_default=True)
+@click.option("--batch-size", default=TRAINING.batch_size, show_default=True, help="Per process.")
+@click.option("--lr", default=TRAINING.lr, show_default=True, help="Peak learning rate (one-cycle).")
+@click.option(
+    "--patience", default=TRAINING.patience, show_default=True, help="Early stopping patience (epochs)."
+)
+@click.option("--seed", default=TRAINING.seed, show_default=True)
 @click.option(
     "--weights",
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     default=None,
     help="Local checkpoint to start from (nothing is downloaded).",
 )
-@click.option("--nproc-per-node", default=2, show_default=True, help="DDP processes (torchrun).")
+@click.option(
+    "--nproc-per-node", default=TRAINING.nproc_per_node, show_default=True, help="DDP processes (torchrun)."
+)
 @click.option(
     "--provider",
     default="CPUExecutionProvider",
     show_default=True,
     help="ONNX Runtime execution provider the precision is chosen for.",
 )
-@click.option("--max-accuracy-drop", default=0.01, show_default=True)
-@click.option("--max-disagreement", default=0.02, show_default=True)
+@click.option(
+    "--max-accuracy-drop",
+    default=_BOUNDS.max_accuracy_drop,
+    show_default=True,
+    help="Largest validation-accuracy drop a faster precision may cost vs fp32.",
+)
+@click.option(
+    "--max-disagreement",
+    default=_BOUNDS.max_disagreement,
+    show_default=True,
+    help="Largest share of validation images whose top-1 may differ from fp32.",
+)
 @click.option(
     "-o",
     "--out",
@@ -142,7 +157,6 @@ def train(
     import time
 
     from edgeloop.components.path import run_training_path
-    from edgeloop.components.precision import PrecisionBounds
     from edgeloop.components.training import TrainConfig
 
     out = out or obj.settings.state_dir / "training" / time.strftime("%Y%m%d-%H%M%S")

@@ -17,9 +17,9 @@ from PIL import Image
 from torch import nn
 
 from edgeloop.components.dataset import DatasetRow
+from edgeloop.components.defaults import ARCHS
 from edgeloop.core.preprocessing import Preprocess, PreprocessConfig, decode_image
 
-ARCHS = ("mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "efficientnet_b0")
 MODEL_FILE = "model.pt"
 
 

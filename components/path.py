@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeloop.components.defaults import TRAINING
 from edgeloop.components.labels import LabelPolicy
 from edgeloop.components.precision import PrecisionBounds
 from edgeloop.components.training import TrainConfig
@@ -47,7 +48,7 @@ def run_training_path(
     project: str | None = None,
     policy: LabelPolicy | str = LabelPolicy.LATEST,
     config: TrainConfig | None = None,
-    nproc_per_node: int = 2,
+    nproc_per_node: int = TRAINING.nproc_per_node,
     bounds: PrecisionBounds = PrecisionBounds(),
     provider: str = "CPUExecutionProvider",
     progress: bool = True,

@@ -18,15 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeloop.components.defaults import PrecisionBounds
 from edgeloop.components.errors import PrecisionError
 from edgeloop.core.model_card import MODEL_FILE, Precision
-
-
-@dataclass(frozen=True)
-class PrecisionBounds:
-    max_accuracy_drop: float = 0.01  # absolute, on the validation split
-    max_disagreement: float = 0.02  # share of validation images whose top-1 differs from fp32
-    min_speedup: float = 1.05  # a non-fp32 variant must be at least this much faster (batch 1)
 
 
 @dataclass

@@ -30,8 +30,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
+from edgeloop.components.defaults import ARCHS, TRAINING
 from edgeloop.components.modeling import (
-    ARCHS,
     MODEL_FILE,
     build_model,
     load_initial_weights,
@@ -186,24 +186,25 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="edgeloop DDP image-classifier training", add_help=add_help)
     p.add_argument("--data", required=True, type=Path, help="dataset directory (edgeloop dataset build)")
     p.add_argument("--out", required=True, type=Path, help="output directory (checkpoints, model.pt)")
-    p.add_argument("--arch", default="resnet18", choices=ARCHS)
+    d = TRAINING
+    p.add_argument("--arch", default=d.arch, choices=ARCHS)
     p.add_argument("--weights", type=Path, default=None, help="local checkpoint to start from (no downloads)")
-    p.add_argument("--size", type=int, default=128, help="model input size in pixels (square)")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=16, help="per process")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--size", type=int, default=d.size, help="model input size in pixels (square)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument(
         "--balance",
         choices=("loss", "sampler", "none"),
-        default="loss",
+        default=d.balance,
         help="class-imbalance handling: weighted loss, weighted sampler, or none",
     )
     p.add_argument(
         "--bn-momentum",
         type=float,
-        default=0.1,
+        default=d.bn_momentum,
         help="BatchNorm momentum override (mobilenet_v3 ships 0.01); <0 keeps the default",
     )
     p.add_argument("--no-bn-recalibrate", action="store_true", help="skip the final BatchNorm recalibration")
@@ -214,9 +215,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="per-epoch validation with BatchNorm statistics recomputed on the train images "
         "(honest eval-mode accuracy for early stopping) or with the running statistics",
     )
-    p.add_argument("--patience", type=int, default=8, help="early stopping: epochs without val improvement")
-    p.add_argument("--min-epochs", type=int, default=20, help="no early stop before this epoch")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--patience", type=int, default=d.patience, help="early stopping: epochs without val improvement"
+    )
+    p.add_argument("--min-epochs", type=int, default=d.min_epochs, help="no early stop before this epoch")
+    p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers per process")
     p.add_argument("--device", choices=("auto", "cpu"), default="auto")
     p.add_argument("--resume", type=Path, default=None, help="checkpoint.pt to resume from")

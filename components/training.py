@@ -17,29 +17,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeloop.components.defaults import TRAINING
 from edgeloop.components.errors import TrainingError
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_ARCH = "resnet18"
-DEFAULT_SIZE = 128
-DEFAULT_EPOCHS = 30
 
 
 @dataclass
 class TrainConfig:
-    arch: str = DEFAULT_ARCH
-    size: int = DEFAULT_SIZE
-    epochs: int = DEFAULT_EPOCHS
-    batch_size: int = 16
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    balance: str = "loss"
-    patience: int = 8
-    # no early stop before the one-cycle schedule has mostly annealed: stopping at the
-    # first plateau (epoch ~12 of 25) cost 3 points of val accuracy on the sample
-    min_epochs: int = 20
-    seed: int = 0
-    bn_momentum: float = 0.1
+    """One run's settings; what is not set is :data:`~edgeloop.components.defaults.TRAINING`."""
+
+    arch: str = TRAINING.arch
+    size: int = TRAINING.size
+    epochs: int = TRAINING.epochs
+    batch_size: int = TRAINING.batch_size
+    lr: float = TRAINING.lr
+    weight_decay: float = TRAINING.weight_decay
+    balance: str = TRAINING.balance
+    patience: int = TRAINING.patience
+    min_epochs: int = TRAINING.min_epochs
+    seed: int = TRAINING.seed
+    bn_momentum: float = TRAINING.bn_momentum
     weights: str | None = None
     device: str = "auto"
     extra_args: list[str] = field(default_factory=list)
@@ -99,7 +97,7 @@ def torchrun_command(
     dataset_dir: Path,
     out_dir: Path,
     config: TrainConfig,
-    nproc_per_node: int = 2,
+    nproc_per_node: int = TRAINING.nproc_per_node,
     mlflow_tracking_uri: str | None = None,
     mlflow_experiment: str = "edgeloop",
     mlflow_run_id: str | None = None,
@@ -143,7 +141,7 @@ def run_training(
     out_dir: Path,
     config: TrainConfig | None = None,
     *,
-    nproc_per_node: int = 2,
+    nproc_per_node: int = TRAINING.nproc_per_node,
     mlflow_tracking_uri: str | None = None,
     mlflow_experiment: str = "edgeloop",
     mlflow_run_id: str | None = None,

@@ -8,13 +8,19 @@ a regression is measured, not inferred from numbers on another test set.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import TYPE_CHECKING
 
-from edgeloop.pipelines.evaluation import EvaluationReport
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # this module is imported by the pipeline compiler: keep it free of numpy
+    from edgeloop.pipelines.evaluation import EvaluationReport
 
 
 class GateThresholds(BaseModel):
-    """Configurable thresholds; every one is a pipeline parameter too."""
+    """The gate's thresholds. Their defaults are the defaults of the pipeline parameters of the
+    same names (:data:`GATE`; ``tests/unit/pipelines/test_pipeline_defaults.py`` checks they agree)."""
+
+    model_config = ConfigDict(frozen=True)
 
     min_accuracy: float = Field(default=0.70, ge=0, le=1)
     max_regression: float = Field(
@@ -28,6 +34,10 @@ class GateThresholds(BaseModel):
         default=0.15, ge=0, description="max |p_chosen - p_fp32| over the test images"
     )
     min_top1_agreement: float = Field(default=0.98, ge=0, le=1)
+
+
+GATE = GateThresholds()
+"""The defaults, as one object the pipeline's signature reads (``min_accuracy: float = GATE.min_accuracy``)."""
 
 
 class RuleResult(BaseModel):
@@ -54,7 +64,7 @@ def evaluate_rules(
     champion: EvaluationReport | None = None,
     thresholds: GateThresholds | None = None,
 ) -> GateDecision:
-    t = thresholds or GateThresholds()
+    t = thresholds or GATE
     results: list[RuleResult] = []
 
     def rule(name: str, ok: bool, detail: str) -> None:

@@ -14,14 +14,19 @@ stale label import. Steps with side effects or that depend on the registry's
 state (evaluation vs the current champion, register, approval, build, deploy)
 are never cached.
 
-Every default below is a literal: nothing is read from the environment at
-import or compile time. Service endpoints reach the steps at run time through
-``config_file`` / ``EDGELOOP_*`` variables of the step's environment.
+Training and gate defaults come from the typed objects every other entry point
+reads too (:data:`edgeloop.components.defaults.TRAINING`,
+:data:`edgeloop.pipelines.gate.GATE`); the other defaults are literals. Nothing is
+read from the environment at import or compile time. Service endpoints reach the
+steps at run time through ``config_file`` / ``EDGELOOP_*`` variables of the
+step's environment.
 """
 
 from kfp import dsl
 
+from edgeloop.components.defaults import TRAINING
 from edgeloop.pipelines import steps
+from edgeloop.pipelines.gate import GATE
 
 PIPELINE_NAME = "edgeloop-training"
 
@@ -34,22 +39,22 @@ PIPELINE_NAME = "edgeloop-training"
 def training_pipeline(
     project: str = "",
     label_policy: str = "latest",
-    architecture: str = "resnet18",
-    epochs: int = 30,
-    batch_size: int = 32,
-    image_size: int = 128,
-    learning_rate: float = 0.002,
-    nproc_per_node: int = 2,
-    seed: int = 0,
+    architecture: str = TRAINING.arch,
+    epochs: int = TRAINING.epochs,
+    batch_size: int = TRAINING.batch_size,
+    image_size: int = TRAINING.size,
+    learning_rate: float = TRAINING.lr,
+    nproc_per_node: int = TRAINING.nproc_per_node,
+    seed: int = TRAINING.seed,
     target_profile: str = "cpu-avx2",
-    min_accuracy: float = 0.7,
-    max_regression: float = 0.02,
-    min_class_recall: float = 0.5,
-    class_recall_floors: dict = {},  # noqa: B006 - KFP parameter default, never mutated
-    max_latency_p95_ms: float = 250.0,
-    max_ece: float = 0.25,
-    max_parity_diff: float = 0.15,
-    min_top1_agreement: float = 0.98,
+    min_accuracy: float = GATE.min_accuracy,
+    max_regression: float = GATE.max_regression,
+    min_class_recall: float = GATE.min_class_recall,
+    class_recall_floors: dict = GATE.class_recall_floors,  # KFP reads it; never mutated
+    max_latency_p95_ms: float = GATE.max_latency_p95_ms,
+    max_ece: float = GATE.max_ece,
+    max_parity_diff: float = GATE.max_parity_diff,
+    min_top1_agreement: float = GATE.min_top1_agreement,
     latency_requests: int = 200,
     approval_timeout_s: float = 86400.0,
     approval_poll_s: float = 15.0,

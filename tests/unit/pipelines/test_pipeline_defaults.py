@@ -1,0 +1,63 @@
+"""One source of defaults: the pipeline's parameters default to TRAINING and GATE, in the Python
+signature and in the checked-in compiled YAML a Kubeflow user sees."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import yaml
+
+from edgeloop.components.defaults import TRAINING
+from edgeloop.local.demo import DEMO_PARAMS
+from edgeloop.pipelines.gate import GATE, GateThresholds
+from edgeloop.pipelines.runner import COMPILED
+from edgeloop.pipelines.training_pipeline import training_pipeline
+
+# pipeline parameter -> TrainingDefaults field
+TRAINING_PARAMS = {
+    "architecture": "arch",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "image_size": "size",
+    "learning_rate": "lr",
+    "nproc_per_node": "nproc_per_node",
+    "seed": "seed",
+}
+GATE_PARAMS = list(GateThresholds.model_fields)
+
+EXPECTED = {
+    **{param: getattr(TRAINING, field) for param, field in TRAINING_PARAMS.items()},
+    **{name: getattr(GATE, name) for name in GATE_PARAMS},
+}
+
+
+def _signature_defaults() -> dict[str, object]:
+    sig = inspect.signature(training_pipeline.pipeline_func)
+    return {name: p.default for name, p in sig.parameters.items()}
+
+
+def _compiled_defaults() -> dict[str, object]:
+    spec = next(yaml.safe_load_all(COMPILED.read_text()))
+    return {k: v.get("defaultValue") for k, v in spec["root"]["inputDefinitions"]["parameters"].items()}
+
+
+def test_every_gate_threshold_is_a_pipeline_parameter():
+    assert set(GATE_PARAMS) <= set(_signature_defaults())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_pipeline_signature_defaults_are_the_typed_defaults(name):
+    assert _signature_defaults()[name] == EXPECTED[name]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_compiled_pipeline_defaults_are_the_typed_defaults(name):
+    """KFP writes integers as floats (30.0); the values must still be equal."""
+    value = _compiled_defaults()[name]
+    assert value == EXPECTED[name], f"{name}: compiled {value!r}; run `make compile`"
+
+
+def test_demo_overrides_only_known_parameters():
+    params = _signature_defaults()
+    assert set(DEMO_PARAMS) <= set(params), set(DEMO_PARAMS) - set(params)
