@@ -43,11 +43,15 @@ $(LS_VENV)/.installed: requirements/label-studio.lock
 $(LS_TEMPLATE): $(LS_VENV)/.installed $(VENV)/.installed
 	$(EDGELOOP) stack prepare
 
-.tools/.debs:
+# Debian packages: the MQTT broker, and Chromium + ChromeDriver for the labelers' browser test.
+DEBS := mosquitto chromium chromium-driver
+.tools/.debs: Makefile
 	@mkdir -p .tools
-	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || { \
-	  echo "installing Debian package mosquitto"; \
-	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q mosquitto; }
+	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
 	touch $@
 
 up: setup ## Start the local stack (Azurite, MLflow, Label Studio, Mosquitto)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeloop.core import labelstudio as lsx
+from edgeloop.core.blob import BlobStore
 
 if TYPE_CHECKING:
     from edgeloop.core.config import Settings
@@ -67,7 +68,7 @@ class RelabelItem:
 
     sha256: str
     blob_uri: str  # az://payloads/images/<sha>.png
-    image_url: str  # SAS URL a labeler's browser can open
+    image_url: str  # SAS URL a labeler's browser can open; re-signed when the task is delivered
     predicted_label: str
     score: float
     model_version: str
@@ -82,6 +83,9 @@ class RelabelItem:
             "image": self.image_url,
             "blob_uri": self.blob_uri,
             "sha256": self.sha256,
+            lsx.NOTE: lsx.relabel_note(
+                self.flag_reason, self.flag_score, self.predicted_label, self.model_version
+            ),
             "flag_reason": self.flag_reason,
             "flag_score": round(self.flag_score, 6),
             "model_version": self.model_version,
@@ -113,6 +117,7 @@ class DeliveryReport:
     pending: int = 0  # still in the outbox after this delivery
     error: str | None = None
     task_ids: list[int] = field(default_factory=list)
+    links_refreshed: int = 0  # task image links re-signed because they were about to expire
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -227,7 +232,23 @@ class RelabelQueue:
                     )
                     self._record_failure(proj, [i.sha256 for i in items], msg)
             report.pending = self.outbox_size(project)
+        for proj in dict.fromkeys([*by_project, project or settings.labelstudio.project_title]):
+            report.links_refreshed += self._refresh_links(settings, proj)
         return report
+
+    @staticmethod
+    def _refresh_links(settings: Settings, project: str) -> int:
+        """Re-sign the project's expiring image links (the sync that keeps links short-lived)."""
+        try:
+            ls = lsx.client(settings)
+            proj = lsx.find_project(ls, project)
+            if proj is None:
+                return 0
+            store = BlobStore.from_settings(settings)
+            return lsx.refresh_image_links(ls, proj.id, store, settings.labelstudio.link_ttl_hours).refreshed
+        except Exception as e:  # the next delivery tries again; delivery itself must not fail for this
+            log.warning("could not refresh image links of %r: %s: %s", project, type(e).__name__, e)
+            return 0
 
     def _deliver_project(
         self, settings: Settings, project: str, items: list[RelabelItem], chunk: int, report: DeliveryReport
@@ -246,6 +267,9 @@ class RelabelQueue:
                 report.already_in_project += 1
             else:
                 todo.append(item)
+        store = BlobStore.from_settings(settings)
+        for item in todo:  # links are short-lived: mint them now, not when the item was flagged
+            item.image_url = store.sas_url(item.blob_uri, hours=settings.labelstudio.link_ttl_hours)
         for i in range(0, len(todo), chunk):
             part = todo[i : i + chunk]
             lsx.import_tasks(ls, proj.id, [it.task() for it in part], chunk=chunk)

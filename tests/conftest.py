@@ -21,6 +21,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
         if "e2e" in parts:
             item.add_marker(pytest.mark.e2e)
+        if "browser" in parts:
+            item.add_marker(pytest.mark.browser)
+            item.add_marker(pytest.mark.integration)
         if "gpu" in item.keywords and not gpu:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
 
@@ -67,3 +70,11 @@ def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sample")
     generate_dataset(out, per_class=24, seed=7, size=128)
     return out
+
+
+@pytest.fixture(scope="session")
+def mon_assets(tmp_path_factory):
+    """Sample sets (train/ref/same/shifted) and a tiny model with its reference profile, once per session."""
+    from edgeloop.testing.monitoring import MonitorAssets
+
+    return MonitorAssets(tmp_path_factory.getbasetemp() / "monitoring-assets").build()

@@ -1,4 +1,4 @@
-"""`edgeloop data generate|seed`."""
+"""`edgeloop data generate|seed|refresh-links|allow-origin`."""
 
 from __future__ import annotations
 
@@ -87,3 +87,59 @@ def seed(
         click.echo(f"skipped {len(r.skipped_files)} non-image files, e.g. {r.skipped_files[:3]}")
     if r.duplicate_images:
         click.echo(f"skipped {r.duplicate_images} duplicate images (same content as another file)")
+
+
+@data.command("refresh-links")
+@click.option(
+    "--project", default=None, help="Label Studio project title (default: labelstudio.project_title)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+@user_errors
+def refresh_links(obj, project: str | None, as_json: bool) -> None:
+    """Re-sign task image links that expire within half their lifetime (labelstudio.link_ttl_hours).
+
+    Links in tasks are short-lived read-only SAS URLs; `edgeloop data seed` and every relabel
+    delivery run this sync too. Schedule it (or the monitor) at least every link_ttl_hours / 2.
+    """
+    from edgeloop.core import labelstudio as lsx
+    from edgeloop.core.blob import BlobStore
+
+    settings = obj.settings
+    title = project or settings.labelstudio.project_title
+    ls = lsx.client(settings)
+    proj = lsx.find_project(ls, title)
+    if proj is None:
+        raise click.ClickException(
+            f"no Label Studio project titled '{title}': seed one with `edgeloop data seed`"
+        )
+    report = lsx.refresh_image_links(
+        ls, proj.id, BlobStore.from_settings(settings), settings.labelstudio.link_ttl_hours
+    )
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+    else:
+        click.echo(
+            f"{report.refreshed} of {report.tasks} task links re-signed (valid {settings.labelstudio.link_ttl_hours:g} h), "
+            f"{report.still_valid} still valid, {report.no_blob_uri} without a blob URI left as they are"
+        )
+
+
+@data.command("allow-origin")
+@click.argument("origins", nargs=-1)
+@click.pass_obj
+@user_errors
+def allow_origin(obj, origins: tuple[str, ...]) -> None:
+    """Let labelers' browsers load images: CORS rules on blob storage for Label Studio's origin.
+
+    Allows Label Studio's URL from the settings, labelstudio.browser_origins, and ORIGINS
+    (e.g. https://labels.example.com). `edgeloop stack up` does this for the local stack; run it
+    once against a real storage account (EDGELOOP_BLOB__CONNECTION_STRING) on a cluster.
+    """
+    from edgeloop.core.blob import BlobStore
+
+    settings = obj.settings
+    allowed = list(dict.fromkeys([*settings.labelstudio_origins(), *(o.rstrip("/") for o in origins)]))
+    store = BlobStore.from_settings(settings)
+    store.allow_browser_origins(allowed)
+    click.echo("blob storage now answers these origins: " + ", ".join(store.browser_origins()))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -96,8 +96,11 @@ class BlobStore:
         for b in self.client.get_container_client(container).list_blobs(name_starts_with=prefix or None):
             yield b.name
 
-    def sas_url(self, uri: str | BlobUri, hours: int = 24 * 365) -> str:
-        """A read-only URL a browser (Label Studio's labelers) can open without the account key."""
+    def sas_url(self, uri: str | BlobUri, hours: float = 12.0) -> str:
+        """A read-only URL a browser (Label Studio's labelers) can open without the account key.
+
+        Valid for ``hours`` only: tasks are re-signed by a sync (:func:`edgeloop.core.labelstudio.refresh_image_links`).
+        """
         from azure.storage.blob import BlobSasPermissions, generate_blob_sas
 
         u = BlobUri.parse(uri) if isinstance(uri, str) else uri
@@ -112,6 +115,27 @@ class BlobStore:
             expiry=datetime.now(UTC) + timedelta(hours=hours),
         )
         return f"{self.client.get_blob_client(u.container, u.path).url}?{token}"
+
+    def allow_browser_origins(self, origins: Sequence[str], max_age_s: int = 3600) -> None:
+        """CORS rules on the blob service so pages served from ``origins`` can GET blobs (with a SAS).
+
+        Replaces the service's CORS rules with one read-only rule; other service properties are kept.
+        """
+        from azure.storage.blob import CorsRule
+
+        rule = CorsRule(
+            allowed_origins=list(origins),
+            allowed_methods=["GET", "HEAD", "OPTIONS"],
+            allowed_headers=["*"],
+            exposed_headers=["*"],
+            max_age_in_seconds=max_age_s,
+        )
+        self.client.set_service_properties(cors=[rule])
+
+    def browser_origins(self) -> list[str]:
+        """The origins the blob service's CORS rules allow."""
+        props = self.client.get_service_properties()
+        return [o for rule in props.get("cors") or [] for o in rule.allowed_origins.split(",")]
 
     def uri_from_url(self, url: str) -> BlobUri:
         """Turn a (SAS) blob URL of this account back into an ``az://`` URI."""

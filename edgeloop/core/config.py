@@ -63,6 +63,12 @@ class LabelStudioSettings(BaseModel):
     password: SecretStr | None = None
     api_key: SecretStr | None = None
     project_title: str = "edgeloop-inspection"
+    # Image links in tasks are read-only SAS URLs valid this long; a sync re-signs those that expire
+    # within half of it (`edgeloop data refresh-links`, run by the monitor and the label import).
+    link_ttl_hours: float = Field(default=12.0, gt=0, le=24 * 7)
+    # Extra origins labelers open Label Studio from (the one in `url` / the local stack is always allowed):
+    # blob storage answers these with CORS headers so the labeling page can load images.
+    browser_origins: list[str] = Field(default_factory=list)
 
 
 class MlflowSettings(BaseModel):
@@ -146,6 +152,18 @@ class Settings(BaseSettings):
         if self.labelstudio.url:
             return self.labelstudio.url.rstrip("/")
         return f"http://{self.stack.host}:{self._stack_port('labelstudio')}"
+
+    def labelstudio_origins(self) -> list[str]:
+        """Origins of the labeling page: Label Studio's own URL (and its localhost twin) plus the extras."""
+        from urllib.parse import urlsplit
+
+        u = urlsplit(self.labelstudio_url())
+        origins = [f"{u.scheme}://{u.netloc}"]
+        if u.hostname in ("127.0.0.1", "localhost"):
+            twin = "localhost" if u.hostname == "127.0.0.1" else "127.0.0.1"
+            origins.append(f"{u.scheme}://{twin}" + (f":{u.port}" if u.port else ""))
+        origins += [o.rstrip("/") for o in self.labelstudio.browser_origins]
+        return list(dict.fromkeys(origins))
 
     def labelstudio_api_key(self) -> str:
         if self.labelstudio.api_key is not None:

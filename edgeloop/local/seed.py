@@ -36,6 +36,7 @@ class SeedReport:
     unlabeled_tasks: int = 0
     skipped_files: list[str] = field(default_factory=list)
     duplicate_images: int = 0
+    links_refreshed: int = 0  # image links of existing tasks re-signed before they expire
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,7 +142,8 @@ def seed_directory(
             continue
         new_tasks.append(
             {
-                "image": store.sas_url(uri),
+                "image": store.sas_url(uri, hours=settings.labelstudio.link_ttl_hours),
+                lsx.NOTE: "",
                 "blob_uri": str(uri),
                 "sha256": img.sha256,
                 "source": source,
@@ -150,6 +152,9 @@ def seed_directory(
             }
         )
     lsx.import_tasks(ls, project.id, new_tasks)
+    report.links_refreshed = lsx.refresh_image_links(
+        ls, project.id, store, settings.labelstudio.link_ttl_hours
+    ).refreshed
     report.tasks_created = len(new_tasks)
     report.tasks_existing = len(uploaded) - len(new_tasks)
 

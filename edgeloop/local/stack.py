@@ -338,6 +338,7 @@ class Stack:
         self._wait(order, state, started, progress)
         if "azurite" in order:
             self._ensure_containers()
+            self._allow_labeling_page()
         return self.status()
 
     def _spawn(self, service: str, launch: _Launch) -> int:
@@ -399,6 +400,14 @@ class Stack:
             b.payloads_container,
         }:
             store.ensure_container(name)
+
+    def _allow_labeling_page(self) -> None:
+        """CORS on blob storage for Label Studio's origin, so labelers' browsers can load task images."""
+        from edgeloop.core.blob import BlobStore
+
+        if not self.settings.labelstudio.url and not self._load()["ports"].get("labelstudio"):
+            return
+        BlobStore.from_settings(self.settings).allow_browser_origins(self.settings.labelstudio_origins())
 
     def down(self, services: tuple[str, ...] = SERVICES, progress: Callable[[str], None] = print) -> None:
         """SIGTERM each service's process group, SIGKILL after the grace period. Ports are kept."""
