@@ -107,3 +107,29 @@ def test_failure_cause_is_the_failed_steps_last_exception():
         _failure_cause(log, "train-model")
         == "edgeloop.components.errors.TrainingError: training failed (exit code 1)"
     )
+
+
+def test_a_local_run_survives_a_builder_that_cannot_build_here(tmp_path, monkeypatch):
+    """podman installed but no registry reachable: the build is recorded as failed, the run goes on."""
+    import json
+    import os
+    from types import SimpleNamespace
+
+    from edgeloop.pipelines.tasks import local_image_build_task
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "podman"
+    fake.write_text(
+        '#!/bin/sh\n[ "$1" = info ] && exit 0\necho \'Error: Resolved "python" as an alias\' >&2\nexit 125\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    monkeypatch.setenv("EDGELOOP_STATE_DIR", str(tmp_path / "state"))
+    ctx = write_context(tmp_path / "c.tar.gz", "reg.example/serving", _repo(tmp_path / "repo"))
+    artifact = SimpleNamespace(
+        path=ctx.archive, metadata={"content_hash": ctx.content_hash, "files": ctx.files}
+    )
+    got = json.loads(local_image_build_task(artifact, ctx.image, ""))
+    assert got["status"] == "failed" and got["builder"] == "podman"
+    assert "Resolved" in got["reason"]
