@@ -48,6 +48,10 @@ class ServingOptions:
     bind_host: str = "127.0.0.1"
     grpc_threads: int = 4
     grpc_max_message_bytes: int = 64 * 1024 * 1024
+    enable_grpc: bool = True
+    enable_docs: bool = False  # Swagger UI at /docs
+    timeout_keep_alive_s: int = 65  # longer than a proxy's idle timeout (Istio/Envoy), as kserve's default
+    shutdown_grace_s: int = 10  # in-flight REST and gRPC calls get this long to finish on SIGTERM
     batching: BatchingOptions = field(default_factory=BatchingOptions)
     limits: LimitOptions = field(default_factory=LimitOptions)
     ort: OrtSettings = field(default_factory=OrtSettings)

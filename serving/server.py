@@ -1,7 +1,9 @@
-"""The model server: ``kserve.ModelServer`` with edgeloop's fast REST routes, versions and admin API.
+"""The model server: kserve's data plane behind edgeloop's uvicorn and grpc.aio servers.
 
-What kserve 0.21 does as is: the process, uvicorn + grpc.aio on one event loop,
-health, ``/metrics``, V1 ``:predict``, gRPC ``ModelInfer``. What is added here:
+From kserve 0.21, through its public API only: the model repository, ``DataPlane`` (health,
+V1 ``:predict``, the V2 handlers), its REST endpoint registration, ``/metrics`` and the gRPC
+``InferenceServicer``. Built here: the FastAPI app, the uvicorn server and the grpc.aio server
+(``kserve.ModelServer.start`` binds 0.0.0.0 and [::] with no way to choose), plus:
 
 * ``POST /v2/models/{name}[/versions/{v}]/infer`` (registered before kserve's routes,
   so they win): the body is decoded by :mod:`edgeloop.serving.codec` (zero-copy binary tensors)
@@ -11,8 +13,10 @@ health, ``/metrics``, V1 ``:predict``, gRPC ``ModelInfer``. What is added here:
   version from a URI, ``PUT .../aliases/{alias}`` moves an alias, ``DELETE
   .../versions/{v}`` drains and unloads one.
 * one error mapping (:mod:`edgeloop.serving.errors`) for REST handlers and a gRPC interceptor.
-* binding: kserve hard-codes 0.0.0.0 (REST) and [::] (gRPC); here both bind ``bind_host``
-  (127.0.0.1 by default for ``edgeloop serve``; 0.0.0.0 in the container).
+* binding: both servers bind ``bind_host`` (127.0.0.1 by default for ``edgeloop serve``;
+  0.0.0.0 in the container).
+* shutdown: on SIGTERM/SIGINT/SIGQUIT uvicorn drains REST, then gRPC gets the same grace,
+  then the models are unloaded (which flushes the payload log).
 """
 
 from __future__ import annotations
@@ -20,22 +24,40 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import signal
 from concurrent import futures
+from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import uvicorn
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import ORJSONResponse
 from grpc import aio
 from grpc_interceptor import AsyncExceptionToStatusInterceptor
-from kserve import ModelServer
-from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
-from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
+from kserve import ModelRepository
+from kserve.errors import (
+    InferenceError,
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    NoModelReady,
+    ServerNotLive,
+    ServerNotReady,
+    UnsupportedProtocol,
+    inference_error_handler,
+    server_not_live_handler,
+    server_not_ready_handler,
+    unsupported_protocol_error_handler,
+)
+from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
-from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.grpc.servicer import InferenceServicer
-from kserve.protocol.rest.server import RESTServer
-from uvicorn.importer import import_from_string
+from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+from kserve.protocol.rest.server import metrics_handler
+from kserve.protocol.rest.v1_endpoints import register_v1_endpoints
+from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
 
 from edgeloop.serving import codec, metrics
 from edgeloop.serving.errors import (
@@ -57,10 +79,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 ADMIN_PREFIX = "/edgeloop/admin"
+SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
 
 
 class Routes:
-    """Edgeloop's REST routes and error handlers, installed on kserve's FastAPI app."""
+    """Edgeloop's REST routes and error handlers, installed on the server's FastAPI app."""
 
     def __init__(self, models: dict[str, OnnxImageModel], options: ServingOptions, settings: Settings | None):
         self.models = models
@@ -101,8 +124,7 @@ class Routes:
         )
 
     def install_error_handlers(self, app: FastAPI) -> None:
-        # After kserve's: these replace its handlers for the same classes, so every error is
-        # counted and shaped the same way.
+        # kserve's own error classes too, so every error is counted and shaped the same way.
         from edgeloop.serving.errors import ServingError
 
         for cls in (ServingError, InvalidInput, ModelNotFound, ModelNotReady, NotImplementedError, Exception):
@@ -240,36 +262,48 @@ class Routes:
 
 
 # ------------------------------------------------------------------------------------- REST
-class EdgeloopRESTServer(RESTServer):
-    def __init__(self, *args: Any, host: str, routes: Routes, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.config.host = host  # kserve passes 0.0.0.0 to uvicorn.Config; the server reads it at serve()
-        self._routes = routes
-
-    def create_application(self) -> None:
-        app = import_from_string(FASTAPI_APP_IMPORT_STRING)
-        self._routes.install(app)  # first: Starlette takes the first matching route
-        self._register_endpoints(app)  # kserve's: health, /metrics, V1, the rest of V2
-        self._add_exception_handlers(app)
-        self._routes.install_error_handlers(app)
-        # kserve's timing middleware is left out: it logs a line per request.
+def rest_app(
+    dataplane: DataPlane, repository_extension: ModelRepositoryExtension, routes: Routes, enable_docs: bool
+) -> FastAPI:
+    """Edgeloop's routes, then kserve's (health, ``/metrics``, V1, the rest of V2), on a new app."""
+    app = FastAPI(
+        title="edgeloop model server",
+        version=metadata.version("kserve"),
+        docs_url="/docs" if enable_docs else None,
+        redoc_url=None,
+        default_response_class=ORJSONResponse,  # as kserve's app: its V1/V2 handlers return plain objects
+    )
+    routes.install(app)  # first: Starlette takes the first matching route
+    app.add_api_route("/", dataplane.live, methods=["GET"])
+    app.add_api_route("/metrics", metrics_handler, methods=["GET"])
+    register_v1_endpoints(app, dataplane, repository_extension)
+    register_v2_endpoints(app, dataplane, repository_extension)
+    # kserve's handlers for the errors edgeloop does not shape itself; Starlette picks the most
+    # specific class, so these win over the catch-all ``Exception`` handler below.
+    app.add_exception_handler(InferenceError, inference_error_handler)
+    app.add_exception_handler(UnsupportedProtocol, unsupported_protocol_error_handler)
+    app.add_exception_handler(ServerNotLive, server_not_live_handler)
+    app.add_exception_handler(ServerNotReady, server_not_ready_handler)
+    routes.install_error_handlers(app)
+    # No per-request timing middleware or access log: lifecycle events only (see logs.py).
+    return app
 
 
 # ------------------------------------------------------------------------------------- gRPC
 class EdgeloopServicer(InferenceServicer):
     """kserve's servicer (ModelInfer, health) with versions in ModelReady and ModelMetadata."""
 
-    def __init__(self, data_plane: Any, repo_ext: Any, routes: Routes):
+    def __init__(self, data_plane: DataPlane, repo_ext: ModelRepositoryExtension, routes: Routes):
         super().__init__(data_plane, repo_ext)
-        self._routes = routes
+        self.routes = routes
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
-        model = self._routes.model(request.name)
+        model = self.routes.model(request.name)
         model.versions.resolve(request.version)
         return pb.ModelReadyResponse(ready=True)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
-        md = self._routes.model(request.name).metadata(request.version)
+        md = self.routes.model(request.name).metadata(request.version)
 
         def tensors(items: list[dict]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
             return [
@@ -293,104 +327,132 @@ class ErrorInterceptor(AsyncExceptionToStatusInterceptor):
 
     def __init__(self, routes: Routes):
         super().__init__()
-        self._routes = routes
+        self.routes = routes
 
     async def handle_exception(  # type: ignore[override]
         self, ex: Exception, request_or_iterator: Any, context: Any, method_name: str
     ) -> None:
         name = getattr(request_or_iterator, "model_name", "") or getattr(request_or_iterator, "name", "")
-        metrics.ERRORS.labels(
-            name if name in self._routes.models else "unknown", error_kind(ex), "grpc"
-        ).inc()
+        metrics.ERRORS.labels(name if name in self.routes.models else "unknown", error_kind(ex), "grpc").inc()
         code = grpc_status(ex)
         if http_status(ex) >= 500 and http_status(ex) != 503:
             log.error("internal error in %s", method_name, exc_info=ex)
         await context.abort(code, public_message(ex))
 
 
-class EdgeloopGRPCServer(GRPCServer):
-    def __init__(self, *args: Any, host: str, routes: Routes, max_message_bytes: int, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._host = host
-        self._routes = routes
-        self._max_message_bytes = max_message_bytes
-
-    async def start(self, max_workers: int) -> None:
-        servicer = EdgeloopServicer(self._data_plane, self._model_repository_extension, self._routes)
-        self._server = aio.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=(ErrorInterceptor(self._routes),),
-            options=[
-                ("grpc.max_send_message_length", self._max_message_bytes),
-                ("grpc.max_receive_message_length", self._max_message_bytes),
-            ],
-        )
-        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        self._server.add_insecure_port(f"{host}:{self._port}")
-        log.info("gRPC listening on %s:%d", self._host, self._port)
-        await self._server.start()
-        await self._server.wait_for_termination()
+def grpc_server(
+    dataplane: DataPlane,
+    repository_extension: ModelRepositoryExtension,
+    routes: Routes,
+    host: str,
+    port: int,
+    threads: int,
+    max_message_bytes: int,
+) -> aio.Server:
+    """A grpc.aio server with the OIP v2 servicer, bound to ``host:port`` (not started)."""
+    server = aio.server(
+        futures.ThreadPoolExecutor(max_workers=threads),
+        interceptors=(ErrorInterceptor(routes),),
+        options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ],
+    )
+    servicer = EdgeloopServicer(dataplane, repository_extension, routes)
+    grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return server
 
 
 # ------------------------------------------------------------------------------------- server
-class EdgeloopModelServer(ModelServer):
-    """``kserve.ModelServer`` whose ``start`` mirrors kserve 0.21's single-process path, plus
-    binding to ``bind_host`` and edgeloop's routes. Multi-worker REST is not offered: batching
-    needs every request in one process (scale with replicas instead)."""
+class EdgeloopModelServer:
+    """kserve's data plane (model repository, V1/V2 handlers, gRPC servicer) behind edgeloop's
+    own uvicorn and grpc.aio servers, on one event loop in one process.
+
+    ``kserve.ModelServer.start`` binds 0.0.0.0 and [::] with no way to choose, so the frontend
+    is built here from kserve's public pieces. Multi-worker REST is not offered: batching needs
+    every request in one process (scale with replicas instead).
+    """
 
     def __init__(self, options: ServingOptions, settings: Settings | None = None):
-        super().__init__(
-            http_port=options.http_port,
-            grpc_port=options.grpc_port,
-            workers=1,
-            max_threads=options.grpc_threads,
-            enable_latency_logging=False,
-            access_log_format=None,
-            grace_period=10,
-        )
         self.options = options
         self.settings = settings
+        self.repository = ModelRepository()
+        self.dataplane = DataPlane(model_registry=self.repository)
+        self.repository_extension = ModelRepositoryExtension(model_registry=self.repository)
 
-    def start(self, models: list[OnnxImageModel]) -> None:  # type: ignore[override]
-        self._register_and_check_atleast_one_model_is_ready(models)
-        routes = Routes({m.name: m for m in models}, self.options, self.settings)
-        self._rest_server = EdgeloopRESTServer(
-            FASTAPI_APP_IMPORT_STRING,
-            self.dataplane,
-            self.model_repository_extension,
-            self.http_port,
-            workers=1,
-            grace_period=self.grace_period,
-            event_loop=self.event_loop,
-            timeout_keep_alive=self.timeout_keep_alive,
-            host=self.options.bind_host,
-            routes=routes,
+    def register(self, models: list[OnnxImageModel]) -> Routes:
+        """Put every ready model in kserve's repository; at least one must be ready."""
+        for model in models:
+            if model.ready:
+                self.repository.update(model)
+                model.start()
+        if not self.repository.get_models():
+            raise NoModelReady(models)
+        return Routes({m.name: m for m in models}, self.options, self.settings)
+
+    def rest_server(self, routes: Routes) -> uvicorn.Server:
+        o = self.options
+        config = uvicorn.Config(
+            rest_app(self.dataplane, self.repository_extension, routes, o.enable_docs),
+            host=o.bind_host,
+            port=o.http_port,
+            log_config=None,  # logging is configured by edgeloop.serving.logs
+            access_log=False,
+            timeout_keep_alive=o.timeout_keep_alive_s,
+            timeout_graceful_shutdown=o.shutdown_grace_s,
         )
-        self.servers.append(self._rest_server.start())
-        if self.enable_grpc:
-            self._grpc_server = EdgeloopGRPCServer(
-                self.grpc_port,
+        return uvicorn.Server(config)
+
+    def start(self, models: list[OnnxImageModel]) -> None:
+        """Serve until SIGTERM/SIGINT/SIGQUIT, then drain: REST first, then gRPC, then unload."""
+        routes = self.register(models)
+        rest = self.rest_server(routes)
+
+        def on_signal(sig: int, _frame: Any) -> None:
+            # uvicorn captures SIGINT/SIGTERM itself while it serves and re-raises them after it
+            # has drained, landing here; this handler covers the moments around that.
+            if not rest.should_exit:
+                log.info("%s: shutting down", signal.Signals(sig).name)
+            rest.should_exit = True
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in SHUTDOWN_SIGNALS}
+        try:
+            asyncio.run(self.serve(rest, routes))
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    async def serve(self, rest: uvicorn.Server, routes: Routes) -> None:
+        o = self.options
+        rpc = None
+        if o.enable_grpc:
+            rpc = grpc_server(
                 self.dataplane,
-                self.model_repository_extension,
-                kwargs={},
-                grace_period=self.grace_period,
-                host=self.options.bind_host,
-                routes=routes,
-                max_message_bytes=self.options.grpc_max_message_bytes,
+                self.repository_extension,
+                routes,
+                o.bind_host,
+                o.grpc_port,
+                o.grpc_threads,
+                o.grpc_max_message_bytes,
             )
-            self.servers.append(self._grpc_server.start(self.max_threads))
-        log.info(
-            "serving %s on http://%s:%d and grpc %s:%d",
-            sorted(routes.models),
-            self.options.bind_host,
-            self.http_port,
-            self.options.bind_host,
-            self.grpc_port,
-        )
-        self.setup_event_loop()
-        self.register_signal_handler()
-        asyncio.run(self._serve())
+        try:
+            if rpc is not None:
+                await rpc.start()
+            log.info(
+                "serving %s on http://%s:%d%s",
+                sorted(routes.models),
+                o.bind_host,
+                o.http_port,
+                f" and grpc {o.bind_host}:{o.grpc_port}" if rpc is not None else "",
+            )
+            await rest.serve()  # returns once it has stopped taking requests and drained
+        finally:
+            if rpc is not None:
+                await rpc.stop(grace=o.shutdown_grace_s)
+            for name in list(self.repository.get_models()):
+                self.repository.unload(name)  # Model.stop(): flushes the payload log
+            log.info("model server stopped")
 
 
 def build_models(
