@@ -53,7 +53,7 @@ def bare_ort(model_dir: Path, size: int, batch: int, seconds: float) -> float:
     """Images/s of back-to-back ``batch``-sized runs with the server's session settings."""
     import onnxruntime as ort
 
-    from edgeloop.serving.providers import OrtSettings
+    from edgeloop.core.model_loader import OrtSettings
 
     sess = ort.InferenceSession(
         str(model_dir / "model.onnx"),

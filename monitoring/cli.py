@@ -20,40 +20,30 @@ class MonitorError(EdgeloopError):
 
 
 def resolve_model_dir(settings: Any, model_dir: Path | None, model: str | None, alias: str) -> Path:
-    """``--model-dir`` as given, or the registered model ``NAME@ALIAS`` downloaded from MLflow (cached)."""
+    """``--model-dir`` as given, or the registered model ``NAME@ALIAS`` fetched from MLflow (cached
+    under the state dir); either way verified against its card (:mod:`edgeloop.core.model_loader`)."""
+    from edgeloop.core.errors import ModelError, ModelFetchError
+    from edgeloop.core.model_loader import fetch_model, verify_model
+
     if model_dir is not None:
         if not (model_dir / "model_card.json").exists():
             raise MonitorError(f"{model_dir} holds no model_card.json: pass an exported model directory")
-        return model_dir
-    if not model:
+        directory = model_dir
+    elif not model:
         raise MonitorError("name the model: --model-dir DIR (an exported model) or --model NAME (registered)")
-    import mlflow
-
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri())
-    client = mlflow.MlflowClient()
+    else:
+        try:
+            fetched = fetch_model(
+                f"models:/{model}@{alias}", settings, settings.state_dir / "monitoring" / "models"
+            )
+        except ModelFetchError as e:
+            raise MonitorError(f"{e}; use --alias or --model-dir") from e
+        directory = fetched.directory
     try:
-        mv = client.get_model_version_by_alias(model, alias)
-    except Exception as e:
-        raise MonitorError(
-            f"no version of registered model {model!r} has alias {alias!r} ({e}); "
-            f"use --alias or --model-dir"
-        ) from e
-    dest = settings.state_dir / "monitoring" / "models" / model / str(mv.version)
-    if not any(dest.rglob("model_card.json")):
-        dest.mkdir(parents=True, exist_ok=True)
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model}/{mv.version}", dst_path=str(dest))
-    cards = sorted(dest.rglob("model_card.json"))
-    if not cards:
-        raise MonitorError(
-            f"registered model {model} v{mv.version} has no model_card.json among its artifacts"
-        )
-    from edgeloop.core.model_card import IntegrityError, ModelCard
-
-    try:
-        ModelCard.load(cards[0].parent).verify(cards[0].parent)
-    except IntegrityError as e:
-        raise MonitorError(f"registered model {model} v{mv.version}: {e}") from e
-    return cards[0].parent
+        verify_model(directory)
+    except ModelError as e:
+        raise MonitorError(str(e)) from e  # names the directory and what to do
+    return directory
 
 
 def _options(kw: dict[str, Any]) -> Any:

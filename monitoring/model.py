@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from edgeloop.core.model_card import EMBEDDING_OUTPUT, MODEL_FILE, PROBS_OUTPUT, ModelCard
+from edgeloop.core.model_card import EMBEDDING_OUTPUT, MODEL_FILE, PROBS_OUTPUT
 from edgeloop.core.preprocessing import Preprocess
 
 if TYPE_CHECKING:
@@ -48,20 +48,23 @@ class Outputs:
 
 
 class ModelRunner:
-    """An ONNX Runtime session over a model directory, with the card's preprocessing."""
+    """An ONNX Runtime session over a model directory, with the card's preprocessing.
+
+    Opened by :func:`edgeloop.core.model_loader.open_model`: a model that fails the integrity
+    rule (files changed after export, no digest for ``model.onnx``) raises
+    :class:`~edgeloop.core.errors.IntegrityError` instead of being scanned with.
+    """
 
     def __init__(self, model_dir: Path | str, threads: int = 1):
-        import onnxruntime as ort
+        from edgeloop.core.model_loader import OrtSettings, open_model
 
         self.model_dir = Path(model_dir)
-        self.card = ModelCard.load(self.model_dir)
-        self.preprocess = Preprocess(self.card.preprocessing)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        self.session: ort.InferenceSession = ort.InferenceSession(
-            str(self.model_dir / MODEL_FILE), sess_options=opts, providers=["CPUExecutionProvider"]
+        model = open_model(
+            self.model_dir, OrtSettings(providers=["cpu"], intra_op_threads=threads, inter_op_threads=1)
         )
+        self.card = model.card
+        self.preprocess = Preprocess(self.card.preprocessing)
+        self.session: ort.InferenceSession = model.session
         names = [o.name for o in self.session.get_outputs()]
         if EMBEDDING_OUTPUT not in names:
             raise ValueError(

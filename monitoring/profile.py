@@ -19,7 +19,9 @@ For the training / pipeline step, one call::
     from edgeloop.monitoring.profile import build_reference_profile
     build_reference_profile(model_dir, val_image_paths)   # writes model_dir/reference_profile.npz
 
-Call it before ``ModelCard.with_digests`` so the profile's digest is in the card.
+The model is opened through :func:`edgeloop.core.model_loader.open_model`, so its card must
+already record the digests of the files it lists; afterwards, refresh them
+(``ModelCard.with_digests``) so the profile's digest is in the card too.
 """
 
 from __future__ import annotations

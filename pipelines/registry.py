@@ -298,18 +298,12 @@ def version_tags(settings: Settings, version: str) -> dict[str, str]:
 
 
 def download_version(settings: Settings, version: str, dest: Path) -> Path:
-    """The model files of a version (model.onnx + model_card.json), verified against the card."""
-    import mlflow
+    """The model files of a version (model.onnx + model_card.json) fetched under ``dest`` and verified
+    against the card (:class:`~edgeloop.core.errors.IntegrityError` otherwise); returns their directory."""
+    from edgeloop.core.model_loader import fetch_verified
 
-    from edgeloop.core.model_card import ModelCard
-
-    name = settings.mlflow.registered_model
-    client(settings)
-    path = Path(
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dest))
-    )
-    ModelCard.load(path).verify(path)
-    return path
+    uri = f"models:/{settings.mlflow.registered_model}/{version}"
+    return fetch_verified(uri, settings, cache_dir=Path(dest)).directory
 
 
 def download_evaluation(settings: Settings, version: str) -> EvaluationReport | None:

@@ -112,6 +112,7 @@ def _rgb(data: bytes) -> np.ndarray:
 
 
 def predict_in_process(model_dir: Path, images: Sequence[TestImage]) -> np.ndarray:
+    """Probabilities of the model in ``model_dir`` (verified and opened by the shared loader)."""
     from edgeloop.monitoring.model import ModelRunner
 
     return ModelRunner(model_dir).run([_rgb(i.data) for i in images]).probabilities
@@ -156,11 +157,15 @@ def run_staging_evaluation(
     compare_with_champion: bool = True,
     serve: Callable[..., tuple[np.ndarray, list[float]]] | None = None,
 ) -> StagingResult:
-    from edgeloop.core.model_card import ModelCard
+    """Evaluate the candidate in ``model_dir`` through the model server (and the fp32 reference and the
+    champion in-process) on the test split; every model is verified against its card first and a
+    model that fails (:class:`~edgeloop.core.errors.IntegrityError`) stops the evaluation."""
+    from edgeloop.core.model_loader import verify_model
 
     model_dir = Path(model_dir)
-    card = ModelCard.load(model_dir)
-    card.verify(model_dir)
+    card = verify_model(model_dir).card
+    if reference_model_dir is not None:
+        verify_model(reference_model_dir)  # refused now, not after the server has run
     images = load_split_images(dataset_dir, "test")
     if not images:
         raise StagingError(

@@ -101,10 +101,10 @@ def serve(
 ) -> None:
     """Serve ONNX image classifiers over OIP v2 REST/gRPC and V1 with KServe's model server."""
     from edgeloop.core.config import load_settings
+    from edgeloop.core.model_loader import OrtSettings
     from edgeloop.serving import logs
     from edgeloop.serving.errors import ServingError
     from edgeloop.serving.options import BatchingOptions, LimitOptions, PayloadLogOptions, ServingOptions
-    from edgeloop.serving.providers import OrtSettings
 
     bad = [a for a in aliases if "=" not in a]
     if bad:

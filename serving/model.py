@@ -23,17 +23,10 @@ from typing import Any
 import numpy as np
 from kserve import Model
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
-from pydantic import ValidationError
 
-from edgeloop.core.model_card import (
-    EMBEDDING_OUTPUT,
-    MODEL_CARD_FILE,
-    MODEL_FILE,
-    PROBS_OUTPUT,
-    IntegrityError,
-    ModelCard,
-    sha256_bytes,
-)
+from edgeloop.core.errors import IntegrityError, InvalidModelError
+from edgeloop.core.model_card import EMBEDDING_OUTPUT, PROBS_OUTPUT, ModelCard
+from edgeloop.core.model_loader import OrtSettings, SessionInfo, open_session, read_card, verify_model
 from edgeloop.core.preprocessing import Preprocess
 from edgeloop.serving import codec, metrics
 from edgeloop.serving.batching import DirectRunner, DynamicBatcher
@@ -45,7 +38,6 @@ from edgeloop.serving.errors import (
     VersionNotFoundError,
 )
 from edgeloop.serving.options import DEFAULT_ALIAS, BatchingOptions, LimitOptions
-from edgeloop.serving.providers import OrtSettings, SessionInfo, create_session
 from edgeloop.serving.sources import ResolvedModel
 
 log = logging.getLogger(__name__)
@@ -130,47 +122,28 @@ def load_version(
 ) -> LoadedVersion:
     """Verify every file against the card, open an ONNX Runtime session, check the I/O, warm it up.
 
-    Raises :class:`IntegrityRefusedError` (and counts it) when a digest does not match,
+    Verification and the session are :mod:`edgeloop.core.model_loader`'s (the rule every consumer
+    applies). Raises :class:`IntegrityRefusedError` (and counts it) when the files fail it,
     :class:`ModelLoadError` for anything else that makes the directory unservable.
     """
     t0 = time.perf_counter()
     directory = Path(directory)
     try:
-        card = ModelCard.load(directory)
-    except FileNotFoundError as e:
+        card = read_card(directory)
+    except InvalidModelError as e:
         raise ModelLoadError(str(e)) from e
-    except ValidationError as e:
-        raise ModelLoadError(
-            f"{MODEL_CARD_FILE} in {directory.name} is not a valid model card: "
-            f"{e.error_count()} problems, first: {e.errors()[0]['msg']}"
-        ) from e
     name = model_name or card.name
-    model_path = directory / MODEL_FILE
     try:
-        if not model_path.exists():
-            raise IntegrityError(f"{MODEL_FILE} is missing from the model directory")
-        if MODEL_FILE not in card.files:
-            raise IntegrityError(
-                f"the model card lists no digest for {MODEL_FILE}; refusing an unverifiable model"
-            )
-        model_bytes = model_path.read_bytes()
-        if sha256_bytes(model_bytes) != card.files[MODEL_FILE]:
-            raise IntegrityError(
-                f"{MODEL_FILE} does not match the sha256 in its model card: the file was "
-                "changed after the model was registered; re-export or re-register it"
-            )
-        card.verify(directory)  # every other listed file
+        verified = verify_model(directory, card)
     except IntegrityError as e:
         metrics.INTEGRITY_FAILURES.labels(name).inc()
         metrics.LOAD_FAILURES.labels(name, "integrity").inc()
         log.error("refusing to load %s version %s: %s", name, version or card.version, e)
         raise IntegrityRefusedError(
-            f"model {name} version {version or card.version or '?'} refused: {e}"
+            f"model {name} version {version or card.version or '?'} refused: {e.reason}"
         ) from e
-    # Load from the bytes we just verified (no window to swap the file) unless it has external data.
-    source: Any = model_bytes if set(card.files) == {MODEL_FILE} else model_path
     try:
-        session, info = create_session(source, ort_settings)
+        session, info = open_session(verified.session_source(), ort_settings)
     except Exception as e:
         metrics.LOAD_FAILURES.labels(name, "onnx").inc()
         raise ModelLoadError(

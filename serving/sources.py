@@ -1,33 +1,26 @@
-"""Model URIs -> local model directories (``model.onnx`` + ``model_card.json``).
+"""Served-model specs -> local model directories, through :mod:`edgeloop.core.model_loader`.
 
-* a local directory: ``/models/inspection/3`` (or ``file:///...``);
-* a blob prefix: ``az://models/inspection/3`` (downloaded with :class:`edgeloop.core.blob.BlobStore`);
-* the MLflow registry: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` (the registered
-  version's artifacts are downloaded; the alias in the URI becomes an alias on the server).
-
-A URI may end with ``#version=V&alias=A&name=N`` to set the served version id, an alias
-and the served model name. Downloads are never trusted: the loader verifies every file
-against the card's sha256 digests after they land.
+A spec is a model URI (a local directory or ``file://``, an ``az://`` blob prefix,
+``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``; the alias in a registry URI becomes an
+alias on the server), optionally ending with ``#version=V&alias=A&name=N`` to set the
+served version id, an alias and the served model name. Fetching is the shared loader's;
+downloads are never trusted: :func:`edgeloop.serving.model.load_version` verifies every file
+against the card's sha256 digests before anything is loaded.
 """
 
 from __future__ import annotations
 
-import logging
-import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
-from edgeloop.core.model_card import MODEL_CARD_FILE
+from edgeloop.core.errors import ModelError
+from edgeloop.core.model_loader import fetch_model
 from edgeloop.serving.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from edgeloop.core.config import Settings
-
-log = logging.getLogger(__name__)
-_MLFLOW = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
 
 
 @dataclass(frozen=True)
@@ -66,95 +59,12 @@ class ResolvedModel:
 def resolve(
     spec: ModelSpec | str, settings: Settings | None = None, cache_dir: Path | None = None
 ) -> ResolvedModel:
-    """Make the model named by ``spec`` available as a local directory."""
+    """Make the model named by ``spec`` available as a local directory (:class:`ModelLoadError` if not)."""
     if isinstance(spec, str):
         spec = ModelSpec.parse(spec)
-    uri = spec.uri
-    if uri.startswith("models:/"):
-        return _from_mlflow(spec, _need(settings, uri), _cache(cache_dir))
-    if uri.startswith("az://"):
-        return _from_blob(spec, _need(settings, uri), _cache(cache_dir))
-    path = Path(uri.removeprefix("file://")).expanduser()
-    if not path.is_dir():
-        raise ModelLoadError(
-            f"model directory {uri} does not exist (expected a directory with model.onnx "
-            f"and {MODEL_CARD_FILE}, an az:// prefix or a models:/ URI)"
-        )
-    return ResolvedModel(spec, _model_dir(path, uri), aliases=spec.aliases)
-
-
-def _need(settings: Settings | None, uri: str) -> Settings:
-    if settings is None:
-        raise ModelLoadError(f"{uri} needs edgeloop settings (blob storage / MLflow endpoints)")
-    return settings
-
-
-def _cache(cache_dir: Path | None) -> Path:
-    if cache_dir is None:
-        return Path(tempfile.mkdtemp(prefix="edgeloop-serving-"))
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix="model-", dir=cache_dir))
-
-
-def _model_dir(root: Path, uri: str) -> Path:
-    """``root`` itself if it holds a card, else the single sub-directory that does."""
-    if (root / MODEL_CARD_FILE).exists():
-        return root
-    cards = sorted(root.rglob(MODEL_CARD_FILE))
-    if len(cards) == 1:
-        return cards[0].parent
-    if not cards:
-        raise ModelLoadError(
-            f"{uri} holds no {MODEL_CARD_FILE}: a served model needs its card next to model.onnx"
-        )
-    raise ModelLoadError(f"{uri} holds {len(cards)} model cards; point at one model directory")
-
-
-def _from_blob(spec: ModelSpec, settings: Settings, dest: Path) -> ResolvedModel:
-    from edgeloop.core.blob import BlobStore, BlobUri
-
-    u = BlobUri.parse(spec.uri)
-    prefix = u.path.rstrip("/") + "/" if u.path else ""
-    store = BlobStore.from_settings(settings)
-    names = list(store.list(u.container, prefix))
-    if not names:
-        raise ModelLoadError(f"no blobs under {spec.uri}; expected model.onnx and {MODEL_CARD_FILE} there")
-    for name in names:
-        rel = name[len(prefix) :]
-        if not rel or ".." in Path(rel).parts:
-            continue
-        store.download_to(BlobUri(u.container, name), dest / rel)
-    log.info("downloaded %d files from %s", len(names), spec.uri)
-    return ResolvedModel(spec, _model_dir(dest, spec.uri), aliases=spec.aliases)
-
-
-def _from_mlflow(spec: ModelSpec, settings: Settings, dest: Path) -> ResolvedModel:
-    import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    m = _MLFLOW.match(spec.uri)
-    if not m:
-        raise ModelLoadError(
-            f"{spec.uri} is not a registry URI; use models:/NAME@ALIAS or models:/NAME/VERSION"
-        )
-    name, alias, version = m.group("name"), m.group("alias"), m.group("version")
-    tracking_uri = settings.mlflow_tracking_uri()
-    client = MlflowClient(tracking_uri=tracking_uri)
     try:
-        mv = (
-            client.get_model_version_by_alias(name, alias)
-            if alias
-            else client.get_model_version(name, version)
-        )
-        download_uri = client.get_model_version_download_uri(name, mv.version)
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=download_uri, dst_path=str(dest), tracking_uri=tracking_uri
-        )
-    except MlflowException as e:
-        raise ModelLoadError(f"cannot fetch {spec.uri} from MLflow at {tracking_uri}: {e.message}") from e
-    log.info("downloaded %s (version %s) from MLflow", spec.uri, mv.version)
-    aliases = tuple(dict.fromkeys(((alias,) if alias else ()) + spec.aliases))
-    return ResolvedModel(
-        spec, _model_dir(Path(local), spec.uri), version_hint=str(mv.version), aliases=aliases
-    )
+        fetched = fetch_model(spec.uri, settings, cache_dir)
+    except ModelError as e:
+        raise ModelLoadError(str(e)) from e
+    aliases = tuple(dict.fromkeys(((fetched.alias,) if fetched.alias else ()) + spec.aliases))
+    return ResolvedModel(spec, fetched.directory, version_hint=fetched.registry_version, aliases=aliases)

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgeloop.core.errors import EdgeloopError
-from edgeloop.core.model_card import MODEL_FILE, PROBS_OUTPUT, ModelCard
+from edgeloop.core.model_card import PROBS_OUTPUT
 from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
 
 log = logging.getLogger(__name__)
@@ -61,39 +61,25 @@ def _predictions(
 
 
 class OnnxPredictor:
-    """ONNX Runtime in this process, with the model card's preprocessing."""
+    """ONNX Runtime in this process, with the model card's preprocessing.
 
-    def __init__(self, model_dir: Path | str, intra_op_threads: int = 0, verify: bool = True):
-        import onnxruntime as ort
+    The model is verified and opened by :func:`edgeloop.core.model_loader.open_model`, the
+    same rule as the model server's: a model whose files do not match its card (or whose card
+    records no digest for ``model.onnx``) is refused with
+    :class:`~edgeloop.core.errors.IntegrityError`.
+    """
 
-        model_dir = Path(model_dir)
-        card = ModelCard.load(model_dir)
-        if verify:
-            if card.files:
-                try:
-                    card.verify(model_dir)
-                except Exception as e:
-                    raise PredictorError(f"model in {model_dir} failed its integrity check: {e}") from e
-            else:
-                log.warning(
-                    "model card in %s lists no file digests; the model file is not verified", model_dir
-                )
-        path = model_dir / MODEL_FILE
-        if not path.exists():
-            raise PredictorError(f"{path} does not exist: a model directory holds {MODEL_FILE} and its card")
-        opts = ort.SessionOptions()
-        if intra_op_threads:
-            opts.intra_op_num_threads = intra_op_threads
-        try:
-            self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise PredictorError(f"ONNX Runtime could not load {path}: {e}") from e
-        self.card = card
-        self.model_name = card.name
-        self.model_version = card.version
-        self.labels = list(card.labels)
-        self.preprocess = Preprocess(card.preprocessing)
-        self._input = card.input_name
+    def __init__(self, model_dir: Path | str, intra_op_threads: int = 0):
+        from edgeloop.core.model_loader import OrtSettings, open_model
+
+        model = open_model(model_dir, OrtSettings(providers=["cpu"], intra_op_threads=intra_op_threads))
+        self._session = model.session
+        self.card = model.card
+        self.model_name = model.card.name
+        self.model_version = model.card.version
+        self.labels = list(model.card.labels)
+        self.preprocess = Preprocess(model.card.preprocessing)
+        self._input = model.card.input_name
 
     def predict(self, frames: np.ndarray) -> list[Prediction]:
         x = self.preprocess.normalize_batch(frames)

@@ -1,7 +1,8 @@
 """The model card: what a served model is, how to feed it, and how to verify its files.
 
 Written by the training path next to ``model.onnx`` as ``model_card.json``,
-logged to MLflow with the model, read by the server before loading.
+logged to MLflow with the model, read by :mod:`edgeloop.core.model_loader` before
+anything opens the model.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from edgeloop.core.errors import IntegrityError as IntegrityError  # raised by verify(); kept importable here
 from edgeloop.core.preprocessing import PreprocessConfig
 
 MODEL_CARD_FILE = "model_card.json"
@@ -26,10 +28,6 @@ EMBEDDING_OUTPUT = "embedding"
 class Precision(str, Enum):
     FP32 = "fp32"
     INT8 = "int8"
-
-
-class IntegrityError(RuntimeError):
-    """A model file's sha256 does not match its card: the model must not be loaded."""
 
 
 class ModelCard(BaseModel):
@@ -74,22 +72,11 @@ class ModelCard(BaseModel):
         return self.model_copy(update={"files": files})
 
     def verify(self, directory: Path) -> None:
-        """Raise :class:`IntegrityError` unless every listed file exists with its recorded sha256."""
-        directory = Path(directory)
-        if not self.files:
-            raise IntegrityError(
-                f"model card in {directory} lists no file digests; refusing an unverifiable model"
-            )
-        for rel, expected in self.files.items():
-            path = directory / rel
-            if not path.exists():
-                raise IntegrityError(f"{rel} is listed in the model card but missing from {directory}")
-            actual = sha256_file(path)
-            if actual != expected:
-                raise IntegrityError(
-                    f"{rel} has sha256 {actual[:12]}..., the model card says {expected[:12]}...: "
-                    "the file was changed after the model was registered; re-export or re-register it"
-                )
+        """Raise :class:`IntegrityError` unless ``directory`` passes the integrity rule of
+        :func:`edgeloop.core.model_loader.check_integrity` (the one rule every consumer applies)."""
+        from edgeloop.core.model_loader import check_integrity
+
+        check_integrity(self, Path(directory))
 
     def digest(self) -> str:
         """One digest over all file digests: what the InferenceService annotation and approvals pin."""

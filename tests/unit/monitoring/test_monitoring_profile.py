@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from edgeloop.core.model_card import ModelCard
 from edgeloop.local.sample_data import render_tag
 from edgeloop.monitoring.profile import (
     IMAGE_STAT_NAMES,
@@ -21,6 +22,7 @@ def test_profile_is_stored_in_the_model_dir_and_round_trips(mon_assets, tmp_path
     model_dir = tmp_path / "model"
     shutil.copytree(mon_assets.model_dir, model_dir)
     (model_dir / PROFILE_FILE).unlink()
+    ModelCard.load(model_dir).with_digests(model_dir).save(model_dir)  # the card no longer lists it
     profile = build_reference_profile(model_dir, mon_assets.images("ref"))
     assert (model_dir / PROFILE_FILE).exists()
     loaded = ReferenceProfile.load(model_dir)

@@ -1,11 +1,11 @@
-"""Execution provider choice with fallback, and the thread settings a session gets."""
+"""Execution provider choice with fallback, and the thread settings a session gets (the shared loader's)."""
 
 from __future__ import annotations
 
 import onnxruntime as ort
 import pytest
 
-from edgeloop.serving.providers import OrtSettings, choose_providers, create_session, provider_name
+from edgeloop.core.model_loader import OrtSettings, choose_providers, open_session, provider_name
 
 
 def test_choose_providers_keeps_the_configured_order_of_what_exists_and_ends_with_cpu():
@@ -39,7 +39,7 @@ def test_a_provider_that_fails_to_start_falls_back_to_the_next(tiny_dirs, monkey
     monkeypatch.setattr(
         ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
     )
-    sess, info = create_session(tiny_dirs["1"] / "model.onnx", OrtSettings(providers=["cuda", "cpu"]))
+    sess, info = open_session(tiny_dirs["1"] / "model.onnx", OrtSettings(providers=["cuda", "cpu"]))
     assert info.provider == "CPUExecutionProvider"
     assert info.tried and info.tried[0][0] == "CUDAExecutionProvider" and "libcudart" in info.tried[0][1]
     assert sess.get_inputs()[0].name == "images"
@@ -51,4 +51,4 @@ def test_no_provider_at_all_is_an_error(tiny_dirs, monkeypatch):
 
     monkeypatch.setattr(ort, "InferenceSession", broken)
     with pytest.raises(RuntimeError, match="no execution provider"):
-        create_session(tiny_dirs["1"] / "model.onnx", OrtSettings())
+        open_session(tiny_dirs["1"] / "model.onnx", OrtSettings())

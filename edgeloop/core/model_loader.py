@@ -1,0 +1,395 @@
+"""The one way to get an exported model ready to run: fetch it, verify it, open it in ONNX Runtime.
+
+The model server, the stream processor's in-process predictor, drift monitoring, the
+staging evaluation and the registry's downloads all come through here, so there is one
+integrity rule (:func:`check_integrity`): a model is opened only when its card records a
+sha256 for ``model.onnx`` and every file the card lists is present with its recorded
+sha256. Anything else raises :class:`~edgeloop.core.errors.IntegrityError`; nothing is
+loaded with a warning.
+
+    fetch_model("models:/inspection@champion", settings)  # -> FetchedModel (a local directory)
+    verify_model(directory)                               # -> VerifiedModel (card + verified bytes)
+    open_model(directory, OrtSettings(providers=["cpu"])) # -> OpenModel (verified, with a session)
+
+A model URI is a local directory (or ``file://``), an ``az://container/prefix`` blob
+prefix, or a registered version ``models:/NAME/VERSION`` / ``models:/NAME@ALIAS``.
+Imports nothing heavy at module level: onnxruntime when a session is opened, the Azure
+client for ``az://``, mlflow only to resolve ``models:/`` (the serving image has no torch).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeloop.core.errors import (
+    IntegrityError,
+    InvalidModelError,
+    ModelFetchError,
+    ModelSessionError,
+)
+from edgeloop.core.model_card import MODEL_CARD_FILE, MODEL_FILE, ModelCard, sha256_bytes, sha256_file
+
+if TYPE_CHECKING:
+    from edgeloop.core.config import Settings
+
+log = logging.getLogger(__name__)
+
+REGISTRY_SCHEME = "models:/"
+BLOB_SCHEME = "az://"
+_REGISTRY = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
+
+
+# --------------------------------------------------------------------------- fetch
+@dataclass(frozen=True)
+class FetchedModel:
+    """A model made available as a local directory; not verified yet (:func:`verify_model` does that)."""
+
+    uri: str
+    directory: Path
+    registry_version: str | None = None  # the MLflow version number, when the URI named the registry
+    alias: str | None = None  # the alias in a ``models:/NAME@ALIAS`` URI
+
+
+def fetch_model(
+    uri: str | Path, settings: Settings | None = None, cache_dir: Path | None = None
+) -> FetchedModel:
+    """Make the model named by ``uri`` available as a local directory (``model.onnx`` + its card).
+
+    ``az://`` and ``models:/`` need ``settings`` (the endpoints). Downloads go under ``cache_dir``
+    (a new temporary directory when None). A registered version is immutable, so with a
+    ``cache_dir`` it is kept at ``cache_dir/NAME/VERSION`` and reused; it is verified again
+    whenever it is opened, like anything else.
+    """
+    text = str(uri)
+    if text.startswith(REGISTRY_SCHEME):
+        return _from_registry(text, _need_settings(settings, text), cache_dir)
+    if text.startswith(BLOB_SCHEME):
+        return _from_blob(text, _need_settings(settings, text), _fresh_dir(cache_dir, "az-"))
+    path = Path(text.removeprefix("file://")).expanduser()
+    if not path.is_dir():
+        raise ModelFetchError(
+            f"model directory {text} does not exist (expected a directory with {MODEL_FILE} "
+            f"and {MODEL_CARD_FILE}, an az:// prefix or a models:/ URI)"
+        )
+    return FetchedModel(text, find_model_dir(path, text))
+
+
+def fetch_verified(
+    uri: str | Path, settings: Settings | None = None, cache_dir: Path | None = None
+) -> VerifiedModel:
+    """:func:`fetch_model`, then :func:`verify_model`: a local model directory that passed the integrity rule."""
+    return verify_model(fetch_model(uri, settings, cache_dir).directory)
+
+
+def parse_registry_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/NAME@ALIAS`` -> (NAME, ALIAS, None); ``models:/NAME/VERSION`` -> (NAME, None, VERSION)."""
+    m = _REGISTRY.match(uri)
+    if not m:
+        raise ModelFetchError(f"{uri} is not a registry URI; use models:/NAME@ALIAS or models:/NAME/VERSION")
+    return m.group("name"), m.group("alias"), m.group("version")
+
+
+def find_model_dir(root: Path, uri: str) -> Path:
+    """``root`` itself if it holds a card, else the single sub-directory that does."""
+    if (root / MODEL_CARD_FILE).exists():
+        return root
+    cards = sorted(root.rglob(MODEL_CARD_FILE))
+    if len(cards) == 1:
+        return cards[0].parent
+    if not cards:
+        raise ModelFetchError(
+            f"{uri} holds no {MODEL_CARD_FILE}: a model needs its card next to {MODEL_FILE}"
+        )
+    raise ModelFetchError(f"{uri} holds {len(cards)} model cards; point at one model directory")
+
+
+def _need_settings(settings: Settings | None, uri: str) -> Settings:
+    if settings is None:
+        raise ModelFetchError(f"{uri} needs edgeloop settings (blob storage / MLflow endpoints)")
+    return settings
+
+
+def _fresh_dir(cache_dir: Path | None, prefix: str) -> Path:
+    if cache_dir is None:
+        return Path(tempfile.mkdtemp(prefix=f"edgeloop-{prefix}"))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=cache_dir))
+
+
+def _from_blob(uri: str, settings: Settings, dest: Path) -> FetchedModel:
+    from edgeloop.core.blob import BlobStore, BlobUri
+
+    u = BlobUri.parse(uri)
+    prefix = u.path.rstrip("/") + "/" if u.path else ""
+    store = BlobStore.from_settings(settings)
+    names = list(store.list(u.container, prefix))
+    if not names:
+        raise ModelFetchError(f"no blobs under {uri}; expected {MODEL_FILE} and {MODEL_CARD_FILE} there")
+    for name in names:
+        rel = name[len(prefix) :]
+        if not rel or ".." in Path(rel).parts:
+            continue
+        store.download_to(BlobUri(u.container, name), dest / rel)
+    log.info("downloaded %d files from %s", len(names), uri)
+    return FetchedModel(uri, find_model_dir(dest, uri))
+
+
+def _from_registry(uri: str, settings: Settings, cache_dir: Path | None) -> FetchedModel:
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    name, alias, version = parse_registry_uri(uri)
+    tracking_uri = settings.mlflow_tracking_uri()
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    def download(dest: Path) -> Path:
+        source = client.get_model_version_download_uri(name, found)
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=source, dst_path=str(dest), tracking_uri=tracking_uri
+        )
+        log.info("downloaded %s (version %s) from MLflow", uri, found)
+        return dest
+
+    try:
+        if alias:
+            found = str(client.get_model_version_by_alias(name, alias).version)
+        else:
+            found = str(client.get_model_version(name, str(version)).version)
+        if cache_dir is None:
+            directory = download(_fresh_dir(None, "mlflow-"))
+        else:
+            directory = Path(cache_dir) / name / found
+            if not directory.is_dir():
+                _settle(download(_fresh_dir(directory.parent, ".partial-")), directory)
+    except MlflowException as e:
+        raise ModelFetchError(f"cannot fetch {uri} from MLflow at {tracking_uri}: {e.message}") from e
+    return FetchedModel(uri, find_model_dir(directory, uri), registry_version=found, alias=alias)
+
+
+def _settle(downloaded: Path, final: Path) -> None:
+    """Move a complete download to its cache place in one rename (a crash leaves no half copy there)."""
+    try:
+        os.replace(downloaded, final)
+    except OSError:  # another process put the same version there first
+        shutil.rmtree(downloaded, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- verify
+@dataclass(frozen=True)
+class VerifiedModel:
+    """A model directory that passed :func:`check_integrity`, with the ``model.onnx`` bytes that were checked."""
+
+    directory: Path
+    card: ModelCard
+    model_bytes: bytes = field(repr=False)
+
+    def session_source(self) -> bytes | Path:
+        """What to give ONNX Runtime: the verified bytes (no window to swap the file), or the file's
+        path when the card lists other files the graph may reference as external data."""
+        return self.model_bytes if set(self.card.files) == {MODEL_FILE} else self.directory / MODEL_FILE
+
+
+def read_card(directory: Path | str) -> ModelCard:
+    """The model card in ``directory``; :class:`InvalidModelError` when it is missing or does not validate."""
+    from pydantic import ValidationError
+
+    directory = Path(directory)
+    try:
+        return ModelCard.load(directory)
+    except FileNotFoundError as e:
+        raise InvalidModelError(str(e)) from e
+    except ValidationError as e:
+        raise InvalidModelError(
+            f"{MODEL_CARD_FILE} in {directory} is not a valid model card: "
+            f"{e.error_count()} problems, first: {e.errors()[0]['msg']}"
+        ) from e
+
+
+def check_integrity(card: ModelCard, directory: Path, model_bytes: bytes | None = None) -> None:
+    """The integrity rule, the only one. Raise :class:`IntegrityError` unless
+
+    * the card records a sha256 for ``model.onnx``, and the file (or ``model_bytes``, read
+      from it) has that sha256;
+    * every other file the card lists exists in ``directory`` with its recorded sha256.
+    """
+    directory = Path(directory)
+    if not card.files.get(MODEL_FILE):
+        raise IntegrityError(
+            f"the model card lists no digest for {MODEL_FILE}, so the model cannot be verified; "
+            "export it again (the export records the digests)",
+            directory,
+        )
+    ordered = [MODEL_FILE] + sorted(rel for rel in card.files if rel != MODEL_FILE)
+    for rel in ordered:
+        expected, path = card.files[rel], directory / rel
+        if rel == MODEL_FILE and model_bytes is not None:
+            actual = sha256_bytes(model_bytes)
+        elif path.is_file():
+            actual = sha256_file(path)
+        else:
+            raise IntegrityError(
+                f"{rel} is listed in the model card but missing; fetch the whole model directory again",
+                directory,
+            )
+        if actual != expected:
+            raise IntegrityError(
+                f"{rel} has sha256 {actual[:12]}..., the model card says {expected[:12]}...: the file was "
+                "changed after the model was exported; export or register it again",
+                directory,
+            )
+
+
+def verify_model(directory: Path | str, card: ModelCard | None = None) -> VerifiedModel:
+    """Read the card (unless given) and ``model.onnx``, and apply :func:`check_integrity`.
+
+    Raises :class:`InvalidModelError` for a missing or invalid card, :class:`IntegrityError`
+    when the files do not match it.
+    """
+    directory = Path(directory)
+    card = card if card is not None else read_card(directory)
+    path = directory / MODEL_FILE
+    data = path.read_bytes() if path.is_file() else None
+    check_integrity(card, directory, data)
+    assert data is not None  # check_integrity refuses a missing model file
+    return VerifiedModel(directory, card, data)
+
+
+# --------------------------------------------------------------------------- open
+# Preferred first. TensorRT and CUDA need onnxruntime-gpu; OpenVINO needs onnxruntime-openvino.
+DEFAULT_PROVIDER_ORDER = (
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "OpenVINOExecutionProvider",
+    "CPUExecutionProvider",
+)
+_SHORT = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+def provider_name(name: str) -> str:
+    """``cuda`` / ``CUDA`` / ``CUDAExecutionProvider`` -> ``CUDAExecutionProvider``."""
+    return _SHORT.get(name.strip().lower(), name.strip())
+
+
+def choose_providers(preferred: Sequence[str], available: Sequence[str]) -> list[str]:
+    """The preferred providers that this onnxruntime build has, in order; CPU always last as a fallback."""
+    chosen = [
+        p for p in (provider_name(n) for n in preferred) if p in available and p != "CPUExecutionProvider"
+    ]
+    chosen = list(dict.fromkeys(chosen))
+    chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class OrtSettings:
+    """Execution providers, threads and graph settings. ``intra_op_threads=0``: one per available core.
+
+    Spinning is off by default: spinning workers burn the cores the event loop needs to
+    decode the next requests (measured on 2 cores; turn it on for a dedicated box).
+    """
+
+    providers: list[str] = field(default_factory=lambda: list(DEFAULT_PROVIDER_ORDER))
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+    allow_spinning: bool = False
+    graph_optimization: str = "all"  # disable | basic | extended | all
+
+    def session_options(self) -> Any:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.intra_op_threads or available_cpus()
+        so.inter_op_num_threads = self.inter_op_threads
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.graph_optimization]
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.allow_spinning else "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "1" if self.allow_spinning else "0")
+        so.log_severity_level = 3
+        return so
+
+
+@dataclass
+class SessionInfo:
+    provider: str  # the provider that runs the model's nodes first
+    providers: list[str]  # what the session reports, in priority order
+    tried: list[tuple[str, str]]  # (provider that failed, why)
+
+
+def open_session(model: Path | bytes, settings: OrtSettings) -> tuple[Any, SessionInfo]:
+    """An ``InferenceSession`` (from verified bytes, or a path) on the best available provider,
+    falling back down the configured order; :class:`ModelSessionError` when none can load it.
+
+    Takes what :meth:`VerifiedModel.session_source` returns: open models with :func:`open_model`.
+    """
+    import onnxruntime as ort
+
+    source = model if isinstance(model, bytes) else str(model)
+    chosen = choose_providers(settings.providers, ort.get_available_providers())
+    tried: list[tuple[str, str]] = []
+    for i in range(len(chosen)):
+        attempt = chosen[i:]
+        try:
+            sess = ort.InferenceSession(source, sess_options=settings.session_options(), providers=attempt)
+        except Exception as e:  # a provider that is present but cannot start (driver, library)
+            log.warning(
+                "execution provider %s failed (%s: %s); falling back", attempt[0], type(e).__name__, e
+            )
+            tried.append((attempt[0], f"{type(e).__name__}: {e}"))
+            continue
+        used = sess.get_providers()
+        info = SessionInfo(provider=used[0], providers=used, tried=tried)
+        if used[0] != chosen[0]:
+            log.warning("wanted %s, running on %s", chosen[0], used[0])
+        return sess, info
+    raise ModelSessionError(f"no execution provider could load the model: {tried}")
+
+
+@dataclass
+class OpenModel:
+    """A verified model with its ONNX Runtime session."""
+
+    directory: Path
+    card: ModelCard
+    session: Any
+    session_info: SessionInfo
+
+
+def open_model(directory: Path | str, settings: OrtSettings | None = None) -> OpenModel:
+    """:func:`verify_model`, then :func:`open_session` on the verified bytes.
+
+    Raises :class:`IntegrityError` for a model that fails the integrity rule,
+    :class:`InvalidModelError` (or its :class:`ModelSessionError`) for one that cannot be opened.
+    """
+    verified = verify_model(directory)
+    try:
+        session, info = open_session(verified.session_source(), settings or OrtSettings())
+    except ModelSessionError as e:
+        raise ModelSessionError(f"ONNX Runtime cannot open the model in {verified.directory}: {e}") from e
+    return OpenModel(verified.directory, verified.card, session, info)
