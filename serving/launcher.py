@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from edgeloop.core.processes import terminate_group
 
 if TYPE_CHECKING:
     from edgeloop.core.config import Settings
@@ -195,16 +196,8 @@ def _port_open(port: int) -> bool:
 
 
 def _stop(proc: subprocess.Popen, grace_s: float) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
+    if proc.poll() is None:
+        terminate_group(proc.pid, grace_s, proc)
 
 
 def _tail(path: Path, lines: int = 30) -> str:

@@ -132,10 +132,10 @@ class BlobStore:
         )
         self.client.set_service_properties(cors=[rule])
 
-    def browser_origins(self) -> list[str]:
+    def browser_origins(self) -> tuple[str, ...]:
         """The origins the blob service's CORS rules allow."""
         props = self.client.get_service_properties()
-        return [o for rule in props.get("cors") or [] for o in rule.allowed_origins.split(",")]
+        return tuple(o for rule in props.get("cors") or [] for o in rule.allowed_origins.split(","))
 
     def uri_from_url(self, url: str) -> BlobUri:
         """Turn a (SAS) blob URL of this account back into an ``az://`` URI."""

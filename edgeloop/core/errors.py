@@ -55,13 +55,12 @@ class IntegrityError(ModelError):
 def user_errors(fn: F) -> F:
     """Decorator for CLI commands: known errors become one clear line on stderr and exit code 2."""
     from edgeloop.core.config import StackNotRunningError
-    from edgeloop.local.stack import StackError
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (EdgeloopError, StackError, StackNotRunningError, FileNotFoundError) as e:
+        except (EdgeloopError, StackNotRunningError, FileNotFoundError) as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
 

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,13 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from edgeloop.core.config import Settings
+from edgeloop.core.errors import EdgeloopError
+from edgeloop.core.processes import group_alive, terminate_group
 
 log = logging.getLogger(__name__)
 
 SERVICES = ("azurite", "mlflow", "labelstudio", "mosquitto")
 
 
-class StackError(RuntimeError):
+class StackError(EdgeloopError):
     """A local service could not be started; the message names the service and the fix."""
 
 
@@ -105,25 +106,6 @@ def _tcp_ok(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def group_members(pgid: int | None) -> list[int]:
-    """Live (non-zombie) processes of a process group, read from /proc."""
-    if not pgid:
-        return []
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
-
-
-def _group_alive(pid: int | None) -> bool:
-    return bool(group_members(pid))
 
 
 class Stack:
@@ -322,7 +304,7 @@ class Stack:
         for service in order:
             pid = state["pids"].get(service)
             port = state["ports"].get(service)
-            if _group_alive(pid) and port:
+            if group_alive(pid) and port:
                 continue
             port = self._choose_port(service, state, running=False)
             state["ports"][service] = port
@@ -373,7 +355,7 @@ class Stack:
                     pending.remove(service)
                     if service in started:
                         progress(f"{service} ready in {time.monotonic() - started.pop(service):.1f} s")
-                elif not _group_alive(state["pids"].get(service)):
+                elif not group_alive(state["pids"].get(service)):
                     tail = _tail(self.log_file(service))
                     raise StackError(
                         f"{service} exited while starting; last lines of "
@@ -414,8 +396,8 @@ class Stack:
         state = self._load()
         for service in services:
             pid = state["pids"].get(service)
-            if _group_alive(pid):
-                _terminate_group(pid, self.settings.stack.stop_grace_s)
+            if group_alive(pid):
+                terminate_group(pid, self.settings.stack.stop_grace_s)
                 progress(f"stopped {service}")
             state["pids"].pop(service, None)
         self._save(state)
@@ -428,7 +410,7 @@ class Stack:
             port = state["ports"].get(service)
             if not pid:
                 st = "stopped"
-            elif not _group_alive(pid):
+            elif not group_alive(pid):
                 st = "dead"
             else:
                 st = "ready" if port and self.is_ready(service, port) else "starting"
@@ -444,32 +426,6 @@ class Stack:
                 )
             )
         return out
-
-
-def _terminate_group(pid: int, grace: float) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        _reap(pid)
-        if not _group_alive(pid):
-            return
-        time.sleep(0.1)
-    log.warning("process group %s ignored SIGTERM for %.0f s; sending SIGKILL", pid, grace)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    _reap(pid)
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def _tail(path: Path, n: int = 20) -> str:

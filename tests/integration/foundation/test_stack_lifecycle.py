@@ -19,7 +19,7 @@ def _edgeloop(state: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def _pids_alive(pgids):
-    from edgeloop.local.stack import group_members
+    from edgeloop.core.processes import group_members
 
     return [m for pgid in pgids for m in group_members(pgid)]
 
