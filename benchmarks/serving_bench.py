@@ -37,7 +37,7 @@ CONCURRENCY = 32
 
 
 def build_models() -> dict[int, Path]:
-    from edgeloop.testing.serving import build_model_dir
+    from edgeloop.testing.models import build_model_dir
 
     dirs = {}
     for size in (224, 64):
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
     sec = args.seconds
 
     from edgeloop.serving.launcher import running_server
-    from edgeloop.testing.serving import encode_jpeg, random_frames
+    from edgeloop.testing.media import encode_jpeg, random_frames
 
     t_start = time.perf_counter()
     dirs = build_models()

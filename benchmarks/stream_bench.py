@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from edgeloop.stream.synthetic import build_test_model, make_video
+    from edgeloop.testing.media import make_video
+    from edgeloop.testing.models import build_model_dir
 
     work = Path(tempfile.mkdtemp(prefix="stream-bench-"))
     t_start = time.monotonic()
@@ -188,7 +189,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     video = make_video(
         work / "cam720p.mp4", seconds=4, fps=FPS, width=1280, height=720, preset="veryfast", gop=60
     )
-    model_dir = build_test_model(work / "model", size=SIZE, arch="mobilenet_v3_small", name="bench")
+    model_dir = build_model_dir(
+        work / "model", size=SIZE, architecture="mobilenet_v3_small", name="bench", version="1"
+    )
 
     mode = args.mode
     if mode == "auto":

@@ -15,7 +15,7 @@ import pytest
 from edgeloop.pipelines import registry
 from edgeloop.pipelines.evaluation import evaluate_predictions
 from edgeloop.pipelines.gate import GateThresholds, evaluate_rules
-from edgeloop.testing.pipelines import make_tiny_model
+from edgeloop.testing.models import build_linear_model_dir
 
 LABELS = ["ok", "scratch", "dent", "stain"]
 
@@ -52,7 +52,7 @@ def settings(stack_settings):
 
 
 def _register(settings, tmp_path: Path, pred=GOOD, champion=None, seed=0):
-    model = make_tiny_model(
+    model = build_linear_model_dir(
         tmp_path / f"model-{uuid.uuid4().hex[:6]}", seed=seed, name=settings.mlflow.registered_model
     )
     rep = _report(pred, seed)

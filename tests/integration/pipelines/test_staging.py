@@ -9,7 +9,7 @@ import pytest
 
 from edgeloop.pipelines.gate import GateThresholds
 from edgeloop.pipelines.staging import StagingResult, run_staging_evaluation, stage_model
-from edgeloop.testing.pipelines import make_tiny_model
+from edgeloop.testing.models import build_linear_model_dir
 
 
 def _dataset(sample_dir: Path, out: Path) -> Path:
@@ -41,7 +41,7 @@ def dataset_dir(sample_dir: Path) -> Path:
 
 
 def test_staging_evaluation_through_real_server(dataset_dir: Path, tmp_path: Path):
-    model = make_tiny_model(tmp_path / "model", size=32)
+    model = build_linear_model_dir(tmp_path / "model", size=32)
     staged = stage_model(model, tmp_path / "staged", dataset_dir)
     assert (staged / "reference_profile.npz").exists()  # monitoring's reference, stored with the model
     result = run_staging_evaluation(
@@ -73,6 +73,6 @@ def test_staging_fails_clearly_without_test_images(tmp_path: Path):
 
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "index.jsonl").write_text("")
-    model = make_tiny_model(tmp_path / "model")
+    model = build_linear_model_dir(tmp_path / "model")
     with pytest.raises(StagingError, match="no test images"):
         run_staging_evaluation(None, tmp_path / "ds", model, compare_with_champion=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgeloop.serving.launcher import ServerHandle, running_server
-from edgeloop.testing.serving import build_tiny_model_dir
+from edgeloop.testing.models import build_tiny_model_dir
 
 SIZE = 64
 

@@ -11,32 +11,19 @@ import orjson
 import pytest
 
 from edgeloop.serving.client import ClientError
-from edgeloop.testing.serving import random_frames
+from edgeloop.testing.media import random_frames
+from edgeloop.testing.oip import binary_request, json_request
 
 INFER = "/v2/models/inspection/infer"
 
 
 def binary(arr: np.ndarray, datatype: str, shape=None):
-    raw = arr.tobytes()
-    hdr = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "images",
-                    "shape": shape or list(arr.shape),
-                    "datatype": datatype,
-                    "parameters": {"binary_data_size": len(raw)},
-                }
-            ]
-        }
-    )
-    return hdr + raw, {"Inference-Header-Content-Length": str(len(hdr))}
+    body, header_length = binary_request(arr, datatype, shape)
+    return body, {"Inference-Header-Content-Length": str(header_length)}
 
 
 def json_input(shape, datatype, data):
-    return orjson.dumps(
-        {"inputs": [{"name": "images", "shape": shape, "datatype": datatype, "data": data}]}
-    ), {"Content-Type": "application/json"}
+    return json_request(shape, datatype, data), {"Content-Type": "application/json"}
 
 
 CASES = {

@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from edgeloop.serving.launcher import ServerHandle, running_server
-from edgeloop.testing.serving import random_frames
+from edgeloop.testing.media import random_frames
+from edgeloop.testing.oip import binary_request
 
 
 def connects(host: str, port: int) -> bool:
@@ -31,25 +32,12 @@ def test_rest_and_grpc_listen_on_the_bind_host_only(server: ServerHandle):
 
 def test_sigterm_lets_an_inflight_request_finish_then_exits_cleanly(model_dirs):
     frames = random_frames(2, 64, seed=3)
-    raw = frames.tobytes()
-    header = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "images",
-                    "shape": list(frames.shape),
-                    "datatype": "UINT8",
-                    "parameters": {"binary_data_size": len(raw)},
-                }
-            ]
-        }
-    )
-    body = header + raw
+    body, header_length = binary_request(frames)
     with running_server([model_dirs["1"]]) as srv:
         conn = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=30)
         conn.putrequest("POST", "/v2/models/inspection/infer")
         conn.putheader("Content-Length", str(len(body)))
-        conn.putheader("Inference-Header-Content-Length", str(len(header)))
+        conn.putheader("Inference-Header-Content-Length", str(header_length))
         conn.endheaders()
         conn.send(body[: len(body) // 2])
         time.sleep(0.3)  # the server holds half a request

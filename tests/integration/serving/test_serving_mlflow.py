@@ -10,7 +10,8 @@ import onnxruntime as ort
 
 from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
 from edgeloop.serving.launcher import running_server
-from edgeloop.testing.serving import build_model_dir, encode_jpeg, random_frames
+from edgeloop.testing.media import encode_jpeg, random_frames
+from edgeloop.testing.models import build_model_dir
 
 
 def register(settings, model_dir, name: str, alias: str) -> str:

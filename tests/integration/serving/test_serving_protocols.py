@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from edgeloop.core.preprocessing import Preprocess, PreprocessConfig, decode_image
-from edgeloop.testing.serving import encode_jpeg, random_frames
+from edgeloop.testing.media import encode_jpeg, random_frames
 
 LABELS = np.array(["ok", "scratch", "dent", "stain"])
 

@@ -12,7 +12,7 @@ import onnxruntime as ort
 from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
 from edgeloop.serving.client import ClientError
 from edgeloop.serving.launcher import running_server
-from edgeloop.testing.serving import random_frames
+from edgeloop.testing.media import random_frames
 
 ADMIN = "/edgeloop/admin/models/inspection"
 

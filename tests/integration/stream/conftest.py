@@ -145,14 +145,21 @@ def subscribe():
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgeloop.stream.synthetic import build_test_model
+    from edgeloop.testing.models import build_model_dir
 
-    return build_test_model(tmp_path_factory.mktemp("stream-model"), size=64)
+    return build_model_dir(
+        tmp_path_factory.mktemp("stream-model"),
+        size=64,
+        architecture="tiny",
+        labels=["ok", "scratch", "dent"],
+        name="stream-test",
+        version="1",
+    )
 
 
 @pytest.fixture(scope="session")
 def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from edgeloop.stream.synthetic import make_video
+    from edgeloop.testing.media import make_video
 
     d = tmp_path_factory.mktemp("stream-videos")
     return {

@@ -26,7 +26,7 @@ from edgeloop.core.model_loader import (
     parse_registry_uri,
     verify_model,
 )
-from edgeloop.testing.serving import build_tiny_model_dir
+from edgeloop.testing.models import build_tiny_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from edgeloop.cli import cli
 from edgeloop.core.errors import IntegrityError
 from edgeloop.monitoring.model import ModelRunner
-from edgeloop.testing.serving import build_tiny_model_dir
+from edgeloop.testing.models import build_tiny_model_dir
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 
 from edgeloop.core.errors import IntegrityError
 from edgeloop.pipelines.staging import run_staging_evaluation
-from edgeloop.testing.pipelines import make_tiny_model
+from edgeloop.testing.models import build_linear_model_dir
 
 
 def _tamper(model: Path) -> Path:
@@ -25,8 +25,8 @@ def _no_server(*args, **kwargs):
 
 @pytest.mark.parametrize("which", ["candidate", "reference"])
 def test_a_tampered_model_is_refused_before_serving(tmp_path: Path, which: str):
-    candidate = make_tiny_model(tmp_path / "candidate")
-    reference = make_tiny_model(tmp_path / "reference")
+    candidate = build_linear_model_dir(tmp_path / "candidate")
+    reference = build_linear_model_dir(tmp_path / "reference")
     _tamper(candidate if which == "candidate" else reference)
     (tmp_path / "ds").mkdir()
     with pytest.raises(IntegrityError, match="model.onnx has sha256 .* changed after the model") as info:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeloop.testing.serving import build_tiny_model_dir
+from edgeloop.testing.models import build_tiny_model_dir
 
 
 @pytest.fixture(scope="session")

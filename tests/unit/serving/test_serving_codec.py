@@ -19,26 +19,10 @@ from edgeloop.serving.errors import (
     ShapeError,
     UndecodableImageError,
 )
-from edgeloop.testing.serving import encode_jpeg, random_frames
+from edgeloop.testing.media import encode_jpeg, random_frames
+from edgeloop.testing.oip import binary_request as binary_body
 
 PRE = Preprocess(PreprocessConfig(size=64))
-
-
-def binary_body(arr: np.ndarray, datatype: str, shape: list[int] | None = None) -> tuple[bytes, int]:
-    raw = arr.tobytes()
-    header = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "images",
-                    "shape": shape or list(arr.shape),
-                    "datatype": datatype,
-                    "parameters": {"binary_data_size": len(raw)},
-                }
-            ]
-        }
-    )
-    return header + raw, len(header)
 
 
 def test_binary_tensor_is_a_zero_copy_view_of_the_body():

@@ -16,7 +16,8 @@ from edgeloop.serving.client import grpc_request, grpc_response
 from edgeloop.serving.errors import InvalidInputError, VersionNotFoundError
 from edgeloop.serving.model import OnnxImageModel
 from edgeloop.serving.sources import resolve
-from edgeloop.testing.serving import encode_jpeg, random_frames
+from edgeloop.testing.media import encode_jpeg, random_frames
+from edgeloop.testing.oip import binary_request
 
 
 @pytest.fixture(scope="module")
@@ -93,23 +94,7 @@ def test_wrong_input_name_and_unknown_outputs_are_client_errors(model):
 
 
 def _binary(frames, outputs=None):
-    import orjson
-
-    raw = frames.tobytes()
-    hdr = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "images",
-                    "shape": list(frames.shape),
-                    "datatype": "UINT8",
-                    "parameters": {"binary_data_size": len(raw)},
-                }
-            ],
-            "outputs": outputs,
-        }
-    )
-    return hdr + raw, len(hdr)
+    return binary_request(frames, "UINT8", outputs=outputs)
 
 
 def test_metadata_names_versions_aliases_and_provider(model):

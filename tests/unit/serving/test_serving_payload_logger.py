@@ -11,7 +11,7 @@ from PIL import Image
 
 from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
 from edgeloop.serving.payload_logger import PayloadLogger
-from edgeloop.testing.serving import random_frames
+from edgeloop.testing.media import random_frames
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -9,14 +9,21 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgeloop.stream.synthetic import build_test_model
+    from edgeloop.testing.models import build_model_dir
 
-    return build_test_model(tmp_path_factory.mktemp("stream-model"), size=64)
+    return build_model_dir(
+        tmp_path_factory.mktemp("stream-model"),
+        size=64,
+        architecture="tiny",
+        labels=["ok", "scratch", "dent"],
+        name="stream-test",
+        version="1",
+    )
 
 
 @pytest.fixture(scope="session")
 def short_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 s, 15 fps, 160x120 H.264 in MP4: 30 frames."""
-    from edgeloop.stream.synthetic import make_video
+    from edgeloop.testing.media import make_video
 
     return make_video(tmp_path_factory.mktemp("stream-video") / "clip.mp4", seconds=2, fps=15)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from edgeloop.cli import cli
 from edgeloop.core.errors import IntegrityError
 from edgeloop.stream.predictors import OnnxPredictor
-from edgeloop.testing.serving import build_tiny_model_dir
+from edgeloop.testing.models import build_tiny_model_dir
 
 
 @pytest.fixture(scope="module")

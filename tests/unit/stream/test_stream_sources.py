@@ -148,7 +148,7 @@ def test_image_directory_skips_unreadable_images_and_counts_them(tmp_path: Path)
 def _bad_source(tmp_path: Path, case: str) -> Path:
     import av
 
-    from edgeloop.stream.synthetic import make_video
+    from edgeloop.testing.media import make_video
 
     if case == "missing":
         return tmp_path / "missing.mp4"

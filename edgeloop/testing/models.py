@@ -1,12 +1,15 @@
-"""Test and benchmark helpers: small model directories exported from torchvision (no downloads).
+"""Model directories for tests and benchmarks, each with the same I/O contract as the training
+path's export (``images`` -> ``probabilities`` + ``embedding``) and a model card with digests.
 
-Needs torch + torchvision (dev dependencies), imported inside the functions; the
-serving image never imports this module.
+* :func:`build_model_dir` - a torch model exported to ONNX (needs torch + torchvision);
+* :func:`build_tiny_model_dir` - a tiny CNN written with ``onnx.helper`` (no torch, milliseconds);
+* :func:`build_linear_model_dir` - mean colour -> linear -> softmax (no torch; weights can be set).
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +29,10 @@ def build_model_dir(
     version: str | None = None,
     architecture: str = "mobilenet_v3_small",
 ) -> Path:
-    """Export a randomly initialised classifier to ``out/model.onnx`` with its ``model_card.json``.
+    """Export a randomly initialised torch classifier to ``out/model.onnx`` with its ``model_card.json``.
+
+    ``architecture``: ``mobilenet_v3_small`` (torchvision, realistic compute for benchmarks) or
+    ``tiny`` (two convolutions).
 
     Outputs are ``probabilities`` (softmax applied) and ``embedding`` (pooled features),
     with a dynamic batch axis, like the training path's export. ``seed`` changes the
@@ -37,21 +43,35 @@ def build_model_dir(
 
     labels = labels or LABELS
     torch.manual_seed(seed)
+    nn = torch.nn
     if architecture == "mobilenet_v3_small":
         net = torchvision.models.mobilenet_v3_small(weights=None, num_classes=len(labels))
+        features: torch.nn.Module = nn.Sequential(net.features, net.avgpool, nn.Flatten())
+        head: torch.nn.Module = net.classifier
+        dim = 576
+    elif architecture == "tiny":
+        features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        head, dim = nn.Linear(16, len(labels)), 16
     else:
-        raise ValueError(f"unknown architecture {architecture}")
+        raise ValueError(f"unknown architecture {architecture!r}: mobilenet_v3_small or tiny")
 
     class WithHeads(torch.nn.Module):
-        def __init__(self, m: torch.nn.Module):
+        def __init__(self) -> None:
             super().__init__()
-            self.m = m
+            self.features, self.head = features, head
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            feats = torch.flatten(self.m.avgpool(self.m.features(x)), 1)  # type: ignore[operator]
-            return torch.softmax(self.m.classifier(feats), dim=1), feats  # type: ignore[operator]
+            feats = self.features(x)
+            return torch.softmax(self.head(feats), dim=1), feats
 
-    model = WithHeads(net)
+    model = WithHeads()
     _calibrate(model, size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,7 +94,7 @@ def build_model_dir(
         architecture=architecture,
         labels=labels,
         preprocessing=PreprocessConfig(size=size),
-        embedding_dim=576,
+        embedding_dim=dim,
     )
     card.with_digests(out).save(out)
     return out
@@ -93,27 +113,9 @@ def _calibrate(model, size: int) -> None:
     with torch.no_grad():
         for _ in range(3):
             model(torch.randn(16, 3, size, size))
-        last = model.m.classifier[-1]
+        last = model.head[-1] if isinstance(model.head, torch.nn.Sequential) else model.head
         last.weight.mul_(40.0)
     model.eval()
-
-
-def random_frames(n: int, size: int, seed: int = 0) -> np.ndarray:
-    """Seeded uint8 RGB frames [n, size, size, 3] with some structure (not pure noise)."""
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, size=(n, 1, 1, 3), dtype=np.int32)
-    yy, xx = np.mgrid[0:size, 0:size]
-    grad = ((xx + yy)[None, :, :, None] * 255 // max(1, 2 * size - 2)).astype(np.int32)
-    noise = rng.integers(-40, 40, size=(n, size, size, 3), dtype=np.int32)
-    return np.clip(base // 2 + grad // 2 + noise, 0, 255).astype(np.uint8)
-
-
-def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
 
 
 def build_tiny_model_dir(
@@ -170,3 +172,60 @@ def build_tiny_model_dir(
     )
     card.with_digests(out).save(out)
     return out
+
+
+def build_linear_model_dir(
+    out_dir: Path,
+    labels: Sequence[str] = ("ok", "scratch", "dent", "stain"),
+    size: int = 32,
+    seed: int = 0,
+    name: str = "edgeloop-inspection",
+    weights: np.ndarray | None = None,
+) -> Path:
+    """``model.onnx`` (images[N,3,S,S] -> mean colour -> linear -> softmax; embedding = mean colour) + card."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeloop.core.model_card import EMBEDDING_OUTPUT, INPUT_NAME, MODEL_FILE, PROBS_OUTPUT, ModelCard
+    from edgeloop.core.preprocessing import PreprocessConfig
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    k = len(labels)
+    rng = np.random.default_rng(seed)
+    w = (weights if weights is not None else rng.normal(0, 1, (3, k))).astype(np.float32)
+    b = np.zeros(k, dtype=np.float32)
+    nodes = [
+        helper.make_node("ReduceMean", ["images", "axes"], ["pooled4"], keepdims=0),
+        helper.make_node("Identity", ["pooled4"], [EMBEDDING_OUTPUT]),
+        helper.make_node("MatMul", ["pooled4", "W"], ["logits0"]),
+        helper.make_node("Add", ["logits0", "B"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], [PROBS_OUTPUT], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 3, size, size])],
+        [
+            helper.make_tensor_value_info(PROBS_OUTPUT, TensorProto.FLOAT, ["N", k]),
+            helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, ["N", 3]),
+        ],
+        initializer=[
+            numpy_helper.from_array(w, "W"),
+            numpy_helper.from_array(b, "B"),
+            numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out_dir / MODEL_FILE))
+    card = ModelCard(
+        name=name,
+        architecture="tiny-linear",
+        labels=list(labels),
+        preprocessing=PreprocessConfig(size=size),
+        embedding_dim=3,
+    )
+    card.with_digests(out_dir).save(out_dir)
+    return out_dir
