@@ -15,7 +15,10 @@ REPO = Path(__file__).resolve().parents[3]
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The project's wheel, and the folder it is installed into (dependencies come from this venv)."""
+    """The project's wheel, installed into a fresh venv outside the repository.
+
+    Its dependencies are this venv's (a path entry, not a re-install): what is tested is the wheel.
+    """
     tmp = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [
@@ -35,26 +38,27 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         cwd=tmp,
     )
     (wheel,) = tmp.glob("edgeloop-*.whl")
-    target = tmp / "site"
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    (site,) = (venv / "lib").glob("python3*/site-packages")
+    deps = next(p for p in map(Path, sys.path) if p.name == "site-packages" and (p / "kfp").is_dir())
+    (site / "zz-edgeloop-test-deps.pth").write_text(f"{deps}\n")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "-q",
+            "--no-deps",
+            str(wheel),
+        ],
         check=True,
         capture_output=True,
     )
-    return wheel, target
-
-
-def _run(target: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(target)}
-    env.pop("EDGELOOP_STATE_DIR", None)
-    return subprocess.run(
-        [sys.executable, "-m", "edgeloop.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return wheel, venv
 
 
 def test_the_wheel_installs_exactly_one_top_level_package(installed):
@@ -75,30 +79,38 @@ def test_the_wheel_installs_exactly_one_top_level_package(installed):
         assert must in names, must
 
 
+def _run(venv: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("EDGELOOP_STATE_DIR", "PYTHONPATH", "VIRTUAL_ENV")
+    }
+    return subprocess.run(
+        [str(venv / "bin" / "edgeloop"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
 def test_the_installed_package_works_from_any_directory(installed, tmp_path):
-    _, target = installed
-    where = _run(target, tmp_path, "--help")
+    _, venv = installed
+    where = _run(venv, tmp_path, "--help")
     assert where.returncode == 0 and "serve" in where.stdout, where.stderr
     probe = subprocess.run(
         [
-            sys.executable,
+            str(venv / "bin" / "python"),
             "-c",
             "import edgeloop.serving.server, edgeloop.deploy; print(edgeloop.deploy.__file__)",
         ],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(target)},
         capture_output=True,
         text=True,
     )
-    assert probe.returncode == 0 and probe.stdout.startswith(str(target)), probe.stderr
+    assert probe.returncode == 0 and probe.stdout.startswith(str(venv)), probe.stdout + probe.stderr
 
-    v = _run(target, tmp_path, "deploy", "validate", "--overlay", "edge-cpu")
+    v = _run(venv, tmp_path, "deploy", "validate", "--overlay", "edge-cpu")
     assert v.returncode == 0, v.stdout + v.stderr
 
-    c = _run(target, tmp_path, "pipeline", "compile")
+    c = _run(venv, tmp_path, "pipeline", "compile")
     assert c.returncode == 0, c.stderr
     assert "PIPELINE DEFINITION" in (tmp_path / "training_pipeline.yaml").read_text()
-    assert not list(target.rglob("training_pipeline.yaml")), "compile wrote inside the installed package"
+    assert not list(venv.rglob("training_pipeline.yaml")), "compile wrote inside the installed package"
 
 
 def test_the_state_directory_defaults_to_the_working_directory(tmp_path, monkeypatch):
