@@ -62,7 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--enable_admin",
         type=flag,
         default=False,
-        help="admin endpoints (load version, move alias); token from EDGELOOP_SERVING_ADMIN_TOKEN",
+        help="admin endpoints (load version, move alias, unload; kserve's repository load/unload need "
+        "a token); refused on a non-loopback --bind_host without a token",
+    )
+    p.add_argument(
+        "--admin_token_file",
+        default=None,
+        help="file holding the admin bearer token (a mounted Secret); else env "
+        "EDGELOOP_SERVING_ADMIN_TOKEN_FILE names the file, else EDGELOOP_SERVING_ADMIN_TOKEN holds it",
     )
     p.add_argument("--cache_dir", default=None, help="where downloaded models go")
     p.add_argument("--log_level", default=os.environ.get("EDGELOOP_LOG_LEVEL", "INFO"))
@@ -82,9 +89,14 @@ def main(argv: list[str] | None = None) -> None:
     from edgeloop.serving.errors import ServingError
     from edgeloop.serving.options import BatchingOptions, LimitOptions, PayloadLogOptions, ServingOptions
     from edgeloop.serving.providers import OrtSettings
+    from edgeloop.serving.security import ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE_ENV, token_from
 
     args = build_parser().parse_args(argv)
     logs.configure(args.log_level)
+    try:
+        admin_token = token_from(args.admin_token_file, ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE_ENV, "admin token")
+    except ServingError as e:
+        sys.exit(f"error: {e.message}")
     specs = list(args.model) + (specs_from_model_dir(args.model_dir) if args.model_dir else [])
     if not specs:
         sys.exit("error: give at least one --model URI or a --model_dir with model directories")
@@ -116,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
         payload_log=PayloadLogOptions(sample_rate=args.payload_log_rate),
         admin_enabled=args.enable_admin,
-        admin_token=os.environ.get("EDGELOOP_SERVING_ADMIN_TOKEN") or None,
+        admin_token=admin_token,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         model_name=None if args.model_name == "model" else args.model_name,  # kserve's default name
         aliases=aliases,

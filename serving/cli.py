@@ -68,10 +68,11 @@ def _plain_argv() -> Iterator[None]:
 )
 @click.option("--enable-admin", is_flag=True, help="Admin endpoints: load a version, move an alias, unload.")
 @click.option(
-    "--admin-token",
-    envvar="EDGELOOP_SERVING_ADMIN_TOKEN",
+    "--admin-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Bearer token the admin endpoints require (env EDGELOOP_SERVING_ADMIN_TOKEN).",
+    help="File holding the bearer token admin endpoints require (else env EDGELOOP_SERVING_ADMIN_TOKEN). "
+    "Needed for kserve's repository load/unload, and for admin on any address but loopback.",
 )
 @click.option(
     "--cache-dir", type=click.Path(path_type=Path), default=None, help="Where downloaded models go."
@@ -95,7 +96,7 @@ def serve(
     max_request_mb: float,
     payload_log_rate: float,
     enable_admin: bool,
-    admin_token: str | None,
+    admin_token_file: Path | None,
     cache_dir: Path | None,
     log_level: str,
 ) -> None:
@@ -105,11 +106,16 @@ def serve(
     from edgeloop.serving import logs
     from edgeloop.serving.errors import ServingError
     from edgeloop.serving.options import BatchingOptions, LimitOptions, PayloadLogOptions, ServingOptions
+    from edgeloop.serving.security import ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE_ENV, token_from
 
     bad = [a for a in aliases if "=" not in a]
     if bad:
         raise click.BadParameter(f"{bad[0]!r}: use ALIAS=VERSION", param_hint="--alias")
     settings = obj.settings if obj is not None and hasattr(obj, "settings") else load_settings()
+    try:
+        admin_token = token_from(admin_token_file, ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE_ENV, "admin token")
+    except ServingError as e:
+        raise click.BadParameter(e.message, param_hint="--admin-token-file") from e
     options = ServingOptions(
         http_port=http_port,
         grpc_port=grpc_port,

@@ -85,9 +85,16 @@ class ConflictError(ServingError):
 
 
 class AdminDisabledError(ServingError):
-    """403 / PERMISSION_DENIED: admin endpoints are off, or the admin token is wrong."""
+    """403 / PERMISSION_DENIED: admin endpoints (edgeloop's, kserve's repository load/unload) are off,
+    or the admin token is missing or wrong."""
 
     kind = "forbidden"
+
+
+class ServerConfigError(ServingError):
+    """Not a request error: the server's options are unsafe or inconsistent, so it does not start."""
+
+    kind = "config"
 
 
 class OverloadedError(ServingError):

@@ -44,6 +44,7 @@ class ServerHandle:
     process: subprocess.Popen
     log_path: Path
     started_s: float  # launch to ready
+    admin_token: str | None = None
 
     @property
     def rest_url(self) -> str:
@@ -120,12 +121,16 @@ def running_server(
     grpc_port: int | None = None,
     extra_args: Sequence[str] = (),
     admin: bool = False,
+    admin_token: str | None = None,
     env: dict[str, str] | None = None,
     ready_timeout_s: float = 120.0,
     log_dir: Path | None = None,
     stop_grace_s: float = 10.0,
 ) -> Iterator[ServerHandle]:
-    """Run a model server over ``models`` (directories or URIs) until the block ends."""
+    """Run a model server over ``models`` (directories or URIs) until the block ends.
+
+    ``admin_token`` (with ``admin``) is handed over in a 0600 file, as a mounted Secret would be.
+    """
     picked = free_ports(2)
     http_port = http_port or picked[0]
     grpc_port = grpc_port or picked[1]
@@ -154,6 +159,8 @@ def running_server(
         cmd += ["--model", str(m)]
     if admin:
         cmd += ["--enable_admin", "true"]
+    if admin_token:
+        cmd += ["--admin_token_file", str(_secret_file(workdir / "admin-token", admin_token))]
     cmd += list(extra_args)
     t0 = time.perf_counter()
     with open(log_path, "wb") as log:
@@ -166,9 +173,16 @@ def running_server(
         )
     try:
         _wait_ready(proc, http_port, grpc_port, ready_timeout_s, log_path)
-        yield ServerHandle(http_port, grpc_port, proc, log_path, time.perf_counter() - t0)
+        yield ServerHandle(http_port, grpc_port, proc, log_path, time.perf_counter() - t0, admin_token)
     finally:
         _stop(proc, stop_grace_s)
+
+
+def _secret_file(path: Path, value: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    return path
 
 
 def _wait_ready(

@@ -11,7 +11,10 @@ V1 ``:predict``, the V2 handlers), its REST endpoint registration, ``/metrics`` 
 * ``GET /v2/models/{name}[/versions/{v}][/ready]`` with versions and the execution provider.
 * admin (off unless enabled): ``POST /edgeloop/admin/models/{name}/versions`` loads a
   version from a URI, ``PUT .../aliases/{alias}`` moves an alias, ``DELETE
-  .../versions/{v}`` drains and unloads one.
+  .../versions/{v}`` drains and unloads one. kserve's repository load/unload (REST and gRPC)
+  go through the same check and also need an admin token (:mod:`edgeloop.serving.security`).
+* readiness (``/v2/health/ready``, gRPC ``ServerReady``): false while any served model is
+  out of service, so Kubernetes stops routing to a pod that would fail every request.
 * one error mapping (:mod:`edgeloop.serving.errors`) for REST handlers and a gRPC interceptor.
 * binding: both servers bind ``bind_host`` (127.0.0.1 by default for ``edgeloop serve``;
   0.0.0.0 in the container).
@@ -22,7 +25,6 @@ V1 ``:predict``, the V2 handlers), its REST endpoint registration, ``/metrics`` 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import signal
 from concurrent import futures
@@ -72,6 +74,7 @@ from edgeloop.serving.errors import (
 )
 from edgeloop.serving.model import OnnxImageModel
 from edgeloop.serving.options import ServingOptions
+from edgeloop.serving.security import bearer_ok, check_startup, grpc_metadata
 from edgeloop.serving.sources import ModelSpec, resolve
 
 if TYPE_CHECKING:
@@ -85,10 +88,17 @@ SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
 class Routes:
     """Edgeloop's REST routes and error handlers, installed on the server's FastAPI app."""
 
-    def __init__(self, models: dict[str, OnnxImageModel], options: ServingOptions, settings: Settings | None):
+    def __init__(
+        self,
+        models: dict[str, OnnxImageModel],
+        options: ServingOptions,
+        settings: Settings | None,
+        repository: ModelRepository | None = None,
+    ):
         self.models = models
         self.options = options
         self.settings = settings
+        self.repository = repository
 
     def model(self, name: str) -> OnnxImageModel:
         model = self.models.get(name)
@@ -98,8 +108,27 @@ class Routes:
             raise ModelNotReady(name)
         return model
 
+    def not_ready(self) -> list[str]:
+        """The served models that cannot take requests now (unloaded by an admin, or not loaded)."""
+        served = self.repository.get_models() if self.repository is not None else self.models
+        return sorted(name for name, m in self.models.items() if not (m.ready and served.get(name) is m))
+
     def install(self, app: FastAPI) -> None:
         add = app.add_api_route
+        # Before kserve's: readiness that follows the models, and repository routes behind admin.
+        add("/v2/health/ready", self.server_ready, methods=["GET"], response_model=None)
+        add(
+            "/v2/repository/models/{model_name}/load",
+            self.repository_load,
+            methods=["POST"],
+            response_model=None,
+        )
+        add(
+            "/v2/repository/models/{model_name}/unload",
+            self.repository_unload,
+            methods=["POST"],
+            response_model=None,
+        )
         for prefix in ("/v2/models/{model_name}", "/v2/models/{model_name}/versions/{model_version}"):
             add(prefix + "/infer", self.infer, methods=["POST"], response_model=None)
             add(prefix, self.metadata, methods=["GET"], response_model=None)
@@ -198,13 +227,67 @@ class Routes:
             media_type="application/json",
         )
 
+    async def server_ready(self) -> Response:
+        """200 only while every served model is ready: a pod whose model an admin unloaded leaves
+        the Service's endpoints instead of failing every request routed to it."""
+        missing = self.not_ready()
+        if missing:
+            return Response(
+                orjson.dumps({"ready": False, "not_ready": missing}),
+                status_code=503,
+                media_type="application/json",
+            )
+        return Response(orjson.dumps({"ready": True}), media_type="application/json")
+
     # -- admin ----------------------------------------------------------------------------------
-    def _check_admin(self, request: Request) -> None:
+    def check_admin(self, authorization: str | None, repository: bool = False) -> None:
+        """Admin is off unless enabled; with a token, the token is required. kserve's repository
+        load/unload (``repository=True``) take a whole model offline or back, so they need a token
+        even on loopback: without one they are refused."""
         if not self.options.admin_enabled:
             raise AdminDisabledError("admin endpoints are disabled; start the server with --enable-admin")
         token = self.options.admin_token
-        if token and not hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {token}"):
+        if repository and not token:
+            raise AdminDisabledError(
+                "model repository load/unload needs an admin token; start the server with "
+                "--enable-admin and --admin-token-file"
+            )
+        if token and not bearer_ok(authorization, token):
             raise AdminDisabledError("admin endpoints need 'Authorization: Bearer <admin token>'")
+
+    def _check_admin(self, request: Request) -> None:
+        self.check_admin(request.headers.get("authorization"))
+
+    def unload_model(self, name: str) -> None:
+        """Take the whole model out of service (its versions stay loaded); readiness turns false."""
+        model = self.models.get(name)
+        if model is None:
+            raise ModelNotFoundError(f"no model named {name!r} is served here; models: {sorted(self.models)}")
+        model.ready = False
+        log.warning("admin: model %s taken out of service; the server reports not ready", name)
+
+    def load_model(self, name: str) -> None:
+        """Put a model taken out of service back (only models this server was started with)."""
+        model = self.models.get(name)
+        if model is None:
+            raise ModelNotFoundError(
+                f"no model named {name!r} is served here; load versions of a served model with "
+                f"POST {ADMIN_PREFIX}/models/{{name}}/versions"
+            )
+        if not model.versions.versions:
+            raise ModelNotReady(name)
+        model.ready = True
+        log.info("admin: model %s back in service", name)
+
+    async def repository_load(self, request: Request, model_name: str) -> Response:
+        self.check_admin(request.headers.get("authorization"), repository=True)
+        self.load_model(model_name)
+        return Response(orjson.dumps({"name": model_name, "load": True}), media_type="application/json")
+
+    async def repository_unload(self, request: Request, model_name: str) -> Response:
+        self.check_admin(request.headers.get("authorization"), repository=True)
+        self.unload_model(model_name)
+        return Response(orjson.dumps({"name": model_name, "unload": True}), media_type="application/json")
 
     async def _json(self, request: Request) -> dict[str, Any]:
         try:
@@ -296,6 +379,27 @@ class EdgeloopServicer(InferenceServicer):
     def __init__(self, data_plane: DataPlane, repo_ext: ModelRepositoryExtension, routes: Routes):
         super().__init__(data_plane, repo_ext)
         self.routes = routes
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        self.routes.model(request.model_name)  # unknown -> NOT_FOUND, taken out of service -> UNAVAILABLE
+        return await super().ModelInfer(request, context)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=not self.routes.not_ready())
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        self.routes.check_admin(grpc_metadata(context, "authorization"), repository=True)
+        self.routes.load_model(request.model_name)
+        return pb.RepositoryModelLoadResponse(model_name=request.model_name, isLoaded=True)
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        self.routes.check_admin(grpc_metadata(context, "authorization"), repository=True)
+        self.routes.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse(model_name=request.model_name, isUnloaded=True)
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
         model = self.routes.model(request.name)
@@ -389,7 +493,7 @@ class EdgeloopModelServer:
                 model.start()
         if not self.repository.get_models():
             raise NoModelReady(models)
-        return Routes({m.name: m for m in models}, self.options, self.settings)
+        return Routes({m.name: m for m in models}, self.options, self.settings, self.repository)
 
     def rest_server(self, routes: Routes) -> uvicorn.Server:
         o = self.options
@@ -406,6 +510,7 @@ class EdgeloopModelServer:
 
     def start(self, models: list[OnnxImageModel]) -> None:
         """Serve until SIGTERM/SIGINT/SIGQUIT, then drain: REST first, then gRPC, then unload."""
+        check_options(self.options)
         routes = self.register(models)
         rest = self.rest_server(routes)
 
@@ -453,6 +558,12 @@ class EdgeloopModelServer:
             for name in list(self.repository.get_models()):
                 self.repository.unload(name)  # Model.stop(): flushes the payload log
             log.info("model server stopped")
+
+
+def check_options(options: ServingOptions) -> None:
+    """Refuse unsafe options before anything is loaded (:class:`ServerConfigError`); log warnings."""
+    for warning in check_startup(options.bind_host, options.admin_enabled, options.admin_token, None):
+        log.warning("%s", warning)
 
 
 def build_models(
@@ -505,5 +616,6 @@ def run_server(
     specs: list[str | ModelSpec], options: ServingOptions, settings: Settings | None = None
 ) -> None:
     """Load everything (a refused model stops the start), then serve until SIGTERM/SIGINT."""
+    check_options(options)
     models = build_models(specs, options, settings)
     EdgeloopModelServer(options, settings).start(models)

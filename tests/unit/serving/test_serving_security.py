@@ -1,0 +1,84 @@
+"""The server's start-up rules and where its tokens come from (no server needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgeloop.serving.errors import ServerConfigError
+from edgeloop.serving.security import check_startup, is_loopback, read_token_file, token_from
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.53", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.4", False),
+        ("my-host.example", False),
+    ],
+)
+def test_only_loopback_addresses_count_as_local(host, loopback):
+    assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20"])
+def test_admin_without_a_token_on_a_reachable_address_does_not_start(host):
+    with pytest.raises(ServerConfigError, match="without an admin token"):
+        check_startup(host, admin_enabled=True, admin_token=None, auth_token=None)
+
+
+def test_admin_on_loopback_or_with_a_token_starts():
+    assert check_startup("127.0.0.1", admin_enabled=True, admin_token=None, auth_token=None) == []
+    assert check_startup("0.0.0.0", admin_enabled=True, admin_token="t" * 32, auth_token=None) == []
+    assert check_startup("0.0.0.0", admin_enabled=False, admin_token=None, auth_token=None) == []
+
+
+def test_the_same_token_for_admin_and_clients_is_warned_about():
+    (warning,) = check_startup("0.0.0.0", admin_enabled=True, admin_token="same", auth_token="same")
+    assert "every client can administer" in warning
+
+
+def test_a_token_file_is_read_without_its_newline(tmp_path: Path):
+    f = tmp_path / "token"
+    f.write_text("s3cret-token\n")
+    assert read_token_file(f, "admin token") == "s3cret-token"
+    f.write_text("\n")
+    with pytest.raises(ServerConfigError, match="empty"):
+        read_token_file(f, "admin token")
+    f.write_text("two words\n")
+    with pytest.raises(ServerConfigError, match="whitespace"):
+        read_token_file(f, "admin token")
+    with pytest.raises(ServerConfigError, match="cannot read"):
+        read_token_file(tmp_path / "missing", "admin token")
+
+
+def test_a_token_comes_from_a_file_then_the_environment(tmp_path: Path, monkeypatch):
+    f = tmp_path / "token"
+    f.write_text("from-file")
+    monkeypatch.setenv("T_ENV", "from-env")
+    assert token_from(f, "T_ENV", "T_FILE_ENV", "token") == "from-file"
+    assert token_from(None, "T_ENV", "T_FILE_ENV", "token") == "from-env"
+    monkeypatch.setenv("T_FILE_ENV", str(f))
+    assert token_from(None, "T_ENV", "T_FILE_ENV", "token") == "from-file"
+    monkeypatch.delenv("T_FILE_ENV")
+    monkeypatch.delenv("T_ENV")
+    assert token_from(None, "T_ENV", "T_FILE_ENV", "token") is None
+
+
+def test_no_token_is_taken_on_the_command_line():
+    from edgeloop.serving.__main__ import build_parser
+    from edgeloop.serving.cli import serve
+
+    result = CliRunner().invoke(serve, ["--model", "x", "--admin-token", "s3cret"])
+    assert result.exit_code == 2 and "No such option" in result.output
+    flags = {opt for action in build_parser()._actions for opt in action.option_strings}
+    assert "--admin_token_file" in flags
+    assert not [f for f in flags if "token" in f and not f.endswith("_file")]
