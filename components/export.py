@@ -235,7 +235,7 @@ def export_model(
     )
     import torch
 
-    meta = torch.load(model_file, map_location="cpu", weights_only=False)
+    meta = torch.load(model_file, map_location="cpu", weights_only=True)
     metrics = {k: float(v) for k, v in (meta.get("metrics") or {}).items() if isinstance(v, int | float)}
     metrics["onnx_val_accuracy"] = parity.onnx_accuracy
     return write_model_card(

@@ -46,7 +46,11 @@ def load_initial_weights(model: nn.Module, path: Path) -> list[str]:
 
     Tensors whose shape differs (a classifier head for other classes) are skipped; returns their names.
     """
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    import argparse
+    from pathlib import PosixPath
+
+    with torch.serialization.safe_globals([argparse.Namespace, PosixPath]):  # checkpoint.pt's args
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     state = obj
     if isinstance(obj, dict) and not _is_state(obj):
         state = obj.get("state_dict") or obj.get("model") or {}
@@ -118,7 +122,7 @@ def save_model_file(
 
 def load_model_file(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     """A trained model in eval mode, plus its metadata (arch, classes, preprocess, metrics...)."""
-    meta = torch.load(path, map_location="cpu", weights_only=False)
+    meta = torch.load(path, map_location="cpu", weights_only=True)
     model = build_model(meta["arch"], len(meta["classes"]), bn_momentum=None)
     model.load_state_dict(meta["state_dict"])
     model.eval()

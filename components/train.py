@@ -325,7 +325,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     start_epoch, best, bad_epochs, history = 0, {"accuracy": -1.0, "loss": math.inf, "epoch": -1}, 0, []
     if args.resume:
-        ckpt = torch.load(args.resume, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals([argparse.Namespace, type(Path())]):  # its args
+            ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
         if ckpt["args"].arch != args.arch:
             raise SystemExit(f"--resume {args.resume} is a {ckpt['args'].arch} checkpoint, not {args.arch}")
         model.load_state_dict(ckpt["model"])
@@ -463,7 +464,7 @@ def _finalize(
     args, model, criterion, classes, preprocess, preprocess_cfg, info, device, tracker, world
 ) -> dict[str, Any]:
     """Rank 0: best weights, BatchNorm recalibrated on the train images, eval on val and test, model.pt."""
-    best = torch.load(args.out / BEST_FILE, map_location="cpu", weights_only=False)
+    best = torch.load(args.out / BEST_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(best["model"])
     val_ds = load_split(args.data, "val", classes, preprocess)
     before = (
