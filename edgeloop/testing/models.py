@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -113,7 +114,7 @@ def _calibrate(model, size: int) -> None:
     with torch.no_grad():
         for _ in range(3):
             model(torch.randn(16, 3, size, size))
-        last = model.head[-1] if isinstance(model.head, torch.nn.Sequential) else model.head
+        last: Any = model.head[-1] if isinstance(model.head, torch.nn.Sequential) else model.head
         last.weight.mul_(40.0)
     model.eval()
 
