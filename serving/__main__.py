@@ -15,6 +15,10 @@ from pathlib import Path
 
 from edgeloop.core.model_card import MODEL_CARD_FILE
 
+DIGEST_ENV = (
+    "EDGELOOP_MODEL_DIGEST"  # set by the InferenceService from its digest annotation (deploy.validate)
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     from kserve import model_server
@@ -70,6 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="file holding the admin bearer token (a mounted Secret); else env "
         "EDGELOOP_SERVING_ADMIN_TOKEN_FILE names the file, else EDGELOOP_SERVING_ADMIN_TOKEN holds it",
+    )
+    p.add_argument(
+        "--admin_allow_source",
+        action="append",
+        default=[],
+        help="URI prefix admin loads may name (repeatable): models:/[NAME], az://CONTAINER/[PREFIX/] or a "
+        "local directory; default: models:/ and az://<models container>/",
+    )
+    p.add_argument(
+        "--expected_digest",
+        default=os.environ.get(DIGEST_ENV) or None,
+        help=f"ModelCard.digest() the model must have, or the server does not start (default: env {DIGEST_ENV}, "
+        "which the InferenceService sets from its digest annotation)",
     )
     p.add_argument("--cache_dir", default=None, help="where downloaded models go")
     p.add_argument("--log_level", default=os.environ.get("EDGELOOP_LOG_LEVEL", "INFO"))
@@ -129,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         payload_log=PayloadLogOptions(sample_rate=args.payload_log_rate),
         admin_enabled=args.enable_admin,
         admin_token=admin_token,
+        admin_sources=tuple(args.admin_allow_source) or None,
+        expected_digest=args.expected_digest,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         model_name=None if args.model_name == "model" else args.model_name,  # kserve's default name
         aliases=aliases,

@@ -75,6 +75,22 @@ def _plain_argv() -> Iterator[None]:
     "Needed for kserve's repository load/unload, and for admin on any address but loopback.",
 )
 @click.option(
+    "--admin-allow-source",
+    "admin_sources",
+    multiple=True,
+    metavar="PREFIX",
+    help="URI prefix admin loads may name: models:/[NAME], az://CONTAINER/[PREFIX/] or a local directory "
+    "(repeatable). Default: models:/ and az://<models container>/.",
+)
+@click.option(
+    "--expected-digest",
+    envvar="EDGELOOP_MODEL_DIGEST",
+    default=None,
+    metavar="SHA256",
+    help="ModelCard.digest() the model must have; any mismatch and the server does not start "
+    "(env EDGELOOP_MODEL_DIGEST).",
+)
+@click.option(
     "--cache-dir", type=click.Path(path_type=Path), default=None, help="Where downloaded models go."
 )
 @click.option("--log-level", default="INFO", show_default=True)
@@ -97,6 +113,8 @@ def serve(
     payload_log_rate: float,
     enable_admin: bool,
     admin_token_file: Path | None,
+    admin_sources: tuple[str, ...],
+    expected_digest: str | None,
     cache_dir: Path | None,
     log_level: str,
 ) -> None:
@@ -128,6 +146,8 @@ def serve(
         payload_log=PayloadLogOptions(sample_rate=payload_log_rate),
         admin_enabled=enable_admin,
         admin_token=admin_token,
+        admin_sources=admin_sources or None,
+        expected_digest=expected_digest,
         cache_dir=cache_dir,
         model_name=model_name,
         aliases=dict(a.split("=", 1) for a in aliases),

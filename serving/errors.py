@@ -91,6 +91,12 @@ class AdminDisabledError(ServingError):
     kind = "forbidden"
 
 
+class SourceNotAllowedError(AdminDisabledError):
+    """403 / PERMISSION_DENIED: an admin load names a URI outside the sources this server may load from."""
+
+    kind = "source_not_allowed"
+
+
 class ServerConfigError(ServingError):
     """Not a request error: the server's options are unsafe or inconsistent, so it does not start."""
 

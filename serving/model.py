@@ -118,9 +118,14 @@ class LoadedVersion:
 
 
 def load_version(
-    directory: Path, ort_settings: OrtSettings, model_name: str | None = None, version: str | None = None
+    directory: Path,
+    ort_settings: OrtSettings,
+    model_name: str | None = None,
+    version: str | None = None,
+    expected_digest: tuple[str, ...] = (),
 ) -> LoadedVersion:
-    """Verify every file against the card, open an ONNX Runtime session, check the I/O, warm it up.
+    """Verify every file against the card (and the card against every pinned ``expected_digest``),
+    open an ONNX Runtime session, check the I/O, warm it up.
 
     Verification and the session are :mod:`edgeloop.core.model_loader`'s (the rule every consumer
     applies). Raises :class:`IntegrityRefusedError` (and counts it) when the files fail it,
@@ -134,7 +139,7 @@ def load_version(
         raise ModelLoadError(str(e)) from e
     name = model_name or card.name
     try:
-        verified = verify_model(directory, card)
+        verified = verify_model(directory, card, expected_digest)
     except IntegrityError as e:
         metrics.INTEGRITY_FAILURES.labels(name).inc()
         metrics.LOAD_FAILURES.labels(name, "integrity").inc()
@@ -314,7 +319,13 @@ class OnnxImageModel(Model):
     def load_source(self, src: ResolvedModel) -> LoadedVersion:
         """Blocking: verify + load + warm up. Safe to run in a worker thread while serving."""
         version = src.spec.version or src.version_hint or self._next_version(src.directory)
-        lv = load_version(src.directory, self.ort_settings, model_name=self.name, version=version)
+        lv = load_version(
+            src.directory,
+            self.ort_settings,
+            model_name=self.name,
+            version=version,
+            expected_digest=src.pinned,
+        )
         lv.start_runner(self.batching)
         return lv
 

@@ -58,6 +58,10 @@ class ServingOptions:
     payload_log: PayloadLogOptions = field(default_factory=PayloadLogOptions)
     admin_enabled: bool = False
     admin_token: str | None = None
+    # URI prefixes admin loads may name (see sources.source_allowed); None = the registry and
+    # the models container of the settings.
+    admin_sources: tuple[str, ...] | None = None
+    expected_digest: str | None = None  # the ModelCard.digest() the one model given at start must have
     cache_dir: Path | None = None  # where az:// and models:/ downloads go; None = a temp dir
     model_name: str | None = None  # served name; None = the model card's name
     aliases: dict[str, str] = field(default_factory=dict)  # alias -> version, applied after loading

@@ -61,12 +61,15 @@ from kserve.protocol.rest.server import metrics_handler
 from kserve.protocol.rest.v1_endpoints import register_v1_endpoints
 from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
 
+from edgeloop.core.model_card import normalize_digest
 from edgeloop.serving import codec, metrics
 from edgeloop.serving.errors import (
     AdminDisabledError,
     InvalidInputError,
     ModelNotFoundError,
     PayloadTooLargeError,
+    ServerConfigError,
+    SourceNotAllowedError,
     error_kind,
     grpc_status,
     http_status,
@@ -75,7 +78,7 @@ from edgeloop.serving.errors import (
 from edgeloop.serving.model import OnnxImageModel
 from edgeloop.serving.options import ServingOptions
 from edgeloop.serving.security import bearer_ok, check_startup, grpc_metadata
-from edgeloop.serving.sources import ModelSpec, resolve
+from edgeloop.serving.sources import ModelSpec, default_admin_sources, resolve, source_allowed
 
 if TYPE_CHECKING:
     from edgeloop.core.config import Settings
@@ -303,10 +306,20 @@ class Routes:
         self._check_admin(request)
         model = self.model(model_name)
         doc = await self._json(request)
-        uri, aliases = doc.get("uri"), doc.get("aliases") or []
-        if not isinstance(uri, str) or not isinstance(aliases, list):
-            raise InvalidInputError('body needs "uri" (string) and optionally "version", "aliases" (list)')
-        spec = ModelSpec(uri=uri, version=doc.get("version"), aliases=tuple(str(a) for a in aliases))
+        uri, aliases, digest = doc.get("uri"), doc.get("aliases") or [], doc.get("digest")
+        if not isinstance(uri, str) or not isinstance(aliases, list) or not isinstance(digest, str | None):
+            raise InvalidInputError(
+                'body needs "uri" (string) and optionally "version", "aliases" (list), "digest" (sha256)'
+            )
+        allowed = self.options.admin_sources or default_admin_sources(self.settings)
+        if "#" in uri or not source_allowed(uri, allowed):
+            raise SourceNotAllowedError(
+                f"this server loads models only from {list(allowed)}; {uri!r} is not under any of them "
+                "(start it with --admin-allow-source to add one)"
+            )
+        spec = ModelSpec(
+            uri=uri, version=doc.get("version"), aliases=tuple(str(a) for a in aliases), digest=digest
+        )
         src = await asyncio.to_thread(resolve, spec, self.settings, self.options.cache_dir)
         lv = await asyncio.to_thread(model.load_source, src)  # verify + load + warm up, off the loop
         try:
@@ -562,6 +575,11 @@ class EdgeloopModelServer:
 
 def check_options(options: ServingOptions) -> None:
     """Refuse unsafe options before anything is loaded (:class:`ServerConfigError`); log warnings."""
+    if options.expected_digest:
+        try:
+            normalize_digest(options.expected_digest)
+        except ValueError as e:
+            raise ServerConfigError(f"--expected-digest: {e}") from e
     for warning in check_startup(options.bind_host, options.admin_enabled, options.admin_token, None):
         log.warning("%s", warning)
 
@@ -589,9 +607,13 @@ def build_models(
             flush_s=pl.flush_s,
         )
         logger.start()
+    if options.expected_digest and len(specs) != 1:
+        raise ServerConfigError(
+            f"--expected-digest pins one model, and {len(specs)} are given; pin each with #digest=SHA256"
+        )
     groups: dict[str, list] = {}
     for spec in specs:
-        src = resolve(spec, settings, options.cache_dir)
+        src = resolve(spec, settings, options.cache_dir, options.expected_digest)
         name = options.model_name or src.spec.name or ModelCard.load(src.directory).name
         groups.setdefault(name, []).append(src)
     if options.aliases and len(groups) > 1:

@@ -8,6 +8,7 @@ anything opens the model.
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
@@ -79,11 +80,26 @@ class ModelCard(BaseModel):
         check_integrity(self, Path(directory))
 
     def digest(self) -> str:
-        """One digest over all file digests: what the InferenceService annotation and approvals pin."""
-        h = hashlib.sha256()
-        for rel in sorted(self.files):
-            h.update(f"{rel}:{self.files[rel]}\n".encode())
-        return h.hexdigest()
+        """The model's identity: sha256 of the card's canonical JSON, which lists every file's sha256.
+
+        What the registry tag, the InferenceService annotation and approvals pin. It covers the
+        card itself, so the label order, the preprocessing or the input name cannot change under
+        a pinned digest any more than ``model.onnx`` can. Canonical: keys sorted, no whitespace,
+        fields holding their default value left out (a field added to the card later, with a
+        default, keeps every existing digest; so never change an existing field's default).
+        """
+        doc = self.model_dump(mode="json", exclude_defaults=True)
+        canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def normalize_digest(digest: str) -> str:
+    """A model digest as 64 lowercase hex characters (an optional ``sha256:`` prefix dropped);
+    ``ValueError`` for anything else."""
+    d = digest.strip().lower().removeprefix("sha256:")
+    if len(d) != 64 or any(c not in "0123456789abcdef" for c in d):
+        raise ValueError(f"{digest!r} is not a sha256 digest (64 hex characters); use ModelCard.digest()")
+    return d
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

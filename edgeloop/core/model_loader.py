@@ -11,6 +11,11 @@ loaded with a warning.
     verify_model(directory)                               # -> VerifiedModel (card + verified bytes)
     open_model(directory, OrtSettings(providers=["cpu"])) # -> OpenModel (verified, with a session)
 
+A model is identified by its digest (:meth:`ModelCard.digest`: the card, which lists every
+file's sha256). Where a digest is pinned (``expected_digest``: the registry's tag on a
+``models:/`` version, the InferenceService's annotation, ``edgeloop serve --expected-digest``)
+a card that differs from it in anything, labels and preprocessing included, is refused.
+
 A model URI is a local directory (or ``file://``), an ``az://container/prefix`` blob
 prefix, or a registered version ``models:/NAME/VERSION`` / ``models:/NAME@ALIAS``.
 Imports nothing heavy at module level: onnxruntime when a session is opened, the Azure
@@ -35,7 +40,14 @@ from edgeloop.core.errors import (
     ModelFetchError,
     ModelSessionError,
 )
-from edgeloop.core.model_card import MODEL_CARD_FILE, MODEL_FILE, ModelCard, sha256_bytes, sha256_file
+from edgeloop.core.model_card import (
+    MODEL_CARD_FILE,
+    MODEL_FILE,
+    ModelCard,
+    normalize_digest,
+    sha256_bytes,
+    sha256_file,
+)
 
 if TYPE_CHECKING:
     from edgeloop.core.config import Settings
@@ -44,6 +56,8 @@ log = logging.getLogger(__name__)
 
 REGISTRY_SCHEME = "models:/"
 BLOB_SCHEME = "az://"
+# The model version tag the registry writes at registration (pipelines.registry.MODEL_DIGEST).
+REGISTRY_DIGEST_TAG = "edgeloop.model_digest"
 _REGISTRY = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
 
 
@@ -56,6 +70,7 @@ class FetchedModel:
     directory: Path
     registry_version: str | None = None  # the MLflow version number, when the URI named the registry
     alias: str | None = None  # the alias in a ``models:/NAME@ALIAS`` URI
+    digest: str | None = None  # the digest the registry recorded for that version, when it did
 
 
 def fetch_model(
@@ -83,16 +98,26 @@ def fetch_model(
 
 
 def fetch_verified(
-    uri: str | Path, settings: Settings | None = None, cache_dir: Path | None = None
+    uri: str | Path,
+    settings: Settings | None = None,
+    cache_dir: Path | None = None,
+    expected_digest: str | None = None,
 ) -> VerifiedModel:
-    """:func:`fetch_model`, then :func:`verify_model`: a local model directory that passed the integrity rule."""
-    return verify_model(fetch_model(uri, settings, cache_dir).directory)
+    """:func:`fetch_model`, then :func:`verify_model`: a local model directory that passed the integrity
+    rule, and matches ``expected_digest`` and the digest the registry recorded, where there are any."""
+    fetched = fetch_model(uri, settings, cache_dir)
+    return verify_model(fetched.directory, expected_digest=pinned_digests(fetched, expected_digest))
+
+
+def pinned_digests(fetched: FetchedModel, expected: str | None = None) -> tuple[str, ...]:
+    """Every digest ``fetched`` must match: the one the caller pins and the one its registry version records."""
+    return tuple(d for d in (expected, fetched.digest) if d)
 
 
 def parse_registry_uri(uri: str) -> tuple[str, str | None, str | None]:
     """``models:/NAME@ALIAS`` -> (NAME, ALIAS, None); ``models:/NAME/VERSION`` -> (NAME, None, VERSION)."""
     m = _REGISTRY.match(uri)
-    if not m:
+    if not m or any(part in (".", "..") or "\\" in part for part in m.groups() if part):
         raise ModelFetchError(f"{uri} is not a registry URI; use models:/NAME@ALIAS or models:/NAME/VERSION")
     return m.group("name"), m.group("alias"), m.group("version")
 
@@ -135,11 +160,26 @@ def _from_blob(uri: str, settings: Settings, dest: Path) -> FetchedModel:
         raise ModelFetchError(f"no blobs under {uri}; expected {MODEL_FILE} and {MODEL_CARD_FILE} there")
     for name in names:
         rel = name[len(prefix) :]
-        if not rel or ".." in Path(rel).parts:
+        if not rel:
             continue
-        store.download_to(BlobUri(u.container, name), dest / rel)
+        try:
+            target = inside(dest, rel, uri)
+        except ModelFetchError:
+            log.warning("skipping blob %s under %s: its name leads outside the download directory", name, uri)
+            continue
+        store.download_to(BlobUri(u.container, name), target)
     log.info("downloaded %d files from %s", len(names), uri)
     return FetchedModel(uri, find_model_dir(dest, uri))
+
+
+def inside(root: Path, rel: str, source: str) -> Path:
+    """``root / rel``, refused (:class:`ModelFetchError`) unless it stays inside ``root``: a blob
+    or card entry named ``/etc/x`` or ``../x`` must not write or read anywhere else."""
+    parts = Path(rel).parts
+    target = (root / rel).resolve()
+    if Path(rel).is_absolute() or ".." in parts or not target.is_relative_to(root.resolve()):
+        raise ModelFetchError(f"{source} holds {rel!r}, a path outside the model directory; refusing it")
+    return root / rel
 
 
 def _from_registry(uri: str, settings: Settings, cache_dir: Path | None) -> FetchedModel:
@@ -160,10 +200,13 @@ def _from_registry(uri: str, settings: Settings, cache_dir: Path | None) -> Fetc
         return dest
 
     try:
-        if alias:
-            found = str(client.get_model_version_by_alias(name, alias).version)
-        else:
-            found = str(client.get_model_version(name, str(version)).version)
+        mv = (
+            client.get_model_version_by_alias(name, alias)
+            if alias
+            else client.get_model_version(name, str(version))
+        )
+        found = str(mv.version)
+        digest = (getattr(mv, "tags", None) or {}).get(REGISTRY_DIGEST_TAG) or None
         if cache_dir is None:
             directory = download(_fresh_dir(None, "mlflow-"))
         else:
@@ -172,7 +215,9 @@ def _from_registry(uri: str, settings: Settings, cache_dir: Path | None) -> Fetc
                 _settle(download(_fresh_dir(directory.parent, ".partial-")), directory)
     except MlflowException as e:
         raise ModelFetchError(f"cannot fetch {uri} from MLflow at {tracking_uri}: {e.message}") from e
-    return FetchedModel(uri, find_model_dir(directory, uri), registry_version=found, alias=alias)
+    return FetchedModel(
+        uri, find_model_dir(directory, uri), registry_version=found, alias=alias, digest=digest
+    )
 
 
 def _settle(downloaded: Path, final: Path) -> None:
@@ -214,14 +259,36 @@ def read_card(directory: Path | str) -> ModelCard:
         ) from e
 
 
-def check_integrity(card: ModelCard, directory: Path, model_bytes: bytes | None = None) -> None:
+def check_integrity(
+    card: ModelCard,
+    directory: Path,
+    model_bytes: bytes | None = None,
+    expected_digest: str | Sequence[str] = (),
+) -> None:
     """The integrity rule, the only one. Raise :class:`IntegrityError` unless
 
+    * the card's digest equals every pinned ``expected_digest`` (the card was not edited and
+      lists the same file digests as the model that was approved);
     * the card records a sha256 for ``model.onnx``, and the file (or ``model_bytes``, read
       from it) has that sha256;
-    * every other file the card lists exists in ``directory`` with its recorded sha256.
+    * every other file the card lists is inside ``directory`` and exists with its recorded sha256.
     """
     directory = Path(directory)
+    pinned = [expected_digest] if isinstance(expected_digest, str) else list(expected_digest)
+    if pinned:
+        actual_digest = card.digest()
+        for expected in pinned:
+            try:
+                want = normalize_digest(expected)
+            except ValueError as e:
+                raise IntegrityError(f"the pinned model digest is malformed: {e}", directory) from e
+            if actual_digest != want:
+                raise IntegrityError(
+                    f"the model's digest is {actual_digest[:12]}..., the deployment pins {want[:12]}...: "
+                    "the model card or a file differs from the model that was approved; deploy the "
+                    "approved version, or pin the digest of this one after reviewing it",
+                    directory,
+                )
     if not card.files.get(MODEL_FILE):
         raise IntegrityError(
             f"the model card lists no digest for {MODEL_FILE}, so the model cannot be verified; "
@@ -230,7 +297,11 @@ def check_integrity(card: ModelCard, directory: Path, model_bytes: bytes | None 
         )
     ordered = [MODEL_FILE] + sorted(rel for rel in card.files if rel != MODEL_FILE)
     for rel in ordered:
-        expected, path = card.files[rel], directory / rel
+        try:
+            path = inside(directory, rel, "the model card")
+        except ModelFetchError as e:
+            raise IntegrityError(str(e), directory) from e
+        expected = card.files[rel]
         if rel == MODEL_FILE and model_bytes is not None:
             actual = sha256_bytes(model_bytes)
         elif path.is_file():
@@ -248,17 +319,19 @@ def check_integrity(card: ModelCard, directory: Path, model_bytes: bytes | None 
             )
 
 
-def verify_model(directory: Path | str, card: ModelCard | None = None) -> VerifiedModel:
+def verify_model(
+    directory: Path | str, card: ModelCard | None = None, expected_digest: str | Sequence[str] = ()
+) -> VerifiedModel:
     """Read the card (unless given) and ``model.onnx``, and apply :func:`check_integrity`.
 
     Raises :class:`InvalidModelError` for a missing or invalid card, :class:`IntegrityError`
-    when the files do not match it.
+    when the files do not match it or the card does not match a pinned ``expected_digest``.
     """
     directory = Path(directory)
     card = card if card is not None else read_card(directory)
     path = directory / MODEL_FILE
     data = path.read_bytes() if path.is_file() else None
-    check_integrity(card, directory, data)
+    check_integrity(card, directory, data, expected_digest)
     assert data is not None  # check_integrity refuses a missing model file
     return VerifiedModel(directory, card, data)
 
@@ -381,13 +454,16 @@ class OpenModel:
     session_info: SessionInfo
 
 
-def open_model(directory: Path | str, settings: OrtSettings | None = None) -> OpenModel:
+def open_model(
+    directory: Path | str, settings: OrtSettings | None = None, expected_digest: str | Sequence[str] = ()
+) -> OpenModel:
     """:func:`verify_model`, then :func:`open_session` on the verified bytes.
 
-    Raises :class:`IntegrityError` for a model that fails the integrity rule,
-    :class:`InvalidModelError` (or its :class:`ModelSessionError`) for one that cannot be opened.
+    Raises :class:`IntegrityError` for a model that fails the integrity rule (or a pinned
+    ``expected_digest``), :class:`InvalidModelError` (or its :class:`ModelSessionError`) for one
+    that cannot be opened.
     """
-    verified = verify_model(directory)
+    verified = verify_model(directory, expected_digest=expected_digest)
     try:
         session, info = open_session(verified.session_source(), settings or OrtSettings())
     except ModelSessionError as e:

@@ -33,10 +33,14 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def server(model_dirs: dict[str, Path]) -> Iterator[ServerHandle]:
-    """Versions 1 (champion) and 2 (candidate); admin on; 2 MiB request limit; at most 32 images."""
+    """Versions 1 (champion) and 2 (candidate); admin on, loading from the test models' directory;
+    2 MiB request limit; at most 32 images."""
     with running_server(
         [model_dirs["1"], f"{model_dirs['2']}#alias=candidate"],
         admin=True,
-        extra_args=["--max_request_mb", "2", "--max_images", "32"],
+        extra_args=[
+            *("--max_request_mb", "2", "--max_images", "32"),
+            *("--admin_allow_source", str(model_dirs["1"].parent)),
+        ],
     ) as srv:
         yield srv

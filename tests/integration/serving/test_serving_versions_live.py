@@ -24,7 +24,8 @@ def test_hot_switch_of_the_champion_under_load_drops_no_request(model_dirs):
         v: ort.InferenceSession(str(model_dirs[v] / "model.onnx")).run(None, {"images": x})[0]
         for v in ("1", "3")
     }
-    with running_server([model_dirs["1"]], admin=True) as srv:
+    allow = ["--admin_allow_source", str(model_dirs["1"].parent)]
+    with running_server([model_dirs["1"]], admin=True, extra_args=allow) as srv:
         stop = threading.Event()
         failures: list[str] = []
         seen: dict[str, int] = {}

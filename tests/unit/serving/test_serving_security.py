@@ -82,3 +82,44 @@ def test_no_token_is_taken_on_the_command_line():
     flags = {opt for action in build_parser()._actions for opt in action.option_strings}
     assert "--admin_token_file" in flags
     assert not [f for f in flags if "token" in f and not f.endswith("_file")]
+
+
+def test_a_malformed_expected_digest_stops_edgeloop_serve_before_loading(tmp_path: Path):
+    from edgeloop.serving.cli import serve
+
+    result = CliRunner().invoke(serve, ["--model", str(tmp_path), "--expected-digest", "unset"])
+    assert result.exit_code == 2 and "not a sha256 digest" in result.output
+
+
+@pytest.mark.parametrize(
+    ("uri", "allowed"),
+    [
+        ("models:/inspection@champion", True),
+        ("models:/inspection/7", True),
+        ("models:/other@champion", False),
+        ("az://models/inspection/abc", True),
+        ("az://models/inspection/../../secrets", False),
+        ("az://modelsx/inspection/abc", False),
+        ("az://payloads/inspection/abc", False),
+        ("/srv/models/v3", True),
+        ("file:///srv/models/v3", True),
+        ("/srv/models/../secrets", False),
+        ("/srv/modelsx/v3", False),
+        ("/etc", False),
+    ],
+)
+def test_admin_sources_are_matched_by_container_name_and_directory(uri, allowed):
+    from edgeloop.serving.sources import source_allowed
+
+    prefixes = ("models:/inspection", "az://models/inspection/", "/srv/models")
+    assert source_allowed(uri, prefixes) is allowed
+
+
+def test_by_default_admin_loads_come_from_the_registry_and_the_models_container():
+    from edgeloop.core.config import Settings
+    from edgeloop.serving.sources import default_admin_sources, source_allowed
+
+    defaults = default_admin_sources(Settings())
+    assert source_allowed("models:/anything@champion", defaults)
+    assert source_allowed("az://models/inspection/abc", defaults)
+    assert not source_allowed("/tmp/some-model", defaults)
