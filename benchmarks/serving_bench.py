@@ -74,9 +74,9 @@ def bare_ort(model_dir: Path, size: int, batch: int, seconds: float) -> float:
 def make_client(kind: str, srv: Any, model: str) -> Any:
     from edgeloop.serving.client import AsyncGrpcClient, AsyncRestClient
 
-    if kind == "grpc":
-        return AsyncGrpcClient(srv.grpc_target, model)
-    return AsyncRestClient(srv.rest_url, model, binary=(kind == "rest_binary"))
+    if kind == "grpc":  # srv.security: TLS and the token when the server was started with them
+        return AsyncGrpcClient(srv.grpc_target, model, security=srv.security)
+    return AsyncRestClient(srv.rest_url, model, binary=(kind == "rest_binary"), security=srv.security)
 
 
 async def _close(client: Any) -> None:

@@ -94,7 +94,7 @@ def make_predictor(mode: str, model_dir: Path, stack: Any) -> Any:
     from edgeloop.stream.predictors import GrpcPredictor, OnnxPredictor
 
     if mode == "server":
-        return GrpcPredictor(stack.grpc_target, "bench")
+        return GrpcPredictor(stack.grpc_target, "bench", security=stack.security)
     return OnnxPredictor(model_dir)
 
 

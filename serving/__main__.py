@@ -70,6 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
         "a token); refused on a non-loopback --bind_host without a token",
     )
     p.add_argument(
+        "--tls_client_ca",
+        default=os.environ.get("EDGELOOP_SERVING_TLS_CLIENT_CA") or None,
+        help="PEM CA for mutual TLS: clients must present a certificate it signed (with kserve's "
+        "--ssl_certfile/--ssl_keyfile, which serve HTTPS and TLS gRPC)",
+    )
+    p.add_argument(
+        "--auth_token_file",
+        default=None,
+        help="file holding the bearer token every client must send (a mounted Secret); else env "
+        "EDGELOOP_SERVING_AUTH_TOKEN_FILE names the file, else EDGELOOP_SERVING_AUTH_TOKEN holds it; "
+        "health probes stay open",
+    )
+    p.add_argument(
         "--admin_token_file",
         default=None,
         help="file holding the admin bearer token (a mounted Secret); else env "
@@ -106,12 +119,21 @@ def main(argv: list[str] | None = None) -> None:
     from edgeloop.serving.errors import ServingError
     from edgeloop.serving.options import BatchingOptions, LimitOptions, PayloadLogOptions, ServingOptions
     from edgeloop.serving.providers import OrtSettings
-    from edgeloop.serving.security import ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE_ENV, token_from
+    from edgeloop.serving.security import (
+        ADMIN_TOKEN_ENV,
+        ADMIN_TOKEN_FILE_ENV,
+        AUTH_TOKEN_ENV,
+        AUTH_TOKEN_FILE_ENV,
+        TlsFiles,
+        token_from,
+    )
 
     args = build_parser().parse_args(argv)
     logs.configure(args.log_level)
     try:
         admin_token = token_from(args.admin_token_file, ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE_ENV, "admin token")
+        auth_token = token_from(args.auth_token_file, AUTH_TOKEN_ENV, AUTH_TOKEN_FILE_ENV, "auth token")
+        tls = TlsFiles.from_args(args.ssl_certfile, args.ssl_keyfile, args.tls_client_ca)
     except ServingError as e:
         sys.exit(f"error: {e.message}")
     specs = list(args.model) + (specs_from_model_dir(args.model_dir) if args.model_dir else [])
@@ -145,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
         ),
         payload_log=PayloadLogOptions(sample_rate=args.payload_log_rate),
         admin_enabled=args.enable_admin,
+        tls=tls,
+        auth_token=auth_token,
         admin_token=admin_token,
         admin_sources=tuple(args.admin_allow_source) or None,
         expected_digest=args.expected_digest,

@@ -66,6 +66,26 @@ def _plain_argv() -> Iterator[None]:
     type=float,
     help="Fraction of images written to the payload log in blob storage (0 = off).",
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM certificate (chain): serve HTTPS and TLS gRPC. Needs --tls-key.",
+)
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM CA: mutual TLS, clients must present a certificate it signed.",
+)
+@click.option(
+    "--auth-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="File holding the bearer token every client must send (else env EDGELOOP_SERVING_AUTH_TOKEN); "
+    "health probes stay open.",
+)
 @click.option("--enable-admin", is_flag=True, help="Admin endpoints: load a version, move an alias, unload.")
 @click.option(
     "--admin-token-file",
@@ -111,6 +131,10 @@ def serve(
     providers: str,
     max_request_mb: float,
     payload_log_rate: float,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    auth_token_file: Path | None,
     enable_admin: bool,
     admin_token_file: Path | None,
     admin_sources: tuple[str, ...],
@@ -124,7 +148,14 @@ def serve(
     from edgeloop.serving import logs
     from edgeloop.serving.errors import ServingError
     from edgeloop.serving.options import BatchingOptions, LimitOptions, PayloadLogOptions, ServingOptions
-    from edgeloop.serving.security import ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE_ENV, token_from
+    from edgeloop.serving.security import (
+        ADMIN_TOKEN_ENV,
+        ADMIN_TOKEN_FILE_ENV,
+        AUTH_TOKEN_ENV,
+        AUTH_TOKEN_FILE_ENV,
+        TlsFiles,
+        token_from,
+    )
 
     bad = [a for a in aliases if "=" not in a]
     if bad:
@@ -132,8 +163,10 @@ def serve(
     settings = obj.settings if obj is not None and hasattr(obj, "settings") else load_settings()
     try:
         admin_token = token_from(admin_token_file, ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE_ENV, "admin token")
+        auth_token = token_from(auth_token_file, AUTH_TOKEN_ENV, AUTH_TOKEN_FILE_ENV, "auth token")
+        tls = TlsFiles.from_args(tls_cert, tls_key, tls_client_ca)
     except ServingError as e:
-        raise click.BadParameter(e.message, param_hint="--admin-token-file") from e
+        raise click.UsageError(e.message) from e
     options = ServingOptions(
         http_port=http_port,
         grpc_port=grpc_port,
@@ -144,6 +177,8 @@ def serve(
         limits=LimitOptions(max_request_bytes=int(max_request_mb * 1024 * 1024)),
         ort=OrtSettings(providers=providers.split(","), intra_op_threads=intra_op_threads),
         payload_log=PayloadLogOptions(sample_rate=payload_log_rate),
+        tls=tls,
+        auth_token=auth_token,
         admin_enabled=enable_admin,
         admin_token=admin_token,
         admin_sources=admin_sources or None,

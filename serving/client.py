@@ -8,6 +8,12 @@ process as either of them. Used by the stream processor and the staging evaluati
         pred = c.infer_frames(frames)          # uint8 [N,H,W,3], any H, W
         pred.labels, pred.probabilities        # list[str], float32 [N, C]
     RestClient("http://127.0.0.1:8080").infer_images([jpeg_bytes], version="candidate")
+
+A server started with TLS and/or a token needs the same from its clients::
+
+    sec = ClientSecurity.from_files(ca="ca.pem", cert="client.pem", key="client.key", token_file="token")
+    GrpcClient("edge-1:8081", security=sec)            # TLS channel, token in every call's metadata
+    RestClient("https://edge-1:8080", security=sec)    # HTTPS, Authorization: Bearer <token>
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +47,83 @@ class ClientError(RuntimeError):
         super().__init__(f"{status}: {message}")
         self.status = status
         self.message = message
+
+
+@dataclass(frozen=True)
+class ClientSecurity:
+    """How a client reaches a server started with ``--tls-cert`` / ``--tls-client-ca`` / ``--auth-token-file``.
+
+    ``ca``: the PEM CA that signed the server's certificate (None with ``tls`` = the system's
+    trust store); ``cert``/``key``: this client's certificate for mutual TLS; ``token``: sent as
+    ``Authorization: Bearer`` (REST) and ``authorization`` metadata (gRPC).
+    """
+
+    tls: bool = False
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    token: str | None = None
+
+    @classmethod
+    def from_files(
+        cls,
+        ca: str | Path | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
+        token_file: str | Path | None = None,
+        tls: bool = False,
+    ) -> ClientSecurity:
+        if bool(cert) != bool(key):
+            raise ValueError("a client certificate needs its key (and the key its certificate)")
+        token = None
+        if token_file:
+            token = Path(token_file).read_text().strip()
+            if not token:
+                raise ValueError(f"the token file {token_file} is empty")
+        return cls(
+            tls=tls or bool(ca or cert),
+            ca=Path(ca) if ca else None,
+            cert=Path(cert) if cert else None,
+            key=Path(key) if key else None,
+            token=token,
+        )
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or self.ca is not None or self.cert is not None
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def metadata(self) -> tuple[tuple[str, str], ...] | None:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else None
+
+    def ssl_context(self) -> Any:
+        """An ``ssl.SSLContext`` that verifies the server (``ca`` or the system store) and presents ``cert``."""
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=str(self.ca) if self.ca else None)
+        if self.cert is not None and self.key is not None:
+            ctx.load_cert_chain(str(self.cert), str(self.key))
+        return ctx
+
+    def grpc_credentials(self) -> Any:
+        import grpc
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes() if self.ca else None,
+            private_key=self.key.read_bytes() if self.key else None,
+            certificate_chain=self.cert.read_bytes() if self.cert else None,
+        )
+
+    def rest_url(self, url: str) -> str:
+        """``url``, with ``https://`` when TLS is on (an ``http://`` URL would be refused by the server)."""
+        if self.uses_tls and url.startswith("http://"):
+            return "https://" + url[len("http://") :]
+        return url
+
+
+NO_SECURITY = ClientSecurity()
 
 
 # ------------------------------------------------------------------------------- tensors
@@ -153,12 +237,24 @@ def _rest_path(model: str, version: str | None) -> str:
 
 
 class RestClient:
-    def __init__(self, url: str, model: str = "inspection", timeout_s: float = 30.0, binary: bool = True):
+    def __init__(
+        self,
+        url: str,
+        model: str = "inspection",
+        timeout_s: float = 30.0,
+        binary: bool = True,
+        security: ClientSecurity = NO_SECURITY,
+    ):
         import httpx
 
         self.model = model
         self.binary = binary
-        self._http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s)
+        self._http = httpx.Client(
+            base_url=security.rest_url(url).rstrip("/"),
+            timeout=timeout_s,
+            headers=security.headers(),
+            verify=security.ssl_context() if security.uses_tls else True,
+        )
 
     def infer(
         self, data: np.ndarray | Sequence[bytes], version: str | None = None, embedding: bool = False
@@ -211,12 +307,14 @@ class AsyncRestClient:
         timeout_s: float = 30.0,
         binary: bool = True,
         max_connections: int = 64,
+        security: ClientSecurity = NO_SECURITY,
     ):
-        self.url = url.rstrip("/")
+        self.url = security.rest_url(url).rstrip("/")
         self.model = model
         self.binary = binary
         self.timeout_s = timeout_s
         self.max_connections = max_connections
+        self.security = security
         self._session: Any = None
 
     async def infer(
@@ -225,9 +323,13 @@ class AsyncRestClient:
         import aiohttp
 
         if self._session is None:
+            sec = self.security
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.max_connections),
+                connector=aiohttp.TCPConnector(
+                    limit=self.max_connections, ssl=sec.ssl_context() if sec.uses_tls else True
+                ),
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                headers=sec.headers(),
             )
         body, headers = rest_request(data, embedding, self.binary)
         async with self._session.post(
@@ -301,6 +403,17 @@ def _grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+def _channel(target: str, max_message_bytes: int, security: ClientSecurity, aio: bool = False) -> Any:
+    import grpc
+    from grpc import aio as grpc_aio
+
+    module: Any = grpc_aio if aio else grpc
+    options = _grpc_options(max_message_bytes)
+    if security.uses_tls:
+        return module.secure_channel(target, security.grpc_credentials(), options=options)
+    return module.insecure_channel(target, options=options)
+
+
 class GrpcClient:
     def __init__(
         self,
@@ -308,13 +421,15 @@ class GrpcClient:
         model: str = "inspection",
         timeout_s: float = 30.0,
         max_message_bytes: int = 64 * 1024 * 1024,
+        security: ClientSecurity = NO_SECURITY,
     ):
         import grpc
 
         self.model = model
         self.timeout_s = timeout_s
         self._grpc = grpc
-        self._channel = grpc.insecure_channel(target, options=_grpc_options(max_message_bytes))
+        self._md = security.metadata()
+        self._channel = _channel(target, max_message_bytes, security)
         m = _messages()
         self._infer = self._channel.unary_unary(
             _SERVICE + "ModelInfer",
@@ -336,7 +451,9 @@ class GrpcClient:
         self, data: np.ndarray | Sequence[bytes], version: str | None = None, embedding: bool = False
     ) -> Prediction:
         try:
-            resp = self._infer(grpc_request(self.model, data, version, embedding), timeout=self.timeout_s)
+            resp = self._infer(
+                grpc_request(self.model, data, version, embedding), timeout=self.timeout_s, metadata=self._md
+            )
         except self._grpc.RpcError as e:
             raise ClientError(e.code().name, e.details() or "") from e
         return grpc_response(resp)
@@ -353,7 +470,8 @@ class GrpcClient:
 
     def ready(self) -> bool:
         try:
-            return bool(self._ready(_messages()["ServerReadyRequest"](), timeout=self.timeout_s).ready)
+            req = _messages()["ServerReadyRequest"]()
+            return bool(self._ready(req, timeout=self.timeout_s, metadata=self._md).ready)
         except self._grpc.RpcError:
             return False
 
@@ -362,7 +480,7 @@ class GrpcClient:
 
         req = _messages()["ModelMetadataRequest"](name=self.model, version=version or "")
         try:
-            return MessageToDict(self._metadata(req, timeout=self.timeout_s))
+            return MessageToDict(self._metadata(req, timeout=self.timeout_s, metadata=self._md))
         except self._grpc.RpcError as e:
             raise ClientError(e.code().name, e.details() or "") from e
 
@@ -383,14 +501,15 @@ class AsyncGrpcClient:
         model: str = "inspection",
         timeout_s: float = 30.0,
         max_message_bytes: int = 64 * 1024 * 1024,
+        security: ClientSecurity = NO_SECURITY,
     ):
         import grpc
-        from grpc import aio
 
         self.model = model
         self.timeout_s = timeout_s
         self._grpc = grpc
-        self._channel = aio.insecure_channel(target, options=_grpc_options(max_message_bytes))
+        self._md = security.metadata()
+        self._channel = _channel(target, max_message_bytes, security, aio=True)
         m = _messages()
         self._infer = self._channel.unary_unary(
             _SERVICE + "ModelInfer",
@@ -403,7 +522,7 @@ class AsyncGrpcClient:
     ) -> Prediction:
         try:
             resp = await self._infer(
-                grpc_request(self.model, data, version, embedding), timeout=self.timeout_s
+                grpc_request(self.model, data, version, embedding), timeout=self.timeout_s, metadata=self._md
             )
         except self._grpc.RpcError as e:
             raise ClientError(e.code().name, e.details() or "") from e

@@ -27,10 +27,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeloop.core.processes import terminate_group
+from edgeloop.serving.client import NO_SECURITY, ClientSecurity
 
 if TYPE_CHECKING:
     from edgeloop.core.config import Settings
     from edgeloop.serving.client import GrpcClient, RestClient
+    from edgeloop.serving.security import TlsFiles
 
 
 class ServerStartError(RuntimeError):
@@ -45,10 +47,11 @@ class ServerHandle:
     log_path: Path
     started_s: float  # launch to ready
     admin_token: str | None = None
+    security: ClientSecurity = NO_SECURITY  # what this handle's clients use (TLS, token)
 
     @property
     def rest_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{'https' if self.security.uses_tls else 'http'}://127.0.0.1:{self.http_port}"
 
     @property
     def grpc_target(self) -> str:
@@ -57,12 +60,12 @@ class ServerHandle:
     def rest_client(self, model: str = "inspection", **kwargs: Any) -> RestClient:
         from edgeloop.serving.client import RestClient
 
-        return RestClient(self.rest_url, model, **kwargs)
+        return RestClient(self.rest_url, model, **{"security": self.security, **kwargs})
 
     def grpc_client(self, model: str = "inspection", **kwargs: Any) -> GrpcClient:
         from edgeloop.serving.client import GrpcClient
 
-        return GrpcClient(self.grpc_target, model, **kwargs)
+        return GrpcClient(self.grpc_target, model, **{"security": self.security, **kwargs})
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -122,6 +125,9 @@ def running_server(
     extra_args: Sequence[str] = (),
     admin: bool = False,
     admin_token: str | None = None,
+    tls: TlsFiles | None = None,
+    auth_token: str | None = None,
+    client: ClientSecurity | None = None,
     env: dict[str, str] | None = None,
     ready_timeout_s: float = 120.0,
     log_dir: Path | None = None,
@@ -129,8 +135,12 @@ def running_server(
 ) -> Iterator[ServerHandle]:
     """Run a model server over ``models`` (directories or URIs) until the block ends.
 
-    ``admin_token`` (with ``admin``) is handed over in a 0600 file, as a mounted Secret would be.
+    ``admin_token`` (with ``admin``) and ``auth_token`` are handed over in 0600 files, as mounted
+    Secrets would be. ``tls`` serves HTTPS and TLS gRPC; ``client`` is how the readiness probe and
+    the handle's clients reach the server (default: the ``auth_token``, and TLS trusting the
+    system's CAs when ``tls`` is set; pass the CA, and a client certificate for mutual TLS).
     """
+    security = client or ClientSecurity(tls=tls is not None, token=auth_token)
     picked = free_ports(2)
     http_port = http_port or picked[0]
     grpc_port = grpc_port or picked[1]
@@ -161,6 +171,12 @@ def running_server(
         cmd += ["--enable_admin", "true"]
     if admin_token:
         cmd += ["--admin_token_file", str(_secret_file(workdir / "admin-token", admin_token))]
+    if auth_token:
+        cmd += ["--auth_token_file", str(_secret_file(workdir / "auth-token", auth_token))]
+    if tls is not None:
+        cmd += ["--ssl_certfile", str(tls.cert), "--ssl_keyfile", str(tls.key)]
+        if tls.client_ca is not None:
+            cmd += ["--tls_client_ca", str(tls.client_ca)]
     cmd += list(extra_args)
     t0 = time.perf_counter()
     with open(log_path, "wb") as log:
@@ -172,8 +188,10 @@ def running_server(
             start_new_session=True,
         )
     try:
-        _wait_ready(proc, http_port, grpc_port, ready_timeout_s, log_path)
-        yield ServerHandle(http_port, grpc_port, proc, log_path, time.perf_counter() - t0, admin_token)
+        _wait_ready(proc, http_port, grpc_port, ready_timeout_s, log_path, security)
+        yield ServerHandle(
+            http_port, grpc_port, proc, log_path, time.perf_counter() - t0, admin_token, security
+        )
     finally:
         _stop(proc, stop_grace_s)
 
@@ -186,15 +204,21 @@ def _secret_file(path: Path, value: str) -> Path:
 
 
 def _wait_ready(
-    proc: subprocess.Popen, http_port: int, grpc_port: int, timeout_s: float, log_path: Path
+    proc: subprocess.Popen,
+    http_port: int,
+    grpc_port: int,
+    timeout_s: float,
+    log_path: Path,
+    security: ClientSecurity = NO_SECURITY,
 ) -> None:
     deadline = time.monotonic() + timeout_s
-    url = f"http://127.0.0.1:{http_port}/v2/health/ready"
+    url = security.rest_url(f"http://127.0.0.1:{http_port}/v2/health/ready")
+    context = security.ssl_context() if security.uses_tls else None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise ServerStartError(f"the model server exited with code {proc.returncode}:\n{_tail(log_path)}")
         try:
-            with urllib.request.urlopen(url, timeout=1) as r:
+            with urllib.request.urlopen(url, timeout=1, context=context) as r:
                 if r.status == 200 and _port_open(grpc_port):
                     return
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeloop.serving.providers import OrtSettings
+from edgeloop.serving.security import TlsFiles
 
 DEFAULT_ALIAS = "champion"
 
@@ -56,6 +57,8 @@ class ServingOptions:
     limits: LimitOptions = field(default_factory=LimitOptions)
     ort: OrtSettings = field(default_factory=OrtSettings)
     payload_log: PayloadLogOptions = field(default_factory=PayloadLogOptions)
+    tls: TlsFiles | None = None  # HTTPS and TLS gRPC (mutual TLS with a client CA)
+    auth_token: str | None = None  # data-plane bearer token; None = no authentication
     admin_enabled: bool = False
     admin_token: str | None = None
     # URI prefixes admin loads may name (see sources.source_allowed); None = the registry and

@@ -77,7 +77,14 @@ from edgeloop.serving.errors import (
 )
 from edgeloop.serving.model import OnnxImageModel
 from edgeloop.serving.options import ServingOptions
-from edgeloop.serving.security import bearer_ok, check_startup, grpc_metadata
+from edgeloop.serving.security import (
+    BearerAuthMiddleware,
+    TlsFiles,
+    auth_interceptor,
+    bearer_ok,
+    check_startup,
+    grpc_metadata,
+)
 from edgeloop.serving.sources import ModelSpec, default_admin_sources, resolve, source_allowed
 
 if TYPE_CHECKING:
@@ -359,9 +366,14 @@ class Routes:
 
 # ------------------------------------------------------------------------------------- REST
 def rest_app(
-    dataplane: DataPlane, repository_extension: ModelRepositoryExtension, routes: Routes, enable_docs: bool
+    dataplane: DataPlane,
+    repository_extension: ModelRepositoryExtension,
+    routes: Routes,
+    enable_docs: bool,
+    auth_token: str | None = None,
 ) -> FastAPI:
-    """Edgeloop's routes, then kserve's (health, ``/metrics``, V1, the rest of V2), on a new app."""
+    """Edgeloop's routes, then kserve's (health, ``/metrics``, V1, the rest of V2), on a new app;
+    with ``auth_token``, every route but the health probes needs it (:class:`BearerAuthMiddleware`)."""
     app = FastAPI(
         title="edgeloop model server",
         version=metadata.version("kserve"),
@@ -381,6 +393,8 @@ def rest_app(
     app.add_exception_handler(ServerNotLive, server_not_live_handler)
     app.add_exception_handler(ServerNotReady, server_not_ready_handler)
     routes.install_error_handlers(app)
+    if auth_token:
+        app.add_middleware(BearerAuthMiddleware, token=auth_token)
     # No per-request timing middleware or access log: lifecycle events only (see logs.py).
     return app
 
@@ -465,11 +479,15 @@ def grpc_server(
     port: int,
     threads: int,
     max_message_bytes: int,
+    tls: TlsFiles | None = None,
+    auth_token: str | None = None,
 ) -> aio.Server:
-    """A grpc.aio server with the OIP v2 servicer, bound to ``host:port`` (not started)."""
+    """A grpc.aio server with the OIP v2 servicer, bound to ``host:port`` (not started); a TLS
+    port with ``tls``, and the token checked on every call but the health RPCs with ``auth_token``."""
+    interceptors: list[Any] = [auth_interceptor(auth_token)] if auth_token else []
     server = aio.server(
         futures.ThreadPoolExecutor(max_workers=threads),
-        interceptors=(ErrorInterceptor(routes),),
+        interceptors=(*interceptors, ErrorInterceptor(routes)),
         options=[
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -477,7 +495,11 @@ def grpc_server(
     )
     servicer = EdgeloopServicer(dataplane, repository_extension, routes)
     grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
-    server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if tls is not None:
+        server.add_secure_port(address, tls.grpc_credentials())
+    else:
+        server.add_insecure_port(address)
     return server
 
 
@@ -511,13 +533,14 @@ class EdgeloopModelServer:
     def rest_server(self, routes: Routes) -> uvicorn.Server:
         o = self.options
         config = uvicorn.Config(
-            rest_app(self.dataplane, self.repository_extension, routes, o.enable_docs),
+            rest_app(self.dataplane, self.repository_extension, routes, o.enable_docs, o.auth_token),
             host=o.bind_host,
             port=o.http_port,
             log_config=None,  # logging is configured by edgeloop.serving.logs
             access_log=False,
             timeout_keep_alive=o.timeout_keep_alive_s,
             timeout_graceful_shutdown=o.shutdown_grace_s,
+            **(o.tls.uvicorn_kwargs() if o.tls is not None else {}),
         )
         return uvicorn.Server(config)
 
@@ -553,16 +576,20 @@ class EdgeloopModelServer:
                 o.grpc_port,
                 o.grpc_threads,
                 o.grpc_max_message_bytes,
+                tls=o.tls,
+                auth_token=o.auth_token,
             )
         try:
             if rpc is not None:
                 await rpc.start()
             log.info(
-                "serving %s on http://%s:%d%s",
+                "serving %s on %s://%s:%d%s%s",
                 sorted(routes.models),
+                "https" if o.tls else "http",
                 o.bind_host,
                 o.http_port,
-                f" and grpc {o.bind_host}:{o.grpc_port}" if rpc is not None else "",
+                f" and grpc{'+tls' if o.tls else ''} {o.bind_host}:{o.grpc_port}" if rpc is not None else "",
+                ", clients need the token" if o.auth_token else "",
             )
             await rest.serve()  # returns once it has stopped taking requests and drained
         finally:
@@ -580,7 +607,13 @@ def check_options(options: ServingOptions) -> None:
             normalize_digest(options.expected_digest)
         except ValueError as e:
             raise ServerConfigError(f"--expected-digest: {e}") from e
-    for warning in check_startup(options.bind_host, options.admin_enabled, options.admin_token, None):
+    for warning in check_startup(
+        options.bind_host,
+        options.admin_enabled,
+        options.admin_token,
+        options.auth_token,
+        options.tls is not None,
+    ):
         log.warning("%s", warning)
 
 

@@ -34,6 +34,22 @@ def _host_port(value: str, what: str) -> tuple[str, int]:
 )
 @click.option("--server", help="Model server HOST:PORT (OIP v2 gRPC), instead of --model.")
 @click.option(
+    "--tls-ca",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="PEM CA of the model server's certificate: connect to --server over TLS.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="This client's PEM certificate, for a server with mutual TLS (--tls-client-ca). Needs --tls-key.",
+)
+@click.option("--tls-key", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option(
+    "--auth-token-file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="File holding the model server's bearer token (its --auth-token-file).",
+)
+@click.option(
     "--model-name", help="Model name on the server [default: the registered model name from settings]."
 )
 @click.option("--model-version", help="Model version or alias on the server [default: the server's default].")
@@ -120,6 +136,10 @@ def stream(
     sources: tuple[str, ...],
     model_dir: Path | None,
     server: str | None,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    auth_token_file: Path | None,
     model_name: str | None,
     model_version: str | None,
     input_size: int | None,
@@ -176,7 +196,17 @@ def stream(
     from edgeloop.core.config import load_settings
 
     settings = ctx.obj.settings if ctx.obj is not None else load_settings()
-    predictor = _predictor(model_dir, server, model_name, model_version, input_size, settings)
+    security = None
+    if tls_ca or tls_cert or tls_key or auth_token_file:
+        if server is None:
+            raise click.UsageError("--tls-ca, --tls-cert, --tls-key and --auth-token-file go with --server")
+        from edgeloop.serving.client import ClientSecurity
+
+        try:
+            security = ClientSecurity.from_files(tls_ca, tls_cert, tls_key, auth_token_file)
+        except ValueError as e:
+            raise click.UsageError(str(e)) from e
+    predictor = _predictor(model_dir, server, model_name, model_version, input_size, settings, security)
 
     config = StreamConfig(
         line=line,
@@ -241,6 +271,7 @@ def _predictor(
     model_version: str | None,
     input_size: int | None,
     settings: Any,
+    security: Any = None,
 ) -> Any:
     if model_dir is not None:
         from edgeloop.stream.predictors import OnnxPredictor
@@ -251,7 +282,7 @@ def _predictor(
     assert server is not None
     _host_port(server, "--server")
     name = model_name or settings.mlflow.registered_model
-    return GrpcPredictor(server, name, model_version=model_version, input_size=input_size)
+    return GrpcPredictor(server, name, model_version=model_version, input_size=input_size, security=security)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -107,25 +107,33 @@ class GrpcPredictor:
         input_size: int | None = None,
         timeout_s: float = 10.0,
         connect_timeout_s: float = 10.0,
+        security: Any = None,
     ):
+        """``security``: a :class:`edgeloop.serving.client.ClientSecurity` (TLS, client certificate,
+        token) for a server started with them."""
         import grpc
 
-        from edgeloop.serving.client import ClientError, GrpcClient
+        from edgeloop.serving.client import NO_SECURITY, ClientError, GrpcClient
 
         self.address = address
-        self._client = GrpcClient(address, model_name, timeout_s=timeout_s)
+        self._client = GrpcClient(address, model_name, timeout_s=timeout_s, security=security or NO_SECURITY)
         try:
             grpc.channel_ready_future(self._client._channel).result(timeout=connect_timeout_s)
         except grpc.FutureTimeoutError:
             self._client.close()
             raise PredictorError(
                 f"cannot reach the model server at {address} (gRPC) within {connect_timeout_s:.0f} s: "
-                "start it with `edgeloop serve`, or check --server host:port"
+                "start it with `edgeloop serve`, or check --server host:port (and --tls-ca if it serves TLS)"
             ) from None
         try:
             meta = self._client.metadata(model_version)
         except ClientError as e:
             self._client.close()
+            if e.status == "UNAUTHENTICATED":
+                raise PredictorError(
+                    f"the model server at {address} refused the token (or got none): "
+                    "pass the file holding its token with --auth-token-file"
+                ) from e
             raise PredictorError(
                 f"the model server at {address} has no model {model_name!r} "
                 f"(version {model_version or 'default'}) ready: {e}; check --model-name"

@@ -37,13 +37,15 @@ def test_admin_without_a_token_on_a_reachable_address_does_not_start(host):
 
 def test_admin_on_loopback_or_with_a_token_starts():
     assert check_startup("127.0.0.1", admin_enabled=True, admin_token=None, auth_token=None) == []
-    assert check_startup("0.0.0.0", admin_enabled=True, admin_token="t" * 32, auth_token=None) == []
+    assert check_startup("0.0.0.0", admin_enabled=True, admin_token="t" * 32, auth_token=None, tls=True) == []
     assert check_startup("0.0.0.0", admin_enabled=False, admin_token=None, auth_token=None) == []
 
 
-def test_the_same_token_for_admin_and_clients_is_warned_about():
-    (warning,) = check_startup("0.0.0.0", admin_enabled=True, admin_token="same", auth_token="same")
-    assert "every client can administer" in warning
+def test_tokens_in_clear_text_and_one_token_for_both_roles_are_warned_about():
+    (clear,) = check_startup("0.0.0.0", admin_enabled=True, admin_token="a", auth_token="b")
+    assert "clear text" in clear
+    (same,) = check_startup("0.0.0.0", admin_enabled=True, admin_token="same", auth_token="same", tls=True)
+    assert "every client can administer" in same
 
 
 def test_a_token_file_is_read_without_its_newline(tmp_path: Path):
