@@ -163,7 +163,8 @@ def queue_rows_query(namespace: str, model: str) -> str:
 
 def retarget_namespace(objs: Sequence[Obj], namespace: str) -> list[Obj]:
     """Copies of ``objs`` moved to ``namespace``: object namespaces, the Namespace object itself,
-    RoleBinding subjects and ServiceMonitor selectors (what kustomize's ``namespace:`` does)."""
+    RoleBinding subjects and ServiceMonitor selectors (what kustomize's ``namespace:`` does), and
+    the service names in the serving Certificate and the ServiceMonitor's TLS server name."""
     if not _DNS1035.match(namespace):
         raise RenderError(f"namespace {namespace!r} is not a DNS label")
     out = []
@@ -178,11 +179,27 @@ def retarget_namespace(objs: Sequence[Obj], namespace: str) -> list[Obj]:
             for subj in o.get("subjects") or []:
                 if subj.get("kind") == "ServiceAccount" and subj.get("namespace") == old:
                     subj["namespace"] = namespace
-            sel = (o.get("spec") or {}).get("namespaceSelector") or {}
+            spec = o.get("spec") or {}
+            sel = spec.get("namespaceSelector") or {}
             if o.get("kind") == "ServiceMonitor" and old in (sel.get("matchNames") or []):
                 sel["matchNames"] = [namespace if n == old else n for n in sel["matchNames"]]
+            if o.get("kind") == "ServiceMonitor":
+                for ep in spec.get("endpoints") or []:
+                    tls = ep.get("tlsConfig") or {}
+                    if "serverName" in tls:
+                        tls["serverName"] = _move_service_name(tls["serverName"], old, namespace)
+            if o.get("kind") == "Certificate" and spec.get("dnsNames"):
+                spec["dnsNames"] = [_move_service_name(n, old, namespace) for n in spec["dnsNames"]]
         out.append(o)
     return out
+
+
+def _move_service_name(dns: str, old: str, new: str) -> str:
+    """``x.OLD.svc[.cluster.local]`` -> ``x.NEW.svc[...]``; other names unchanged."""
+    parts = dns.split(".")
+    if len(parts) >= 3 and parts[1] == old and parts[2] == "svc":
+        parts[1] = new
+    return ".".join(parts)
 
 
 def _upsert_env(container: Obj, name: str, value: str) -> None:

@@ -10,7 +10,7 @@ Three layers, all reported together (:class:`ManifestValidationError` lists ever
    schema, fields the schema does not declare are reported: the API server would silently
    prune them, so a typo (``storageUrl``) would otherwise deploy a broken object.
    CEL rules (``x-kubernetes-validations``) are not evaluated.
-3. **Kinds with no upstream schema at hand** (Prometheus Operator's ServiceMonitor and
+3. **Kinds with no upstream schema at hand** (cert-manager's Certificate, Prometheus Operator's ServiceMonitor and
    PrometheusRule, Flux's GitRepository and Kustomization) get a *structural* check only:
    a hand-written subset of their schema (required fields and types of the parts we use).
    A cluster can still reject what passes here.
@@ -62,6 +62,44 @@ CRD_FILES: dict[tuple[str, str], str] = {
 
 _STR = {"type": "string", "minLength": 1}
 _META = {"type": "object", "required": ["name"], "properties": {"name": _STR, "namespace": _STR}}
+_SECRET_KEY = {
+    "type": "object",
+    "required": ["name", "key"],
+    "properties": {"name": _STR, "key": _STR, "optional": {"type": "boolean"}},
+    "additionalProperties": False,
+}
+_DURATION = {"type": "string", "pattern": r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$"}
+# cert-manager.io/v1 CertificateSpec: every field name it has; types for the ones edgeloop uses.
+_CERTIFICATE_FIELDS = (
+    "subject literalSubject commonName duration renewBefore renewBeforePercentage dnsNames ipAddresses "
+    "uris otherNames emailAddresses secretName secretTemplate keystores issuerRef isCA usages privateKey "
+    "encodeUsagesInRequest revisionHistoryLimit additionalOutputFormats nameConstraints"
+).split()
+_KEY_USAGES = [
+    "signing",
+    "digital signature",
+    "content commitment",
+    "key encipherment",
+    "key agreement",
+    "data encipherment",
+    "cert sign",
+    "crl sign",
+    "encipher only",
+    "decipher only",
+    "any",
+    "server auth",
+    "client auth",
+    "code signing",
+    "email protection",
+    "s/mime",
+    "ipsec end system",
+    "ipsec tunnel",
+    "ipsec user",
+    "timestamping",
+    "ocsp signing",
+    "microsoft sgc",
+    "netscape sgc",
+]
 _LABEL_SELECTOR = {
     "type": "object",
     "properties": {"matchLabels": {"type": "object"}, "matchExpressions": {"type": "array"}},
@@ -100,6 +138,27 @@ STRUCTURAL_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                                 "interval": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
                                 "scrapeTimeout": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
                                 "scheme": {"enum": ["http", "https"]},
+                                "tlsConfig": {
+                                    "type": "object",
+                                    "properties": {
+                                        "ca": {
+                                            "type": "object",
+                                            "properties": {"secret": _SECRET_KEY, "configMap": _SECRET_KEY},
+                                            "additionalProperties": False,
+                                        },
+                                        "cert": {"type": "object"},
+                                        "keySecret": _SECRET_KEY,
+                                        "serverName": _STR,
+                                        "insecureSkipVerify": {"type": "boolean"},
+                                    },
+                                    "additionalProperties": False,
+                                },
+                                "authorization": {
+                                    "type": "object",
+                                    "required": ["credentials"],
+                                    "properties": {"type": _STR, "credentials": _SECRET_KEY},
+                                    "additionalProperties": False,
+                                },
                             },
                             "anyOf": [{"required": ["port"]}, {"required": ["targetPort"]}],
                         },
@@ -156,6 +215,45 @@ STRUCTURAL_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                         },
                     }
                 },
+            },
+        },
+    },
+    ("cert-manager.io/v1", "Certificate"): {
+        "type": "object",
+        "required": ["metadata", "spec"],
+        "properties": {
+            "metadata": _META,
+            "spec": {
+                "type": "object",
+                "required": ["secretName", "issuerRef"],
+                "properties": {
+                    **{f: {} for f in _CERTIFICATE_FIELDS},
+                    "secretName": _STR,
+                    "commonName": {"type": "string", "maxLength": 64},
+                    "dnsNames": {"type": "array", "minItems": 1, "items": _STR},
+                    "ipAddresses": {"type": "array", "items": _STR},
+                    "duration": _DURATION,
+                    "renewBefore": _DURATION,
+                    "isCA": {"type": "boolean"},
+                    "usages": {"type": "array", "items": {"enum": _KEY_USAGES}},
+                    "issuerRef": {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {"name": _STR, "kind": _STR, "group": _STR},
+                        "additionalProperties": False,
+                    },
+                    "privateKey": {
+                        "type": "object",
+                        "properties": {
+                            "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]},
+                            "size": {"type": "integer"},
+                            "encoding": {"enum": ["PKCS1", "PKCS8"]},
+                            "rotationPolicy": {"enum": ["Never", "Always"]},
+                        },
+                        "additionalProperties": False,
+                    },
+                },
+                "additionalProperties": False,
             },
         },
     },
