@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from edgeloop.components.defaults import ARCHS, TRAINING, PrecisionBounds
+from edgeloop.components.defaults import (
+    ARCHS,
+    SPLIT_FRACTIONS,
+    TRAINING,
+    PrecisionBounds,
+    format_fractions,
+    parse_fractions,
+)
 from edgeloop.core.errors import user_errors
 
 _BOUNDS = PrecisionBounds()
@@ -98,6 +105,12 @@ def build(obj, manifest: Path, out: Path | None, no_upload: bool, no_mlflow: boo
 )
 @click.option("--seed", default=TRAINING.seed, show_default=True)
 @click.option(
+    "--split-fractions",
+    default=format_fractions(SPLIT_FRACTIONS),
+    show_default=True,
+    help="Train,val,test shares of the labeled images (keep them fixed for a project).",
+)
+@click.option(
     "--weights",
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     default=None,
@@ -145,6 +158,7 @@ def train(
     lr,
     patience,
     seed,
+    split_fractions,
     weights,
     nproc_per_node,
     provider,
@@ -157,6 +171,7 @@ def train(
     import time
 
     from edgeloop.components.path import run_training_path
+    from edgeloop.components.stats import fields_text
     from edgeloop.components.training import TrainConfig
 
     out = out or obj.settings.state_dir / "training" / time.strftime("%Y%m%d-%H%M%S")
@@ -171,6 +186,10 @@ def train(
         weights=str(weights) if weights else None,
     )
     bounds = PrecisionBounds(max_accuracy_drop=max_accuracy_drop, max_disagreement=max_disagreement)
+    try:
+        fractions = parse_fractions(split_fractions)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--split-fractions") from e
     res = run_training_path(
         obj.settings,
         out,
@@ -180,6 +199,7 @@ def train(
         nproc_per_node=nproc_per_node,
         bounds=bounds,
         provider=provider,
+        fractions=fractions,
         log=lambda m: click.echo(m, err=True),
     )
     if as_json:
@@ -190,7 +210,8 @@ def train(
         f"{p} b1 {m['latency_ms_b1']:.2f} ms / b8 {m['latency_ms_b8']:.2f} ms" for p, m in ev.items()
     )
     click.echo(
-        f"val accuracy      {res.val_accuracy:.4f} (test {res.test_accuracy})\n"
+        f"val accuracy      {fields_text(res.metrics, 'val_accuracy')}\n"
+        f"test accuracy     {fields_text(res.metrics, 'test_accuracy')}\n"
         f"parity            max |dp| {res.parity['max_abs_diff']:.2e}, top-1 agreement "
         f"{res.parity['top1_agreement']:.4f}\n"
         f"precision         {res.precision} ({lat})\n"

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeloop.components.defaults import SPLIT_FRACTIONS
 from edgeloop.components.errors import DatasetError
 from edgeloop.components.labels import ManifestRow, read_manifest
 from edgeloop.core.model_card import sha256_bytes, sha256_file
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-DEFAULT_FRACTIONS = (0.7, 0.2, 0.1)
+DEFAULT_FRACTIONS = SPLIT_FRACTIONS
 SPLIT_SALT = "edgeloop-split-v1"
 INDEX_FILE = "index.jsonl"
 INFO_FILE = "dataset.json"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeloop.components.errors import ParityError
+from edgeloop.components.stats import proportion_fields
 from edgeloop.core.model_card import EMBEDDING_OUTPUT, INPUT_NAME, MODEL_FILE, PROBS_OUTPUT
 
 DEFAULT_OPSET = 17
@@ -205,6 +206,18 @@ def export_and_verify(
     )
 
 
+def training_lineage(meta: dict[str, Any]) -> dict[str, str]:
+    """What a trained model records about how it was made: the seed and the machine it trained on
+    (CPU model, SIMD flags, torch's kernel level), for the model card's lineage."""
+    out: dict[str, str] = {}
+    seed = meta.get("seed", (meta.get("args") or {}).get("seed"))
+    if seed is not None:
+        out["train_seed"] = str(seed)
+    for k, v in (meta.get("machine") or {}).items():
+        out[f"train_{k}"] = str(v)
+    return out
+
+
 def export_model(
     model: Path,
     out_dir: Path,
@@ -237,7 +250,10 @@ def export_model(
 
     meta = torch.load(model_file, map_location="cpu", weights_only=True)
     metrics = {k: float(v) for k, v in (meta.get("metrics") or {}).items() if isinstance(v, int | float)}
-    metrics["onnx_val_accuracy"] = parity.onnx_accuracy
+    metrics |= proportion_fields(
+        "onnx_val_accuracy", round(parity.onnx_accuracy * parity.images), parity.images
+    )
+    lineage = {**training_lineage(meta), **(lineage or {})}
     return write_model_card(
         out_dir,
         name=name,

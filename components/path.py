@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeloop.components.defaults import TRAINING
+from edgeloop.components.defaults import SPLIT_FRACTIONS, TRAINING
 from edgeloop.components.labels import LabelPolicy
 from edgeloop.components.precision import PrecisionBounds
 from edgeloop.components.training import TrainConfig
@@ -34,6 +34,7 @@ class PathResult:
     precision: str
     precision_evidence: dict[str, Any]
     timings_s: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # the card's: each with .n (and .ci95_*)
     import_report: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)
 
@@ -51,6 +52,7 @@ def run_training_path(
     nproc_per_node: int = TRAINING.nproc_per_node,
     bounds: PrecisionBounds = PrecisionBounds(),
     provider: str = "CPUExecutionProvider",
+    fractions: tuple[float, float, float] = SPLIT_FRACTIONS,
     progress: bool = True,
     log=print,
 ) -> PathResult:
@@ -59,7 +61,7 @@ def run_training_path(
     from edgeloop.components.dataset import build_dataset
     from edgeloop.components.export import export_and_verify
     from edgeloop.components.labels import import_labels
-    from edgeloop.components.precision import select_precision
+    from edgeloop.components.precision import chosen_metrics, select_precision
     from edgeloop.components.training import run_training
 
     config = config or TrainConfig()
@@ -79,7 +81,9 @@ def run_training_path(
         tags={"labelstudio.project": report.project_title, "labelstudio.export_id": str(report.export_id)},
     )
     t = time.perf_counter()
-    info = build_dataset(settings, out_dir / "manifest.jsonl", out_dir / "dataset", mlflow_run_id=run_id)
+    info = build_dataset(
+        settings, out_dir / "manifest.jsonl", out_dir / "dataset", fractions=fractions, mlflow_run_id=run_id
+    )
     timings["build_dataset"] = round(time.perf_counter() - t, 2)
     log(f"dataset: {info.summary()}")
     for w in info.warnings:
@@ -131,13 +135,7 @@ def run_training_path(
     metrics = {
         k: v for k, v in result.metrics.items() if isinstance(v, float) and not k.startswith("val_loss")
     }
-    metrics.update(
-        {
-            "onnx_val_accuracy": chosen.accuracy,
-            "latency_ms_b1": chosen.latency_ms_b1,
-            "latency_ms_b8": chosen.latency_ms_b8,
-        }
-    )
+    metrics.update(chosen_metrics(chosen))
     lineage = {
         "git_commit": commit,
         "mlflow_run_id": run_id,
@@ -148,6 +146,8 @@ def run_training_path(
         "label_policy": report.policy,
         "train_command": " ".join(result.command[2:]),
         "nproc_per_node": str(nproc_per_node),
+        "train_seed": str(config.seed),
+        **{f"train_{k}": str(v) for k, v in (result.metrics.get("machine") or {}).items()},
     }
     card = cardmod.write_model_card(
         model_dir,
@@ -182,6 +182,7 @@ def run_training_path(
         precision=decision.precision.value,
         precision_evidence=decision.evidence(),
         timings_s=timings,
+        metrics=dict(card.metrics),
         import_report=report.as_dict(),
         dataset=info.as_dict(),
     )

@@ -20,6 +20,7 @@ from typing import Any
 
 from edgeloop.components.defaults import PrecisionBounds
 from edgeloop.components.errors import PrecisionError
+from edgeloop.components.stats import metric_fields, proportion_fields, quantile_interval_ranks
 from edgeloop.core.model_card import MODEL_FILE, Precision
 
 
@@ -34,6 +35,11 @@ class PrecisionMeasurement:
     size_bytes: int
     latency_ms_b1_p90: float = 0.0
     latency_ms_b8_p90: float = 0.0
+    images: int = 0  # validation images behind accuracy and agreement
+    latency_runs_b1: int = 0  # timed calls behind each latency median
+    latency_runs_b8: int = 0
+    latency_ms_b1_ci95: tuple[float, float] = (0.0, 0.0)  # of the median (order statistics)
+    latency_ms_b8_ci95: tuple[float, float] = (0.0, 0.0)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -149,8 +155,9 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration) -> Path:
 
 def measure_latencies(
     paths: dict[Precision, Path], size: int, batch: int, provider: str, runs: int = 50, warmup: int = 5
-) -> dict[Precision, tuple[float, float]]:
-    """(median, p90) milliseconds per call for a batch of ``batch`` images, per variant.
+) -> dict[Precision, tuple[float, float, tuple[float, float]]]:
+    """(median, p90, 95 % interval of the median) milliseconds per call for a batch of ``batch``
+    images, per variant.
 
     Variants are timed interleaved (one call each, round after round), so load from other
     processes on a shared machine hits every variant alike instead of biasing the comparison.
@@ -173,8 +180,20 @@ def measure_latencies(
     out = {}
     for p, ts in times.items():
         ts.sort()
-        out[p] = (round(statistics.median(ts), 4), round(ts[min(len(ts) - 1, int(0.9 * len(ts)))], 4))
+        lo, hi = median_interval(ts)
+        out[p] = (
+            round(statistics.median(ts), 4),
+            round(ts[min(len(ts) - 1, int(0.9 * len(ts)))], 4),
+            (round(lo, 4), round(hi, 4)),
+        )
     return out
+
+
+def median_interval(times_ms: list[float]) -> tuple[float, float]:
+    """95 % distribution-free interval of the median of ``times_ms`` (order statistics)."""
+    ts = sorted(times_ms)
+    lo, hi = quantile_interval_ranks(len(ts), 0.5)
+    return ts[lo - 1], ts[hi - 1]
 
 
 def measure_quality(path: Path, x_val, y_val, fp32_top1, provider: str) -> tuple[float, float]:
@@ -233,8 +252,9 @@ def select_precision(
                 raise
             errors[prec.value] = f"{type(e).__name__}: {e}"
             del paths[prec]
-    b1 = measure_latencies(paths, size, 1, provider, latency_runs)
-    b8 = measure_latencies(paths, size, 8, provider, max(10, latency_runs // 4))
+    runs_b1, runs_b8 = latency_runs, max(10, latency_runs // 4)
+    b1 = measure_latencies(paths, size, 1, provider, runs_b1)
+    b8 = measure_latencies(paths, size, 8, provider, runs_b8)
     measurements = [
         PrecisionMeasurement(
             precision=p,
@@ -246,6 +266,11 @@ def select_precision(
             accuracy=quality[p][0],
             agreement_with_fp32=quality[p][1],
             size_bytes=Path(path).stat().st_size,
+            images=len(y_val),
+            latency_runs_b1=runs_b1,
+            latency_runs_b8=runs_b8,
+            latency_ms_b1_ci95=b1[p][2],
+            latency_ms_b8_ci95=b8[p][2],
         )
         for p, path in paths.items()
     ]
@@ -261,6 +286,16 @@ def select_precision(
         bounds=bounds,
         errors=errors,
     )
+
+
+def chosen_metrics(m: PrecisionMeasurement) -> dict[str, float]:
+    """The chosen variant's figures for the model card, each with its sample size and interval:
+    validation accuracy (Wilson) and batch-1 / batch-8 median latency (order statistics)."""
+    return {
+        **proportion_fields("onnx_val_accuracy", round(m.accuracy * m.images), m.images),
+        **metric_fields("latency_ms_b1", m.latency_ms_b1, m.latency_runs_b1, *m.latency_ms_b1_ci95),
+        **metric_fields("latency_ms_b8", m.latency_ms_b8, m.latency_runs_b8, *m.latency_ms_b8_ci95),
+    }
 
 
 def provider_for_target(target: str) -> str:
@@ -306,12 +341,7 @@ def choose_precision(
     )
     chosen = next(m for m in decision.measurements if m.precision is decision.precision)
     evidence = {**decision.evidence(), "target": target}
-    metrics = {
-        **card.metrics,
-        "onnx_val_accuracy": chosen.accuracy,
-        "latency_ms_b1": chosen.latency_ms_b1,
-        "latency_ms_b8": chosen.latency_ms_b8,
-    }
+    metrics = {**card.metrics, **chosen_metrics(chosen)}
     new = card.model_copy(
         update={
             "precision": decision.precision,

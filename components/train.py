@@ -10,6 +10,15 @@ Shaped like torchvision's references/classification/train.py: ``train_one_epoch`
 epoch, args, early-stopping state) written by rank 0 every epoch, resumable with
 ``--resume``. Writes ``model.pt`` (best epoch, BatchNorm recalibrated, eval mode)
 and ``metrics.json`` into ``--out``.
+
+Reproducible as far as torch allows: every random source is seeded from ``--seed`` (weights,
+augmentations per rank, samplers, DataLoader workers, BatchNorm calibration order) and
+deterministic algorithms are requested (:func:`make_deterministic`). What torch cannot pin is
+the float rounding of the machine's kernels (AVX2 vs AVX-512 paths differ in the last bits and a
+long run amplifies them), so the run records the seed and the CPU's model and flags
+(:func:`edgeloop.components.tracking.cpu_info`) in MLflow, ``model.pt`` and ``metrics.json``.
+Every accuracy is stored with its sample size and 95 % Wilson interval (``<name>.n``,
+``<name>.ci95_low``, ``<name>.ci95_high``).
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from edgeloop.components.modeling import (
     load_split,
     save_model_file,
 )
+from edgeloop.components.stats import metric_fields, proportion_fields
 
 CHECKPOINT_FILE = "checkpoint.pt"
 BEST_FILE = "best.pt"
@@ -211,7 +221,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument(
         "--eval-bn",
         choices=("recalibrate", "running"),
-        default="recalibrate",
+        default=d.eval_bn,
         help="per-epoch validation with BatchNorm statistics recomputed on the train images "
         "(honest eval-mode accuracy for early stopping) or with the running statistics",
     )
@@ -244,6 +254,40 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def make_deterministic() -> None:
+    """Ask torch for deterministic algorithms everywhere it has them (a warning, not an error,
+    for an op that has none) and turn off cuDNN's autotuner, whose choice varies run to run."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (CUDA >= 10.2)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: numpy and ``random`` in each worker follow torch's per-worker
+    seed, which the loader derives from its seeded generator."""
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def machine_info() -> dict[str, str]:
+    """Where the run's numbers come from: CPU model and flags, torch's kernel level, threads."""
+    from edgeloop.components.tracking import cpu_info
+
+    info = cpu_info()
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        capability = "unknown"
+    return {
+        **info,
+        "torch_cpu_capability": capability,
+        "torch_num_threads": str(torch.get_num_threads()),
+        "torch": str(torch.__version__),  # a TorchVersion would not load with weights_only=True
+    }
+
+
 def _mlflow(args: argparse.Namespace, rank: int):
     if rank != 0 or not args.mlflow_tracking_uri:
         return None
@@ -261,6 +305,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
 
     t0 = time.perf_counter()
+    make_deterministic()
     rank, world, device = init_distributed(args)
     args.out.mkdir(parents=True, exist_ok=True)
     info = DatasetInfo.load(args.data)
@@ -299,6 +344,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         sampler=sampler,
         num_workers=args.workers,
         drop_last=len(train_ds) > args.batch_size * world * 2,
+        worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(args.seed + 1000 * rank),
     )
     # every rank recalibrates on the same (unaugmented) train images: identical statistics everywhere
     calib_loader = DataLoader(
@@ -308,7 +355,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         generator=torch.Generator().manual_seed(args.seed),
     )
     val_shard = torch.utils.data.Subset(val_ds, list(range(rank, len(val_ds), world)))
-    val_loader = DataLoader(val_shard, batch_size=64, num_workers=args.workers)
+    val_loader = DataLoader(val_shard, batch_size=64, num_workers=args.workers, worker_init_fn=seed_worker)
 
     criterion = nn.CrossEntropyLoss(
         weight=weights.to(device) if args.balance == "loss" else None, label_smoothing=args.label_smoothing
@@ -339,6 +386,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         else:
             seed_everything(args.seed + 1000 * rank + start_epoch)
 
+    machine = machine_info()
     tracker = _mlflow(args, rank)
     if tracker and start_epoch == 0:
         mlflow = tracker[0]
@@ -356,6 +404,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 "val_images": len(val_ds),
                 "classes": ",".join(classes),
                 "torch": torch.__version__,
+                "deterministic": "true",
+                "cpu_isa": machine["cpu_isa"],
+                "torch_cpu_capability": machine["torch_cpu_capability"],
             }
         )
         mlflow.set_tags(
@@ -363,6 +414,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 "dataset_version": args.dataset_version or info.version,
                 "git_commit": args.git_commit or "unknown",
                 "arch": args.arch,
+                "seed": str(args.seed),
+                **{f"host.{k}": v[:5000] for k, v in machine.items()},
             }
         )
 
@@ -442,11 +495,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "history": history,
         "best_epoch": best["epoch"],
         "stopped_early": stopped_early,
+        "seed": args.seed,
+        "machine": machine,
     }
     if rank == 0 and finished:
         result.update(
             _finalize(
-                args, model, criterion, classes, preprocess, preprocess_cfg, info, device, tracker, world
+                args, model, criterion, classes, preprocess, preprocess_cfg, info, device, tracker, machine
             )
         )
         result["seconds"] = round(time.perf_counter() - t0, 2)
@@ -461,7 +516,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _finalize(
-    args, model, criterion, classes, preprocess, preprocess_cfg, info, device, tracker, world
+    args, model, criterion, classes, preprocess, preprocess_cfg, info, device, tracker, machine
 ) -> dict[str, Any]:
     """Rank 0: best weights, BatchNorm recalibrated on the train images, eval on val and test, model.pt."""
     best = torch.load(args.out / BEST_FILE, map_location="cpu", weights_only=True)
@@ -489,14 +544,16 @@ def _finalize(
         if len(ds) == 0:
             continue
         ev = _evaluate_local(model, DataLoader(ds, batch_size=64), device, len(classes))
-        metrics[f"{split}_accuracy"] = ev["accuracy"]
-        metrics[f"{split}_loss"] = ev["loss"]
+        hits = int(np.trace(np.asarray(ev["confusion"])))
+        metrics |= proportion_fields(f"{split}_accuracy", hits, ev["images"])
+        metrics |= metric_fields(f"{split}_loss", ev["loss"], ev["images"])
         metrics[f"{split}_images"] = ev["images"]
         if split == "val":
             metrics["val_per_class_recall"] = dict(zip(classes, ev["per_class_recall"], strict=True))
             metrics["val_confusion"] = ev["confusion"]
     if before is not None:
-        metrics["val_accuracy_before_bn_recalibration"] = before["accuracy"]
+        hits = int(np.trace(np.asarray(before["confusion"])))
+        metrics |= proportion_fields("val_accuracy_before_bn_recalibration", hits, before["images"])
     metrics["bn_layers_recalibrated"] = n_bn
     save_model_file(
         args.out / MODEL_FILE,
@@ -508,6 +565,8 @@ def _finalize(
         dataset_version=args.dataset_version or info.version,
         best_epoch=best["epoch"],
         args={k: str(v) for k, v in vars(args).items()},
+        seed=args.seed,
+        machine=machine,
     )
     if tracker:
         tracker[0].log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})

@@ -38,6 +38,7 @@ class TrainConfig:
     min_epochs: int = TRAINING.min_epochs
     seed: int = TRAINING.seed
     bn_momentum: float = TRAINING.bn_momentum
+    eval_bn: str = TRAINING.eval_bn
     weights: str | None = None
     device: str = "auto"
     extra_args: list[str] = field(default_factory=list)
@@ -66,6 +67,8 @@ class TrainConfig:
             str(self.seed),
             "--bn-momentum",
             str(self.bn_momentum),
+            "--eval-bn",
+            self.eval_bn,
             "--device",
             self.device,
         ]

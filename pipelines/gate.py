@@ -1,9 +1,18 @@
 """The automatic gate: rules over the staging evaluation that a candidate must pass before a human sees it.
 
-Each rule yields a :class:`RuleResult` with a reason a reviewer can read; the
-decision passes only if every rule passes. The champion comparison uses the
-champion's evaluation on the *same* test images (re-evaluated in staging), so
-a regression is measured, not inferred from numbers on another test set.
+Each rule yields a :class:`RuleResult` with a reason a reviewer can read, the number of
+observations it rests on and the 95 % interval of the figure it compares; the decision passes
+only if every rule passes.
+
+Evidence first: an evaluation on fewer than ``min_eval_images`` test images fails the gate with
+"insufficient evidence" and the rules that would judge its figures are reported, not decided
+(on 26 images one image moves accuracy by 4 points: a verdict there is noise).
+
+The champion comparison uses the champion's evaluation on the *same* test images (re-evaluated
+in staging) and is a paired test: only the images one model gets right and the other wrong
+count, and a regression is called when the candidate loses more than ``max_regression`` *and*
+McNemar's exact test says the loss is not chance (p < ``regression_alpha``; per class the level
+is divided by the number of classes, Bonferroni). A one-image difference is never a regression.
 """
 
 from __future__ import annotations
@@ -12,8 +21,17 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgeloop.components.stats import (
+    CONFIDENCE,
+    mcnemar_exact,
+    newcombe_paired_interval,
+    proportion,
+)
+
 if TYPE_CHECKING:  # this module is imported by the pipeline compiler: keep it free of numpy
-    from edgeloop.pipelines.evaluation import EvaluationReport
+    from edgeloop.pipelines.evaluation import Estimate, EvaluationReport
+
+MAX_FLIPS_IN_DETAIL = 10
 
 
 class GateThresholds(BaseModel):
@@ -34,6 +52,18 @@ class GateThresholds(BaseModel):
         default=0.15, ge=0, description="max |p_chosen - p_fp32| over the test images"
     )
     min_top1_agreement: float = Field(default=0.98, ge=0, le=1)
+    min_eval_images: int = Field(
+        default=200,
+        ge=0,
+        description="fewer test images than this: the gate fails for insufficient evidence (at 200 a "
+        "95 % interval of an accuracy near 0.9 is about +-4 points)",
+    )
+    regression_alpha: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description="significance level of the paired (McNemar exact) test against the champion",
+    )
 
 
 GATE = GateThresholds()
@@ -44,6 +74,18 @@ class RuleResult(BaseModel):
     name: str
     passed: bool
     detail: str
+    n: int | None = Field(default=None, description="observations the rule rests on (images, requests)")
+    value: float | None = None
+    ci95: tuple[float, float] | None = None
+    threshold: float | None = None
+    p_value: float | None = None
+    decided: bool = Field(default=True, description="False: too little evidence to judge (never a pass)")
+
+    @property
+    def status(self) -> str:
+        if not self.decided:
+            return "not decided"
+        return "pass" if self.passed else "FAIL"
 
 
 class GateDecision(BaseModel):
@@ -52,11 +94,22 @@ class GateDecision(BaseModel):
 
     @property
     def reasons(self) -> list[str]:
-        """Why it failed: one line per failed rule (empty when it passed)."""
-        return [f"{r.name}: {r.detail}" for r in self.results if not r.passed]
+        """Why it failed: one line per failed rule that was decided (empty when it passed)."""
+        failed = [r for r in self.results if not r.passed]
+        return [f"{r.name}: {r.detail}" for r in ([r for r in failed if r.decided] or failed)]
 
     def summary(self) -> str:
         return "passed all rules" if self.passed else "; ".join(self.reasons)
+
+
+def _text(e: Estimate | None, value: float, n: int, digits: int = 3, unit: str = "", what: str = "") -> str:
+    if e is not None:
+        return e.text(digits, unit, what)
+    return f"{value:.{digits}f}{' ' + unit if unit else ''} (n={n})"
+
+
+def _ci(e: Estimate | None) -> tuple[float, float] | None:
+    return (e.low, e.high) if e is not None else None
 
 
 def evaluate_rules(
@@ -66,69 +119,237 @@ def evaluate_rules(
 ) -> GateDecision:
     t = thresholds or GATE
     results: list[RuleResult] = []
+    enough = candidate.n >= t.min_eval_images
 
-    def rule(name: str, ok: bool, detail: str) -> None:
-        results.append(RuleResult(name=name, passed=bool(ok), detail=detail))
+    def rule(name: str, ok: bool, detail: str, *, judged_on_test_images: bool = True, **evidence) -> None:
+        decided = enough or not judged_on_test_images
+        if not decided:
+            detail = f"not decided (insufficient evidence): {detail}"
+        results.append(
+            RuleResult(name=name, passed=bool(ok) and decided, detail=detail, decided=decided, **evidence)
+        )
 
     rule(
-        "min_accuracy",
-        candidate.accuracy >= t.min_accuracy,
-        f"accuracy {candidate.accuracy:.4f} {'>=' if candidate.accuracy >= t.min_accuracy else '<'} {t.min_accuracy:.4f}",
+        "min_eval_images",
+        enough,
+        f"{candidate.n} test images >= {t.min_eval_images}"
+        if enough
+        else f"insufficient evidence: {candidate.n} test images < min_eval_images {t.min_eval_images}; "
+        "one image would move accuracy by "
+        f"{1 / max(candidate.n, 1):.1%}. Label more images (or give the test split a larger share) "
+        "before a gate decides",
+        judged_on_test_images=False,
+        n=candidate.n,
+        threshold=float(t.min_eval_images),
     )
 
-    low = []
+    acc = candidate.estimate("accuracy")
+    ok = candidate.accuracy >= t.min_accuracy
+    rule(
+        "min_accuracy",
+        ok,
+        f"accuracy {_text(acc, candidate.accuracy, candidate.n, 4)} "
+        f"{'>=' if ok else '<'} {t.min_accuracy:.4f}",
+        n=candidate.n,
+        value=candidate.accuracy,
+        ci95=_ci(acc),
+        threshold=t.min_accuracy,
+    )
+
+    low, parts = [], []
     for name, m in candidate.per_class.items():
         floor = t.class_recall_floors.get(name, t.min_class_recall)
+        shown = f"{name} {_text(candidate.estimate(f'recall.{name}'), m.recall, m.support)}"
+        parts.append(shown)
         if m.recall < floor:
-            low.append(f"{name} {m.recall:.3f} < {floor:.3f}")
+            low.append(f"{shown} < {floor:.3f}")
     rule(
         "class_recall_floor",
         not low,
-        "; ".join(low) if low else f"every class >= its floor (default {t.min_class_recall:.3f})",
+        "; ".join(low)
+        if low
+        else f"every class >= its floor (default {t.min_class_recall:.3f}): " + "; ".join(parts),
+        n=candidate.n,
+        threshold=t.min_class_recall,
     )
 
-    rule("max_ece", candidate.ece <= t.max_ece, f"ECE {candidate.ece:.4f} (max {t.max_ece:.4f})")
+    ece = candidate.estimate("ece")
+    rule(
+        "max_ece",
+        candidate.ece <= t.max_ece,
+        f"ECE {_text(ece, candidate.ece, candidate.n, 4)} (max {t.max_ece:.4f})",
+        n=candidate.n,
+        value=candidate.ece,
+        ci95=_ci(ece),
+        threshold=t.max_ece,
+    )
 
     if candidate.latency is None:
-        rule("latency_budget", False, "no latency was measured through the staging server")
-    else:
-        p95 = candidate.latency.p95_ms
         rule(
             "latency_budget",
-            p95 <= t.max_latency_p95_ms,
-            f"p95 {p95:.2f} ms (budget {t.max_latency_p95_ms:.2f} ms)",
+            False,
+            "no latency was measured through the staging server",
+            judged_on_test_images=False,
+        )
+    else:
+        lat = candidate.latency
+        p95 = candidate.estimate("latency_p95_ms")
+        rule(
+            "latency_budget",
+            lat.p95_ms <= t.max_latency_p95_ms,
+            f"p95 {_text(p95, lat.p95_ms, lat.n, 2, 'ms', 'requests')} (budget {t.max_latency_p95_ms:.2f} ms)",
+            judged_on_test_images=False,
+            n=lat.n,
+            value=lat.p95_ms,
+            ci95=_ci(p95),
+            threshold=t.max_latency_p95_ms,
         )
 
     if candidate.parity is not None:
         pa = candidate.parity
+        n_par = pa.n or candidate.n
+        agree = candidate.estimate("parity_top1_agreement")
         ok = pa.max_abs_diff <= t.max_parity_diff and pa.top1_agreement >= t.min_top1_agreement
+        flips = ", ".join(
+            f"{f.image[:12]} ({f.label}: {f.reference} -> {f.chosen})" for f in pa.flips[:MAX_FLIPS_IN_DETAIL]
+        )
+        more = f" and {pa.flipped - MAX_FLIPS_IN_DETAIL} more" if pa.flipped > MAX_FLIPS_IN_DETAIL else ""
         rule(
             "precision_parity",
             ok,
-            f"{pa.chosen_precision} vs {pa.reference_precision}: max |diff| {pa.max_abs_diff:.2e} (max {t.max_parity_diff:.2e}), "
-            f"top-1 agreement {pa.top1_agreement:.4f} (min {t.min_top1_agreement:.4f})",
+            f"{pa.chosen_precision} vs {pa.reference_precision}: {pa.flipped} of {n_par} images flipped top-1"
+            + (f" [{flips}{more}]" if pa.flipped else "")
+            + f", agreement {_text(agree, pa.top1_agreement, n_par, 4)} (min {t.min_top1_agreement:.4f}); "
+            f"max |diff| {pa.max_abs_diff:.2e} (max {t.max_parity_diff:.2e})",
+            n=n_par,
+            value=pa.top1_agreement,
+            ci95=_ci(agree),
+            threshold=t.min_top1_agreement,
         )
 
     if champion is None:
-        rule("no_regression_vs_champion", True, "no champion yet: first model")
+        rule("no_regression_vs_champion", True, "no champion yet: first model", judged_on_test_images=False)
     else:
-        regressions = []
-        drop = champion.accuracy - candidate.accuracy
-        if drop > t.max_regression:
-            regressions.append(
-                f"accuracy {candidate.accuracy:.4f} vs champion {champion.accuracy:.4f} "
-                f"(drop {drop:.4f} > {t.max_regression:.4f})"
-            )
-        for name, m in candidate.per_class.items():
-            c = champion.per_class.get(name)
-            if c is not None and c.recall - m.recall > t.max_regression:
-                regressions.append(f"recall[{name}] {m.recall:.3f} vs champion {c.recall:.3f}")
-        rule(
-            "no_regression_vs_champion",
-            not regressions,
-            "; ".join(regressions)
-            if regressions
-            else f"within {t.max_regression:.4f} of the champion (accuracy {champion.accuracy:.4f})",
-        )
+        results.append(_regression_rule(candidate, champion, t, enough))
 
     return GateDecision(passed=all(r.passed for r in results), results=results)
+
+
+class PairedComparison(BaseModel):
+    """Two models on the same images: ``both`` right, only the ``champion`` right, only the
+    ``candidate`` right, ``neither``."""
+
+    n: int
+    both: int
+    champion_only: int
+    candidate_only: int
+    neither: int
+
+    @property
+    def drop(self) -> float:
+        """Champion accuracy minus candidate accuracy on these images."""
+        return (self.champion_only - self.candidate_only) / self.n if self.n else 0.0
+
+    @property
+    def p_value(self) -> float:
+        return mcnemar_exact(self.champion_only, self.candidate_only)
+
+    def drop_interval(self, confidence: float = CONFIDENCE) -> tuple[float, float]:
+        return newcombe_paired_interval(
+            self.both, self.champion_only, self.candidate_only, self.neither, confidence
+        )
+
+    def is_regression(self, max_drop: float, alpha: float) -> bool:
+        return self.drop > max_drop and self.p_value < alpha
+
+    def text(self, what: str = "images") -> str:
+        low, high = self.drop_interval()
+        return (
+            f"on the same {self.n} {what}: {self.champion_only} right only by the champion, "
+            f"{self.candidate_only} only by the candidate; drop {self.drop:+.4f} "
+            f"(95% CI {low:+.4f} to {high:+.4f}), McNemar exact p={self.p_value:.3g}"
+        )
+
+
+def paired_comparison(
+    candidate: EvaluationReport, champion: EvaluationReport, label: str | None = None
+) -> PairedComparison:
+    """Pair the two evaluations image by image (by image id); ``label``: only images of that class."""
+    cand, champ = candidate.correct_by_image(), champion.correct_by_image()
+    if label is not None:
+        k = candidate.labels.index(label)
+        keep = {i for i, y in zip(candidate.image_ids, candidate.y_true, strict=True) if y == k}
+        cand = {i: v for i, v in cand.items() if i in keep}
+    ids = [i for i in cand if i in champ]
+    counts = {(True, True): 0, (True, False): 0, (False, True): 0, (False, False): 0}
+    for i in ids:
+        counts[(champ[i], cand[i])] += 1
+    return PairedComparison(
+        n=len(ids),
+        both=counts[(True, True)],
+        champion_only=counts[(True, False)],
+        candidate_only=counts[(False, True)],
+        neither=counts[(False, False)],
+    )
+
+
+def _regression_rule(
+    candidate: EvaluationReport, champion: EvaluationReport, t: GateThresholds, enough: bool
+) -> RuleResult:
+    name = "no_regression_vs_champion"
+    overall = paired_comparison(candidate, champion)
+    if overall.n == 0:
+        return RuleResult(
+            name=name,
+            passed=False,
+            detail="cannot compare: the champion's evaluation shares no image with the candidate's "
+            "(re-evaluate both on the same test images)",
+            n=0,
+        )
+    cand_acc = proportion(overall.both + overall.candidate_only, overall.n)
+    champ_acc = proportion(overall.both + overall.champion_only, overall.n)
+    head = (
+        f"accuracy {cand_acc.text(4)} vs champion {champ_acc.text(4)} {overall.text()}"
+        f" (a regression needs drop > {t.max_regression:.4f} and p < {t.regression_alpha:g})"
+    )
+    evidence = {
+        "n": overall.n,
+        "value": overall.drop,
+        "ci95": overall.drop_interval(),
+        "threshold": t.max_regression,
+        "p_value": overall.p_value,
+    }
+    if not enough:  # the min_eval_images rule has failed the gate already
+        return RuleResult(
+            name=name,
+            passed=False,
+            decided=False,
+            detail=f"not decided (insufficient evidence): {head}",
+            **evidence,
+        )
+    if overall.n < t.min_eval_images:  # e.g. a champion that knows only some of the classes
+        return RuleResult(
+            name=name,
+            passed=False,
+            detail=f"insufficient evidence: only {overall.n} test images are shared with the champion's "
+            f"evaluation (< min_eval_images {t.min_eval_images}): {head}",
+            **evidence,
+        )
+    regressions = []
+    if overall.is_regression(t.max_regression, t.regression_alpha):
+        regressions.append(f"accuracy: {head}")
+    per_class_alpha = t.regression_alpha / max(len(candidate.labels), 1)
+    for label in candidate.labels:
+        if label not in champion.labels:
+            continue
+        pc = paired_comparison(candidate, champion, label)
+        if pc.n and pc.is_regression(t.max_regression, per_class_alpha):
+            regressions.append(
+                f"recall[{label}] {pc.text(f'{label} images')} (level {per_class_alpha:.3g}, Bonferroni)"
+            )
+    return RuleResult(
+        name=name,
+        passed=not regressions,
+        detail="; ".join(regressions) if regressions else f"no significant regression: {head}",
+        **evidence,
+    )

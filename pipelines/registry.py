@@ -49,6 +49,8 @@ REJECTED = "rejected"
 REJECTED_REASONS = "rejected.reasons"
 GATE = "edgeloop.gate"
 GATE_REASONS = "edgeloop.gate_reasons"
+GATE_RULE_PREFIX = "edgeloop.gate."  # + rule name: "pass|FAIL|not decided: <detail with n and 95 % CI>"
+TAG_MAX = 4900
 EVIDENCE_DIGEST = "edgeloop.evidence_digest"
 MODEL_DIGEST = "edgeloop.model_digest"
 STORAGE_URI = "edgeloop.storage_uri"
@@ -193,6 +195,7 @@ def register_candidate(
         mlflow.set_tags(
             {f"{LINEAGE_PREFIX}{k}": v for k, v in lineage.items()}
             | {GATE: "passed" if decision.passed else "failed", MODEL_DIGEST: model_digest}
+            | gate_rule_tags(decision)
         )
         _log_confusion_figure(report)
         run_id = run.info.run_id
@@ -208,7 +211,8 @@ def register_candidate(
         pass  # already exists
     tags = {
         GATE: "passed" if decision.passed else "failed",
-        GATE_REASONS: decision.summary()[:4900],
+        GATE_REASONS: decision.summary()[:TAG_MAX],
+        **gate_rule_tags(decision),
         EVIDENCE_DIGEST: evidence_digest,
         MODEL_DIGEST: model_digest,
         STORAGE_URI: storage_uri,
@@ -226,8 +230,10 @@ def register_candidate(
             APPROVAL_MODE: "gate",
             APPROVAL_AT: _now(),
         }
+    acc, ece = report.estimate("accuracy"), report.estimate("ece")
     description = (
-        f"accuracy {report.accuracy:.4f}, ECE {report.ece:.4f}; gate "
+        f"accuracy {acc.text(4) if acc else f'{report.accuracy:.4f}'}, "
+        f"ECE {ece.text(4) if ece else f'{report.ece:.4f}'}; gate "
         f"{'passed' if decision.passed else 'FAILED: ' + decision.summary()}"
     )
     mv = c.create_model_version(
@@ -247,6 +253,11 @@ def register_candidate(
         storage_uri=storage_uri,
         reasons=decision.reasons,
     )
+
+
+def gate_rule_tags(decision: GateDecision) -> dict[str, str]:
+    """One tag per gate rule: its verdict and the evidence behind it (n and the 95 % interval)."""
+    return {f"{GATE_RULE_PREFIX}{r.name}": f"{r.status}: {r.detail}"[:TAG_MAX] for r in decision.results}
 
 
 def _upload_model(settings: Settings, name: str, digest: str, model_dir: Path) -> str:

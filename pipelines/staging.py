@@ -42,6 +42,13 @@ class TestImage:
     label: str
     meta: dict[str, Any]
 
+    @property
+    def id(self) -> str:
+        """The image's identity in reports: the sha256 of its bytes (its name in the dataset)."""
+        import hashlib
+
+        return hashlib.sha256(self.data).hexdigest()
+
 
 @dataclass
 class StagingResult:
@@ -179,6 +186,7 @@ def run_staging_evaluation(
         )
     y_true = [card.labels.index(i.label) for i in images]
     metas = [i.meta for i in images]
+    ids = [i.id for i in images]
     digest = test_set_digest(images)
 
     probs, latencies = (serve or serve_and_measure)(model_dir, images, latency_requests)
@@ -193,6 +201,7 @@ def run_staging_evaluation(
         precision=card.precision.value,
         model_digest=card.digest(),
         test_set_digest=digest,
+        image_ids=ids,
     )
 
     champion_report, champion_version = None, None
@@ -246,6 +255,7 @@ def evaluate_champion(
             precision=champ_card.precision.value,
             model_digest=champ_card.digest(),
             test_set_digest=digest,
+            image_ids=[i.id for i in images],
         )
     return rep, version
 

@@ -38,11 +38,12 @@ def snapshot_labels(project: str, label_policy: str, config_file: str) -> NamedT
 
 
 @dsl.component(base_image=PIPELINE_IMAGE)
-def build_dataset(manifest_uri: str, config_file: str, dataset: Output[Dataset]) -> str:
-    """Fetch, verify and split the labeled images; returns the dataset version. Cached by manifest digest."""
+def build_dataset(manifest_uri: str, split_fractions: str, config_file: str, dataset: Output[Dataset]) -> str:
+    """Fetch, verify and split the labeled images (train/val/test shares); returns the dataset version.
+    Cached by manifest digest and fractions."""
     from edgeloop.pipelines.tasks import build_dataset_task
 
-    return build_dataset_task(manifest_uri, config_file, dataset)
+    return build_dataset_task(manifest_uri, split_fractions, config_file, dataset)
 
 
 @dsl.component(base_image=PIPELINE_IMAGE)
@@ -114,6 +115,8 @@ def staging_evaluation(
     max_ece: float,
     max_parity_diff: float,
     min_top1_agreement: float,
+    min_eval_images: int,
+    regression_alpha: float,
     latency_requests: int,
     config_file: str,
     staged_model: Output[Model],
@@ -137,6 +140,8 @@ def staging_evaluation(
         max_ece,
         max_parity_diff,
         min_top1_agreement,
+        min_eval_images,
+        regression_alpha,
         latency_requests,
         config_file,
         staged_model,

@@ -77,7 +77,7 @@ def snapshot_labels_task(project: str, label_policy: str, config_file: str):
     return LabelSnapshot(str(uri), digest, n)
 
 
-def build_dataset_task(manifest_uri: str, config_file: str, dataset: Any) -> str:
+def build_dataset_task(manifest_uri: str, split_fractions: str, config_file: str, dataset: Any) -> str:
     import tempfile
 
     from edgeloop.components.dataset import build_dataset
@@ -87,18 +87,29 @@ def build_dataset_task(manifest_uri: str, config_file: str, dataset: Any) -> str
     out = _dir(dataset)
     with tempfile.TemporaryDirectory() as tmp:
         manifest = BlobStore.from_settings(settings).download_to(manifest_uri, Path(tmp) / "manifest.jsonl")
-        info = build_dataset(settings, manifest, out)
+        info = build_dataset(settings, manifest, out, fractions=_fractions(split_fractions))
     dataset.metadata.update(
         {
             "version": info.version,
             "classes": info.classes,
             "images": info.images,
             "counts": info.counts,
+            "fractions": list(info.fractions),
             "manifest_uri": manifest_uri,
         }
     )
     log.info(info.summary())
     return info.version
+
+
+def _fractions(split_fractions: str) -> tuple[float, float, float]:
+    from edgeloop.components.defaults import parse_fractions
+    from edgeloop.components.errors import DatasetError
+
+    try:
+        return parse_fractions(split_fractions)
+    except ValueError as e:
+        raise DatasetError(f"pipeline parameter split_fractions: {e}") from e
 
 
 # -- training -------------------------------------------------------------------------------------------------
@@ -155,7 +166,10 @@ def train_task(
             "framework": "pytorch",
             "dataset_version": dataset.metadata.get("version", ""),
             "val_accuracy": result.val_accuracy,
+            "val_images": result.metrics.get("val_images", 0),
             "nproc_per_node": nproc_per_node,
+            "seed": seed,
+            **{f"train_{k}": v for k, v in (result.metrics.get("machine") or {}).items() if k != "cpu_flags"},
         }
     )
     _persist(metrics)
@@ -237,6 +251,8 @@ def staging_evaluation_task(
     max_ece: float,
     max_parity_diff: float,
     min_top1_agreement: float,
+    min_eval_images: int,
+    regression_alpha: float,
     latency_requests: int,
     config_file: str,
     staged_model: Any,
@@ -259,6 +275,8 @@ def staging_evaluation_task(
             "max_ece": max_ece,
             "max_parity_diff": max_parity_diff,
             "min_top1_agreement": min_top1_agreement,
+            "min_eval_images": int(min_eval_images),
+            "regression_alpha": regression_alpha,
         }
     )
     staged = stage_model(Path(candidate.path), Path(staged_model.path), Path(dataset.path))

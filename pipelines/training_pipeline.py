@@ -24,7 +24,7 @@ step's environment.
 
 from kfp import dsl
 
-from edgeloop.components.defaults import TRAINING
+from edgeloop.components.defaults import SPLIT_FRACTIONS, TRAINING, format_fractions
 from edgeloop.pipelines import steps
 from edgeloop.pipelines.gate import GATE
 
@@ -39,6 +39,7 @@ PIPELINE_NAME = "edgeloop-training"
 def training_pipeline(
     project: str = "",
     label_policy: str = "latest",
+    split_fractions: str = format_fractions(SPLIT_FRACTIONS),  # "train,val,test" shares
     architecture: str = TRAINING.arch,
     epochs: int = TRAINING.epochs,
     batch_size: int = TRAINING.batch_size,
@@ -55,6 +56,8 @@ def training_pipeline(
     max_ece: float = GATE.max_ece,
     max_parity_diff: float = GATE.max_parity_diff,
     min_top1_agreement: float = GATE.min_top1_agreement,
+    min_eval_images: int = GATE.min_eval_images,
+    regression_alpha: float = GATE.regression_alpha,
     latency_requests: int = 200,
     approval_timeout_s: float = 86400.0,
     approval_poll_s: float = 15.0,
@@ -68,11 +71,15 @@ def training_pipeline(
     config_file: str = "",
 ) -> None:
     """Parameters a Kubeflow UI user sets: project (Label Studio project title, empty: the configured one),
-    model architecture, epochs, gate thresholds, approval timeout, target hardware profile, auto_approve."""
+    split_fractions (train/val/test shares of the labeled images; keep them fixed for a project),
+    model architecture, epochs, gate thresholds (min_eval_images: fewer test images fail the gate for
+    insufficient evidence), approval timeout, target hardware profile, auto_approve."""
     labels = steps.snapshot_labels(project=project, label_policy=label_policy, config_file=config_file)
     labels.set_caching_options(False)  # always a fresh export: see the module docstring
 
-    dataset = steps.build_dataset(manifest_uri=labels.outputs["manifest_uri"], config_file=config_file)
+    dataset = steps.build_dataset(
+        manifest_uri=labels.outputs["manifest_uri"], split_fractions=split_fractions, config_file=config_file
+    )
     trained = steps.train_model(
         dataset=dataset.outputs["dataset"],
         architecture=architecture,
@@ -104,6 +111,8 @@ def training_pipeline(
         max_ece=max_ece,
         max_parity_diff=max_parity_diff,
         min_top1_agreement=min_top1_agreement,
+        min_eval_images=min_eval_images,
+        regression_alpha=regression_alpha,
         latency_requests=latency_requests,
         config_file=config_file,
     )

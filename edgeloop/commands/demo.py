@@ -5,10 +5,16 @@ from __future__ import annotations
 import click
 
 from edgeloop.core.errors import user_errors
+from edgeloop.local.demo import DEMO_PER_CLASS
 
 
 @click.command()
-@click.option("--per-class", default=60, show_default=True, help="Sample images per class.")
+@click.option(
+    "--per-class",
+    default=DEMO_PER_CLASS,
+    show_default=True,
+    help="Sample images per class (fewer than ~200 leave the test split too small for the gate).",
+)
 @click.option("--epochs", default=None, type=int, help="Training epochs (default: the demo's).")
 @click.option(
     "--serve-seconds",

@@ -61,13 +61,19 @@ def _draw_defect(rng: np.random.Generator, img: Image.Image, label: str) -> Imag
     overlay = Image.new("RGBA", img.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
     if label == "scratch":
+        # centred on the tag and short enough to stay on it: a scratch that runs off the frame leaves
+        # a few pixels a labeler could not see either, and such images are label noise, not signal
         for _ in range(rng.integers(1, 3)):
-            x0, y0 = rng.uniform(0.15, 0.85, 2) * size
+            cx, cy = rng.uniform(0.3, 0.7, 2) * size
             angle = rng.uniform(0, math.pi)
-            length = rng.uniform(0.35, 0.6) * size
-            x1, y1 = x0 + length * math.cos(angle), y0 + length * math.sin(angle)
+            half = rng.uniform(0.3, 0.5) * size / 2
+            dx, dy = half * math.cos(angle), half * math.sin(angle)
             shade = int(rng.choice([25, 240]))
-            draw.line([(x0, y0), (x1, y1)], fill=(shade, shade, shade, 235), width=max(2, size // 48))
+            draw.line(
+                [(cx - dx, cy - dy), (cx + dx, cy + dy)],
+                fill=(shade, shade, shade, 235),
+                width=max(2, size // 48),
+            )
     elif label == "dent":
         cx, cy = rng.uniform(0.3, 0.7, 2) * size
         r = rng.uniform(0.12, 0.2) * size

@@ -23,6 +23,9 @@ SMALL = [
     "-p",
     "latency_requests=40",
     # a 2-epoch model on 80 images is weak: the test checks the loop, not the model's quality
+    # (and its ~10 test images are too few for the gate's evidence bar, lowered here on purpose)
+    "-p",
+    "min_eval_images=0",
     "-p",
     "min_accuracy=0",
     "-p",
@@ -43,6 +46,13 @@ def _edgeloop(settings, *args: str, timeout: float = 600) -> subprocess.Complete
         text=True,
         timeout=timeout,
     )
+
+
+def mlflow_text(settings, uri: str) -> str:
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri())
+    return mlflow.artifacts.load_text(uri)
 
 
 def test_local_pipeline_run_ends_with_an_approved_champion(stack_settings, sample_dir):
@@ -91,6 +101,14 @@ def test_local_pipeline_run_ends_with_an_approved_champion(stack_settings, sampl
     metrics = c.get_run(run_id).data.metrics
     for m in ("accuracy", "ece", "latency_p95_ms", "parity_top1_agreement", "recall.ok"):
         assert m in metrics, m
+        assert {f"{m}.n", f"{m}.ci95_low", f"{m}.ci95_high"} <= set(metrics), m  # how sure each figure is
+    assert tags[f"{registry.GATE_RULE_PREFIX}min_accuracy"].startswith("pass: accuracy ")
+    assert "95% CI" in tags[f"{registry.GATE_RULE_PREFIX}min_accuracy"]
+    card = json.loads(
+        mlflow_text(stack_settings, f"runs:/{run_id}/model/model_card.json")
+    )  # the card records n for its metrics, and the seed and machine of the training run
+    assert card["metrics"]["val_accuracy.n"] >= 1 and "val_accuracy.ci95_low" in card["metrics"]
+    assert card["lineage"]["train_seed"] == "0" and card["lineage"]["train_cpu_isa"]
     report = registry.download_evaluation(stack_settings, version)
     assert report is not None and report.latency is not None and report.parity is not None
     assert set(report.slices) == {"lighting", "camera"}

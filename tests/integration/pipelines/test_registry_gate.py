@@ -21,7 +21,7 @@ LABELS = ["ok", "scratch", "dent", "stain"]
 
 
 def _report(pred: list[int], seed: int = 0):
-    y = [0, 1, 2, 3] * 5
+    y = [0, 1, 2, 3] * 60  # 240 images: enough evidence for the gate (GATE.min_eval_images)
     probs = np.full((len(y), 4), 0.05)
     probs[np.arange(len(y)), pred] = 0.85
     return evaluate_predictions(
@@ -34,8 +34,8 @@ def _report(pred: list[int], seed: int = 0):
     )
 
 
-GOOD = [0, 1, 2, 3] * 5
-WORSE = [0, 1, 2, 0] * 5  # every stain predicted as ok
+GOOD = [0, 1, 2, 3] * 60
+WORSE = [0, 1, 2, 0] * 60  # every stain predicted as ok
 
 
 @pytest.fixture()

@@ -92,3 +92,65 @@ def test_a_broken_export_is_caught(trained, tiny_dataset, tmp_path):
     assert err.value.report["max_abs_diff"] > 1e-4
     report = check_parity(out / "model.pt", bad, tiny_dataset, raise_on_failure=False)
     assert not report.passed
+
+
+def test_the_card_records_n_for_every_metric_and_the_training_machine(trained, tiny_dataset, tmp_path):
+    from edgeloop.components.stats import is_evidence_field
+
+    out, *_ = trained
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["seed"] == 0 and metrics["machine"]["cpu_flags"]  # what makes the run reproducible
+    card = export_model(out, tmp_path / "m", dataset_dir=tiny_dataset)
+    figures = [k for k in card.metrics if not is_evidence_field(k)]
+    assert {"val_accuracy", "test_accuracy", "onnx_val_accuracy"} <= set(figures)
+    for k in figures:
+        assert f"{k}.n" in card.metrics, k
+    n_val = sum(
+        1 for line in (tiny_dataset / "index.jsonl").read_text().splitlines() if '"split": "val"' in line
+    )
+    assert card.metrics["val_accuracy.n"] == n_val
+    assert (
+        card.metrics["val_accuracy.ci95_low"]
+        <= card.metrics["val_accuracy"]
+        <= card.metrics["val_accuracy.ci95_high"]
+    )
+    assert card.lineage["train_seed"] == "0"
+    assert card.lineage["train_cpu_isa"] and card.lineage["train_torch_cpu_capability"]
+
+
+def test_same_seed_same_weights(tiny_dataset, tmp_path):
+    """Seeded weights, augmentations, sampler and loaders, deterministic algorithms: two runs with one
+    seed on one machine give the same model, bit for bit; another seed gives another model."""
+    import torch
+
+    from edgeloop.components import train
+
+    def run(name: str, seed: int) -> dict:
+        out = tmp_path / name
+        args = [
+            "--data",
+            str(tiny_dataset),
+            "--out",
+            str(out),
+            "--arch",
+            "mobilenet_v3_small",
+            "--size",
+            "32",
+        ]
+        args += [
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--no-progress",
+            "--min-epochs",
+            "1",
+            "--seed",
+            str(seed),
+        ]
+        train.main(train.get_args_parser().parse_args(args))
+        return torch.load(out / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
+
+    a, b, c = run("a", 7), run("b", 7), run("c", 8)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

@@ -8,7 +8,7 @@ import inspect
 import pytest
 import yaml
 
-from edgeloop.components.defaults import TRAINING
+from edgeloop.components.defaults import SPLIT_FRACTIONS, TRAINING, parse_fractions
 from edgeloop.local.demo import DEMO_PARAMS
 from edgeloop.pipelines.gate import GATE, GateThresholds
 from edgeloop.pipelines.runner import COMPILED
@@ -56,6 +56,22 @@ def test_compiled_pipeline_defaults_are_the_typed_defaults(name):
     """KFP writes integers as floats (30.0); the values must still be equal."""
     value = _compiled_defaults()[name]
     assert value == EXPECTED[name], f"{name}: compiled {value!r}; run `make compile`"
+
+
+def test_split_fractions_default_is_the_dataset_default():
+    from edgeloop.components.dataset import DEFAULT_FRACTIONS
+
+    assert parse_fractions(_signature_defaults()["split_fractions"]) == SPLIT_FRACTIONS == DEFAULT_FRACTIONS
+    assert parse_fractions(_compiled_defaults()["split_fractions"]) == SPLIT_FRACTIONS, "run `make compile`"
+
+
+def test_demo_keeps_real_gate_thresholds():
+    """The demo is judged like a real run: no loosened accuracy, no lowered evidence bar."""
+    params = {**_signature_defaults(), **DEMO_PARAMS}
+    assert params["min_accuracy"] >= 0.9
+    assert params["min_eval_images"] >= GATE.min_eval_images
+    assert params["min_top1_agreement"] >= GATE.min_top1_agreement
+    assert params["max_latency_p95_ms"] <= GATE.max_latency_p95_ms
 
 
 def test_demo_overrides_only_known_parameters():
