@@ -8,8 +8,8 @@ One image-classification project per site. A task's ``data`` holds:
   and ``edgeloop data allow-origin``);
 * ``blob_uri`` - the canonical ``az://container/path`` of the image;
 * ``sha256`` - the image's content digest: the identity used for de-duplication;
-* ``note`` - shown above the choices: why a relabel task is there (flag reason, score, the
-  model's prediction); empty for seeded tasks;
+* ``note`` (optional) - shown above the choices: why a relabel task is there (flag reason,
+  score, the model's prediction);
 * optional metadata (``lighting``, ``camera``, ``variant``, ``source``) and, for
   relabel tasks, ``flag_reason`` / ``flag_score``.
 
@@ -41,7 +41,7 @@ def label_config(classes: Sequence[str]) -> str:
     return (
         "<View>"
         f'<Image name="{TO_NAME}" value="$image" zoom="true"/>'
-        f'<Text name="{NOTE}" value="${NOTE}"/>'
+        f'<Header value="${NOTE}" size="5"/>'  # a visual tag: tasks without a note stay valid
         f'<Choices name="{FROM_NAME}" toName="{TO_NAME}" choice="single" showInline="true">{choices}</Choices>'
         "</View>"
     )
@@ -167,8 +167,7 @@ def refresh_image_links(
 ) -> LinkRefresh:
     """Re-sign every task image link that expires within half of ``ttl_hours`` (or has no expiry).
 
-    Links are minted from the task's ``blob_uri``; nothing else in the task changes (tasks that
-    predate ``note`` get an empty one, so the labeling view never shows a missing variable).
+    Links are minted from the task's ``blob_uri``; nothing else in the task changes.
     """
     now = now or datetime.now(UTC)
     margin = timedelta(hours=ttl_hours / 2)
@@ -181,11 +180,10 @@ def refresh_image_links(
             report.no_blob_uri += 1
             continue
         expiry = link_expiry(str(data.get("image", "")))
-        if expiry is not None and expiry - now > margin and NOTE in data:
+        if expiry is not None and expiry - now > margin:
             report.still_valid += 1
             continue
         data["image"] = store.sas_url(uri, hours=ttl_hours)
-        data.setdefault(NOTE, "")
         ls.tasks.update(str(task.id), data=data)
         report.refreshed += 1
     return report

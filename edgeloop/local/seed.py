@@ -143,7 +143,6 @@ def seed_directory(
         new_tasks.append(
             {
                 "image": store.sas_url(uri, hours=settings.labelstudio.link_ttl_hours),
-                lsx.NOTE: "",
                 "blob_uri": str(uri),
                 "sha256": img.sha256,
                 "source": source,

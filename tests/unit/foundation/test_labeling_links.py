@@ -42,5 +42,18 @@ def test_the_labeling_page_origins_come_from_the_settings(tmp_path):
 
 def test_the_label_config_shows_the_note_above_the_choices():
     xml = lsx.label_config(["ok", "dent"])
-    assert xml.index('name="note"') < xml.index("<Choices") and "$note" in xml
+    assert xml.index('value="$note"') < xml.index("<Choices") and "<Header" in xml
     assert "predicted 'dent'" in lsx.relabel_note("out_of_distribution", 1.5, "dent", "m:3")
+
+
+def test_tasks_without_a_note_stay_valid_for_label_studio():
+    """Label Studio requires task keys only for object tags (Image, Text...), not for a Header."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(lsx.label_config(["ok"]))
+    needs = {
+        el.get("value")
+        for el in root.iter()
+        if el.tag not in ("Header", "View") and el.get("value", "").startswith("$")
+    }
+    assert needs == {"$image"}
