@@ -108,6 +108,26 @@ def _host_port(value: str, what: str) -> tuple[str, int]:
     help="Where results wait while the broker is away [default: <state_dir>/stream/outbox].",
 )
 @click.option("--mqtt", "mqtt_addr", help="MQTT broker HOST:PORT [default: from settings / the local stack].")
+@click.option(
+    "--mqtt-username",
+    help="MQTT username [default: settings mqtt.username; the local stack's publisher account].",
+)
+@click.option(
+    "--mqtt-password-file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="File holding the MQTT password (never a flag: ps and shell history show flags).",
+)
+@click.option(
+    "--mqtt-tls-ca",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="PEM CA of the broker's certificate: connect over TLS [default: settings mqtt.tls_ca].",
+)
+@click.option("--mqtt-tls-cert", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option(
+    "--mqtt-tls-key",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Client certificate key, with --mqtt-tls-cert, for a broker that asks for one.",
+)
 @click.option("--no-mqtt", is_flag=True, help="Publish nothing; only count results (for measuring).")
 @click.option(
     "--metrics-port",
@@ -155,6 +175,11 @@ def stream(
     max_retries: int,
     outbox_dir: Path | None,
     mqtt_addr: str | None,
+    mqtt_username: str | None,
+    mqtt_password_file: Path | None,
+    mqtt_tls_ca: Path | None,
+    mqtt_tls_cert: Path | None,
+    mqtt_tls_key: Path | None,
     no_mqtt: bool,
     metrics_port: int,
     metrics_addr: str,
@@ -196,6 +221,9 @@ def stream(
     from edgeloop.core.config import load_settings
 
     settings = ctx.obj.settings if ctx.obj is not None else load_settings()
+    from edgeloop.stream.result import check_topic_parts
+
+    check_topic_parts(settings.mqtt.topic_prefix, line)  # before anything connects or starts
     security = None
     if tls_ca or tls_cert or tls_key or auth_token_file:
         if server is None:
@@ -225,10 +253,27 @@ def stream(
         sink = CountingSink(processor.stats_for)
     else:
         host, port = _host_port(mqtt_addr, "--mqtt") if mqtt_addr else settings.mqtt_endpoint()
+        username, password, tls = _mqtt_auth(
+            settings,
+            from_settings=mqtt_addr is None,
+            username=mqtt_username,
+            password_file=mqtt_password_file,
+            tls=(mqtt_tls_ca, mqtt_tls_cert, mqtt_tls_key),
+        )
         outbox = outbox_dir or settings.state_dir / "stream" / "outbox"
-        sink = MqttPublisher(host, port, outbox, stats_for=processor.stats_for, metrics=metrics)
+        sink = MqttPublisher(
+            host,
+            port,
+            outbox,
+            stats_for=processor.stats_for,
+            metrics=metrics,
+            username=username,
+            password=password,
+            tls=tls,
+        )
         click.echo(
-            f"publishing to mqtt://{host}:{port}/{config.topic_prefix}/{line}/<camera> " f"(outbox {outbox})",
+            f"publishing to mqtt{'s' if tls else ''}://{host}:{port}/{config.topic_prefix}/{line}/<camera> "
+            f"as {username or 'anonymous'} (outbox {outbox})",
             err=True,
         )
     processor.sink = sink
@@ -262,6 +307,36 @@ def stream(
         summary_json.write_text(json.dumps(summary.to_dict(), indent=2))
     if all(s["state"] == "failed" for s in summary.sources):
         raise EdgeloopError("no source could be read (see the errors above)")
+
+
+def _mqtt_auth(
+    settings: Any,
+    from_settings: bool,
+    username: str | None,
+    password_file: Path | None,
+    tls: tuple[Path | None, Path | None, Path | None],
+) -> tuple[str | None, str | None, Any]:
+    """Username, password and TLS for the broker: the flags, else the settings (and, for the local
+    stack's broker, its generated publisher account)."""
+    from edgeloop.stream.publisher import MqttTls
+
+    password = password_file.read_text().strip() if password_file else None
+    if password_file and not username:
+        raise click.UsageError("--mqtt-password-file goes with --mqtt-username")
+    if not username and from_settings:
+        creds = settings.mqtt_credentials()
+        if creds:
+            username, password = creds
+    m = settings.mqtt
+    ca, cert, key = tls
+    if not (ca or cert or key) and from_settings:
+        ca, cert, key = m.tls_ca, m.tls_cert, m.tls_key
+    if bool(cert) != bool(key):
+        raise click.UsageError(
+            "an MQTT client certificate needs its key: give --mqtt-tls-cert and --mqtt-tls-key"
+        )
+    use_tls = bool(ca or cert) or (from_settings and m.tls)
+    return username, password, (MqttTls(ca, cert, key) if use_tls else None)
 
 
 def _predictor(

@@ -22,7 +22,7 @@ import numpy as np
 from edgeloop.stream.predictors import Predictor
 from edgeloop.stream.publisher import ResultSink
 from edgeloop.stream.queues import DropPolicy, Frame, Scheduler
-from edgeloop.stream.result import build_result, encode, topic_for
+from edgeloop.stream.result import build_result, check_topic_parts, encode, topic_for
 from edgeloop.stream.sources import ReaderConfig, SourceReader, SourceSpec, unique_names
 from edgeloop.stream.stats import DropReason, SourceState, SourceStats, StreamMetrics
 
@@ -124,6 +124,9 @@ class StreamProcessor:
         if not sources:
             raise ValueError("at least one source is needed")
         self.config = config or StreamConfig()
+        check_topic_parts(
+            self.config.topic_prefix, self.config.line
+        )  # a clear error now, not a dead publisher
         self.predictor = predictor
         self.metrics = metrics or StreamMetrics()
         self.specs = unique_names(sources)

@@ -34,6 +34,27 @@ log = logging.getLogger(__name__)
 OUTBOX_FILE = "outbox.sqlite3"
 
 
+@dataclass(frozen=True)
+class MqttTls:
+    """TLS to the broker: ``ca`` (PEM) verifies it (None: the system's CAs); ``cert``/``key`` are a
+    client certificate for a broker that asks for one."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+
+def check_topic(topic: str) -> str:
+    """``topic`` if a client may publish to it; else a :class:`ValueError` that says why."""
+    if not topic or len(topic.encode()) > 65535:
+        raise ValueError("an MQTT topic must be 1 to 65535 bytes")
+    if "+" in topic or "#" in topic or "\0" in topic:
+        raise ValueError(
+            f"MQTT topic {topic!r} holds a wildcard ('+', '#') or NUL: publishing needs a plain topic"
+        )
+    return topic
+
+
 class ResultSink(Protocol):
     def start(self) -> None: ...
 
@@ -102,6 +123,9 @@ class MqttPublisher:
         window: int = 500,
         queue_size: int = 10_000,
         keepalive_s: int = 10,
+        username: str | None = None,
+        password: str | None = None,
+        tls: MqttTls | None = None,
     ):
         import paho.mqtt.client as mqtt
 
@@ -128,6 +152,16 @@ class MqttPublisher:
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id or f"edgeloop-stream-{uuid.uuid4().hex[:12]}",
         )
+        if username:
+            self._client.username_pw_set(username, password)
+        if tls is not None:
+            self._client.tls_set(
+                ca_certs=str(tls.ca) if tls.ca else None,
+                certfile=str(tls.cert) if tls.cert else None,
+                keyfile=str(tls.key) if tls.key else None,
+            )
+        self.username = username
+        self.refused: str | None = None  # why the broker refused the last connection, if it did
         self._client.max_inflight_messages_set(min(window, 1000))
         self._client.reconnect_delay_set(min_delay=1, max_delay=5)
         self._client.on_connect = self._on_connect
@@ -144,8 +178,22 @@ class MqttPublisher:
     # -- paho callbacks (paho's network thread) ---------------------------------------------
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
-            log.warning("MQTT broker %s:%s refused the connection: %s", self.host, self.port, reason_code)
+            self.refused = str(reason_code)
+            hint = (
+                " (check the MQTT username/password: --mqtt-username/--mqtt-password-file or settings mqtt.*)"
+                if "authori" in self.refused.lower() or "password" in self.refused.lower()
+                else ""
+            )
+            log.warning(
+                "MQTT broker %s:%s refused the connection as %s: %s%s",
+                self.host,
+                self.port,
+                self.username or "anonymous",
+                reason_code,
+                hint,
+            )
             return
+        self.refused = None
         log.info("connected to MQTT broker %s:%s", self.host, self.port)
         with self._lock:
             self._gate = True
@@ -189,8 +237,10 @@ class MqttPublisher:
         return self._connected.wait(timeout)
 
     def submit(self, source: str, topic: str, payload: bytes) -> None:
-        """Hand a result over; blocks only if the publisher is far behind (back-pressure, bounded memory)."""
-        self._queue.put(_Msg(source, topic, payload))
+        """Hand a result over; blocks only if the publisher is far behind (back-pressure, bounded memory).
+
+        A topic no client may publish to raises :class:`ValueError` here, in the caller's thread."""
+        self._queue.put(_Msg(source, check_topic(topic), payload))
 
     def close(self, flush_timeout_s: float = 10.0) -> None:
         """Deliver what can be delivered within the timeout; keep the rest in the outbox for the next run."""

@@ -22,6 +22,25 @@ def topic_for(prefix: str, line: str, camera: str) -> str:
     return f"{prefix.rstrip('/')}/{line}/{camera}"
 
 
+def check_topic_parts(prefix: str, line: str) -> None:
+    """Refuse, before anything starts, a topic prefix or line no result could be published under:
+    :class:`~edgeloop.core.errors.EdgeloopError` naming the option to fix."""
+    from edgeloop.core.errors import EdgeloopError
+
+    bad = ("+", "#", "\0")
+    levels = prefix.strip("/").split("/")
+    if not prefix.strip("/") or any(not lv or any(c in lv for c in bad) for lv in levels):
+        raise EdgeloopError(
+            f"MQTT topic prefix {prefix!r} is not usable: it needs non-empty levels separated by '/' and no "
+            "'+', '#' (set mqtt.topic_prefix / EDGELOOP_MQTT__TOPIC_PREFIX)"
+        )
+    if not line or "/" in line or any(c in line for c in bad):
+        raise EdgeloopError(
+            f"--line {line!r} is not one MQTT topic level: use a non-empty name without '/', '+' or '#' "
+            "(e.g. line-a)"
+        )
+
+
 @cache
 def result_schema() -> dict[str, Any]:
     return json.loads(resources.files("edgeloop.stream").joinpath(SCHEMA_FILE).read_text())

@@ -77,10 +77,22 @@ class MlflowSettings(BaseModel):
     registered_model: str = "edgeloop-inspection"
 
 
+MQTT_PUBLISHER_USER = "edgeloop-stream"  # the local broker's account for stream processors: write results
+MQTT_READER_USER = "edgeloop-reader"  # the local broker's account for consumers: read results
+
+
 class MqttSettings(BaseModel):
     host: str | None = None
     port: int | None = None
     topic_prefix: str = "edgeloop/results"
+    # Credentials for a broker of your own; the local stack's broker uses generated accounts.
+    username: str | None = None
+    password: SecretStr | None = None
+    # TLS to the broker: ca (PEM) to verify it, cert/key for a client certificate.
+    tls: bool = False
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 class Settings(BaseSettings):
@@ -175,22 +187,58 @@ class Settings(BaseSettings):
             return self.mqtt.host, self.mqtt.port
         return self.stack.host, self._stack_port("mosquitto")
 
+    def mqtt_credentials(self, reader: bool = False) -> tuple[str, str] | None:
+        """(username, password) for the broker: the configured ones; with the local stack's broker,
+        its generated publisher account (or, ``reader``, the read-only account); None for a
+        broker of your own with no credentials configured."""
+        if self.mqtt.username:
+            return self.mqtt.username, self.mqtt.password.get_secret_value() if self.mqtt.password else ""
+        if self.mqtt.host and self.mqtt.port:
+            return None
+        s = self.secrets()
+        return (
+            (MQTT_READER_USER, s["mqtt_reader_password"])
+            if reader
+            else (
+                MQTT_PUBLISHER_USER,
+                s["mqtt_stream_password"],
+            )
+        )
+
     # -- secrets ------------------------------------------------------------
     def secrets(self) -> dict[str, str]:
-        """The stack's generated secrets, created (mode 0600) on first use."""
+        """The stack's generated secrets, created (mode 0600) on first use; a secret added in a
+        later release is generated into an existing file the first time it is needed."""
         path = self.secrets_file
-        if path.exists():
-            return json.loads(path.read_text())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        values = {
-            "azurite_key": _b64_key(),
-            "labelstudio_token": secrets.token_hex(20),
-            "labelstudio_password": secrets.token_urlsafe(16),
+        generators = {
+            "azurite_key": _b64_key,
+            "labelstudio_token": lambda: secrets.token_hex(20),
+            "labelstudio_password": lambda: secrets.token_urlsafe(16),
+            "mqtt_stream_password": lambda: secrets.token_urlsafe(24),
+            "mqtt_reader_password": lambda: secrets.token_urlsafe(24),
         }
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(values, fh)
-        return values
+        if path.exists():
+            values: dict[str, str] = json.loads(path.read_text())
+            if all(k in values for k in generators):
+                return values
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock_fd = os.open(path.with_name(f".{path.name}.lock"), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)  # two processes starting at once generate once
+            values = json.loads(path.read_text()) if path.exists() else {}
+            missing = [k for k in generators if k not in values]
+            if missing:
+                values |= {k: generators[k]() for k in missing}
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as fh:
+                    json.dump(values, fh)
+                os.replace(tmp, path)
+            return values
+        finally:
+            os.close(lock_fd)
 
     def redacted(self) -> dict[str, Any]:
         """Settings as a plain dict with secrets masked, for `edgeloop config show`."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeloop.core.config import Settings
+from edgeloop.core.config import MQTT_PUBLISHER_USER, MQTT_READER_USER, Settings
 from edgeloop.core.errors import EdgeloopError
 from edgeloop.core.processes import group_alive, terminate_group
 
@@ -87,6 +87,64 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
+
+
+def mosquitto_password_hash(password: str, iterations: int = 1000) -> str:
+    """A Mosquitto 2 password-file hash (``$7$``: PBKDF2-HMAC-SHA512, as ``mosquitto_passwd`` writes)."""
+    import base64
+    import hashlib
+
+    salt = os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def _private_file(path: Path, text: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(path, 0o600)  # an existing file keeps its mode through O_TRUNC
+    return path
+
+
+def write_mosquitto_config(
+    data: Path,
+    host: str,
+    port: int,
+    users: dict[str, str],
+    acl: dict[str, list[tuple[str, str]]],
+    persistence: bool = True,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+) -> Path:
+    """A Mosquitto config that accepts only ``users`` (name -> password) and lets each use only the
+    topics in ``acl`` (name -> [(read|write|readwrite, topic filter)]); no anonymous clients.
+    With ``tls_cert``/``tls_key`` (PEM) the listener speaks TLS only.
+
+    Writes ``passwords`` and ``acl`` (0600) beside ``mosquitto.conf`` in ``data``; returns the config.
+    """
+    bad = [u for u in users if not u or ":" in u or any(c.isspace() for c in u)]
+    if bad:
+        raise StackError(f"MQTT user names cannot be empty or hold ':' or spaces: {bad}")
+    passwords = _private_file(
+        data / "passwords", "".join(f"{u}:{mosquitto_password_hash(p)}\n" for u, p in users.items())
+    )
+    lines = []
+    for user, rules in acl.items():
+        lines.append(f"user {user}")
+        lines += [f"topic {access} {topic}" for access, topic in rules]
+        lines.append("")
+    acl_file = _private_file(data / "acl", "\n".join(lines))
+    conf = data / "mosquitto.conf"
+    conf.write_text(
+        f"per_listener_settings false\nlistener {port} {host}\n"
+        + (f"certfile {tls_cert}\nkeyfile {tls_key}\n" if tls_cert and tls_key else "")
+        + "allow_anonymous false\n"
+        f"password_file {passwords}\nacl_file {acl_file}\n"
+        + (f"persistence true\npersistence_location {data}/\n" if persistence else "persistence false\n")
+        + f"user {_current_user()}\nlog_dest stdout\n"
+    )
+    return conf
 
 
 def _http_ok(url: str, expect: Callable[[int, bytes], bool] | None = None, timeout: float = 2.0) -> bool:
@@ -242,12 +300,19 @@ class Stack:
                     "mosquitto is not installed: run `make setup` "
                     "(it installs the Debian package mosquitto)"
                 )
-            conf = data / "mosquitto.conf"
-            user = _current_user()
-            conf.write_text(
-                f"listener {port} {self.host}\nallow_anonymous true\n"
-                f"persistence true\npersistence_location {data}/\nuser {user}\n"
-                "log_dest stdout\n"
+            prefix = self.settings.mqtt.topic_prefix.strip("/")
+            conf = write_mosquitto_config(
+                data,
+                self.host,
+                port,
+                users={
+                    MQTT_PUBLISHER_USER: secrets["mqtt_stream_password"],
+                    MQTT_READER_USER: secrets["mqtt_reader_password"],
+                },
+                acl={
+                    MQTT_PUBLISHER_USER: [("write", f"{prefix}/#")],
+                    MQTT_READER_USER: [("read", f"{prefix}/#")],
+                },
             )
             return _Launch([mosquitto, "-c", str(conf)])
         raise KeyError(service)

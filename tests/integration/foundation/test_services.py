@@ -70,15 +70,18 @@ def test_seed_from_own_folder_makes_unlabeled_tasks(stack_settings, tmp_path):
 
 
 def test_mqtt_publish_subscribe_round_trip(stack_settings):
+    """The stack's broker with its two accounts: the publisher writes under the results prefix,
+    the reader reads it."""
     import paho.mqtt.client as mqtt
 
     host, port = stack_settings.mqtt_endpoint()
-    topic = f"edgeloop/test/{uuid.uuid4().hex}"
+    topic = f"{stack_settings.mqtt.topic_prefix}/test/{uuid.uuid4().hex}"
     got: list[bytes] = []
     done = threading.Event()
     subscribed = threading.Event()
 
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.username_pw_set(*stack_settings.mqtt_credentials(reader=True))
     sub.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
     sub.on_subscribe = lambda *a: subscribed.set()
 
@@ -92,6 +95,7 @@ def test_mqtt_publish_subscribe_round_trip(stack_settings):
     sub.loop_start()
     assert subscribed.wait(10)
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    pub.username_pw_set(*stack_settings.mqtt_credentials())
     pub.connect(host, port)
     pub.loop_start()
     for i in range(20):

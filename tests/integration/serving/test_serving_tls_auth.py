@@ -1,13 +1,10 @@
 """Authentication and TLS on a live server: a bearer token on REST and gRPC (health probes open),
 HTTPS and TLS gRPC with the server's CA, and mutual TLS that refuses a client without a certificate.
 
-Certificates are made here, per test session, with ``cryptography``: no key is ever committed."""
+Certificates come from the ``tls_pki`` fixture (made per session with ``cryptography``; no key is
+ever committed)."""
 
 from __future__ import annotations
-
-import datetime as dt
-import ipaddress
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,75 +16,6 @@ from edgeloop.testing.media import random_frames
 
 TOKEN = "data-plane-token-for-tests"
 ADMIN_TOKEN = "admin-token-for-tests"
-
-
-def _issue(directory: Path, name: str, issuer: tuple | None, ca: bool = False, server: bool = False) -> tuple:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    issuer_cert, issuer_key = issuer if issuer else (None, key)
-    now = dt.datetime.now(dt.UTC)
-    b = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_cert.subject if issuer_cert else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
-        )
-    )
-    if ca:
-        b = b.add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
-        )
-    else:
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-        b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    if server:
-        b = b.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    cert = b.sign(issuer_key, hashes.SHA256())
-    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    key_path.chmod(0o600)
-    return cert, key, cert_path, key_path
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("pki")
-    ca = _issue(d, "ca", None, ca=True)
-    server = _issue(d, "server", ca[:2], server=True)
-    client = _issue(d, "client", ca[:2])
-    rogue_ca = _issue(d, "rogue-ca", None, ca=True)
-    rogue = _issue(d, "rogue-client", rogue_ca[:2])
-    return {
-        "ca": ca[2],
-        "server_cert": server[2],
-        "server_key": server[3],
-        "client_cert": client[2],
-        "client_key": client[3],
-        "rogue_cert": rogue[2],
-        "rogue_key": rogue[3],
-    }
 
 
 @pytest.fixture(scope="module")
@@ -146,9 +74,9 @@ def test_admin_routes_take_the_admin_token_not_the_client_token(auth_server):
     assert ok.status_code == 200, ok.text
 
 
-def test_https_and_tls_grpc_with_the_servers_ca_and_plain_http_refused(model_dirs, pki):
-    tls = TlsFiles(pki["server_cert"], pki["server_key"])
-    trust = ClientSecurity(ca=pki["ca"])
+def test_https_and_tls_grpc_with_the_servers_ca_and_plain_http_refused(model_dirs, tls_pki):
+    tls = TlsFiles(tls_pki["server_cert"], tls_pki["server_key"])
+    trust = ClientSecurity(ca=tls_pki["ca"])
     with running_server([model_dirs["1"]], tls=tls, client=trust) as srv:
         assert srv.rest_url.startswith("https://")
         frames = random_frames(2, 64)
@@ -165,15 +93,15 @@ def test_https_and_tls_grpc_with_the_servers_ca_and_plain_http_refused(model_dir
             assert e.value.status == "UNAVAILABLE"
 
 
-def test_mutual_tls_refuses_a_client_without_a_certificate_signed_by_the_client_ca(model_dirs, pki):
-    tls = TlsFiles(pki["server_cert"], pki["server_key"], client_ca=pki["ca"])
-    mutual = ClientSecurity(ca=pki["ca"], cert=pki["client_cert"], key=pki["client_key"])
+def test_mutual_tls_refuses_a_client_without_a_certificate_signed_by_the_client_ca(model_dirs, tls_pki):
+    tls = TlsFiles(tls_pki["server_cert"], tls_pki["server_key"], client_ca=tls_pki["ca"])
+    mutual = ClientSecurity(ca=tls_pki["ca"], cert=tls_pki["client_cert"], key=tls_pki["client_key"])
     with running_server([model_dirs["1"]], tls=tls, client=mutual) as srv:
         frames = random_frames(1, 64)
         with srv.rest_client() as rest, srv.grpc_client() as g:
             assert rest.infer_frames(frames).labels and g.infer_frames(frames).labels
-        no_cert = ClientSecurity(ca=pki["ca"])
-        rogue = ClientSecurity(ca=pki["ca"], cert=pki["rogue_cert"], key=pki["rogue_key"])
+        no_cert = ClientSecurity(ca=tls_pki["ca"])
+        rogue = ClientSecurity(ca=tls_pki["ca"], cert=tls_pki["rogue_cert"], key=tls_pki["rogue_key"])
         for security in (no_cert, rogue):
             with pytest.raises(httpx.HTTPError):
                 httpx.get(srv.rest_url + "/v2/health/ready", verify=security.ssl_context(), timeout=5)
@@ -183,13 +111,13 @@ def test_mutual_tls_refuses_a_client_without_a_certificate_signed_by_the_client_
                 assert e.value.status == "UNAVAILABLE"
 
 
-def test_tls_and_token_together(model_dirs, pki):
-    tls = TlsFiles(pki["server_cert"], pki["server_key"])
+def test_tls_and_token_together(model_dirs, tls_pki):
+    tls = TlsFiles(tls_pki["server_cert"], tls_pki["server_key"])
     with running_server(
-        [model_dirs["1"]], tls=tls, auth_token=TOKEN, client=ClientSecurity(ca=pki["ca"], token=TOKEN)
+        [model_dirs["1"]], tls=tls, auth_token=TOKEN, client=ClientSecurity(ca=tls_pki["ca"], token=TOKEN)
     ) as srv:
         with srv.grpc_client() as g, srv.rest_client() as r:
             assert g.infer_frames(random_frames(1, 64)).labels and r.infer_frames(random_frames(1, 64)).labels
-        no_token = GrpcClient(srv.grpc_target, security=ClientSecurity(ca=pki["ca"]))
+        no_token = GrpcClient(srv.grpc_target, security=ClientSecurity(ca=tls_pki["ca"]))
         with no_token, pytest.raises(ClientError, match="UNAUTHENTICATED"):
             no_token.infer_frames(random_frames(1, 64))

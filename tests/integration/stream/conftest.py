@@ -69,7 +69,14 @@ class Broker:
 class Subscriber:
     """Collects JSON results; a persistent session (clean_session=False) so a broker restart loses nothing."""
 
-    def __init__(self, host: str, port: int, topic: str, client_id: str):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        topic: str,
+        client_id: str,
+        credentials: tuple[str, str] | None = None,
+    ):
         import paho.mqtt.client as mqtt
 
         self.messages: list[tuple[str, dict]] = []
@@ -78,6 +85,8 @@ class Subscriber:
         self.topic = topic
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
         self.client.reconnect_delay_set(1, 2)
+        if credentials:
+            self.client.username_pw_set(*credentials)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda c, u, mid, rcs, p: self._subscribed.set()
         self.client.on_message = self._on_message
@@ -128,12 +137,32 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 
 
 @pytest.fixture
+def make_broker(tmp_path: Path) -> Iterator:
+    """Brokers a test configures itself (write its mosquitto.conf in ``broker.dir``, then start)."""
+    made: list[Broker] = []
+
+    def make(name: str = "mosquitto") -> Broker:
+        made.append(Broker(tmp_path / name))
+        return made[-1]
+
+    yield make
+    for b in made:
+        b.stop()
+
+
+@pytest.fixture
 def subscribe():
     subs: list[Subscriber] = []
 
-    def make(host: str, port: int, topic: str = "#") -> Subscriber:
+    def make(
+        host: str, port: int, topic: str = "#", credentials: tuple[str, str] | None = None
+    ) -> Subscriber:
         s = Subscriber(
-            host, port, topic, client_id=f"test-sub-{len(subs)}-{os.getpid()}-{time.monotonic_ns()}"
+            host,
+            port,
+            topic,
+            client_id=f"test-sub-{len(subs)}-{os.getpid()}-{time.monotonic_ns()}",
+            credentials=credentials,
         )
         subs.append(s)
         return s

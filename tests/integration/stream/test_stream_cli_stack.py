@@ -20,7 +20,10 @@ def test_cli_publishes_every_frame_in_order_to_the_stack_broker(
 ):
     host, port = stack_settings.mqtt_endpoint()
     prefix = stack_settings.mqtt.topic_prefix
-    sub = subscribe(host, port, f"{prefix}/cli-line/#")
+    # the stack's broker takes no anonymous clients: read with its reader account
+    sub = subscribe(
+        host, port, f"{prefix}/cli-line/#", credentials=stack_settings.mqtt_credentials(reader=True)
+    )
     metrics_port = free_port()
     summary_file = tmp_path / "summary.json"
     env = {**os.environ, "EDGELOOP_STATE_DIR": str(stack_settings.state_dir)}
