@@ -1,13 +1,22 @@
 """Per-image flags and the budgeted, diverse selection of images worth a human label.
 
 An image is flagged when the model was unsure (low confidence, small top-1/top-2 margin)
-or when its embedding lies far from the reference embeddings (kNN distance above the
-reference quantile: out of distribution). Thresholds come from the reference profile.
+or when its embedding lies far from the reference embeddings (kNN distance above a
+threshold calibrated on held-out reference images at a stated false-flag rate: out of
+distribution). Thresholds come from the reference profile.
 
-:func:`select_for_labeling` keeps at most ``budget`` images per window: candidates are
-ranked by value, the top ones form a pool, and a greedy farthest-point pass on the
-embeddings picks a diverse subset (no ten near-copies of the same dark frame); the
-result is ordered by value, highest first. Deterministic: same inputs, same selection.
+:func:`select_for_labeling` keeps at most ``budget`` images per window, one per image:
+
+* when the window **drifts**, the budget goes to the images that carry the drift first:
+  the out-of-distribution images, ranked by their kNN distance to the reference, with a
+  greedy k-center pass on the embeddings so that the picks cover the new region (no ten
+  near-copies of the same dark frame); what is left of the budget is filled with the most
+  uncertain images;
+* otherwise candidates are ranked by value (uncertainty plus novelty), the top ones form a
+  pool, and the same k-center pass picks a diverse subset.
+
+The result is ordered by priority (drift carriers first, then value). Deterministic: same
+inputs, same selection.
 """
 
 from __future__ import annotations
@@ -70,30 +79,49 @@ def flag_images(
 
 
 def select_for_labeling(
-    flags: Sequence[Flag], embeddings: np.ndarray, budget: int, pool_factor: int = 4
+    flags: Sequence[Flag],
+    embeddings: np.ndarray,
+    budget: int,
+    pool_factor: int = 4,
+    drift: bool = False,
 ) -> list[Flag]:
-    """At most ``budget`` flags, one per image (sha256), diverse, highest value first."""
+    """At most ``budget`` flags, one per image (sha256), diverse; see the module docstring."""
     if budget <= 0 or not flags:
         return []
     best: dict[str, Flag] = {}
     for f in flags:  # the same image served twice counts once, with its best value
         if f.sha256 not in best or f.value > best[f.sha256].value:
             best[f.sha256] = f
-    ranked = sorted(best.values(), key=lambda f: (-f.value, f.sha256))
-    pool = ranked[: max(budget, pool_factor * budget)]
-    if len(pool) <= budget:
+    if not drift:
+        ranked = sorted(best.values(), key=lambda f: (-f.value, f.sha256))
+        chosen = _k_center(ranked[: max(budget, pool_factor * budget)], embeddings, budget)
+        return sorted(chosen, key=lambda f: (-f.value, f.sha256))
+    carriers = sorted((f for f in best.values() if OOD in f.reasons), key=lambda f: (-f.ood_score, f.sha256))
+    picked = _k_center(carriers, embeddings, budget)
+    for f in picked:
+        f.extra["priority"] = "drift"
+    taken = {f.sha256 for f in picked}
+    fill = sorted(
+        (f for f in best.values() if f.sha256 not in taken), key=lambda f: (-(1.0 - f.margin), f.sha256)
+    )
+    return picked + fill[: budget - len(picked)]
+
+
+def _k_center(ranked: Sequence[Flag], embeddings: np.ndarray, k: int) -> list[Flag]:
+    """Greedy k-center over ``ranked`` (highest priority first): start from the first, then repeatedly
+    take the one farthest from everything taken, ties nudged towards higher priority."""
+    pool = list(ranked)
+    if len(pool) <= k:
         return pool
     emb = np.asarray(embeddings, dtype=np.float64)[[f.index for f in pool]]
-    values = np.array([f.value for f in pool])
-    chosen = [0]  # start from the most valuable
+    prio = np.linspace(1.0, 0.0, len(pool))  # rank, not raw value: comparable across orderings
+    chosen = [0]
     mind = np.linalg.norm(emb - emb[0], axis=1)
     scale = float(mind.max()) or 1.0
-    vmin, vspan = values.min(), (np.ptp(values) or 1.0)
-    while len(chosen) < budget:
-        # farthest from everything chosen so far, nudged by value so that ties go to the more valuable image
-        score = mind / scale + 0.25 * (values - vmin) / vspan
+    while len(chosen) < k:
+        score = mind / scale + 0.25 * prio
         score[chosen] = -np.inf
         nxt = int(np.argmax(score))
         chosen.append(nxt)
         mind = np.minimum(mind, np.linalg.norm(emb - emb[nxt], axis=1))
-    return sorted((pool[i] for i in chosen), key=lambda f: (-f.value, f.sha256))
+    return [pool[i] for i in sorted(chosen)]

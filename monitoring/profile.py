@@ -12,7 +12,16 @@ It holds:
 * image statistics per image: brightness, contrast, sharpness (variance of the Laplacian)
   and the three colour channel means;
 * thresholds derived from them: low-confidence and small-margin quantiles, and the
-  kNN-distance quantile above which an image counts as out of distribution.
+  kNN distance above which an image counts as out of distribution.
+
+The out-of-distribution threshold is calibrated on held-out data at a stated false-flag
+rate (``ood_false_flag_rate``, default 5 %): the reference images are split into
+``calibration_folds`` folds, each fold is scored against the kNN index of the others (so no
+image is scored against itself), and the threshold is the ``1 - rate`` quantile of those
+scores. Distances are measured on embeddings standardised with the reference's mean and
+standard deviation (no single wide feature dominates). The kNN index needs at least
+:data:`MIN_REFERENCE_IMAGES` images to be stable; fewer still build a profile, with a warning
+and ``profile.calibration["sufficient"] = False`` (the scan says so).
 
 For the training / pipeline step, one call::
 
@@ -27,6 +36,7 @@ already record the digests of the files it lists; afterwards, refresh them
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,7 +45,10 @@ from typing import Any
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 PROFILE_FILE = "reference_profile.npz"
+MIN_REFERENCE_IMAGES = 200  # below this, kNN scores and the MMD reference are too noisy to trust
 IMAGE_STAT_NAMES = ("brightness", "contrast", "sharpness", "mean_r", "mean_g", "mean_b")
 STATS_SIZE = 128  # default side images are resized to before statistics (profiles use the model's input size)
 
@@ -117,6 +130,14 @@ class ReferenceProfile:
     small_margin_threshold: float = 0.0
     n_images: int = 0
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    # standardisation of embeddings before kNN (None: raw distances, profiles of format 1)
+    embedding_center: np.ndarray | None = None
+    embedding_scale: np.ndarray | None = None
+    calibration: dict[str, Any] = field(default_factory=dict)  # how ood_threshold was calibrated
+
+    @property
+    def ood_false_flag_rate(self) -> float:
+        return 1.0 - self.ood_quantile
 
     @property
     def embedding_mean(self) -> np.ndarray:
@@ -132,7 +153,13 @@ class ReferenceProfile:
 
     def ood_scores(self, embeddings: np.ndarray) -> np.ndarray:
         """kNN distance of each embedding to the reference embeddings (higher: less familiar)."""
-        return knn_distances(embeddings, self.embeddings, self.knn_k)
+        return knn_distances(self._standardise(embeddings), self._standardise(self.embeddings), self.knn_k)
+
+    def _standardise(self, embeddings: np.ndarray) -> np.ndarray:
+        e = np.asarray(embeddings, dtype=np.float64)
+        if self.embedding_center is None or self.embedding_scale is None or e.size == 0:
+            return e
+        return (e - self.embedding_center) / self.embedding_scale
 
     def meta(self) -> dict[str, Any]:
         return {
@@ -148,7 +175,8 @@ class ReferenceProfile:
             "n_images": self.n_images,
             "created_at": self.created_at,
             "image_stat_names": list(IMAGE_STAT_NAMES),
-            "format": 1,
+            "calibration": self.calibration,
+            "format": 2,
         }
 
     def save(self, path: Path) -> Path:
@@ -165,6 +193,11 @@ class ReferenceProfile:
                 image_stats=self.image_stats,
                 predicted=self.predicted.astype(np.int32),
                 meta=np.array(json.dumps(self.meta())),
+                **(
+                    {"embedding_center": self.embedding_center, "embedding_scale": self.embedding_scale}
+                    if self.embedding_center is not None and self.embedding_scale is not None
+                    else {}
+                ),
             )
         return path
 
@@ -197,6 +230,9 @@ class ReferenceProfile:
                 small_margin_threshold=meta["small_margin_threshold"],
                 n_images=meta["n_images"],
                 created_at=meta["created_at"],
+                embedding_center=z["embedding_center"] if "embedding_center" in z.files else None,
+                embedding_scale=z["embedding_scale"] if "embedding_scale" in z.files else None,
+                calibration=meta.get("calibration", {}),
             )
 
 
@@ -209,12 +245,18 @@ def profile_from_outputs(
     stats: np.ndarray,
     max_embeddings: int = 1000,
     knn_k: int = 5,
-    ood_quantile: float = 0.95,
+    ood_false_flag_rate: float = 0.05,
     flag_quantile: float = 0.05,
     seed: int = 0,
     stats_size: int = STATS_SIZE,
+    calibration_folds: int = 5,
 ) -> ReferenceProfile:
-    """A profile from model outputs and image statistics already computed (no model run)."""
+    """A profile from model outputs and image statistics already computed (no model run).
+
+    ``ood_false_flag_rate``: the share of in-distribution images the out-of-distribution flag
+    may flag, calibrated by ``calibration_folds``-fold cross-fitting (see the module docstring).
+    ``flag_quantile``: the same for the low-confidence and the small-margin flags.
+    """
     n = len(probabilities)
     if n < 10:
         raise ValueError(f"a reference profile needs at least 10 images, got {n}")
@@ -222,9 +264,33 @@ def profile_from_outputs(
     rng = np.random.default_rng(seed)
     keep = np.sort(rng.choice(n, size=min(n, max_embeddings), replace=False))
     emb = np.asarray(embeddings, dtype=np.float64)[keep]
-    loo = knn_distances(
-        emb, emb, knn_k, exclude_self=True
-    )  # leave-one-out: what a new in-distribution image scores
+    if not 0 < ood_false_flag_rate < 1:
+        raise ValueError(f"ood_false_flag_rate must be in (0, 1), got {ood_false_flag_rate}")
+    center = emb.mean(axis=0)
+    scale = np.maximum(emb.std(axis=0), 1e-6 * max(float(emb.std()), 1e-12))
+    z = (emb - center) / scale
+    folds = max(2, min(calibration_folds, len(z)))
+    fold = rng.permutation(len(z)) % folds
+    held_out = np.zeros(len(z))
+    for f in range(folds):  # each fold scored against the index of the others: held-out scores
+        held_out[fold == f] = knn_distances(z[fold == f], z[fold != f], knn_k)
+    sufficient = len(emb) >= MIN_REFERENCE_IMAGES
+    if not sufficient:
+        log.warning(
+            "reference profile from %d images: at least %d held-out images make kNN flags and the "
+            "MMD reference stable; pass more (validation plus a held-out calibration split)",
+            len(emb),
+            MIN_REFERENCE_IMAGES,
+        )
+    calibration = {
+        "method": "cross-fitted kNN on standardised embeddings",
+        "folds": folds,
+        "n_reference": len(emb),
+        "false_flag_rate": ood_false_flag_rate,
+        "min_reference": MIN_REFERENCE_IMAGES,
+        "sufficient": sufficient,
+    }
+    ood_quantile = 1.0 - ood_false_flag_rate
     return ReferenceProfile(
         model=model,
         version=version,
@@ -237,10 +303,13 @@ def profile_from_outputs(
         stats_size=stats_size,
         knn_k=knn_k,
         ood_quantile=ood_quantile,
-        ood_threshold=float(np.quantile(loo, ood_quantile)),
+        ood_threshold=float(np.quantile(held_out, ood_quantile)),
         low_confidence_threshold=float(np.quantile(conf, flag_quantile)),
         small_margin_threshold=float(np.quantile(margin, flag_quantile)),
         n_images=n,
+        embedding_center=center,
+        embedding_scale=scale,
+        calibration=calibration,
     )
 
 
@@ -251,14 +320,18 @@ def build_reference_profile(
     save: bool = True,
     max_embeddings: int = 1000,
     knn_k: int = 5,
-    ood_quantile: float = 0.95,
+    ood_false_flag_rate: float = 0.05,
     flag_quantile: float = 0.05,
     seed: int = 0,
+    calibration_folds: int = 5,
 ) -> ReferenceProfile:
     """Run the model in ``model_dir`` over ``images`` (paths, PIL images or uint8 HWC arrays) and
     build its :class:`ReferenceProfile`; with ``save`` (default) write ``model_dir/reference_profile.npz``.
 
-    Pass held-out images (validation split), a few hundred is plenty; at least 10.
+    Pass held-out images (validation split, plus a held-out calibration split when the
+    validation split is small): at least :data:`MIN_REFERENCE_IMAGES` (200) for stable kNN flags
+    and MMD; fewer (at least 10) still build a profile, with a warning. All of them form the kNN
+    index; the out-of-distribution threshold is cross-fitted on them at ``ood_false_flag_rate``.
     """
     from edgeloop.monitoring.model import ModelRunner, to_rgb_array
 
@@ -277,10 +350,11 @@ def build_reference_profile(
         stats,
         max_embeddings=max_embeddings,
         knn_k=knn_k,
-        ood_quantile=ood_quantile,
+        ood_false_flag_rate=ood_false_flag_rate,
         flag_quantile=flag_quantile,
         seed=seed,
         stats_size=size,
+        calibration_folds=calibration_folds,
     )
     if save:
         profile.save(model_dir / PROFILE_FILE)

@@ -1,14 +1,25 @@
 """The relabel queue: flagged images become Label Studio tasks with the model's prediction.
 
-Two guarantees:
+Guarantees:
 
-* **never twice** - an image (sha256) is queued once per project: a local ledger records
-  what was delivered, and before importing, delivery checks the project's existing tasks
-  by ``data.sha256`` (so a crash between import and ledger write, a second machine, or an
-  image that was seeded for training, does not make a duplicate);
-* **nothing lost** - new items go to a persistent outbox (sqlite, under the state dir)
-  first; delivery imports what it can and leaves the rest for the next scan/run when
-  Label Studio is unreachable.
+* **never twice** - an image (sha256) is queued once per project: a ledger records what was
+  delivered, and before importing, delivery checks the project's existing tasks by
+  ``data.sha256`` (so a crash between import and ledger write, a second machine, or an image
+  that was seeded for training, does not make a duplicate). Deliveries are serialised by a
+  lease: an fcntl lock on the outbox file (processes on one node) and a blob lease in the
+  payloads container (:class:`BlobDeliveryLease`, processes on any node: an fcntl lock does
+  not hold across nodes or on most network file systems; a blob lease does, and it expires
+  on its own when a Job dies holding it). A scan that finds the lease taken leaves its items
+  in the outbox for the next delivery.
+* **nothing lost** - new items go to a persistent outbox (sqlite, under the state dir; on a
+  cluster the state dir is a PersistentVolumeClaim, so a Job's end does not erase it) first;
+  delivery imports what it can and leaves the rest for the next scan/run when Label Studio
+  is unreachable (an outage does not count against an item).
+* **one bad item blocks nothing** - an item that fails on its own (its link cannot be signed,
+  the import rejects it, the task does not appear) is retried on later deliveries up to
+  ``max_failures`` times, then moved to the dead letter table with its reason; the other
+  items are delivered meanwhile. ``edgeloop monitor outbox --dead-letter`` lists them and
+  :meth:`RelabelQueue.retry_dead_letters` puts them back.
 
 Tasks follow :mod:`edgeloop.core.labelstudio`'s conventions (``image`` SAS URL, ``blob_uri``,
 ``sha256``, plus ``flag_reason`` / ``flag_score``), so the label import treats a
@@ -59,7 +70,20 @@ CREATE TABLE IF NOT EXISTS ledger (
     delivered_at REAL NOT NULL,
     PRIMARY KEY (project, sha256)
 );
+CREATE TABLE IF NOT EXISTS dead_letter (
+    project TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    item TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    failures INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    dead_at REAL NOT NULL,
+    PRIMARY KEY (project, sha256)
+);
 """
+MAX_FAILURES = 5  # failures of an item itself (not outages) before it is dead-lettered
+LEASE_BLOB = "monitoring/leases/relabel-delivery"
 
 
 @dataclass
@@ -107,6 +131,8 @@ class EnqueueReport:
     enqueued: int = 0
     already_delivered: int = 0
     already_pending: int = 0
+    already_dead: int = 0  # dead-lettered earlier: not queued again (retry_dead_letters does that)
+    enqueued_sha256: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -118,23 +144,91 @@ class DeliveryReport:
     error: str | None = None
     task_ids: list[int] = field(default_factory=list)
     links_refreshed: int = 0  # task image links re-signed because they were about to expire
+    failed: int = 0  # items that failed on their own this time (retried next time, up to the cap)
+    failed_sha256: list[str] = field(default_factory=list)
+    dead_lettered: int = 0  # items moved to the dead letter table this time
+    lease_busy: bool = False  # another process held the delivery lease: nothing delivered
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-class RelabelQueue:
-    """Outbox + ledger in one sqlite file; delivery into one Label Studio project per title."""
+class ItemError(Exception):
+    """One relabel item failed on its own (not an outage): it counts towards the item's cap."""
 
-    def __init__(self, path: Path | str):
+
+class LeaseBusy(Exception):
+    """Another process holds the delivery lease."""
+
+
+class BlobDeliveryLease:
+    """A cross-node mutex for deliveries: a lease on one blob (Azure Blob Storage or Azurite).
+
+    Held for ``duration_s`` and renewed while delivering; a holder that dies lets it lapse,
+    so a crashed Job never blocks deliveries for longer than ``duration_s``.
+    """
+
+    def __init__(self, store: BlobStore, container: str, name: str = LEASE_BLOB, duration_s: int = 60):
+        if not 15 <= duration_s <= 60:
+            raise ValueError("a blob lease lasts 15 to 60 seconds")
+        self.store, self.container, self.name, self.duration_s = store, container, name, duration_s
+        self._lease: Any = None
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[BlobDeliveryLease]:
+        """Acquire, yield, release; raises :class:`LeaseBusy` when someone else holds it."""
+        from azure.core.exceptions import HttpResponseError, ResourceExistsError
+
+        blob = self.store.client.get_blob_client(self.container, self.name)
+        try:
+            blob.upload_blob(b"", overwrite=False)
+        except ResourceExistsError:
+            pass
+        except HttpResponseError as e:
+            if e.status_code == 404:  # no container yet
+                self.store.ensure_container(self.container)
+                blob.upload_blob(b"", overwrite=False)
+            elif e.status_code != 412:  # 412: leased by someone else while we create it
+                raise
+        try:
+            self._lease = blob.acquire_lease(lease_duration=self.duration_s)
+        except HttpResponseError as e:
+            if e.status_code == 409:  # LeaseAlreadyPresent
+                raise LeaseBusy(
+                    f"another process is delivering (lease on az://{self.container}/{self.name})"
+                ) from e
+            raise
+        try:
+            yield self
+        finally:
+            lease, self._lease = self._lease, None
+            try:
+                lease.release()
+            except Exception as e:  # it lapses on its own within duration_s
+                log.warning("could not release the delivery lease: %s", e)
+
+    def renew(self) -> None:
+        if self._lease is not None:
+            self._lease.renew()
+
+
+class RelabelQueue:
+    """Outbox, ledger and dead letters in one sqlite file; delivery into one Label Studio project per title."""
+
+    def __init__(self, path: Path | str, max_failures: int = MAX_FAILURES, use_blob_lease: bool = True):
         self.path = Path(path)
+        self.max_failures = max_failures
+        self.use_blob_lease = use_blob_lease
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.executescript(_SCHEMA)
+            cols = {r[1] for r in db.execute("PRAGMA table_info(outbox)")}
+            if "failures" not in cols:  # outboxes written before dead-lettering existed
+                db.execute("ALTER TABLE outbox ADD COLUMN failures INTEGER NOT NULL DEFAULT 0")
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> RelabelQueue:
-        return cls(settings.state_dir / "monitoring" / OUTBOX_FILE)
+    def for_settings(cls, settings: Settings, **kw: Any) -> RelabelQueue:
+        return cls(settings.state_dir / "monitoring" / OUTBOX_FILE, **kw)
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -161,8 +255,8 @@ class RelabelQueue:
         with self._db() as db:
             rows = db.execute(
                 "SELECT sha256 FROM ledger WHERE project=? UNION SELECT sha256 FROM outbox "
-                "WHERE project=?",
-                (project, project),
+                "WHERE project=? UNION SELECT sha256 FROM dead_letter WHERE project=?",
+                (project, project, project),
             ).fetchall()
         return {r[0] for r in rows}
 
@@ -177,12 +271,18 @@ class RelabelQueue:
                 ).fetchone():
                     report.already_delivered += 1
                     continue
+                if db.execute(
+                    "SELECT 1 FROM dead_letter WHERE project=? AND sha256=?", (project, item.sha256)
+                ).fetchone():
+                    report.already_dead += 1
+                    continue
                 cur = db.execute(
                     "INSERT OR IGNORE INTO outbox (project, sha256, item, created_at) VALUES (?,?,?,?)",
                     (project, item.sha256, json.dumps(asdict(item)), now),
                 )
                 if cur.rowcount:
                     report.enqueued += 1
+                    report.enqueued_sha256.append(item.sha256)
                 else:
                     report.already_pending += 1
             db.execute("COMMIT")
@@ -202,6 +302,32 @@ class RelabelQueue:
     def outbox_size(self, project: str | None = None) -> int:
         return len(self.pending(project))
 
+    def dead_letters(self, project: str | None = None) -> list[dict[str, Any]]:
+        """Items given up on: project, sha256, reason, attempts, failures, dead_at, item."""
+        q = "SELECT project, sha256, reason, attempts, failures, dead_at, item FROM dead_letter"
+        args: tuple[Any, ...] = ()
+        if project is not None:
+            q += " WHERE project=?"
+            args = (project,)
+        with self._db() as db:
+            rows = db.execute(q + " ORDER BY dead_at, sha256", args).fetchall()
+        keys = ("project", "sha256", "reason", "attempts", "failures", "dead_at", "item")
+        return [dict(zip(keys, r, strict=True)) | {"item": RelabelItem(**json.loads(r[-1]))} for r in rows]
+
+    def retry_dead_letters(self, project: str | None = None) -> int:
+        """Put dead-lettered items back in the outbox (failures reset); returns how many."""
+        where, args = ("WHERE project=?", (project,)) if project is not None else ("", ())
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            cur = db.execute(
+                "INSERT OR IGNORE INTO outbox (project, sha256, item, created_at, attempts, last_error) "
+                f"SELECT project, sha256, item, created_at, attempts, reason FROM dead_letter {where}",
+                args,
+            )
+            db.execute(f"DELETE FROM dead_letter {where}", args)
+            db.execute("COMMIT")
+        return cur.rowcount
+
     def delivered(self, project: str) -> dict[str, int | None]:
         """sha256 -> Label Studio task id of what the ledger records as delivered."""
         with self._db() as db:
@@ -211,30 +337,54 @@ class RelabelQueue:
     # -- delivery -----------------------------------------------------------
     def deliver(self, settings: Settings, project: str | None = None, chunk: int = 100) -> DeliveryReport:
         """Import pending items into Label Studio. Never raises for an unreachable server: the items
-        stay in the outbox with the error recorded, and the next call tries again."""
+        stay in the outbox with the error recorded, and the next call tries again. An item that fails
+        on its own is retried up to ``max_failures`` deliveries, then dead-lettered; it never holds
+        back the others. Only one process delivers at a time (see the module docstring)."""
         report = DeliveryReport()
+        by_project: dict[str, list[RelabelItem]] = {}
         with self._delivery_lock():
-            by_project: dict[str, list[RelabelItem]] = {}
             for proj, item, _, _ in self.pending(project):
                 by_project.setdefault(proj, []).append(item)
-            for proj, items in by_project.items():
-                report.attempted += len(items)
+            if by_project:
                 try:
-                    self._deliver_project(settings, proj, items, chunk, report)
-                except Exception as e:  # any failure: keep the items, record why, retry next time
-                    msg = f"{type(e).__name__}: {e}"[:500]
-                    report.error = msg
-                    log.warning(
-                        "relabel delivery to %r failed (%s); %d items stay in the outbox",
-                        proj,
-                        msg,
-                        len(items),
-                    )
-                    self._record_failure(proj, [i.sha256 for i in items], msg)
+                    _check_reachable(settings)  # fail fast, before taking the cross-node lease
+                    with self._lease(settings) as lease:
+                        for proj, items in by_project.items():
+                            report.attempted += len(items)
+                            try:
+                                self._deliver_project(settings, proj, items, chunk, report, lease)
+                            except Exception as e:  # an outage mid-way: keep the rest, retry next time
+                                self._outage(report, proj, [i.sha256 for i in items], e)
+                except LeaseBusy as e:
+                    report.lease_busy = True
+                    report.error = str(e)
+                    log.info("%s; %d items stay in the outbox", e, sum(map(len, by_project.values())))
+                except Exception as e:  # Label Studio or blob storage unreachable: an outage for all
+                    for proj, items in by_project.items():
+                        self._outage(report, proj, [i.sha256 for i in items], e)
             report.pending = self.outbox_size(project)
         for proj in dict.fromkeys([*by_project, project or settings.labelstudio.project_title]):
             report.links_refreshed += self._refresh_links(settings, proj)
         return report
+
+    def _outage(self, report: DeliveryReport, project: str, shas: Sequence[str], e: Exception) -> None:
+        msg = f"{type(e).__name__}: {e}"[:500]
+        report.error = msg
+        pending = {i.sha256 for _, i, _, _ in self.pending(project)}
+        shas = [s for s in shas if s in pending]
+        log.warning(
+            "relabel delivery to %r failed (%s); %d items stay in the outbox", project, msg, len(shas)
+        )
+        self._record_failure(project, shas, msg)
+
+    @contextlib.contextmanager
+    def _lease(self, settings: Settings) -> Iterator[BlobDeliveryLease | None]:
+        if not self.use_blob_lease:
+            yield None
+            return
+        lease = BlobDeliveryLease(BlobStore.from_settings(settings), settings.blob.payloads_container)
+        with lease.hold():
+            yield lease
 
     @staticmethod
     def _refresh_links(settings: Settings, project: str) -> int:
@@ -251,37 +401,91 @@ class RelabelQueue:
             return 0
 
     def _deliver_project(
-        self, settings: Settings, project: str, items: list[RelabelItem], chunk: int, report: DeliveryReport
+        self,
+        settings: Settings,
+        project: str,
+        items: list[RelabelItem],
+        chunk: int,
+        report: DeliveryReport,
+        lease: BlobDeliveryLease | None = None,
     ) -> None:
-        _check_reachable(settings)
         ls = lsx.client(settings)
         labels: list[str] = []
         for item in items:
             labels.extend(c for c in item.labels if c not in labels)
         proj = lsx.ensure_project(ls, project, labels)
         existing = {sha: t.id for sha, t in lsx.tasks_by_sha(ls, proj.id).items()}
-        todo = []
+        store = BlobStore.from_settings(settings)
+        todo: list[tuple[RelabelItem, dict[str, Any]]] = []
+        failed = report.failed_sha256  # items that failed on their own during this delivery
         for item in items:
             if item.sha256 in existing:
                 self._record_delivered(project, item.sha256, existing[item.sha256], "existing")
                 report.already_in_project += 1
-            else:
-                todo.append(item)
-        store = BlobStore.from_settings(settings)
-        for item in todo:  # links are short-lived: mint them now, not when the item was flagged
-            item.image_url = store.sas_url(item.blob_uri, hours=settings.labelstudio.link_ttl_hours)
+                continue
+            try:  # links are short-lived: mint them now, not when the item was flagged
+                item.image_url = store.sas_url(item.blob_uri, hours=settings.labelstudio.link_ttl_hours)
+                todo.append((item, item.task()))
+            except Exception as e:
+                self._item_failed(report, project, item.sha256, e)
         for i in range(0, len(todo), chunk):
+            if lease is not None:
+                lease.renew()
             part = todo[i : i + chunk]
-            lsx.import_tasks(ls, proj.id, [it.task() for it in part], chunk=chunk)
+            try:
+                lsx.import_tasks(ls, proj.id, [task for _, task in part], chunk=chunk)
+            except Exception:
+                _check_reachable(settings)  # an outage: raises, and every item stays as it is
+                for item, task in part:  # the server is up: find the item(s) it rejects, import the rest
+                    try:
+                        lsx.import_tasks(ls, proj.id, [task], chunk=1)
+                    except Exception as e:
+                        _check_reachable(settings)
+                        self._item_failed(report, project, item.sha256, e)
             after = {sha: t.id for sha, t in lsx.tasks_by_sha(ls, proj.id).items()}
-            for item in part:
+            for item, _ in part:
                 task_id = after.get(item.sha256)
-                if task_id is None:  # the import did not create it: leave it for the next try
-                    self._record_failure(project, [item.sha256], "import returned but the task is missing")
-                    continue
-                self._record_delivered(project, item.sha256, task_id, "created")
-                report.delivered += 1
-                report.task_ids.append(task_id)
+                if task_id is not None:
+                    self._record_delivered(project, item.sha256, task_id, "created")
+                    report.delivered += 1
+                    report.task_ids.append(task_id)
+                elif item.sha256 not in failed:  # accepted, yet no task: count it against the item
+                    self._item_failed(
+                        report, project, item.sha256, ItemError("import returned but the task is missing")
+                    )
+
+    def _item_failed(self, report: DeliveryReport, project: str, sha: str, error: Exception) -> None:
+        """One failure of the item itself; at ``max_failures`` it moves to the dead letter table."""
+        msg = f"{type(error).__name__}: {error}"[:500]
+        report.failed += 1
+        report.failed_sha256.append(sha)
+        now = time.time()
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "UPDATE outbox SET attempts=attempts+1, failures=failures+1, last_error=?, last_attempt_at=? "
+                "WHERE project=? AND sha256=?",
+                (msg, now, project, sha),
+            )
+            row = db.execute(
+                "SELECT item, created_at, attempts, failures FROM outbox WHERE project=? AND sha256=?",
+                (project, sha),
+            ).fetchone()
+            dead = row is not None and row[3] >= self.max_failures
+            if dead:
+                db.execute(
+                    "INSERT OR REPLACE INTO dead_letter "
+                    "(project, sha256, item, created_at, attempts, failures, reason, dead_at) "
+                    "VALUES (?,?,?,?,?,?,?,?)",
+                    (project, sha, row[0], row[1], row[2], row[3], msg, now),
+                )
+                db.execute("DELETE FROM outbox WHERE project=? AND sha256=?", (project, sha))
+            db.execute("COMMIT")
+        if dead:
+            report.dead_lettered += 1
+            log.warning("relabel item %s dead-lettered after %d failures: %s", sha[:12], row[3], msg)
+        else:
+            log.warning("relabel item %s failed (%s); retried on the next delivery", sha[:12], msg)
 
     def _record_delivered(self, project: str, sha: str, task_id: int | None, outcome: str) -> None:
         now = time.time()

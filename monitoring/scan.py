@@ -2,9 +2,11 @@
 
 ``scan_window`` reads the payload log for the window, compares it with the model's
 reference profile (embedding MMD, confidence PSI, image-statistics KS, predicted-class
-chi-square), flags images, selects at most ``budget`` of them, puts them in the relabel
-outbox and delivers the outbox to Label Studio (whatever an earlier scan could not
-deliver included). It never starts training.
+chi-square), flags images, selects at most ``budget`` of them (when the window drifts, the
+out-of-distribution images that carry the drift first), puts them in the relabel outbox and
+delivers the outbox to Label Studio (whatever an earlier scan could not deliver included).
+A malformed payload-log line is skipped and counted (``records_malformed``), never fatal.
+It never starts training.
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ import numpy as np
 from edgeloop.core.payload_log import PayloadRecord, read_window
 from edgeloop.monitoring.drift import CategoricalDrift, DriftResult, KSDrift, MMDDrift, PSIDrift
 from edgeloop.monitoring.flags import Flag, flag_images, select_for_labeling
-from edgeloop.monitoring.profile import IMAGE_STAT_NAMES, ReferenceProfile, confidence_and_margin, image_stats
+from edgeloop.monitoring.profile import (
+    IMAGE_STAT_NAMES,
+    MIN_REFERENCE_IMAGES,
+    ReferenceProfile,
+    confidence_and_margin,
+    image_stats,
+)
 
 if TYPE_CHECKING:
     from edgeloop.core.blob import BlobStore
@@ -60,6 +68,7 @@ class Window:
     images: dict[str, np.ndarray] = field(default_factory=dict)  # sha -> image, for the rows downloaded
     records_dropped: int = 0  # no embedding logged and no image to compute one from
     images_missing: int = 0  # images the payload log names but storage could not return
+    records_malformed: int = 0  # payload-log lines that are not valid records (skipped)
 
     @property
     def predicted(self) -> np.ndarray:
@@ -87,6 +96,11 @@ class ScanReport:
     report_path: str | None = None
     records_dropped: int = 0
     images_missing: int = 0
+    records_malformed: int = 0
+    selected_reasons: dict[str, int] = field(default_factory=dict)  # per reason, among the selected
+    queued_reasons: dict[str, int] = field(default_factory=dict)  # per reason, newly put in the outbox
+    reference_images: int = 0  # embeddings in the kNN / MMD reference
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -100,11 +114,13 @@ class ScanReport:
             + (f" ({self.other_versions} records of other versions ignored)" if self.other_versions else ""),
             f"DRIFT: {'yes' if self.drift else 'no'}",
         ]
-        if self.records_dropped or self.images_missing:
+        if self.records_dropped or self.images_missing or self.records_malformed:
             lines.append(
                 f"  not scanned: {self.records_dropped} records without embedding or image, "
-                f"{self.images_missing} images missing from storage"
+                f"{self.images_missing} images missing from storage, "
+                f"{self.records_malformed} malformed payload-log lines"
             )
+        lines.extend(f"  warning: {w}" for w in self.warnings)
         for r in self.results:
             if "skipped" in r.extra:
                 lines.append(f"  {r.name:<16} skipped: {r.extra['skipped']}")
@@ -116,8 +132,15 @@ class ScanReport:
                 f"  {r.name:<16} {'DRIFT' if r.is_drift else 'ok   '}  p={r.p_val:.4g} "
                 f"(threshold {r.threshold:.4g})  distance={r.distance:.4g}{extra}"
             )
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.flag_reasons.items())) or "none"
-        lines.append(f"flagged {self.flagged} images ({reasons}); selected {len(self.selected)} for labeling")
+
+        def per_reason(counts: dict[str, int]) -> str:
+            return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+
+        share = f" of {self.images} ({self.flagged / self.images:.0%})" if self.images else ""
+        lines.append(f"flagged {self.flagged}{share} images ({per_reason(self.flag_reasons)})")
+        lines.append(f"selected {len(self.selected)} for labeling ({per_reason(self.selected_reasons)})")
+        if self.enqueue is not None:
+            lines.append(f"queued per reason: {per_reason(self.queued_reasons)}")
         if self.enqueue is not None:
             e = self.enqueue
             lines.append(
@@ -205,8 +228,16 @@ def load_window(
     stats_size: int = 128,
 ) -> Window:
     """Read the window's records (of ``version`` unless None), fill in missing embeddings with
-    ``runner`` (a :class:`edgeloop.monitoring.model.ModelRunner`), and compute image statistics on a sample."""
-    all_records = list(read_window(store, container, model, start, end))
+    ``runner`` (a :class:`edgeloop.monitoring.model.ModelRunner`), and compute image statistics on a sample.
+    Malformed payload-log lines are skipped and counted."""
+    malformed: list[tuple[str, int]] = []
+
+    def skip(blob: str, line: int, error: Exception) -> None:
+        if not malformed:
+            log.warning("skipping malformed payload-log line %s:%d (%s)", blob, line, str(error)[:200])
+        malformed.append((blob, line))
+
+    all_records = list(read_window(store, container, model, start, end, on_malformed=skip))
     records = [r for r in all_records if version is None or r.version == version]
     other = len(all_records) - len(records)
     n = len(records)
@@ -256,7 +287,11 @@ def load_window(
             stat_rows.append(row_of[s])
             stats.append(image_stats(images[s], stats_size))
     stats_arr = np.vstack(stats) if stats else np.zeros((0, len(IMAGE_STAT_NAMES)))
-    return Window(records, probs, emb, stats_arr, stat_rows, other, images, dropped, images_missing)
+    if len(malformed) > 1:
+        log.warning("%d malformed payload-log lines skipped in all", len(malformed))
+    return Window(
+        records, probs, emb, stats_arr, stat_rows, other, images, dropped, images_missing, len(malformed)
+    )
 
 
 def detectors(profile: ReferenceProfile, options: ScanOptions) -> list[Any]:
@@ -322,21 +357,28 @@ def scan_window(
     results = run_detectors(profile, window, options)
 
     shas = [r.image_sha256 for r in window.records]
+    drift = any(r.is_drift for r in results)
     flags = flag_images(profile, window.probabilities, window.embeddings, shas)
-    selected = select_for_labeling(flags, window.embeddings, options.budget)
-    reasons: dict[str, int] = {}
-    for f in flags:
-        for reason in f.reasons:
-            reasons[reason] = reasons.get(reason, 0) + 1
+    selected = select_for_labeling(flags, window.embeddings, options.budget, drift=drift)
+    distinct = {f.sha256: f for f in flags}  # an image served twice is flagged (and counted) once
+    reasons = _count_reasons(distinct.values())
+    warnings = []
+    if len(profile.embeddings) < MIN_REFERENCE_IMAGES:
+        warnings.append(
+            f"the reference profile holds {len(profile.embeddings)} embeddings (< {MIN_REFERENCE_IMAGES}): "
+            "kNN flags and MMD are noisy; rebuild it from more held-out images"
+        )
 
     enqueue_report: EnqueueReport | None = None
     delivery: DeliveryReport | None = None
     outbox_size: int | None = None
+    queued: set[str] = set()
     queue = RelabelQueue.for_settings(settings)
     project = options.project_title or settings.labelstudio.project_title
     if options.queue and selected:
         items = [_relabel_item(store, card, window.records[f.index], f) for f in selected]
         enqueue_report = queue.enqueue(project, items)
+        queued = set(enqueue_report.enqueued_sha256)
     if options.deliver:
         delivery = queue.deliver(settings)  # also what earlier scans could not deliver
     outbox_size = queue.outbox_size()
@@ -352,10 +394,15 @@ def scan_window(
         other_versions=window.other_versions,
         records_dropped=window.records_dropped,
         images_missing=window.images_missing,
-        drift=any(r.is_drift for r in results),
+        records_malformed=window.records_malformed,
+        drift=drift,
         results=results,
-        flagged=len({f.sha256 for f in flags}),
+        flagged=len(distinct),
         flag_reasons=reasons,
+        selected_reasons=_count_reasons(selected),
+        queued_reasons=_count_reasons(f for f in selected if f.sha256 in queued),
+        reference_images=len(profile.embeddings),
+        warnings=warnings,
         selected=selected_rows,
         enqueue=asdict(enqueue_report) if enqueue_report else None,
         delivery=delivery.as_dict() if delivery else None,
@@ -372,6 +419,14 @@ def scan_window(
     if metrics is not None:
         metrics.observe_scan(report)
     return report
+
+
+def _count_reasons(flags: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for f in flags:
+        for reason in f.reasons:
+            counts[reason] = counts.get(reason, 0) + 1
+    return counts
 
 
 class _LazyRunner:
@@ -420,6 +475,7 @@ def _selected_row(record: PayloadRecord, flag: Flag) -> dict[str, Any]:
         "value": round(flag.value, 4),
         "margin": round(flag.margin, 4),
         "ood_score": round(flag.ood_score, 4),
+        "priority": flag.extra.get("priority", "value"),
     }
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import json
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -77,18 +77,35 @@ def write_batch(
 
 
 def read_window(
-    store: BlobStore, container: str, model: str, start: datetime, end: datetime
+    store: BlobStore,
+    container: str,
+    model: str,
+    start: datetime,
+    end: datetime,
+    on_malformed: Callable[[str, int, Exception], None] | None = None,
 ) -> Iterator[PayloadRecord]:
-    """Every record of ``model`` with ``start <= ts < end``, oldest blob first."""
+    """Every record of ``model`` with ``start <= ts < end``, oldest blob first.
+
+    A line that is not a valid record raises, unless ``on_malformed(blob_name, line_number, error)``
+    is given: then it is called and the line skipped (a scan must not stop for one bad line).
+    """
     hour = start.replace(minute=0, second=0, microsecond=0)
     t0, t1 = start.timestamp(), end.timestamp()
     while hour < end:
         for name in sorted(store.list(container, records_prefix(model, hour))):
-            for line in store.download(f"az://{container}/{name}").decode().splitlines():
-                if line.strip():
+            text = store.download(f"az://{container}/{name}").decode(errors="replace")
+            for number, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
                     rec = PayloadRecord.model_validate_json(line)
-                    if t0 <= rec.ts < t1:
-                        yield rec
+                except ValueError as e:  # pydantic's ValidationError is a ValueError
+                    if on_malformed is None:
+                        raise
+                    on_malformed(name, number, e)
+                    continue
+                if t0 <= rec.ts < t1:
+                    yield rec
         hour += timedelta(hours=1)
 
 

@@ -122,17 +122,43 @@ class MonitorAssets:
     """Seeded sample sets and a tiny model with its reference profile, built once under ``root``.
 
     * ``train`` (seed 7) - what the model was fitted on;
-    * ``ref`` (seed 11) - held-out images the reference profile is built from;
+    * ``ref`` (seed 11, ``ref_per_class`` per class: 300 images by default) - held-out images the
+      reference profile is built from (>= 200: a stable kNN index and MMD reference, and the
+      out-of-distribution threshold cross-fitted on them);
     * ``same`` (seed 23) - in-distribution traffic;
-    * ``shifted`` (seed 23, shifted variant) - traffic from a new site (darker, colour cast, blur).
+    * ``shifted`` (seed 23, shifted variant) - traffic from a new site (darker, colour cast, blur);
+    * ``fresh`` (seed 29, ``fresh_per_class``) and ``fresh_shifted`` (seed 777, shifted) - larger
+      sets of images never seen in training or the reference, for the acceptance figures.
     """
 
-    SETS = {"train": (7, False), "ref": (11, False), "same": (23, False), "shifted": (23, True)}
+    SETS = {
+        "train": (7, False),
+        "ref": (11, False),
+        "same": (23, False),
+        "shifted": (23, True),
+        "fresh": (29, False),
+        "fresh_shifted": (777, True),
+    }
 
-    def __init__(self, root: Path, per_class: int = 20, size: int = 64):
+    def __init__(
+        self,
+        root: Path,
+        per_class: int = 20,
+        size: int = 64,
+        ref_per_class: int = 75,
+        fresh_per_class: int = 50,
+    ):
         self.root = Path(root)
         self.per_class = per_class
         self.size = size
+        self.ref_per_class = ref_per_class
+        self.fresh_per_class = fresh_per_class
+
+    def count(self, name: str) -> int:
+        """Images per class in sample set ``name``."""
+        if name == "ref":
+            return self.ref_per_class
+        return self.fresh_per_class if name.startswith("fresh") else self.per_class
 
     def dir(self, name: str) -> Path:
         return self.root / name
@@ -154,7 +180,7 @@ class MonitorAssets:
         for name, (seed, shifted) in self.SETS.items():
             if not (self.dir(name) / "metadata.jsonl").exists():
                 generate_dataset(
-                    self.dir(name), per_class=self.per_class, seed=seed, size=self.size, shifted=shifted
+                    self.dir(name), per_class=self.count(name), seed=seed, size=self.size, shifted=shifted
                 )
         if not (self.model_dir / PROFILE_FILE).exists():
             paths, labels = labeled_images(self.dir("train"))

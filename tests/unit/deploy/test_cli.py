@@ -79,7 +79,7 @@ def test_validate_command(tmp_path, rendered_overlays):
     r = CliRunner()
     res = r.invoke(deploy, ["validate", "--overlay", "edge-cpu", "--overlay", "keda"])
     assert res.exit_code == 0, res.output
-    assert "overlay edge-cpu: 22 objects, OK" in res.output
+    assert "overlay edge-cpu: 23 objects, OK" in res.output
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(
