@@ -67,7 +67,7 @@ class Outbox:
     """Append-only (until acknowledged) SQLite table of results; one writer thread."""
 
     def __init__(self, directory: Path):
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)  # results may be sensitive
         self.path = directory / OUTBOX_FILE
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")

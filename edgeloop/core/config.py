@@ -22,6 +22,18 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
+def private_dir(path: Path | str) -> Path:
+    """``path`` as a directory only its owner can enter (0700): created so, and tightened when it
+    already exists with looser bits and belongs to this user. For edgeloop's state (secrets, the
+    stack's data, outboxes): a 0700 directory keeps everything below it from other local users."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = path.stat()
+    if st.st_uid == os.getuid() and st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
 def _here(name: str) -> Path:
     """``./name`` of the working directory, resolved when settings are loaded (never the package's location)."""
     return Path.cwd() / name
@@ -69,6 +81,9 @@ class LabelStudioSettings(BaseModel):
     # Extra origins labelers open Label Studio from (the one in `url` / the local stack is always allowed):
     # blob storage answers these with CORS headers so the labeling page can load images.
     browser_origins: list[str] = Field(default_factory=list)
+    # The local stack's Label Studio serves files from this directory only (its local-files
+    # storage); None: local-file serving is off (edgeloop hands images over as blob links).
+    local_files_root: Path | None = None
 
 
 class MlflowSettings(BaseModel):
@@ -123,6 +138,10 @@ class Settings(BaseSettings):
     @property
     def stack_dir(self) -> Path:
         return self.state_dir / "stack"
+
+    def ensure_state_dir(self) -> Path:
+        """The state directory, created (or tightened) to 0700: it holds the secrets and every service's data."""
+        return private_dir(self.state_dir)
 
     @property
     def secrets_file(self) -> Path:
@@ -223,7 +242,7 @@ class Settings(BaseSettings):
                 return values
         import fcntl
 
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(path.parent)
         lock_fd = os.open(path.with_name(f".{path.name}.lock"), os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)  # two processes starting at once generate once

@@ -145,7 +145,7 @@ def _need_settings(settings: Settings | None, uri: str) -> Settings:
 def _fresh_dir(cache_dir: Path | None, prefix: str) -> Path:
     if cache_dir is None:
         return Path(tempfile.mkdtemp(prefix=f"edgeloop-{prefix}"))
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     return Path(tempfile.mkdtemp(prefix=prefix, dir=cache_dir))
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeloop.core.config import MQTT_PUBLISHER_USER, MQTT_READER_USER, Settings
+from edgeloop.core.config import MQTT_PUBLISHER_USER, MQTT_READER_USER, Settings, private_dir
 from edgeloop.core.errors import EdgeloopError
 from edgeloop.core.processes import group_alive, terminate_group
 
@@ -147,6 +147,45 @@ def write_mosquitto_config(
     return conf
 
 
+def labelstudio_env(settings: Settings, data: Path) -> dict[str, str]:
+    """The environment the local Label Studio starts with. Local-file serving is off unless
+    ``labelstudio.local_files_root`` names a directory of images, and that directory may neither
+    hold nor sit inside edgeloop's state (secrets, every service's data)."""
+    s = settings
+    secrets = s.secrets()
+    password = (
+        s.labelstudio.password.get_secret_value()
+        if s.labelstudio.password
+        else secrets["labelstudio_password"]
+    )
+    env = {
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data),
+        "LABEL_STUDIO_USERNAME": s.labelstudio.username,
+        "LABEL_STUDIO_PASSWORD": password,
+        "LABEL_STUDIO_USER_TOKEN": s.labelstudio_api_key(),
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "false",
+        "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",
+        "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
+        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+    }
+    root = s.labelstudio.local_files_root
+    if root is not None:
+        root, state = Path(root).resolve(), s.state_dir.resolve()
+        if root == state or state.is_relative_to(root) or root.is_relative_to(state):
+            raise StackError(
+                f"labelstudio.local_files_root {root} would let Label Studio serve edgeloop's state "
+                f"({state}: secrets, service data); point it at a directory holding only the images to label"
+            )
+        if not root.is_dir():
+            raise StackError(f"labelstudio.local_files_root {root} is not a directory")
+        env |= {
+            "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(root),
+        }
+    return env
+
+
 def _http_ok(url: str, expect: Callable[[int, bytes], bool] | None = None, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -182,7 +221,8 @@ class Stack:
         return state
 
     def _save(self, state: dict[str, Any]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.settings.ensure_state_dir()
+        private_dir(self.dir)
         tmp = self.settings.stack_state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.settings.stack_state_file)
@@ -214,8 +254,7 @@ class Stack:
 
     # -- launch commands ---------------------------------------------------------
     def _launch(self, service: str, port: int) -> _Launch:
-        data = self.data_dir(service)
-        data.mkdir(parents=True, exist_ok=True)
+        data = private_dir(self.data_dir(service))
         secrets = self.settings.secrets()
         if service == "azurite":
             binary = self.settings.stack.node_modules / ".bin" / "azurite-blob"
@@ -290,7 +329,7 @@ class Stack:
                     "--data-dir",
                     str(data),
                 ],
-                env=self._labelstudio_env(data),
+                env=labelstudio_env(self.settings, data),
                 cwd=data,
             )
         if service == "mosquitto":
@@ -316,27 +355,6 @@ class Stack:
             )
             return _Launch([mosquitto, "-c", str(conf)])
         raise KeyError(service)
-
-    def _labelstudio_env(self, data: Path) -> dict[str, str]:
-        s = self.settings
-        secrets = s.secrets()
-        password = (
-            s.labelstudio.password.get_secret_value()
-            if s.labelstudio.password
-            else secrets["labelstudio_password"]
-        )
-        return {
-            "LABEL_STUDIO_BASE_DATA_DIR": str(data),
-            "LABEL_STUDIO_USERNAME": s.labelstudio.username,
-            "LABEL_STUDIO_PASSWORD": password,
-            "LABEL_STUDIO_USER_TOKEN": s.labelstudio_api_key(),
-            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-            "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
-            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(s.state_dir),
-            "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",
-            "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
-            "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
-        }
 
     def _seed_labelstudio_data(self, data: Path) -> None:
         """Copy the pre-migrated template (made by `make setup`) into an empty data dir: 40 s -> ~7 s."""
@@ -390,7 +408,7 @@ class Stack:
 
     def _spawn(self, service: str, launch: _Launch) -> int:
         log_path = self.log_file(service)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(log_path.parent)
         env = {**os.environ, **launch.env}
         with open(log_path, "ab") as log_fh:
             proc = subprocess.Popen(
