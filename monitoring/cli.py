@@ -277,21 +277,44 @@ def deliver(obj, project: str | None, as_json: bool) -> None:
         return
     click.echo(
         f"delivered {report.delivered} tasks ({report.already_in_project} already in the project); "
-        f"{report.pending} waiting" + (f"; error: {report.error}" if report.error else "")
+        f"{report.pending} waiting"
+        + (f"; {report.failed} failed, {report.dead_lettered} dead-lettered" if report.failed else "")
+        + (f"; error: {report.error}" if report.error else "")
     )
 
 
 @monitor.command()
 @click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--dead-letter", is_flag=True, help="List the items given up on (failed too often) and why, instead."
+)
+@click.option("--retry-dead-letters", is_flag=True, help="Put the dead-lettered items back in the outbox.")
 @click.pass_obj
 @user_errors
-def outbox(obj, as_json: bool) -> None:
-    """List relabel items waiting for Label Studio."""
+def outbox(obj, as_json: bool, dead_letter: bool, retry_dead_letters: bool) -> None:
+    """List relabel items waiting for Label Studio (or dead-lettered ones)."""
     from edgeloop.monitoring.relabel import RelabelQueue
 
+    queue = RelabelQueue.for_settings(obj.settings)
+    if retry_dead_letters:
+        click.echo(f"{queue.retry_dead_letters()} dead-lettered items back in the outbox")
+        return
+    if dead_letter:
+        dead = [
+            {k: v for k, v in d.items() if k != "item"} | {"flag_reason": d["item"].flag_reason}
+            for d in queue.dead_letters()
+        ]
+        if as_json:
+            click.echo(json.dumps(dead, indent=2))
+            return
+        if not dead:
+            click.echo("no dead letters")
+        for d in dead:
+            click.echo(f"{d['project']}  {d['sha256'][:12]}  after {d['failures']} failures: {d['reason']}")
+        return
     rows: list[dict[str, Any]] = [
         {"project": p, "sha256": i.sha256, "reason": i.flag_reason, "attempts": a, "last_error": err}
-        for p, i, a, err in RelabelQueue.for_settings(obj.settings).pending()
+        for p, i, a, err in queue.pending()
     ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))

@@ -152,7 +152,11 @@ class ScanReport:
             msg = (
                 f"delivered {d['delivered']} tasks to Label Studio ({d['already_in_project']} already there)"
             )
-            if d.get("error"):
+            if d.get("failed"):
+                msg += f"; {d['failed']} items failed ({d['dead_lettered']} dead-lettered)"
+            if d.get("lease_busy"):
+                msg += "; another scan is delivering: items wait in the outbox"
+            elif d.get("error"):
                 msg += f"; delivery failed: {d['error']}"
             lines.append(msg)
         if self.outbox_size is not None:

@@ -17,7 +17,7 @@ def mon_outputs(mon_assets):
 
     runner = ModelRunner(mon_assets.model_dir)
     out = {}
-    for name in ("ref", "same", "shifted"):
+    for name in ("ref", "same", "shifted", "fresh", "fresh_shifted"):
         paths = mon_assets.images(name)
         out[name] = (runner.run(paths), image_stats_batch(paths, runner.preprocess.size))
     return out

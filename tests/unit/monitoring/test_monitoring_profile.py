@@ -59,3 +59,23 @@ def test_image_stats_do_not_depend_on_the_size_sent():
     img = render_tag(9, "dent", size=64)
     big = img.resize((128, 128), Image.Resampling.BILINEAR)
     np.testing.assert_allclose(image_stats(img, 64)[:2], image_stats(big, 64)[:2], rtol=0.05)
+
+
+def test_ood_threshold_is_calibrated_on_held_out_data_at_the_stated_rate(mon_assets, mon_outputs):
+    profile = ReferenceProfile.load(mon_assets.model_dir)
+    assert len(profile.embeddings) >= 200 and profile.calibration["sufficient"]
+    assert profile.calibration["false_flag_rate"] == pytest.approx(0.05) == profile.ood_false_flag_rate
+    # fresh in-distribution images (never seen by the reference) are flagged at about the stated rate
+    fresh, _ = mon_outputs["fresh"]
+    assert np.mean(profile.ood_scores(fresh.embeddings) > profile.ood_threshold) <= 0.10
+
+
+def test_a_small_reference_still_builds_but_says_it_is_too_small(mon_outputs, caplog):
+    from edgeloop.monitoring.profile import profile_from_outputs
+
+    out, stats = mon_outputs["same"]
+    profile = profile_from_outputs(
+        "m", "1", ["ok", "scratch", "dent", "stain"], out.probabilities[:60], out.embeddings[:60], stats[:60]
+    )
+    assert not profile.calibration["sufficient"] and profile.calibration["n_reference"] == 60
+    assert "at least 200" in caplog.text
