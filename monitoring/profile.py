@@ -184,21 +184,18 @@ class ReferenceProfile:
         path = Path(path)
         if path.is_dir():
             path = path / PROFILE_FILE
+        arrays: dict[str, Any] = {
+            "embeddings": self.embeddings.astype(np.float32),
+            "confidence": self.confidence,
+            "margin": self.margin,
+            "image_stats": self.image_stats,
+            "predicted": self.predicted.astype(np.int32),
+            "meta": np.array(json.dumps(self.meta())),
+        }
+        if self.embedding_center is not None and self.embedding_scale is not None:
+            arrays |= {"embedding_center": self.embedding_center, "embedding_scale": self.embedding_scale}
         with open(path, "wb") as fh:  # np.savez adds ".npz" to names without it; a handle keeps ours
-            np.savez_compressed(
-                fh,
-                embeddings=self.embeddings.astype(np.float32),
-                confidence=self.confidence,
-                margin=self.margin,
-                image_stats=self.image_stats,
-                predicted=self.predicted.astype(np.int32),
-                meta=np.array(json.dumps(self.meta())),
-                **(
-                    {"embedding_center": self.embedding_center, "embedding_scale": self.embedding_scale}
-                    if self.embedding_center is not None and self.embedding_scale is not None
-                    else {}
-                ),
-            )
+            np.savez_compressed(fh, **arrays)
         return path
 
     @classmethod
