@@ -183,7 +183,9 @@ def per_class_metrics(cm: np.ndarray, labels: Sequence[str]) -> dict[str, ClassM
     return out
 
 
-def expected_calibration_error(y_true: Sequence[int], probs: np.ndarray, n_bins: int = 15) -> float:
+def expected_calibration_error(
+    y_true: Sequence[int] | np.ndarray, probs: np.ndarray, n_bins: int = 15
+) -> float:
     """ECE with equal-width confidence bins: sum over bins of |accuracy - confidence| weighted by bin size."""
     probs = np.asarray(probs, dtype=np.float64)
     if len(probs) == 0:
@@ -419,6 +421,11 @@ def _est(
     return e.text(digits, unit, what) if e else f"{value:.{digits}f}{' ' + unit if unit else ''}"
 
 
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell (``max |diff|`` would split the row)."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def render_markdown(
     report: EvaluationReport,
     decision: Any | None = None,
@@ -432,7 +439,7 @@ def render_markdown(
         verdict = "PASS" if decision.passed else "FAIL"
         lines += [f"**Gate: {verdict}**", ""]
         lines += ["| rule | result | detail |", "|---|---|---|"]
-        lines += [f"| {r.name} | {r.status} | {r.detail} |" for r in decision.results]
+        lines += [f"| {r.name} | {r.status} | {_cell(r.detail)} |" for r in decision.results]
         lines.append("")
     champ = (
         f" (champion on the same images: {_est(champion, 'accuracy', champion.accuracy, 4)})"

@@ -312,28 +312,27 @@ def _regression_rule(
         f"accuracy {cand_acc.text(4)} vs champion {champ_acc.text(4)} {overall.text()}"
         f" (a regression needs drop > {t.max_regression:.4f} and p < {t.regression_alpha:g})"
     )
-    evidence = {
-        "n": overall.n,
-        "value": overall.drop,
-        "ci95": overall.drop_interval(),
-        "threshold": t.max_regression,
-        "p_value": overall.p_value,
-    }
-    if not enough:  # the min_eval_images rule has failed the gate already
+
+    def result(passed: bool, detail: str, decided: bool = True) -> RuleResult:
         return RuleResult(
             name=name,
-            passed=False,
-            decided=False,
-            detail=f"not decided (insufficient evidence): {head}",
-            **evidence,
+            passed=passed,
+            detail=detail,
+            decided=decided,
+            n=overall.n,
+            value=overall.drop,
+            ci95=overall.drop_interval(),
+            threshold=t.max_regression,
+            p_value=overall.p_value,
         )
+
+    if not enough:  # the min_eval_images rule has failed the gate already
+        return result(False, f"not decided (insufficient evidence): {head}", decided=False)
     if overall.n < t.min_eval_images:  # e.g. a champion that knows only some of the classes
-        return RuleResult(
-            name=name,
-            passed=False,
-            detail=f"insufficient evidence: only {overall.n} test images are shared with the champion's "
+        return result(
+            False,
+            f"insufficient evidence: only {overall.n} test images are shared with the champion's "
             f"evaluation (< min_eval_images {t.min_eval_images}): {head}",
-            **evidence,
         )
     regressions = []
     if overall.is_regression(t.max_regression, t.regression_alpha):
@@ -347,9 +346,6 @@ def _regression_rule(
             regressions.append(
                 f"recall[{label}] {pc.text(f'{label} images')} (level {per_class_alpha:.3g}, Bonferroni)"
             )
-    return RuleResult(
-        name=name,
-        passed=not regressions,
-        detail="; ".join(regressions) if regressions else f"no significant regression: {head}",
-        **evidence,
+    return result(
+        not regressions, "; ".join(regressions) if regressions else f"no significant regression: {head}"
     )

@@ -335,6 +335,12 @@ def register_task(
         "git_commit": git_commit or os.environ.get("EDGELOOP_GIT_COMMIT", "") or _git_commit(),
         "champion_compared": result.champion_version or "none",
         "dataset_uri": str(dataset.metadata.get("manifest_uri", "")),
+        # how the model was trained: the seed and the machine (the card holds all its CPU flags)
+        **{
+            k: v
+            for k, v in _card(Path(staged_model.path)).lineage.items()
+            if k in ("train_seed", "train_cpu_model", "train_cpu_isa", "train_torch_cpu_capability")
+        },
     }
     with _tmp_file("report.md", result.markdown) as md:
         reg = registry.register_candidate(
