@@ -59,8 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(DEFAULT_PROVIDER_ORDER),
         help="execution providers in order of preference; unavailable ones are skipped",
     )
-    p.add_argument("--max_request_mb", type=float, default=64.0)
-    p.add_argument("--max_images", type=int, default=256)
+    p.add_argument("--max_request_mb", type=float, default=64.0, help="body limit on every route (413)")
+    p.add_argument("--max_images", type=int, default=256, help="images per request (413)")
+    p.add_argument(
+        "--max_request_megapixels", type=float, default=64.0, help="pixels of all images in one request (413)"
+    )
+    p.add_argument(
+        "--max_concurrent_requests", type=int, default=256, help="in flight, REST + gRPC (429 past it)"
+    )
+    p.add_argument("--max_concurrent_decodes", type=int, default=0, help="image decodes at once (0 = CPUs)")
     p.add_argument("--payload_log_rate", type=float, default=0.0, help="fraction of images logged (0 = off)")
     p.add_argument(
         "--enable_admin",
@@ -158,7 +165,11 @@ def main(argv: list[str] | None = None) -> None:
             direct_concurrency=args.concurrent_batches,
         ),
         limits=LimitOptions(
-            max_request_bytes=int(args.max_request_mb * 1024 * 1024), max_images=args.max_images
+            max_request_bytes=int(args.max_request_mb * 1024 * 1024),
+            max_images=args.max_images,
+            max_request_pixels=int(args.max_request_megapixels * 1_000_000),
+            max_concurrent_requests=args.max_concurrent_requests,
+            max_concurrent_decodes=args.max_concurrent_decodes,
         ),
         ort=OrtSettings(
             providers=args.providers.split(","),

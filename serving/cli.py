@@ -58,7 +58,31 @@ def _plain_argv() -> Iterator[None]:
     show_default=True,
     help="Execution providers in order of preference; missing ones are skipped.",
 )
-@click.option("--max-request-mb", default=64.0, show_default=True, type=float)
+@click.option(
+    "--max-request-mb", default=64.0, show_default=True, type=float, help="Body limit, every route."
+)
+@click.option("--max-images", default=256, show_default=True, type=int, help="Images per request.")
+@click.option(
+    "--max-request-megapixels",
+    default=64.0,
+    show_default=True,
+    type=float,
+    help="Pixels of all images in one request together (read from their headers before decoding).",
+)
+@click.option(
+    "--max-concurrent-requests",
+    default=256,
+    show_default=True,
+    type=int,
+    help="Requests in flight, REST and gRPC together; past it they get 429 / RESOURCE_EXHAUSTED.",
+)
+@click.option(
+    "--max-concurrent-decodes",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Image decodes at once (0 = CPUs).",
+)
 @click.option(
     "--payload-log-rate",
     default=0.0,
@@ -130,6 +154,10 @@ def serve(
     intra_op_threads: int,
     providers: str,
     max_request_mb: float,
+    max_images: int,
+    max_request_megapixels: float,
+    max_concurrent_requests: int,
+    max_concurrent_decodes: int,
     payload_log_rate: float,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -174,7 +202,13 @@ def serve(
         batching=BatchingOptions(
             enabled=batching, max_batch_size=max_batch_size, max_wait_ms=max_batch_wait_ms
         ),
-        limits=LimitOptions(max_request_bytes=int(max_request_mb * 1024 * 1024)),
+        limits=LimitOptions(
+            max_request_bytes=int(max_request_mb * 1024 * 1024),
+            max_images=max_images,
+            max_request_pixels=int(max_request_megapixels * 1_000_000),
+            max_concurrent_requests=max_concurrent_requests,
+            max_concurrent_decodes=max_concurrent_decodes,
+        ),
         ort=OrtSettings(providers=providers.split(","), intra_op_threads=intra_op_threads),
         payload_log=PayloadLogOptions(sample_rate=payload_log_rate),
         tls=tls,

@@ -32,6 +32,8 @@ from edgeloop.serving.errors import (
 )
 
 PROTOCOL_ATTR = "edgeloop_protocol"  # set on InferRequest objects decoded by our REST route
+# The image formats the server documents and decodes; PIL's other decoders (EPS, TIFF, ...) are never tried.
+IMAGE_FORMATS = ("JPEG", "PNG")
 ACCEPTED = "BYTES [N] (JPEG/PNG), UINT8 [N,H,W,3] (RGB frames, any size) or FP32 [N,3,S,S] (normalised)"
 _NP_DTYPES: dict[str, np.dtype] = {"UINT8": np.dtype(np.uint8), "FP32": np.dtype("<f4")}
 
@@ -243,14 +245,21 @@ def to_model_input(
     pre: Preprocess,
     max_images: int,
     max_image_pixels: int = 40_000_000,
+    max_request_pixels: int | None = None,
 ) -> ModelInput:
-    """Any accepted tensor -> the model's input, through the one shared :class:`Preprocess`."""
+    """Any accepted tensor -> the model's input, through the one shared :class:`Preprocess`.
+
+    Bounded before any pixel is decoded: at most ``max_images``, each at most ``max_image_pixels``
+    and all together at most ``max_request_pixels`` (read from the image headers; encoded images
+    only as JPEG or PNG)."""
     s = pre.size
     if isinstance(values, list):  # encoded images
         _check_count(len(values), max_images)
+        sizes = [_probe(data, i, name, max_image_pixels) for i, data in enumerate(values)]
+        _check_budget(sum(w * h for w, h in sizes), max_request_pixels, name)
         frames = np.empty((len(values), s, s, 3), dtype=np.uint8)
         for i, data in enumerate(values):
-            frames[i] = pre.resize(_decode(data, i, name, max_image_pixels))
+            frames[i] = pre.resize(_decode(data, i, name))
         return ModelInput(pre.normalize_batch(frames), frames)
     if values.dtype == np.uint8:
         arr = values[None] if values.ndim == 3 else values
@@ -260,6 +269,7 @@ def to_model_input(
                 f"got {list(values.shape)}"
             )
         _check_count(arr.shape[0], max_images)
+        _check_budget(arr.shape[0] * arr.shape[1] * arr.shape[2], max_request_pixels, name)
         if arr.shape[1] != s or arr.shape[2] != s:
             resized = np.empty((arr.shape[0], s, s, 3), dtype=np.uint8)
             for i in range(arr.shape[0]):
@@ -283,18 +293,34 @@ def _check_count(n: int, max_images: int) -> None:
         raise PayloadTooLargeError(f"{n} images in one request; this server takes at most {max_images}")
 
 
-def _decode(data: bytes, i: int, name: str, max_pixels: int) -> Image.Image:
+def _check_budget(pixels: int, budget: int | None, name: str) -> None:
+    if budget is not None and pixels > budget:
+        raise PayloadTooLargeError(
+            f"input '{name}': {pixels} pixels in one request; this server decodes at most {budget} "
+            "per request: send fewer or smaller images"
+        )
+
+
+def _probe(data: bytes, i: int, name: str, max_pixels: int) -> tuple[int, int]:
+    """(width, height) from the header alone, refusing what is not JPEG/PNG or is over ``max_pixels``."""
     try:
-        with Image.open(io.BytesIO(data)) as probe:  # header only: refuse decompression bombs early
+        with Image.open(io.BytesIO(data), formats=list(IMAGE_FORMATS)) as probe:
             w, h = probe.size
-    except Exception:
-        w = h = 0
+    except Exception as e:  # PIL raises many kinds for what it cannot identify
+        raise UndecodableImageError(
+            f"input '{name}'[{i}]: could not decode {len(data)} bytes as an image ({type(e).__name__}); "
+            "send JPEG or PNG bytes"
+        ) from e
     if w * h > max_pixels:
         raise PayloadTooLargeError(
             f"input '{name}'[{i}]: a {w}x{h} image is over the {max_pixels} pixel limit"
         )
+    return w, h
+
+
+def _decode(data: bytes, i: int, name: str) -> Image.Image:
     try:
-        return decode_image(data)
+        return decode_image(data, IMAGE_FORMATS)
     except ImageDecodeError as e:
         raise UndecodableImageError(f"input '{name}'[{i}]: {e}") from e
 

@@ -54,6 +54,12 @@ class PayloadTooLargeError(ServingError):
     kind = "too_large"
 
 
+class TooManyRequestsError(ServingError):
+    """429 / RESOURCE_EXHAUSTED: the server already has its maximum of requests in flight; retry with backoff."""
+
+    kind = "too_many_requests"
+
+
 class ModelNotFoundError(ServingError):
     """404 / NOT_FOUND: no model of that name is served."""
 
@@ -112,6 +118,7 @@ class OverloadedError(ServingError):
 # The one table: error class -> (HTTP status, gRPC status code name). Most specific first.
 _STATUS: list[tuple[type[BaseException], int, str]] = [
     (PayloadTooLargeError, 413, "RESOURCE_EXHAUSTED"),
+    (TooManyRequestsError, 429, "RESOURCE_EXHAUSTED"),
     (InvalidInputError, 400, "INVALID_ARGUMENT"),
     (ModelNotFoundError, 404, "NOT_FOUND"),
     (VersionNotFoundError, 404, "NOT_FOUND"),

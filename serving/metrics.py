@@ -74,3 +74,7 @@ PAYLOAD_LOG = Counter(
     "Payload log records, by outcome (written, dropped, failed)",
     ["outcome"],
 )
+INFLIGHT = Gauge(
+    "edgeloop_serving_inflight_requests",
+    "Requests in flight (REST and gRPC, health probes and /metrics aside); past the limit they get 429",
+)

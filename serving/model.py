@@ -26,7 +26,14 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from edgeloop.core.errors import IntegrityError, InvalidModelError
 from edgeloop.core.model_card import EMBEDDING_OUTPUT, PROBS_OUTPUT, ModelCard
-from edgeloop.core.model_loader import OrtSettings, SessionInfo, open_session, read_card, verify_model
+from edgeloop.core.model_loader import (
+    OrtSettings,
+    SessionInfo,
+    available_cpus,
+    open_session,
+    read_card,
+    verify_model,
+)
 from edgeloop.core.preprocessing import Preprocess
 from edgeloop.serving import codec, metrics
 from edgeloop.serving.batching import DirectRunner, DynamicBatcher
@@ -305,6 +312,9 @@ class OnnxImageModel(Model):
         self.initial_aliases = dict(aliases or {})
         self.payload_logger = payload_logger
         self.versions = ModelVersions(name)
+        # Decoding and resizing run in worker threads; at most this many at once (all requests of
+        # this model together), so a burst of large images queues instead of taking every core.
+        self.decode_slots = asyncio.Semaphore(self.limits.max_concurrent_decodes or available_cpus())
 
     # -- loading ----------------------------------------------------------------------------
     def load(self) -> bool:
@@ -405,7 +415,7 @@ class OnnxImageModel(Model):
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Prepared:
         t0 = time.perf_counter()
         if isinstance(payload, dict):
-            return self._prepare_v1(payload, t0)
+            return await self._prepare_v1(payload, t0)
         if not isinstance(payload, InferRequest):
             raise InvalidInputError("unrecognised request body; send an OIP v2 inference request")
         protocol = "grpc" if payload.from_grpc else getattr(payload, codec.PROTOCOL_ATTR, "rest_v2_json")
@@ -426,27 +436,27 @@ class OnnxImageModel(Model):
         wanted = self._outputs(payload.request_outputs, bool(params.get("embedding", False)), lv)
         return Prepared(lv, model_input, protocol, payload.id, wanted, t0)
 
-    def _prepare_v1(self, body: dict[str, Any], t0: float) -> Prepared:
+    async def _prepare_v1(self, body: dict[str, Any], t0: float) -> Prepared:
         params = body.get("parameters") or {}
         if not isinstance(params, dict):
             raise InvalidInputError('"parameters" must be an object')
         lv = self.versions.resolve(params.get("model_version"))
         values = codec.v1_instances(body)
-        model_input = codec.to_model_input(
-            values, "instances", lv.preprocess, self.limits.max_images, self.limits.max_image_pixels
-        )
+        model_input = await self._to_model_input(values, "instances", lv)
         wanted = [LABEL_OUTPUT, PROBS_OUTPUT] + ([EMBEDDING_OUTPUT] if params.get("embedding") else [])
         if EMBEDDING_OUTPUT in wanted and not lv.has_embedding:
             raise InvalidInputError(f"model {self.name} version {lv.version} has no embedding output")
         return Prepared(lv, model_input, "rest_v1", None, wanted, t0, v1=True)
 
     async def _to_model_input(self, values: Any, name: str, lv: LoadedVersion) -> codec.ModelInput:
-        args = (values, name, lv.preprocess, self.limits.max_images, self.limits.max_image_pixels)
+        lim = self.limits
+        args = (values, name, lv.preprocess, lim.max_images, lim.max_image_pixels, lim.max_request_pixels)
         if isinstance(values, list) or (
             values.dtype == np.uint8 and values.shape[-3:-1] != (lv.size, lv.size)
         ):
-            # JPEG decoding / resizing: off the event loop
-            return await asyncio.get_running_loop().run_in_executor(None, codec.to_model_input, *args)
+            # JPEG decoding / resizing: off the event loop, a bounded number at once
+            async with self.decode_slots:
+                return await asyncio.get_running_loop().run_in_executor(None, codec.to_model_input, *args)
         return codec.to_model_input(*args)
 
     def _outputs(self, requested: Any, embedding: bool, lv: LoadedVersion) -> list[str]:

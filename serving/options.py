@@ -28,9 +28,14 @@ class BatchingOptions:
 
 @dataclass
 class LimitOptions:
-    max_request_bytes: int = 64 * 1024 * 1024
-    max_images: int = 256
-    max_image_pixels: int = 40_000_000
+    """Bounds on what one request, and all of them together, may make the server do."""
+
+    max_request_bytes: int = 64 * 1024 * 1024  # every route's body (REST v2, V1, admin): 413 past it
+    max_images: int = 256  # images per request
+    max_image_pixels: int = 40_000_000  # per image, read from its header before decoding
+    max_request_pixels: int = 64_000_000  # all images of one request together
+    max_concurrent_requests: int = 256  # in flight at once (REST + gRPC, health probes aside): 429 past it
+    max_concurrent_decodes: int = 0  # image decodes/resizes running at once; 0 = one per CPU
 
 
 @dataclass

@@ -75,6 +75,12 @@ from edgeloop.serving.errors import (
     http_status,
     public_message,
 )
+from edgeloop.serving.limits import (
+    BodyLimitMiddleware,
+    ConcurrencyLimitMiddleware,
+    InflightLimiter,
+    concurrency_interceptor,
+)
 from edgeloop.serving.model import OnnxImageModel
 from edgeloop.serving.options import ServingOptions
 from edgeloop.serving.security import (
@@ -371,6 +377,7 @@ def rest_app(
     routes: Routes,
     enable_docs: bool,
     auth_token: str | None = None,
+    limiter: InflightLimiter | None = None,
 ) -> FastAPI:
     """Edgeloop's routes, then kserve's (health, ``/metrics``, V1, the rest of V2), on a new app;
     with ``auth_token``, every route but the health probes needs it (:class:`BearerAuthMiddleware`)."""
@@ -393,6 +400,10 @@ def rest_app(
     app.add_exception_handler(ServerNotLive, server_not_live_handler)
     app.add_exception_handler(ServerNotReady, server_not_ready_handler)
     routes.install_error_handlers(app)
+    # Outermost last: authenticate, then count the request in flight, then bound its body.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=routes.options.limits.max_request_bytes)
+    if limiter is not None:
+        app.add_middleware(ConcurrencyLimitMiddleware, limiter=limiter)
     if auth_token:
         app.add_middleware(BearerAuthMiddleware, token=auth_token)
     # No per-request timing middleware or access log: lifecycle events only (see logs.py).
@@ -481,10 +492,13 @@ def grpc_server(
     max_message_bytes: int,
     tls: TlsFiles | None = None,
     auth_token: str | None = None,
+    limiter: InflightLimiter | None = None,
 ) -> aio.Server:
     """A grpc.aio server with the OIP v2 servicer, bound to ``host:port`` (not started); a TLS
     port with ``tls``, and the token checked on every call but the health RPCs with ``auth_token``."""
     interceptors: list[Any] = [auth_interceptor(auth_token)] if auth_token else []
+    if limiter is not None:
+        interceptors.append(concurrency_interceptor(limiter))
     server = aio.server(
         futures.ThreadPoolExecutor(max_workers=threads),
         interceptors=(*interceptors, ErrorInterceptor(routes)),
@@ -519,6 +533,7 @@ class EdgeloopModelServer:
         self.repository = ModelRepository()
         self.dataplane = DataPlane(model_registry=self.repository)
         self.repository_extension = ModelRepositoryExtension(model_registry=self.repository)
+        self.limiter = InflightLimiter(options.limits.max_concurrent_requests)  # REST and gRPC together
 
     def register(self, models: list[OnnxImageModel]) -> Routes:
         """Put every ready model in kserve's repository; at least one must be ready."""
@@ -533,7 +548,9 @@ class EdgeloopModelServer:
     def rest_server(self, routes: Routes) -> uvicorn.Server:
         o = self.options
         config = uvicorn.Config(
-            rest_app(self.dataplane, self.repository_extension, routes, o.enable_docs, o.auth_token),
+            rest_app(
+                self.dataplane, self.repository_extension, routes, o.enable_docs, o.auth_token, self.limiter
+            ),
             host=o.bind_host,
             port=o.http_port,
             log_config=None,  # logging is configured by edgeloop.serving.logs
@@ -578,6 +595,7 @@ class EdgeloopModelServer:
                 o.grpc_max_message_bytes,
                 tls=o.tls,
                 auth_token=o.auth_token,
+                limiter=self.limiter,
             )
         try:
             if rpc is not None:

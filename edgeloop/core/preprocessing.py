@@ -92,10 +92,13 @@ class Preprocess:
         return x
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Encoded bytes -> RGB PIL image, or :class:`ImageDecodeError` naming what was wrong."""
+def decode_image(data: bytes, formats: Sequence[str] | None = None) -> Image.Image:
+    """Encoded bytes -> RGB PIL image, or :class:`ImageDecodeError` naming what was wrong.
+
+    ``formats`` (PIL names, e.g. ``("JPEG", "PNG")``) limits the decoders tried; None: any PIL reads.
+    """
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=list(formats) if formats else None)
         img.load()
     except Exception as e:  # PIL raises many kinds; the caller needs one
         raise ImageDecodeError(
