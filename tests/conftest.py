@@ -154,3 +154,18 @@ def tls_pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "rogue_cert": rogue[2],
         "rogue_key": rogue[3],
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny torch classifier (3 classes, 64 px) exported like the training path: the stream tests' model."""
+    from edgeloop.testing.models import build_model_dir
+
+    return build_model_dir(
+        tmp_path_factory.mktemp("stream-model"),
+        size=64,
+        architecture="tiny",
+        labels=["ok", "scratch", "dent"],
+        name="stream-test",
+        version="1",
+    )

@@ -129,15 +129,11 @@ def build_tiny_model_dir(
 ) -> Path:
     """A tiny ONNX classifier built with ``onnx.helper`` (no torch, milliseconds): conv -> relu ->
     global pool -> embedding [N,8] -> linear -> softmax. Same I/O contract as the real export."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     labels = labels or LABELS
     rng = np.random.default_rng(seed)
     c = len(labels)
-    w_conv = numpy_helper.from_array(rng.normal(0, 0.4, (8, 3, 3, 3)).astype(np.float32), "w_conv")
-    w_fc = numpy_helper.from_array(rng.normal(0, 2.0, (8, c)).astype(np.float32), "w_fc")
-    b_fc = numpy_helper.from_array(rng.normal(0, 0.5, (c,)).astype(np.float32), "b_fc")
     nodes = [
         helper.make_node("Conv", [INPUT_NAME, "w_conv"], ["conv"], strides=[2, 2], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["conv"], ["relu"]),
@@ -147,22 +143,11 @@ def build_tiny_model_dir(
         helper.make_node("Add", ["logits0", "b_fc"], ["logits"]),
         helper.make_node("Softmax", ["logits"], [PROBS_OUTPUT], axis=1),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["n", 3, size, size])],
-        [
-            helper.make_tensor_value_info(PROBS_OUTPUT, TensorProto.FLOAT, ["n", c]),
-            helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, ["n", 8]),
-        ],
-        initializer=[w_conv, w_fc, b_fc],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MODEL_FILE).write_bytes(model.SerializeToString())
+    initializers = [
+        numpy_helper.from_array(rng.normal(0, 0.4, (8, 3, 3, 3)).astype(np.float32), "w_conv"),
+        numpy_helper.from_array(rng.normal(0, 2.0, (8, c)).astype(np.float32), "w_fc"),
+        numpy_helper.from_array(rng.normal(0, 0.5, (c,)).astype(np.float32), "b_fc"),
+    ]
     card = ModelCard(
         name=name,
         version=version,
@@ -171,8 +156,7 @@ def build_tiny_model_dir(
         preprocessing=PreprocessConfig(size=size),
         embedding_dim=8,
     )
-    card.with_digests(out).save(out)
-    return out
+    return _write_onnx_model_dir(Path(out), nodes, initializers, card, opset=17)
 
 
 def build_linear_model_dir(
@@ -184,43 +168,23 @@ def build_linear_model_dir(
     weights: np.ndarray | None = None,
 ) -> Path:
     """``model.onnx`` (images[N,3,S,S] -> mean colour -> linear -> softmax; embedding = mean colour) + card."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
-    from edgeloop.core.model_card import EMBEDDING_OUTPUT, INPUT_NAME, MODEL_FILE, PROBS_OUTPUT, ModelCard
-    from edgeloop.core.preprocessing import PreprocessConfig
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     k = len(labels)
     rng = np.random.default_rng(seed)
     w = (weights if weights is not None else rng.normal(0, 1, (3, k))).astype(np.float32)
-    b = np.zeros(k, dtype=np.float32)
     nodes = [
-        helper.make_node("ReduceMean", ["images", "axes"], ["pooled4"], keepdims=0),
+        helper.make_node("ReduceMean", [INPUT_NAME, "axes"], ["pooled4"], keepdims=0),
         helper.make_node("Identity", ["pooled4"], [EMBEDDING_OUTPUT]),
         helper.make_node("MatMul", ["pooled4", "W"], ["logits0"]),
         helper.make_node("Add", ["logits0", "B"], ["logits"]),
         helper.make_node("Softmax", ["logits"], [PROBS_OUTPUT], axis=1),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 3, size, size])],
-        [
-            helper.make_tensor_value_info(PROBS_OUTPUT, TensorProto.FLOAT, ["N", k]),
-            helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, ["N", 3]),
-        ],
-        initializer=[
-            numpy_helper.from_array(w, "W"),
-            numpy_helper.from_array(b, "B"),
-            numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    onnx.checker.check_model(model)
-    onnx.save(model, str(out_dir / MODEL_FILE))
+    initializers = [
+        numpy_helper.from_array(w, "W"),
+        numpy_helper.from_array(np.zeros(k, dtype=np.float32), "B"),
+        numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes"),
+    ]
     card = ModelCard(
         name=name,
         architecture="tiny-linear",
@@ -228,5 +192,31 @@ def build_linear_model_dir(
         preprocessing=PreprocessConfig(size=size),
         embedding_dim=3,
     )
-    card.with_digests(out_dir).save(out_dir)
-    return out_dir
+    return _write_onnx_model_dir(Path(out_dir), nodes, initializers, card, opset=18)
+
+
+def _write_onnx_model_dir(
+    out: Path, nodes: list[Any], initializers: list[Any], card: ModelCard, opset: int
+) -> Path:
+    """Check the graph (``images`` [n,3,S,S] -> probabilities, embedding), write it and its card with digests."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    size, k = card.preprocessing.size, len(card.labels)
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["n", 3, size, size])],
+        [
+            helper.make_tensor_value_info(PROBS_OUTPUT, TensorProto.FLOAT, ["n", k]),
+            helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, ["n", card.embedding_dim]),
+        ],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8 if opset <= 17 else 9
+    onnx.checker.check_model(model)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MODEL_FILE).write_bytes(model.SerializeToString())
+    card.with_digests(out).save(out)
+    return out

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from edgeloop.core import labelstudio as lsx
-from edgeloop.core.config import load_settings
+from edgeloop.testing.stack import settings_on
 
 LOAD_ERROR = "There was an issue loading URL"
 
@@ -18,15 +18,8 @@ LOAD_ERROR = "There was an issue loading URL"
 @pytest.fixture(scope="module")
 def settings(stack_settings, tmp_path_factory):
     """Own state dir and project against the session's stack."""
-    return load_settings(
-        state_dir=tmp_path_factory.mktemp("browser-state"),
-        blob={"connection_string": stack_settings.blob_connection_string()},
-        labelstudio={
-            "url": stack_settings.labelstudio_url(),
-            "api_key": stack_settings.labelstudio_api_key(),
-            "project_title": f"labelers-{uuid.uuid4().hex[:8]}",
-        },
-        mlflow={"tracking_uri": stack_settings.mlflow_tracking_uri()},
+    return settings_on(
+        stack_settings, tmp_path_factory.mktemp("browser-state"), project=f"labelers-{uuid.uuid4().hex[:8]}"
     )
 
 

@@ -7,7 +7,6 @@ drift with >= 50 % flagged, and the labelers' budget goes to the images that car
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -17,31 +16,12 @@ import pytest
 
 from edgeloop.core import labelstudio as lsx
 from edgeloop.core.blob import BlobStore
-from edgeloop.core.config import load_settings
 from edgeloop.core.payload_log import records_blob_name
 from edgeloop.monitoring.flags import OOD
 from edgeloop.monitoring.relabel import BlobDeliveryLease, RelabelItem, RelabelQueue
 from edgeloop.monitoring.scan import ScanOptions, scan_window
 from edgeloop.monitoring.simulate import replay_images
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _settings(stack_settings, state_dir, ls_url=None, project=None):
-    return load_settings(
-        state_dir=state_dir,
-        blob={"connection_string": stack_settings.blob_connection_string()},
-        labelstudio={
-            "url": ls_url or stack_settings.labelstudio_url(),
-            "api_key": stack_settings.labelstudio_api_key(),
-            "project_title": project or f"relabel-{uuid.uuid4().hex[:8]}",
-        },
-        mlflow={"tracking_uri": stack_settings.mlflow_tracking_uri()},
-    )
+from edgeloop.testing.stack import closed_port, settings_on
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +45,7 @@ def _scan(settings, assets, traffic, variant, **kw):
 def test_fresh_in_distribution_traffic_is_no_drift_and_few_images_are_flagged(
     stack_settings, mon_assets, fresh_traffic, tmp_path
 ):
-    settings = _settings(stack_settings, tmp_path / "state")
+    settings = settings_on(stack_settings, tmp_path / "state")
     report = _scan(settings, mon_assets, fresh_traffic, "fresh", queue=False, deliver=False)
     print(report.summary())
     assert report.images == len(mon_assets.images("fresh")) >= 200
@@ -78,7 +58,7 @@ def test_fresh_in_distribution_traffic_is_no_drift_and_few_images_are_flagged(
 def test_fresh_shifted_traffic_is_drift_and_the_budget_goes_to_its_images(
     stack_settings, mon_assets, fresh_traffic, tmp_path
 ):
-    settings = _settings(stack_settings, tmp_path / "state")
+    settings = settings_on(stack_settings, tmp_path / "state")
     budget = 12
     report = _scan(settings, mon_assets, fresh_traffic, "fresh_shifted", budget=budget)
     print(report.summary())
@@ -95,7 +75,7 @@ def test_fresh_shifted_traffic_is_drift_and_the_budget_goes_to_its_images(
 
 
 def test_a_malformed_payload_line_is_skipped_and_counted(stack_settings, mon_assets, tmp_path):
-    settings = _settings(stack_settings, tmp_path / "state")
+    settings = settings_on(stack_settings, tmp_path / "state")
     ts = datetime.now(UTC)
     name = f"mon-bad-line-{uuid.uuid4().hex[:6]}"
     images = mon_assets.images("same")[:30]
@@ -151,7 +131,7 @@ def test_the_outbox_survives_across_two_job_runs(stack_settings, mon_assets, fre
         assert res.returncode == 0, res.stderr[-3000:]
         return json.loads(res.stdout)
 
-    first = job(f"http://127.0.0.1:{_closed_port()}")  # Label Studio is down during the first Job
+    first = job(f"http://127.0.0.1:{closed_port()}")  # Label Studio is down during the first Job
     assert first["drift"] and first["enqueue"]["enqueued"] == 5
     assert first["delivery"]["delivered"] == 0 and first["outbox_size"] == 5
 
@@ -159,7 +139,7 @@ def test_the_outbox_survives_across_two_job_runs(stack_settings, mon_assets, fre
     assert second["enqueue"]["enqueued"] == 0 and second["enqueue"]["already_pending"] == 5
     assert second["delivery"]["delivered"] == 5 and second["outbox_size"] == 0
 
-    up = _settings(stack_settings, tmp_path / "other", project=project)
+    up = settings_on(stack_settings, tmp_path / "other", project=project)
     ls = lsx.client(up)
     proj = lsx.find_project(ls, project)
     assert set(lsx.tasks_by_sha(ls, proj.id)) == {s["sha256"] for s in first["selected"]}
@@ -187,7 +167,7 @@ def _items(recs, n):
 def test_a_failing_item_is_retried_then_dead_lettered_without_blocking_others(
     stack_settings, mon_assets, tmp_path
 ):
-    settings = _settings(stack_settings, tmp_path / "state")
+    settings = settings_on(stack_settings, tmp_path / "state")
     project = settings.labelstudio.project_title
     recs = replay_images(
         stack_settings, mon_assets.model_dir, mon_assets.images("same")[:4], model_name="mon-dead-letter"
@@ -217,7 +197,7 @@ def test_a_failing_item_is_retried_then_dead_lettered_without_blocking_others(
 
 
 def test_two_deliveries_never_run_at_once_across_machines(stack_settings, mon_assets, tmp_path):
-    settings = _settings(stack_settings, tmp_path / "state")
+    settings = settings_on(stack_settings, tmp_path / "state")
     recs = replay_images(
         stack_settings, mon_assets.model_dir, mon_assets.images("same")[:2], model_name="mon-lease"
     )

@@ -1,7 +1,6 @@
 """Scans on the real stack (Azurite payload log + Label Studio relabel queue)."""
 
 import json
-import socket
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -10,29 +9,9 @@ import httpx
 import pytest
 
 from edgeloop.core import labelstudio as lsx
-from edgeloop.core.config import load_settings
 from edgeloop.monitoring.scan import ScanOptions, scan_window
 from edgeloop.monitoring.simulate import replay_images
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _settings(stack_settings, state_dir, ls_url=None, project=None):
-    """Settings with their own state dir (own relabel outbox) against the session's stack."""
-    return load_settings(
-        state_dir=state_dir,
-        blob={"connection_string": stack_settings.blob_connection_string()},
-        labelstudio={
-            "url": ls_url or stack_settings.labelstudio_url(),
-            "api_key": stack_settings.labelstudio_api_key(),
-            "project_title": project or f"relabel-{uuid.uuid4().hex[:8]}",
-        },
-        mlflow={"tracking_uri": stack_settings.mlflow_tracking_uri()},
-    )
+from edgeloop.testing.stack import closed_port, settings_on
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +45,7 @@ def _project_tasks(settings):
 def test_shifted_traffic_is_drift_and_queues_at_most_k_with_predictions(
     stack_settings, mon_assets, traffic, tmp_path
 ):
-    settings = _settings(stack_settings, tmp_path / "state")
+    settings = settings_on(stack_settings, tmp_path / "state")
     budget = 6
     report = _scan(settings, mon_assets, traffic, "shifted", budget=budget)
     print(report.summary())
@@ -100,7 +79,7 @@ def test_shifted_traffic_is_drift_and_queues_at_most_k_with_predictions(
 
 
 def test_in_distribution_traffic_is_not_drift(stack_settings, mon_assets, traffic, tmp_path):
-    settings = _settings(stack_settings, tmp_path / "state")
+    settings = settings_on(stack_settings, tmp_path / "state")
     report = _scan(settings, mon_assets, traffic, "same", budget=4, queue=False, deliver=False)
     print(report.summary())
     assert not report.drift, report.summary()
@@ -112,11 +91,11 @@ def test_label_studio_down_queues_nothing_twice_and_delivers_when_back(
     stack_settings, mon_assets, traffic, tmp_path
 ):
     state = tmp_path / "state"
-    up = _settings(stack_settings, state)
-    down = _settings(
+    up = settings_on(stack_settings, state)
+    down = settings_on(
         stack_settings,
         state,
-        ls_url=f"http://127.0.0.1:{_closed_port()}",
+        ls_url=f"http://127.0.0.1:{closed_port()}",
         project=up.labelstudio.project_title,
     )
     budget = 5
@@ -159,7 +138,7 @@ def test_cli_scan_writes_report_json_and_metrics(stack_settings, mon_assets, tra
 
     from edgeloop.cli import cli
 
-    settings = _settings(stack_settings, tmp_path / "state")
+    settings = settings_on(stack_settings, tmp_path / "state")
     config = tmp_path / "edgeloop.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -222,8 +201,8 @@ def test_monitor_run_serves_metrics(stack_settings, mon_assets, traffic, tmp_pat
 
     from edgeloop.cli import cli
 
-    settings = _settings(stack_settings, tmp_path / "state")
-    port = _closed_port()
+    settings = settings_on(stack_settings, tmp_path / "state")
+    port = closed_port()
     env = {
         "EDGELOOP_STATE_DIR": str(settings.state_dir),
         "EDGELOOP_BLOB__CONNECTION_STRING": stack_settings.blob_connection_string(),
@@ -273,7 +252,7 @@ def test_model_by_registry_alias_is_downloaded_and_verified(stack_settings, mon_
     from edgeloop.monitoring.cli import resolve_model_dir
     from edgeloop.monitoring.profile import PROFILE_FILE
 
-    settings = _settings(stack_settings, tmp_path / "state")
+    settings = settings_on(stack_settings, tmp_path / "state")
     name = f"mon-registry-{uuid.uuid4().hex[:6]}"
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri())
     mlflow.set_experiment("monitoring-tests")

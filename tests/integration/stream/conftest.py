@@ -173,20 +173,6 @@ def subscribe():
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgeloop.testing.models import build_model_dir
-
-    return build_model_dir(
-        tmp_path_factory.mktemp("stream-model"),
-        size=64,
-        architecture="tiny",
-        labels=["ok", "scratch", "dent"],
-        name="stream-test",
-        version="1",
-    )
-
-
-@pytest.fixture(scope="session")
 def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from edgeloop.testing.media import make_video
 

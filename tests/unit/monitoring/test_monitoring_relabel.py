@@ -1,24 +1,17 @@
 """The relabel outbox without a Label Studio: nothing is lost, nothing is queued twice."""
 
-import socket
-
 import pytest
 
 from edgeloop.core.config import load_settings
 from edgeloop.monitoring.relabel import RelabelItem, RelabelQueue
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from edgeloop.testing.stack import closed_port
 
 
 @pytest.fixture
 def down_settings(tmp_path):
     return load_settings(
         state_dir=tmp_path / "state",
-        labelstudio={"url": f"http://127.0.0.1:{_closed_port()}", "api_key": "x" * 20},
+        labelstudio={"url": f"http://127.0.0.1:{closed_port()}", "api_key": "x" * 20},
     )
 
 

@@ -1,24 +1,10 @@
-"""Fixtures for the stream processor's unit tests: a tiny model and short synthetic videos."""
+"""Fixtures for the stream processor's unit tests: short synthetic videos (the tiny model is in tests/conftest.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgeloop.testing.models import build_model_dir
-
-    return build_model_dir(
-        tmp_path_factory.mktemp("stream-model"),
-        size=64,
-        architecture="tiny",
-        labels=["ok", "scratch", "dent"],
-        name="stream-test",
-        version="1",
-    )
 
 
 @pytest.fixture(scope="session")

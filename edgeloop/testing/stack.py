@@ -1,0 +1,33 @@
+"""Settings for a test of its own against a running stack, and a port where nothing listens."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from pathlib import Path
+
+from edgeloop.core.config import Settings, load_settings
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on (bound once, then released): a service that is down."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def settings_on(
+    stack: Settings, state_dir: Path, ls_url: str | None = None, project: str | None = None
+) -> Settings:
+    """Settings with their own state dir (own outbox, caches) and Label Studio project against ``stack``'s
+    services; ``ls_url`` points Label Studio elsewhere (e.g. at a :func:`closed_port`)."""
+    return load_settings(
+        state_dir=state_dir,
+        blob={"connection_string": stack.blob_connection_string()},
+        labelstudio={
+            "url": ls_url or stack.labelstudio_url(),
+            "api_key": stack.labelstudio_api_key(),
+            "project_title": project or f"relabel-{uuid.uuid4().hex[:8]}",
+        },
+        mlflow={"tracking_uri": stack.mlflow_tracking_uri()},
+    )
