@@ -22,16 +22,9 @@ import orjson
 
 from edgeloop.serving import metrics
 from edgeloop.serving.errors import PayloadTooLargeError
-from edgeloop.serving.security import OPEN_PATHS, OPEN_RPCS
+from edgeloop.serving.security import OPEN_PATHS, OPEN_RPCS, header_value
 
 UNCOUNTED_PATHS = OPEN_PATHS | {"/metrics"}
-
-
-def _header(scope: dict[str, Any], name: bytes) -> str | None:
-    for k, v in scope.get("headers") or ():
-        if k == name:
-            return v.decode("latin-1")
-    return None
 
 
 async def json_response(
@@ -64,7 +57,7 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.max_bytes
-        declared = _header(scope, b"content-length")
+        declared = header_value(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             metrics.ERRORS.labels("unknown", "too_large", "rest").inc()
             await json_response(

@@ -160,7 +160,8 @@ ADMIN_PATH_PREFIXES = ("/edgeloop/admin/", "/v2/repository/")  # checked against
 UNAUTHENTICATED_MESSAGE = "this server needs 'Authorization: Bearer <token>'; ask its operator for the token"
 
 
-def _header(scope: dict[str, Any], name: bytes) -> str | None:
+def header_value(scope: dict[str, Any], name: bytes) -> str | None:
+    """An ASGI request header (lower-case ``name``), or None."""
     for k, v in scope.get("headers") or ():
         if k == name:
             return v.decode("latin-1")
@@ -184,7 +185,7 @@ class BearerAuthMiddleware:
         if (
             path in OPEN_PATHS
             or path.startswith(ADMIN_PATH_PREFIXES)
-            or bearer_ok(_header(scope, b"authorization"), self.token)
+            or bearer_ok(header_value(scope, b"authorization"), self.token)
         ):
             await self.app(scope, receive, send)
             return
