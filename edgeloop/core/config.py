@@ -84,6 +84,10 @@ class LabelStudioSettings(BaseModel):
     # The local stack's Label Studio serves files from this directory only (its local-files
     # storage); None: local-file serving is off (edgeloop hands images over as blob links).
     local_files_root: Path | None = None
+    # Label Studio authenticates to edgeloop's ML backend (`edgeloop labeling backend`) with HTTP
+    # Basic auth as this user; the password: this setting, else one generated into the secrets.
+    ml_backend_user: str = "edgeloop-ml"
+    ml_backend_password: SecretStr | None = None
 
 
 class MlflowSettings(BaseModel):
@@ -201,6 +205,13 @@ class Settings(BaseSettings):
             return self.labelstudio.api_key.get_secret_value()
         return self.secrets()["labelstudio_token"]
 
+    def ml_backend_credentials(self) -> tuple[str, str]:
+        """(user, password) Label Studio presents to edgeloop's ML backend (HTTP Basic auth)."""
+        ls = self.labelstudio
+        if ls.ml_backend_password is not None:
+            return ls.ml_backend_user, ls.ml_backend_password.get_secret_value()
+        return ls.ml_backend_user, self.secrets()["ml_backend_password"]
+
     def mqtt_endpoint(self) -> tuple[str, int]:
         if self.mqtt.host and self.mqtt.port:
             return self.mqtt.host, self.mqtt.port
@@ -235,6 +246,7 @@ class Settings(BaseSettings):
             "labelstudio_password": lambda: secrets.token_urlsafe(16),
             "mqtt_stream_password": lambda: secrets.token_urlsafe(24),
             "mqtt_reader_password": lambda: secrets.token_urlsafe(24),
+            "ml_backend_password": lambda: secrets.token_urlsafe(24),
         }
         if path.exists():
             values: dict[str, str] = json.loads(path.read_text())

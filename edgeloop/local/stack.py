@@ -168,6 +168,9 @@ def labelstudio_env(settings: Settings, data: Path) -> dict[str, str]:
         "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",
         "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
         "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+        # Label Studio refuses ML backends on private and loopback addresses unless told otherwise;
+        # the local stack's ML backend (`edgeloop labeling backend`) listens on 127.0.0.1.
+        "ML_BLOCK_LOCAL_IP": "false",
     }
     root = s.labelstudio.local_files_root
     if root is not None:
