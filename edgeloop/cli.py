@@ -45,6 +45,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "reject": ("edgeloop.pipelines.cli", "reject", "Reject a candidate model version (the human gate)."),
     "rollback": ("edgeloop.pipelines.cli", "rollback", "Point champion back at the previous champion."),
     "monitor": ("edgeloop.monitoring.cli", "monitor", "Drift scans and the relabel queue."),
+    "labeling": (
+        "edgeloop.labeling.cli",
+        "labeling",
+        "Label Studio ML backend: the champion's predictions as pre-annotations.",
+    ),
     "stream": ("edgeloop.stream.cli", "stream", "Process live video streams and publish results over MQTT."),
 }
 
