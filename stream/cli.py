@@ -107,6 +107,13 @@ def _host_port(value: str, what: str) -> tuple[str, int]:
     type=click.Path(path_type=Path, file_okay=False),
     help="Where results wait while the broker is away [default: <state_dir>/stream/outbox].",
 )
+@click.option(
+    "--outbox-max",
+    type=click.IntRange(min=1),
+    default=500_000,
+    help="Most results the outbox holds while the broker is away; beyond it new results are dropped "
+    "and counted (edgeloop_stream_results_dropped{reason=outbox_full}).",
+)
 @click.option("--mqtt", "mqtt_addr", help="MQTT broker HOST:PORT [default: from settings / the local stack].")
 @click.option(
     "--mqtt-username",
@@ -174,6 +181,7 @@ def stream(
     loop: bool,
     max_retries: int,
     outbox_dir: Path | None,
+    outbox_max: int,
     mqtt_addr: str | None,
     mqtt_username: str | None,
     mqtt_password_file: Path | None,
@@ -200,9 +208,11 @@ def stream(
     source (bounded: --queue-size, --drop-policy) and classified in batches across
     sources, in process (--model DIR) or by the model server (--server HOST:PORT).
     Every dropped frame is counted per source and reason. Results (JSON, see
-    stream/result.schema.json) go out with QoS 1; while the broker is
-    unreachable they wait in an on-disk outbox and are replayed in order.
-    A summary per source is printed at exit.
+    stream/result.schema.json) are written to an on-disk outbox, then go out with
+    QoS 1, each with a message_id to deduplicate on; while the broker is
+    unreachable they wait there and are replayed in order. If the process is
+    killed, the next run on the same outbox sends what was kept and counts the
+    frames that were only in memory. A summary per source is printed at exit.
 
     \b
     Examples:
@@ -270,6 +280,7 @@ def stream(
             username=username,
             password=password,
             tls=tls,
+            outbox_max=outbox_max,
         )
         click.echo(
             f"publishing to mqtt{'s' if tls else ''}://{host}:{port}/{config.topic_prefix}/{line}/<camera> "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,9 +52,12 @@ class StreamSummary:
     batches: int
     inference_s_per_frame: float | None
     outbox_depth: int
+    run_id: str = ""
+    lost_in_killed_runs: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "run_id": self.run_id,
             "elapsed_s": round(self.elapsed_s, 3),
             "model": self.model,
             "batches": self.batches,
@@ -62,6 +66,7 @@ class StreamSummary:
             else round(self.inference_s_per_frame * 1e3, 3),
             "outbox_depth": self.outbox_depth,
             "sources": self.sources,
+            "lost_in_killed_runs": self.lost_in_killed_runs,
         }
 
     def table(self) -> str:
@@ -103,8 +108,21 @@ class StreamSummary:
         out = "\n".join(lines)
         if errors:
             out += "\nerrors:\n" + "\n".join(errors)
+        dropped_results = [
+            f"  {s['source']}: " + ", ".join(f"{k} {v}" for k, v in sorted(s["results_dropped"].items()) if v)
+            for s in self.sources
+            if any(s.get("results_dropped", {}).values())
+        ]
+        if dropped_results:
+            out += "\nresults computed but dropped before the outbox:\n" + "\n".join(dropped_results)
         if self.outbox_depth:
             out += f"\n{self.outbox_depth} results wait in the outbox (sent on the next run)"
+        for lost in self.lost_in_killed_runs:
+            out += (
+                f"\nrun {lost['run_id']} was killed: {lost['source']} lost {lost['lost']} frames in memory "
+                f"({lost['frames_in']} in, {lost['frames_dropped']} dropped, "
+                f"{lost['results_durable']} results kept and sent from the outbox)"
+            )
         return out
 
 
@@ -135,6 +153,8 @@ class StreamProcessor:
             for s in self.specs
         }
         self.sink = sink
+        self.run_id = uuid.uuid4().hex[:16]  # in every result's message_id
+        self.lost: list[dict[str, Any]] = []  # what killed earlier runs on the same outbox lost
         self.scheduler = Scheduler(max_age_s=self.config.max_age_s)
         self._stop_readers = threading.Event()
         self._stop_workers = threading.Event()
@@ -170,6 +190,8 @@ class StreamProcessor:
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
+        if self.sink is not None:
+            self.lost = [entry.as_dict() for entry in self.sink.begin_run(self.run_id, self.stats)]
         self._started = time.monotonic()
         for w in self._workers:
             w.start()
@@ -234,6 +256,8 @@ class StreamProcessor:
             batches=self._batches,
             inference_s_per_frame=per_frame,
             outbox_depth=getattr(self.sink, "outbox_depth", 0),
+            run_id=self.run_id,
+            lost_in_killed_runs=self.lost,
         )
 
     # -- inference workers ------------------------------------------------------------------------------
@@ -295,6 +319,7 @@ class StreamProcessor:
                     result = build_result(
                         f,
                         p,
+                        run_id=self.run_id,
                         line=cfg.line,
                         model_name=name,
                         model_version=version,

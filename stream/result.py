@@ -12,9 +12,15 @@ import numpy as np
 from edgeloop.stream.predictors import Prediction
 from edgeloop.stream.queues import Frame
 
-SCHEMA_ID = "edgeloop.stream.result/v1"
+SCHEMA_ID = "edgeloop.stream.result/v2"
 SCHEMA_FILE = "result.schema.json"
 TOP_K = 3
+
+
+def message_id(run_id: str, camera: str, frame_index: int) -> str:
+    """``<run>:<camera>:<frame>``: the same for every copy at-least-once delivery makes of one result,
+    different for every frame of every run."""
+    return f"{run_id}:{camera}:{frame_index}"
 
 
 def topic_for(prefix: str, line: str, camera: str) -> str:
@@ -50,6 +56,7 @@ def build_result(
     frame: Frame,
     pred: Prediction,
     *,
+    run_id: str,
     line: str,
     model_name: str,
     model_version: str | None,
@@ -65,6 +72,8 @@ def build_result(
         top = [{"label": pred.label, "score": _unit(pred.score)}]
     return {
         "schema": SCHEMA_ID,
+        "message_id": message_id(run_id, frame.source, frame.index),
+        "run_id": run_id,
         "line": line,
         "camera": frame.source,
         "frame_index": frame.index,

@@ -31,6 +31,13 @@ class DropReason(str, Enum):
     SHUTDOWN = "shutdown"  # still queued when the processor had to stop
 
 
+class ResultDropReason(str, Enum):
+    """Why a result that was computed never reached the outbox (so it is never published)."""
+
+    OUTBOX_FULL = "outbox_full"  # the on-disk outbox held --outbox-max results (broker away too long)
+    OUTBOX_ERROR = "outbox_error"  # the outbox could not be written (disk full, read-only, ...)
+
+
 class SourceState(str, Enum):
     STARTING = "starting"
     UP = "up"
@@ -162,7 +169,30 @@ class StreamMetrics:
             registry=r,
         )
         self.outbox_depth = Gauge(
-            "edgeloop_stream_outbox_depth", "Results waiting in the on-disk outbox", registry=r
+            "edgeloop_stream_outbox_depth",
+            "Results in the on-disk outbox (waiting, or sent and not yet acknowledged)",
+            registry=r,
+        )
+        self.outbox_capacity = Gauge(
+            "edgeloop_stream_outbox_capacity", "Most results the on-disk outbox holds", registry=r
+        )
+        self.results_dropped = PromCounter(
+            "edgeloop_stream_results_dropped",
+            "Results computed but never published: the outbox was full or could not be written",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.publisher_restarts = PromCounter(
+            "edgeloop_stream_publisher_restarts",
+            "Times the MQTT publisher thread failed and was restarted",
+            registry=r,
+        )
+        self.frames_lost = PromCounter(
+            "edgeloop_stream_frames_lost",
+            "Frames of an earlier run that was killed (SIGKILL, OOM, power) while they were in memory; "
+            "counted when the next run opens the same outbox",
+            ["source"],
+            registry=r,
         )
         self.mqtt_connected = Gauge(
             "edgeloop_stream_mqtt_connected", "1 while connected to the MQTT broker", registry=r
@@ -193,6 +223,7 @@ class SourceStats:
     dropped: Counter[str] = field(default_factory=Counter)
     published: int = 0
     outboxed: int = 0
+    results_dropped: Counter[str] = field(default_factory=Counter)
     reconnects: int = 0
     queue_high_water: int = 0
     errors: Counter[str] = field(default_factory=Counter)
@@ -202,6 +233,10 @@ class SourceStats:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._ledger: Any = (
+            None  # a RunLedger slot: frames in and dropped, kept where a SIGKILL cannot erase them
+        )
+        self._dropped_total = 0
         m = self.metrics
         self._m_decoded = m.decoded.labels(self.name)
         self._m_in = m.frames_in.labels(self.name)
@@ -214,7 +249,15 @@ class SourceStats:
             m.dropped.labels(self.name, reason.value)
         m.published.labels(self.name)
         m.outboxed.labels(self.name)
+        for r in ResultDropReason:
+            m.results_dropped.labels(self.name, r.value)
         m.source_up.labels(self.name).set(0)
+
+    def attach_ledger(self, slot: Any) -> None:
+        """Mirror frames in and dropped into ``slot`` (:class:`edgeloop.stream.ledger.LedgerSlot`)."""
+        with self._lock:
+            self._ledger = slot
+            slot.set(self.frames_in, self._dropped_total)
 
     # -- reader side ----------------------------------------------------------
     def on_decoded(self, kept: bool, decode_s: float | None = None) -> None:
@@ -222,6 +265,8 @@ class SourceStats:
             self.decoded += 1
             if kept:
                 self.frames_in += 1
+                if self._ledger is not None:
+                    self._ledger.set(self.frames_in, self._dropped_total)
                 if decode_s is not None:
                     self.decode_time.record(decode_s)
             else:
@@ -254,6 +299,9 @@ class SourceStats:
             return
         with self._lock:
             self.dropped[reason.value] += n
+            self._dropped_total += n
+            if self._ledger is not None:
+                self._ledger.set(self.frames_in, self._dropped_total)
         self.metrics.dropped.labels(self.name, reason.value).inc(n)
 
     def on_depth(self, depth: int) -> None:
@@ -273,6 +321,13 @@ class SourceStats:
         with self._lock:
             self.published += n
         self.metrics.published.labels(self.name).inc(n)
+
+    def on_result_dropped(self, reason: ResultDropReason, n: int = 1) -> None:
+        if n <= 0:
+            return
+        with self._lock:
+            self.results_dropped[reason.value] += n
+        self.metrics.results_dropped.labels(self.name, reason.value).inc(n)
 
     def on_outboxed(self, n: int = 1) -> None:
         with self._lock:
@@ -302,6 +357,7 @@ class SourceStats:
                 "decode_ms_mean": None if dec is None else round(dec * 1e3, 3),
                 "results_published": self.published,
                 "results_outboxed": self.outboxed,
+                "results_dropped": dict(self.results_dropped),
                 "reconnects": self.reconnects,
                 "errors": dict(self.errors),
                 "last_error": self.last_error,

@@ -19,6 +19,7 @@ def _result(**overrides):
     frame = Frame("cam-1", 42, np.zeros((2, 2, 3), np.uint8), time.time(), time.monotonic(), media_time=1.4)
     pred = Prediction("scratch", 0.7, np.array([0.2, 0.7, 0.1], np.float32))
     kwargs = dict(
+        run_id="0123456789abcdef",
         line="line1",
         model_name="inspect",
         model_version="3",
@@ -41,6 +42,7 @@ def test_result_validates_against_the_schema():
         42,
         {"name": "inspect", "version": "3"},
     )
+    assert result["message_id"] == "0123456789abcdef:cam-1:42"  # what a consumer deduplicates on
 
 
 def test_result_without_labels_or_version_is_still_valid():
@@ -57,6 +59,8 @@ def test_result_without_labels_or_version_is_still_valid():
         lambda r: r.update(camera="a/b"),
         lambda r: r.update(extra=1),
         lambda r: r["model"].pop("version"),
+        lambda r: r.pop("message_id"),
+        lambda r: r.update(message_id="cam-1:42"),
     ],
 )
 def test_schema_rejects_broken_results(breaks):
