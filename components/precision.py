@@ -22,6 +22,7 @@ from edgeloop.components.defaults import PrecisionBounds
 from edgeloop.components.errors import PrecisionError
 from edgeloop.components.stats import metric_fields, proportion_fields, quantile_interval_ranks
 from edgeloop.core.model_card import MODEL_FILE, Precision
+from edgeloop.core.preprocessing import PreprocessConfig
 
 
 @dataclass
@@ -218,18 +219,20 @@ def select_precision(
     candidates: tuple[Precision, ...] = (Precision.FP32, Precision.INT8),
     calibration_images: int = 64,
     latency_runs: int = 50,
+    preprocessing: PreprocessConfig | None = None,
 ) -> PrecisionDecision:
-    """Build the candidates, measure them, choose; the chosen file is copied to ``out_dir/model.onnx``."""
+    """Build the candidates, measure them, choose; the chosen file is copied to ``out_dir/model.onnx``.
+    ``preprocessing``: the model card's (default: ``size`` with ImageNet mean/std, as training uses)."""
     import numpy as np
 
     from edgeloop.components.export import onnx_session, run_onnx
     from edgeloop.components.modeling import load_split
-    from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
+    from edgeloop.core.preprocessing import Preprocess
 
     out_dir = Path(out_dir)
     work = out_dir.parent / f"{out_dir.name}-variants"
     work.mkdir(parents=True, exist_ok=True)
-    pre = Preprocess(PreprocessConfig(size=size))
+    pre = Preprocess(preprocessing or PreprocessConfig(size=size))
     val = load_split(Path(dataset_dir), "val", labels, pre)
     x_val, y_val = val.array(), np.asarray(val.targets)
     fp32_copy = work / "model.fp32.onnx"
@@ -338,6 +341,7 @@ def choose_precision(
         provider=provider,
         bounds=bounds,
         calibration_images=calibration_images,
+        preprocessing=card.preprocessing,
     )
     chosen = next(m for m in decision.measurements if m.precision is decision.precision)
     evidence = {**decision.evidence(), "target": target}

@@ -66,11 +66,15 @@ class ModelRunner:
         self.preprocess = Preprocess(self.card.preprocessing)
         self.session: ort.InferenceSession = model.session
         names = [o.name for o in self.session.get_outputs()]
-        if EMBEDDING_OUTPUT not in names:
+        if PROBS_OUTPUT not in names:
             raise ValueError(
-                f"{self.model_dir / MODEL_FILE} has no '{EMBEDDING_OUTPUT}' output (outputs: {names}); "
-                "monitoring needs the embedding output the export step adds"
+                f"{self.model_dir / MODEL_FILE} has no '{PROBS_OUTPUT}' output (outputs: {names}); "
+                "export or import the model with edgeloop (it names the outputs)"
             )
+        # A model without an embedding output (an imported one) is still monitored: image statistics,
+        # confidence and predictions; its embeddings are empty ([N, 0]) and the embedding detectors are off.
+        self.has_embedding = EMBEDDING_OUTPUT in names
+        self._outputs = [PROBS_OUTPUT, EMBEDDING_OUTPUT] if self.has_embedding else [PROBS_OUTPUT]
 
     def run(self, images: Sequence[ImageLike] | Iterable[ImageLike], batch_size: int = 32) -> Outputs:
         probs: list[np.ndarray] = []
@@ -81,8 +85,9 @@ class ModelRunner:
             if not batch:
                 return
             x = self.preprocess.batch(batch)
-            p, e = self.session.run([PROBS_OUTPUT, EMBEDDING_OUTPUT], {self.card.input_name: x})
-            probs.append(np.asarray(p, dtype=np.float32))
+            out = self.session.run(self._outputs, {self.card.input_name: x})
+            probs.append(np.asarray(out[0], dtype=np.float32))
+            e = out[1] if self.has_embedding else np.zeros((len(batch), 0))
             embs.append(np.asarray(e, dtype=np.float32).reshape(len(batch), -1))
             batch.clear()
 
@@ -92,7 +97,7 @@ class ModelRunner:
                 flush()
         flush()
         if not probs:
-            d = self.card.embedding_dim or 0
+            d = (self.card.embedding_dim or 0) if self.has_embedding else 0
             return Outputs(np.zeros((0, len(self.card.labels)), np.float32), np.zeros((0, d), np.float32))
         return Outputs(np.concatenate(probs), np.concatenate(embs))
 

@@ -53,6 +53,12 @@ IMAGE_STAT_NAMES = ("brightness", "contrast", "sharpness", "mean_r", "mean_g", "
 STATS_SIZE = 128  # default side images are resized to before statistics (profiles use the model's input size)
 
 
+NO_EMBEDDING = (
+    "the model has no embedding output (an imported model without --embedding): embedding MMD "
+    "and the out-of-distribution flag need one; image statistics, confidence and predictions are monitored"
+)
+
+
 class ProfileError(FileNotFoundError):
     """A model directory has no (readable) reference profile: build one at training time."""
 
@@ -151,8 +157,16 @@ class ReferenceProfile:
         counts = np.bincount(self.predicted.astype(int), minlength=len(self.labels))
         return {lbl: float(c) / max(1, counts.sum()) for lbl, c in zip(self.labels, counts, strict=True)}
 
+    @property
+    def has_embeddings(self) -> bool:
+        """False for a model without an embedding output: the embedding detectors are off."""
+        return self.embeddings.ndim == 2 and self.embeddings.shape[0] > 0 and self.embeddings.shape[1] > 0
+
     def ood_scores(self, embeddings: np.ndarray) -> np.ndarray:
-        """kNN distance of each embedding to the reference embeddings (higher: less familiar)."""
+        """kNN distance of each embedding to the reference embeddings (higher: less familiar);
+        zeros (never out of distribution) when the model has no embeddings."""
+        if not self.has_embeddings:
+            return np.zeros(len(embeddings))
         return knn_distances(self._standardise(embeddings), self._standardise(self.embeddings), self.knn_k)
 
     def _standardise(self, embeddings: np.ndarray) -> np.ndarray:
@@ -258,11 +272,29 @@ def profile_from_outputs(
     if n < 10:
         raise ValueError(f"a reference profile needs at least 10 images, got {n}")
     conf, margin = confidence_and_margin(probabilities)
+    if not 0 < ood_false_flag_rate < 1:
+        raise ValueError(f"ood_false_flag_rate must be in (0, 1), got {ood_false_flag_rate}")
+    common: dict[str, Any] = {
+        "model": model,
+        "version": version,
+        "labels": list(labels),
+        "confidence": conf,
+        "margin": margin,
+        "image_stats": np.asarray(stats, dtype=np.float64),
+        "predicted": np.asarray(probabilities).argmax(1),
+        "stats_size": stats_size,
+        "knn_k": knn_k,
+        "low_confidence_threshold": float(np.quantile(conf, flag_quantile)),
+        "small_margin_threshold": float(np.quantile(margin, flag_quantile)),
+        "n_images": n,
+    }
+    if np.asarray(embeddings).size == 0:
+        log.warning("reference profile without embeddings: %s", NO_EMBEDDING)
+        off = {"method": "off", "reason": NO_EMBEDDING, "sufficient": False}
+        return ReferenceProfile(embeddings=np.zeros((0, 0)), calibration=off, **common)
     rng = np.random.default_rng(seed)
     keep = np.sort(rng.choice(n, size=min(n, max_embeddings), replace=False))
     emb = np.asarray(embeddings, dtype=np.float64)[keep]
-    if not 0 < ood_false_flag_rate < 1:
-        raise ValueError(f"ood_false_flag_rate must be in (0, 1), got {ood_false_flag_rate}")
     center = emb.mean(axis=0)
     scale = np.maximum(emb.std(axis=0), 1e-6 * max(float(emb.std()), 1e-12))
     z = (emb - center) / scale
@@ -289,24 +321,13 @@ def profile_from_outputs(
     }
     ood_quantile = 1.0 - ood_false_flag_rate
     return ReferenceProfile(
-        model=model,
-        version=version,
-        labels=list(labels),
         embeddings=emb,
-        confidence=conf,
-        margin=margin,
-        image_stats=np.asarray(stats, dtype=np.float64),
-        predicted=np.asarray(probabilities).argmax(1),
-        stats_size=stats_size,
-        knn_k=knn_k,
         ood_quantile=ood_quantile,
         ood_threshold=float(np.quantile(held_out, ood_quantile)),
-        low_confidence_threshold=float(np.quantile(conf, flag_quantile)),
-        small_margin_threshold=float(np.quantile(margin, flag_quantile)),
-        n_images=n,
         embedding_center=center,
         embedding_scale=scale,
         calibration=calibration,
+        **common,
     )
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeloop.monitoring.profile import IMAGE_STAT_NAMES, confidence_and_margin
+from edgeloop.monitoring.profile import IMAGE_STAT_NAMES, NO_EMBEDDING, confidence_and_margin
 
 if TYPE_CHECKING:
     from edgeloop.monitoring.flags import Flag
@@ -57,24 +57,25 @@ def _figures(profile: ReferenceProfile, window: Window, selected: list[Flag]) ->
     import matplotlib.pyplot as plt
 
     figs: dict[str, str] = {}
-    ref2, win2 = pca_2d(profile.embeddings, window.embeddings)
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    ax.scatter(ref2[:, 0], ref2[:, 1], s=10, alpha=0.5, label=f"reference ({len(ref2)})")
-    if len(win2):
-        ax.scatter(win2[:, 0], win2[:, 1], s=10, alpha=0.5, label=f"window ({len(win2)})")
-        idx = [f.index for f in selected]
-        if idx:
-            ax.scatter(
-                win2[idx, 0],
-                win2[idx, 1],
-                s=60,
-                facecolors="none",
-                edgecolors="red",
-                label=f"selected ({len(idx)})",
-            )
-    ax.set_title("Embeddings, PCA of the reference")
-    ax.legend(fontsize=8)
-    figs["pca"] = _png(fig)
+    if profile.has_embeddings:  # none for a model without an embedding output
+        ref2, win2 = pca_2d(profile.embeddings, window.embeddings)
+        fig, ax = plt.subplots(figsize=(5.5, 4.5))
+        ax.scatter(ref2[:, 0], ref2[:, 1], s=10, alpha=0.5, label=f"reference ({len(ref2)})")
+        if len(win2):
+            ax.scatter(win2[:, 0], win2[:, 1], s=10, alpha=0.5, label=f"window ({len(win2)})")
+            idx = [f.index for f in selected]
+            if idx:
+                ax.scatter(
+                    win2[idx, 0],
+                    win2[idx, 1],
+                    s=60,
+                    facecolors="none",
+                    edgecolors="red",
+                    label=f"selected ({len(idx)})",
+                )
+        ax.set_title("Embeddings, PCA of the reference")
+        ax.legend(fontsize=8)
+        figs["pca"] = _png(fig)
 
     conf, _ = confidence_and_margin(window.probabilities)
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
@@ -133,6 +134,11 @@ def render_html(
             f"</small></figcaption></figure>"
         )
     verdict = "DRIFT" if report.drift else "no drift"
+    pca = (
+        f"<img alt='embedding PCA' src='data:image/png;base64,{figs['pca']}'/>"
+        if "pca" in figs
+        else f"<p>No embedding plot: {e(NO_EMBEDDING)}.</p>"
+    )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>edgeloop drift report: {e(report.model)}</title>
 <style>
@@ -151,7 +157,7 @@ Reference: {profile.n_images} images, built {e(profile.created_at)}.</p>
 {''.join(rows)}</table>
 <h2>Plots</h2>
 <div class="plots">
-<img alt="embedding PCA" src="data:image/png;base64,{figs['pca']}"/>
+{pca}
 <img alt="confidence histograms" src="data:image/png;base64,{figs['confidence']}"/>
 <img alt="image statistics" src="data:image/png;base64,{figs['image_stats']}" style="max-width: 96%"/>
 </div>

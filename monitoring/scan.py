@@ -27,6 +27,7 @@ from edgeloop.monitoring.flags import Flag, flag_images, select_for_labeling
 from edgeloop.monitoring.profile import (
     IMAGE_STAT_NAMES,
     MIN_REFERENCE_IMAGES,
+    NO_EMBEDDING,
     ReferenceProfile,
     confidence_and_margin,
     image_stats,
@@ -312,8 +313,22 @@ def detectors(profile: ReferenceProfile, options: ScanOptions) -> list[Any]:
 def run_detectors(profile: ReferenceProfile, window: Window, options: ScanOptions) -> list[DriftResult]:
     conf, _ = confidence_and_margin(window.probabilities)
     mmd, psi, ks, cat = detectors(profile, options)
+    embedding = (
+        mmd.predict(window.embeddings)
+        if profile.has_embeddings
+        else DriftResult(
+            mmd.name,
+            False,
+            float("nan"),
+            mmd.p_val,
+            float("nan"),
+            0,
+            len(window.records),
+            {"skipped": f"off: {NO_EMBEDDING}"},
+        )
+    )
     return [
-        mmd.predict(window.embeddings),
+        embedding,
         psi.predict(conf),
         ks.predict(window.stats),
         cat.predict(window.predicted),
@@ -367,7 +382,9 @@ def scan_window(
     distinct = {f.sha256: f for f in flags}  # an image served twice is flagged (and counted) once
     reasons = _count_reasons(distinct.values())
     warnings = []
-    if len(profile.embeddings) < MIN_REFERENCE_IMAGES:
+    if not profile.has_embeddings:
+        warnings.append(f"detectors off: embedding_mmd and the out_of_distribution flag: {NO_EMBEDDING}")
+    elif len(profile.embeddings) < MIN_REFERENCE_IMAGES:
         warnings.append(
             f"the reference profile holds {len(profile.embeddings)} embeddings (< {MIN_REFERENCE_IMAGES}): "
             "kNN flags and MMD are noisy; rebuild it from more held-out images"
