@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from edgeloop.local.stack import free_port
+from edgeloop.testing.mqtt import Subscriber
 
 
 class Broker:
@@ -64,68 +63,6 @@ class Broker:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
-
-
-class Subscriber:
-    """Collects JSON results; a persistent session (clean_session=False) so a broker restart loses nothing."""
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        topic: str,
-        client_id: str,
-        credentials: tuple[str, str] | None = None,
-    ):
-        import paho.mqtt.client as mqtt
-
-        self.messages: list[tuple[str, dict]] = []
-        self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        self.topic = topic
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
-        self.client.reconnect_delay_set(1, 2)
-        if credentials:
-            self.client.username_pw_set(*credentials)
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
-        self.client.on_subscribe = lambda c, u, mid, rcs, p: self._subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect(host, port, keepalive=10)
-        self.client.loop_start()
-        assert self._subscribed.wait(10), "subscription not acknowledged"
-
-    def _on_message(self, client, userdata, msg) -> None:
-        with self._lock:
-            self.messages.append((msg.topic, json.loads(msg.payload)))
-
-    def by_camera(self) -> dict[str, list[dict]]:
-        out: dict[str, list[dict]] = {}
-        with self._lock:
-            for _, m in self.messages:
-                out.setdefault(m["camera"], []).append(m)
-        return out
-
-    def unique_frames(self, camera: str) -> list[int]:
-        """Frame indices of ``camera`` in arrival order with QoS 1 duplicates removed."""
-        seen: set[int] = set()
-        out = []
-        for m in self.by_camera().get(camera, []):
-            if m["frame_index"] not in seen:
-                seen.add(m["frame_index"])
-                out.append(m["frame_index"])
-        return out
-
-    def wait_for(self, predicate, timeout: float = 15.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(self):
-                return True
-            time.sleep(0.05)
-        return predicate(self)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture
