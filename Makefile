@@ -14,13 +14,19 @@ PYTEST_ARGS ?=
 # Top-level folders installed as edgeloop.<name> (see [tool.setuptools.package-dir] in pyproject.toml).
 FEATURE_DIRS := components pipelines serving stream monitoring deploy manifests
 TYPECHECK_VIEW := build/typecheck
+# podman reads its configuration from the project (runc runtime, ulimits, storage under .tools/).
+CONTAINERS_DIR := .tools/containers
+export CONTAINERS_CONF := $(CURDIR)/$(CONTAINERS_DIR)/containers.conf
+export CONTAINERS_STORAGE_CONF := $(CURDIR)/$(CONTAINERS_DIR)/storage.conf
+# `make images` options: BASE_IMAGE=..., TORCH_INDEX_URL=..., TORCH_WHEELS=<dir of wheels>
+IMAGE_ARGS = $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(TORCH_INDEX_URL),--torch-index-url $(TORCH_INDEX_URL)) $(if $(TORCH_WHEELS),--torch-wheels $(TORCH_WHEELS))
 
-.PHONY: help setup up down status demo test test-unit lint bench lock compile clean-state schemas
+.PHONY: help setup up down status demo test test-unit lint bench lock compile clean-state schemas images base-image
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed node_modules/.installed $(LS_VENV)/.installed $(LS_TEMPLATE) .tools/.debs ## Install everything (venv, Node deps, Label Studio venv, mosquitto); idempotent
+setup: $(VENV)/.installed node_modules/.installed $(LS_VENV)/.installed $(LS_TEMPLATE) .tools/.debs $(CONTAINERS_DIR)/containers.conf ## Install everything (venv, Node deps, Label Studio venv, mosquitto); idempotent
 
 $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 (or run make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -43,8 +49,9 @@ $(LS_VENV)/.installed: requirements/label-studio.lock
 $(LS_TEMPLATE): $(LS_VENV)/.installed $(VENV)/.installed
 	$(EDGELOOP) stack prepare
 
-# Debian packages: the MQTT broker, and Chromium + ChromeDriver for the labelers' browser test.
-DEBS := mosquitto chromium chromium-driver
+# Debian packages: the MQTT broker, Chromium + ChromeDriver for the labelers' browser test, and podman
+# (with runc, catatonit for --init, buildah/skopeo, debootstrap for the offline base image) for the images.
+DEBS := mosquitto chromium chromium-driver podman runc catatonit buildah skopeo debootstrap
 .tools/.debs: Makefile
 	@mkdir -p .tools
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -53,6 +60,19 @@ DEBS := mosquitto chromium chromium-driver
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 	touch $@
+
+# crun (podman's default) cannot start containers on mixed cgroup v1/v2 hosts: runc works everywhere;
+# raising ulimits is not always permitted: the defaults are this shell's hard limits.
+$(CONTAINERS_DIR)/containers.conf: Makefile
+	@mkdir -p $(CONTAINERS_DIR)
+	printf '[containers]\ndefault_ulimits = ["nofile=%s:%s", "nproc=32768:32768"]\n[engine]\nruntime = "runc"\n' "$$(ulimit -Hn)" "$$(ulimit -Hn)" > $@
+	printf '[storage]\ndriver = "overlay"\ngraphroot = "%s/storage"\nrunroot = "%s/run"\n' "$(CURDIR)/$(CONTAINERS_DIR)" "$(CURDIR)/$(CONTAINERS_DIR)" > $(CONTAINERS_STORAGE_CONF)
+
+images: setup ## Build the container images (tagged by content hash; OCI archives + index in build/images/)
+	$(EDGELOOP) images build --out build/images $(IMAGE_ARGS)
+
+base-image: setup ## Build the base image from Debian packages (for machines without registry access)
+	$(EDGELOOP) images base
 
 up: setup ## Start the local stack (Azurite, MLflow, Label Studio, Mosquitto)
 	$(EDGELOOP) stack up

@@ -57,6 +57,27 @@ def _for_model(settings: Settings, model: str | None) -> Settings:
     )
 
 
+_images_opt = click.option(
+    "--images",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="index.json written by `make images`: pin every image of the pipeline by digest.",
+)
+_pinned_images = click.option(
+    "--images",
+    type=click.Path(path_type=Path),
+    default=Path("build/images/index.json"),
+    show_default=True,
+    help="index.json written by `make images` (pushed to the registry): every image is pinned by digest.",
+)
+_service_account = click.option(
+    "--service-account",
+    default="edgeloop-pipeline",
+    show_default=True,
+    help="Kubernetes service account of every step (manifests/base/platform/serviceaccounts.yaml).",
+)
+
+
 @click.group()
 def pipeline() -> None:
     """The Kubeflow training pipeline: label import -> dataset -> DDP training -> ONNX -> staging
@@ -71,11 +92,13 @@ def pipeline() -> None:
     default=None,
     help="Output YAML [default: ./training_pipeline.yaml].",
 )
-def compile(out: Path | None) -> None:  # noqa: A001 - the command's name
+@_images_opt
+@user_errors
+def compile(out: Path | None, images: Path | None) -> None:  # noqa: A001 - the command's name
     """Compile the pipeline to KFP IR YAML (what you upload to Kubeflow)."""
     from edgeloop.pipelines.runner import compile_pipeline
 
-    path = compile_pipeline(out)
+    path = compile_pipeline(out, images=images)
     click.echo(f"wrote {path}")
 
 
@@ -127,16 +150,31 @@ def run(
 @click.option("--experiment", default="edgeloop", show_default=True)
 @click.option("--run-name", default=None)
 @click.option("--namespace", default=None, help="Kubeflow profile namespace (multi-user installs).")
+@_pinned_images
+@_service_account
 @click.pass_obj
 @user_errors
 def submit(
-    obj, host: str, params: tuple[str, ...], experiment: str, run_name: str | None, namespace: str | None
+    obj,
+    host: str,
+    params: tuple[str, ...],
+    experiment: str,
+    run_name: str | None,
+    namespace: str | None,
+    images: Path,
+    service_account: str,
 ) -> None:
-    """Upload the compiled pipeline and start a run (kfp.Client)."""
+    """Upload the compiled pipeline (images pinned by digest) and start a run (kfp.Client)."""
     from edgeloop.pipelines.runner import submit_run
 
     url = submit_run(
-        host, _parse_params(params), experiment=experiment, run_name=run_name, namespace=namespace
+        host,
+        _parse_params(params),
+        experiment=experiment,
+        run_name=run_name,
+        namespace=namespace,
+        images=images,
+        service_account=service_account,
     )
     click.echo(f"started: {url}")
 
@@ -149,6 +187,8 @@ def submit(
 @click.option("--name", "job_name", default="edgeloop-retrain", show_default=True)
 @click.option("--max-concurrency", default=1, show_default=True)
 @click.option("--namespace", default=None)
+@_pinned_images
+@_service_account
 @click.pass_obj
 @user_errors
 def schedule(
@@ -160,6 +200,8 @@ def schedule(
     job_name: str,
     max_concurrency: int,
     namespace: str | None,
+    images: Path,
+    service_account: str,
 ) -> None:
     """Create a recurring run (label import is never cached, so each run sees the latest labels)."""
     from edgeloop.pipelines.runner import schedule_runs
@@ -172,6 +214,8 @@ def schedule(
         job_name=job_name,
         max_concurrency=max_concurrency,
         namespace=namespace,
+        images=images,
+        service_account=service_account,
     )
     click.echo(f"recurring run {job_name} created (id {job_id}), cron '{cron}'")
 
@@ -237,3 +281,70 @@ def rollback(obj, model: str, no_deploy: bool) -> None:
 
     old, new, where = rollback_and_deploy(settings)
     click.echo(f"{model}: champion {old} -> {new}; deployed to {where}")
+
+
+# -- container images ---------------------------------------------------------------------------------------------
+@click.group()
+def images() -> None:
+    """The container images (edgeloop-serving, edgeloop-pipeline, edgeloop-builder): build with docker or
+    podman, tagged by content hash, saved as OCI archives with an index of digests."""
+
+
+@images.command("build")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("build/images"),
+    show_default=True,
+    help="Where the OCI archives and index.json go.",
+)
+@click.option("--only", "names", multiple=True, help="Build only this image (repeatable).")
+@click.option(
+    "--base-image",
+    default=None,
+    help="Base image [default: python:3.11-slim-bookworm if present or pullable, else the Debian base "
+    "built with `edgeloop images base`].",
+)
+@click.option(
+    "--torch-index-url", default=None, help="Index with CPU torch wheels [default: PyTorch's CPU index]."
+)
+@click.option(
+    "--torch-wheels",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="A directory of wheels pip may use for torch (a build context; nothing else is copied).",
+)
+@click.option(
+    "--engine", type=click.Choice(["docker", "podman"]), default=None, help="[default: whichever works]"
+)
+@user_errors
+def images_build(
+    out: Path,
+    names: tuple[str, ...],
+    base_image: str | None,
+    torch_index_url: str | None,
+    torch_wheels: str | None,
+    engine: str | None,
+) -> None:
+    """Build every image; an image whose content hash is unchanged is not rebuilt."""
+    from edgeloop.pipelines.image_build import IMAGES, build_images, torch_source
+
+    torch = torch_source(torch_index_url, torch_wheels) if (torch_index_url or torch_wheels) else None
+    build_images(
+        out, tuple(names) or tuple(IMAGES), engine=engine, base_image=base_image, torch=torch, log=click.echo
+    )
+    click.echo(f"index: {out / 'index.json'}")
+
+
+@images.command("base")
+@click.option(
+    "--engine", type=click.Choice(["docker", "podman"]), default=None, help="[default: whichever works]"
+)
+@click.option("--mirror", default=None, help="Debian mirror [default: the first one apt uses here].")
+@user_errors
+def images_base(engine: str | None, mirror: str | None) -> None:
+    """Build the python:3.11-slim equivalent from Debian bookworm's packages (debootstrap, as root)."""
+    from edgeloop.pipelines.image_build import DEBIAN_BASE_IMAGE, build_base_image, container_engine
+
+    click.echo(build_base_image(engine or container_engine(), DEBIAN_BASE_IMAGE, mirror=mirror))

@@ -1,49 +1,147 @@
-"""The serving image: its build context, a content-hash tag, and a build where a builder works.
+"""The project's container images: build contexts, content-hash tags, local builds and handoff.
 
-The context holds whole packages, laid out as they are installed: ``edgeloop/__init__.py``,
-``edgeloop/core`` (settings, blob, model card, preprocessing, model loading) and
-``edgeloop/serving`` (the server, its Dockerfile and its pinned requirements). They are read
-from the installed package, so the context is the same from a clone or from a wheel. The tag
-is the sha256 of exactly those bytes: an unchanged server keeps its tag (no rebuild), an edit
-elsewhere (streams, pipelines) does not change it, and a new model needs no image at all
-(models are fetched by KServe's storage initializer from the storage URI).
+Three images, one naming scheme (``<repository>/edgeloop-<role>:<content hash>``):
 
-On a cluster the pipeline builds with Kaniko (a container step compiled into the
-pipeline YAML). Locally, :func:`build_locally` uses docker, podman or buildah if
-one of them actually works, else records ``skipped`` and why.
+- ``edgeloop-serving`` (``serving/Dockerfile``): the model server, no torch;
+- ``edgeloop-pipeline`` (``pipelines/Dockerfile``): the package with torch for the CPU (every KFP
+  step, the drift CronJob, the TrainingRuntime);
+- ``edgeloop-builder`` (``pipelines/builder.Dockerfile``): buildah, for the in-cluster build of the
+  serving image (non-root).
+
+A context holds whole packages laid out as installed (``edgeloop/...``), read from the installed
+package, so it is the same from a clone or a wheel. The tag is the sha256 of exactly what goes
+into the image: every context file (path and bytes) and the build arguments. An unchanged image
+keeps its tag, so a second ``make images`` builds nothing.
+
+``make images`` (:func:`build_images`) builds with docker or podman (whichever works), labels each
+image with its content hash, writes it as an OCI archive under ``build/images/`` and records name,
+tag, digest and size in ``build/images/index.json``; ``edgeloop deploy render --images`` and
+``edgeloop pipeline compile --images`` pin image references by that digest.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from edgeloop.core.errors import EdgeloopError
+
 DOCKERFILE = "edgeloop/serving/Dockerfile"
-EXCLUDE_PARTS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+EXCLUDE_PARTS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "compiled"}
 EXCLUDE_SUFFIXES = {".pyc", ".pyo"}
-DEFAULT_REPOSITORY = "ghcr.io/edgeloop/edgeloop-serving"
+DEFAULT_REGISTRY = "ghcr.io/edgeloop"
+DEFAULT_REPOSITORY = f"{DEFAULT_REGISTRY}/edgeloop-serving"
+LOCAL_REGISTRY = "localhost"
+#: The label every image carries: the content hash its tag was made from.
+HASH_LABEL = "io.edgeloop.content-hash"
+PUBLIC_BASE_IMAGE = "docker.io/library/python:3.11-slim-bookworm"
+#: What `make base-image` builds from Debian packages when no registry is reachable.
+DEBIAN_BASE_IMAGE = "localhost/edgeloop-base:bookworm-py3.11"
+DEBIAN_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+PYPI_INDEX = "https://pypi.org/simple"
+#: torchvision release that goes with each torch minor release (pytorch/vision's compatibility table).
+TORCHVISION_FOR_TORCH = {"2.12": "0.27", "2.13": "0.28", "2.14": "0.29"}
+
+
+class ImageBuildError(EdgeloopError):
+    """An image could not be built; the message names the image, the engine and the fix."""
+
+
+# -- what goes into each image ----------------------------------------------------------------------------------------
+def _package_dir(module: str) -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files(module)))
 
 
 def serving_image_sources() -> dict[str, Path]:
     """Path in the build context -> where it is installed: the packages the serving image holds."""
-    from importlib import resources
-
     import edgeloop
 
     return {
         "edgeloop/__init__.py": Path(edgeloop.__file__),
-        "edgeloop/core": Path(str(resources.files("edgeloop.core"))),
-        "edgeloop/serving": Path(str(resources.files("edgeloop.serving"))),
+        "edgeloop/core": _package_dir("edgeloop.core"),
+        "edgeloop/serving": _package_dir("edgeloop.serving"),
     }
 
 
+#: Sub-packages the pipeline image holds: everything but the test kit.
+PIPELINE_PACKAGES = (
+    "commands",
+    "core",
+    "local",
+    "schemas",
+    "components",
+    "pipelines",
+    "serving",
+    "stream",
+    "monitoring",
+    "deploy",
+    "manifests",
+)
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def pipeline_image_sources() -> dict[str, Path]:
+    """The whole package (less the test kit) plus the pinned dependency set of the repository."""
+    import edgeloop
+
+    root = Path(edgeloop.__file__).parent
+    out: dict[str, Path] = {"edgeloop/__init__.py": root / "__init__.py", "edgeloop/cli.py": root / "cli.py"}
+    for sub in (p.name for p in sorted(root.iterdir()) if p.is_dir() and (p / "__init__.py").exists()):
+        if sub not in ("testing",):
+            out[f"edgeloop/{sub}"] = root / sub
+    for sub in PIPELINE_PACKAGES:
+        out.setdefault(f"edgeloop/{sub}", _package_dir(f"edgeloop.{sub}"))
+    constraints = _repo_root() / "requirements" / "constraints.txt"
+    if constraints.exists():  # a checkout; a wheel has no constraints and cannot build this image
+        out["requirements/constraints.txt"] = constraints
+    return out
+
+
+def builder_image_sources() -> dict[str, Path]:
+    return {
+        "edgeloop/pipelines/builder.Dockerfile": _package_dir("edgeloop.pipelines") / "builder.Dockerfile"
+    }
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    name: str
+    dockerfile: str  # path inside the context
+    sources: Callable[[], dict[str, Path]]
+    torch: bool = False  # takes the TORCH_* build arguments
+
+
+IMAGES: dict[str, ImageSpec] = {
+    "edgeloop-serving": ImageSpec("edgeloop-serving", DOCKERFILE, serving_image_sources),
+    "edgeloop-pipeline": ImageSpec(
+        "edgeloop-pipeline", "edgeloop/pipelines/Dockerfile", pipeline_image_sources, torch=True
+    ),
+    "edgeloop-builder": ImageSpec(
+        "edgeloop-builder", "edgeloop/pipelines/builder.Dockerfile", builder_image_sources
+    ),
+}
+
+
+# -- contexts and content hashes --------------------------------------------------------------------------------------
 @dataclass
 class BuildContext:
     archive: str
@@ -80,27 +178,22 @@ def context_files(sources: Mapping[str, Path] | None = None) -> dict[str, Path]:
     return dict(sorted(out.items()))
 
 
-def content_hash(sources: Mapping[str, Path] | None = None, files: Mapping[str, Path] | None = None) -> str:
-    """sha256 over (path, bytes) of every context file: the image tag's source."""
+def content_hash(
+    sources: Mapping[str, Path] | None = None,
+    files: Mapping[str, Path] | None = None,
+    build_args: Mapping[str, str] | None = None,
+) -> str:
+    """sha256 over (path, bytes) of every context file and the build arguments: the image tag's source."""
     h = hashlib.sha256()
     for rel, path in (files if files is not None else context_files(sources)).items():
         h.update(rel.encode() + b"\0")
         h.update(hashlib.sha256(path.read_bytes()).digest())
+    for key, value in sorted((build_args or {}).items()):
+        h.update(f"--build-arg {key}={value}\0".encode())
     return h.hexdigest()
 
 
-def write_context(
-    out: Path, repository: str = DEFAULT_REPOSITORY, sources: Mapping[str, Path] | None = None
-) -> BuildContext:
-    """A reproducible ``.tar.gz`` of the context (sorted, zeroed mtimes/owners) at ``out``."""
-    files = context_files(sources)
-    if DOCKERFILE not in files:
-        raise FileNotFoundError(
-            f"{DOCKERFILE} is missing from the build context: the serving image cannot be built"
-        )
-    digest = content_hash(files=files)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+def _tar_bytes(files: Mapping[str, Path]) -> bytes:
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
         for rel, path in files.items():
@@ -110,57 +203,125 @@ def write_context(
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             tar.addfile(info, io.BytesIO(data))
-    import gzip
+    return raw.getvalue()
 
+
+def write_context(
+    out: Path,
+    repository: str = DEFAULT_REPOSITORY,
+    sources: Mapping[str, Path] | None = None,
+    dockerfile: str = DOCKERFILE,
+    build_args: Mapping[str, str] | None = None,
+) -> BuildContext:
+    """A reproducible ``.tar.gz`` of the context (sorted, zeroed mtimes/owners) at ``out``."""
+    files = context_files(sources)
+    if dockerfile not in files:
+        raise FileNotFoundError(f"{dockerfile} is missing from the build context: the image cannot be built")
+    digest = content_hash(files=files, build_args=build_args)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "wb") as fh, gzip.GzipFile(fileobj=fh, mode="wb", mtime=0, filename="") as gz:
-        gz.write(raw.getvalue())
-    image = f"{repository}:{digest[:16]}"
-    return BuildContext(archive=str(out), content_hash=digest, image=image, files=len(files))
+        gz.write(_tar_bytes(files))
+    return BuildContext(
+        archive=str(out), content_hash=digest, image=f"{repository}:{digest[:16]}", files=len(files)
+    )
+
+
+# -- registries -------------------------------------------------------------------------------------------------------
+_MANIFEST_TYPES = (
+    "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "
+    "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json"
+)
+
+
+def _registry_get(
+    image: str, path: str, timeout_s: float, accept: str = _MANIFEST_TYPES, method: str = "GET"
+):
+    """One anonymous (bearer-token if asked) request to the OCI distribution API of ``image``'s registry."""
+    import httpx
+
+    ref = image.partition("@")[0].rpartition(":")[0] if "@" not in image else image.partition("@")[0]
+    host, _, name = ref.partition("/")
+    url = f"https://{host}/v2/{name}/{path}"
+    r = httpx.request(method, url, headers={"Accept": accept}, timeout=timeout_s, follow_redirects=True)
+    if r.status_code == 401 and "bearer" in r.headers.get("www-authenticate", "").lower():
+        params = dict(p.split("=", 1) for p in r.headers["www-authenticate"][7:].replace('"', "").split(","))
+        tok = (
+            httpx.get(
+                params["realm"],
+                params={
+                    "service": params.get("service", ""),
+                    "scope": params.get("scope", f"repository:{name}:pull"),
+                },
+                timeout=timeout_s,
+            )
+            .json()
+            .get("token")
+        )
+        r = httpx.request(
+            method,
+            url,
+            headers={"Accept": accept, "Authorization": f"Bearer {tok}"},
+            timeout=timeout_s,
+            follow_redirects=True,
+        )
+    return r
+
+
+def _has_registry(image: str) -> bool:
+    ref, _, tag = image.rpartition(":")
+    host = ref.partition("/")[0]
+    return bool(tag) and "." in host
 
 
 def image_exists_in_registry(image: str, timeout_s: float = 10.0) -> bool | None:
     """HEAD the manifest over the OCI distribution API (anonymous); None when it cannot tell."""
     import httpx
 
-    ref, _, tag = image.rpartition(":")
-    host, _, name = ref.partition("/")
-    if not tag or "." not in host:
+    if not _has_registry(image):
         return None
-    url = f"https://{host}/v2/{name}/manifests/{tag}"
-    accept = (
-        "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "
-        "application/vnd.docker.distribution.manifest.v2+json"
-    )
+    tag = image.rpartition(":")[2]
     try:
-        r = httpx.head(url, headers={"Accept": accept}, timeout=timeout_s)
-        if r.status_code == 401 and "bearer" in r.headers.get("www-authenticate", "").lower():
-            params = dict(
-                p.split("=", 1) for p in r.headers["www-authenticate"][7:].replace('"', "").split(",")
-            )
-            tok = (
-                httpx.get(
-                    params["realm"],
-                    params={
-                        "service": params.get("service", ""),
-                        "scope": params.get("scope", f"repository:{name}:pull"),
-                    },
-                    timeout=timeout_s,
-                )
-                .json()
-                .get("token")
-            )
-            r = httpx.head(
-                url, headers={"Accept": accept, "Authorization": f"Bearer {tok}"}, timeout=timeout_s
-            )
+        r = _registry_get(image, f"manifests/{tag}", timeout_s, method="HEAD")
     except (httpx.HTTPError, KeyError, ValueError):
         return None
-    if r.status_code == 200:
-        return True
-    if r.status_code == 404:
-        return False
-    return None
+    return True if r.status_code == 200 else False if r.status_code == 404 else None
 
 
+def registry_content_hash(image: str, timeout_s: float = 10.0) -> str | None:
+    """The :data:`HASH_LABEL` of the image a tag points at now ("" if the tag has no such label,
+    None if the tag does not exist or the registry cannot tell)."""
+    import httpx
+
+    if not _has_registry(image):
+        return None
+    tag = image.rpartition(":")[2]
+    try:
+        r = _registry_get(image, f"manifests/{tag}", timeout_s)
+        if r.status_code != 200:
+            return None
+        manifest = r.json()
+        if "manifests" in manifest:  # an index: every platform carries the same label; read the first
+            r = _registry_get(image, f"manifests/{manifest['manifests'][0]['digest']}", timeout_s)
+            manifest = r.json()
+        cfg = _registry_get(image, f"blobs/{manifest['config']['digest']}", timeout_s, accept="*/*").json()
+    except (httpx.HTTPError, KeyError, ValueError, IndexError):
+        return None
+    return str((cfg.get("config") or {}).get("Labels", {}).get(HASH_LABEL, ""))
+
+
+def needs_build(image: str, expected_hash: str, timeout_s: float = 10.0) -> tuple[bool, str]:
+    """Whether the in-cluster build must run: an existing tag is reused only if its image carries the
+    content hash the tag names (whoever pushed the tag first does not decide what runs)."""
+    found = registry_content_hash(image, timeout_s)
+    if found == expected_hash:
+        return False, f"{image} exists and carries {HASH_LABEL}={expected_hash[:16]}...: reused"
+    if found is None:
+        return True, f"{image} not found (or the registry cannot tell): build"
+    return True, f"{image} exists but its {HASH_LABEL} is {found[:16] or 'missing'}: rebuilt and overwritten"
+
+
+# -- container engines ------------------------------------------------------------------------------------------------
 def _works(tool: str) -> tuple[bool, str]:
     path = shutil.which(tool)
     if not path:
@@ -178,6 +339,357 @@ def _works(tool: str) -> tuple[bool, str]:
     return True, ""
 
 
+def container_engine(tools: tuple[str, ...] = ("docker", "podman")) -> str:
+    """The first of ``tools`` that works here (a docker CLI without a daemon does not count)."""
+    why = []
+    for tool in tools:
+        ok, reason = _works(tool)
+        if ok:
+            return tool
+        why.append(reason)
+    raise ImageBuildError(
+        "no working container engine: " + "; ".join(why) + ". Install podman (`make setup` does, where apt "
+        "is available) or start a Docker daemon."
+    )
+
+
+def _run(cmd: list[str], what: str, timeout_s: float | None = None) -> subprocess.CompletedProcess:
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as e:
+        raise ImageBuildError(f"{what}: timed out after {timeout_s} s ({' '.join(cmd[:3])} ...)") from e
+    if r.returncode != 0:
+        tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-15:])
+        raise ImageBuildError(f"{what} failed ({' '.join(cmd[:2])} exit {r.returncode}):\n{tail}")
+    return r
+
+
+def image_present(engine: str, image: str) -> bool:
+    return subprocess.run([engine, "image", "inspect", image], capture_output=True).returncode == 0
+
+
+def _image_label(engine: str, image: str, label: str) -> str:
+    r = subprocess.run(
+        [engine, "image", "inspect", "--format", f'{{{{index .Config.Labels "{label}"}}}}', image],
+        capture_output=True,
+        text=True,
+    )
+    return r.stdout.strip() if r.returncode == 0 else ""
+
+
+# -- the base image ---------------------------------------------------------------------------------------------------
+def apt_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
+    """The first Debian mirror apt uses here (deb822 ``URIs:`` or a one-line ``deb`` entry)."""
+    files = sorted((sources_dir / "sources.list.d").glob("*")) + [sources_dir / "sources.list"]
+    for f in files:
+        with contextlib.suppress(OSError):
+            for line in f.read_text().splitlines():
+                words = line.split()
+                if words[:1] == ["URIs:"] and "debian" in line and "security" not in line:
+                    return words[1]
+                if words[:1] == ["deb"] and "debian" in line and "security" not in line:
+                    return next(w for w in words[1:] if "://" in w)
+    return "http://deb.debian.org/debian"
+
+
+def build_base_image(engine: str, image: str = DEBIAN_BASE_IMAGE, mirror: str | None = None) -> str:
+    """A ``python:3.11-slim``-equivalent from Debian bookworm's packages (debootstrap; needs root),
+    for machines that cannot pull from public registries. A no-op if ``image`` exists."""
+    if image_present(engine, image):
+        return image
+    if not shutil.which("debootstrap"):
+        raise ImageBuildError(
+            "debootstrap is missing: `make setup` installs it (apt-get install debootstrap)"
+        )
+    if os.geteuid() != 0:
+        raise ImageBuildError("debootstrap needs root: run `make base-image` as root, or pass BASE_IMAGE=...")
+    with tempfile.TemporaryDirectory(prefix="edgeloop-base-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        _run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(DEBIAN_PACKAGES)}",
+                "bookworm",
+                str(rootfs),
+                mirror or apt_mirror(),
+            ],
+            "debootstrap",
+            timeout_s=1800,
+        )
+        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for p in (rootfs / junk).glob("*"):
+                if p.is_file():
+                    p.unlink()
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        r = subprocess.run(
+            [engine, "import", "--change", 'CMD ["/bin/bash"]', "-", image],
+            stdin=tar.stdout,
+            capture_output=True,
+            text=True,
+        )
+        tar.wait()
+        if r.returncode != 0 or tar.returncode != 0:
+            raise ImageBuildError(f"{engine} import of the Debian base failed: {r.stderr.strip()[-500:]}")
+    return image
+
+
+def resolve_base_image(engine: str, requested: str | None) -> str:
+    """``requested`` if given; else the public python image if present or pullable; else the Debian base
+    (built here on first use)."""
+    if requested:
+        return requested
+    if image_present(engine, PUBLIC_BASE_IMAGE):
+        return PUBLIC_BASE_IMAGE
+    if image_present(engine, DEBIAN_BASE_IMAGE):
+        return DEBIAN_BASE_IMAGE
+    if (
+        subprocess.run([engine, "pull", "-q", PUBLIC_BASE_IMAGE], capture_output=True, timeout=600).returncode
+        == 0
+    ):
+        return PUBLIC_BASE_IMAGE
+    return build_base_image(engine)
+
+
+# -- torch for the pipeline image -------------------------------------------------------------------------------------
+@dataclass
+class TorchSource:
+    index_url: str
+    requirement: str
+    wheels: str = ""  # a local directory of wheels (build context `wheels`)
+    note: str = ""
+
+    def build_args(self) -> dict[str, str]:
+        return {"TORCH_INDEX_URL": self.index_url, "TORCH_REQUIREMENT": self.requirement}
+
+
+def pinned_torch(constraints: Path | None = None) -> str:
+    """``torch==X torchvision==Y`` as pinned in requirements/constraints.txt."""
+    path = constraints or _repo_root() / "requirements" / "constraints.txt"
+    pins = [ln.strip() for ln in path.read_text().splitlines() if ln.startswith(("torch==", "torchvision=="))]
+    return " ".join(sorted(pins))
+
+
+def _reachable(url: str, timeout_s: float = 5.0) -> bool:
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/torch/", timeout=timeout_s) as r:  # noqa: S310 - https only
+            return r.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def _pip_find_links() -> list[Path]:
+    """The wheel directories this machine's pip configuration points at (PIP_FIND_LINKS, pip config)."""
+    dirs = os.environ.get("PIP_FIND_LINKS", "").split()
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        r = subprocess.run(
+            ["python3", "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=30
+        )
+        for line in r.stdout.splitlines():
+            key, _, value = line.partition("=")
+            if key.endswith("find-links"):
+                dirs += value.strip("'\"").split()
+    return [
+        Path(d.removeprefix("file://"))
+        for d in dict.fromkeys(dirs)
+        if Path(d.removeprefix("file://")).is_dir()
+    ]
+
+
+def torch_source(
+    index_url: str | None = None, wheels: str | None = None, requirement: str | None = None
+) -> TorchSource:
+    """Where the pipeline image's torch comes from: the given index/wheels; else PyTorch's CPU index if
+    it answers; else a CPU torch wheel in this machine's local wheelhouse (pip's find-links), with the
+    torchvision release made for it from PyPI."""
+    requirement = requirement or pinned_torch()
+    if wheels or index_url:
+        return TorchSource(index_url or TORCH_CPU_INDEX, requirement, wheels or "")
+    if _reachable(TORCH_CPU_INDEX):
+        return TorchSource(TORCH_CPU_INDEX, requirement)
+    for d in _pip_find_links():
+        cpu = sorted(d.glob("torch-*+cpu-cp311-*.whl"))
+        if cpu:
+            version = cpu[-1].name.split("-")[1]  # e.g. 2.13.0+cpu
+            vision = TORCHVISION_FOR_TORCH.get(".".join(version.split(".")[:2]))
+            if vision:
+                return TorchSource(
+                    PYPI_INDEX,
+                    f"torch=={version} torchvision=={vision}.*",
+                    str(d),
+                    note=f"{TORCH_CPU_INDEX} is unreachable: torch {version} from the local wheelhouse {d} "
+                    f"instead of the pinned {requirement}",
+                )
+    raise ImageBuildError(
+        f"no CPU build of torch reachable: {TORCH_CPU_INDEX} does not answer and no torch-*+cpu wheel is in "
+        "pip's find-links. Pass TORCH_INDEX_URL=<an index with CPU wheels> or TORCH_WHEELS=<a wheel directory>."
+    )
+
+
+# -- building ---------------------------------------------------------------------------------------------------------
+@dataclass
+class BuiltImage:
+    name: str
+    image: str  # <repository>/<name>:<tag>
+    content_hash: str
+    digest: str  # the manifest digest of the OCI archive
+    archive: str
+    size_bytes: int
+    status: str  # built | cached
+    seconds: float
+    build_args: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def pinned(self) -> str:
+        return f"{self.image.rpartition(':')[0]}@{self.digest}"
+
+
+def archive_digest(archive: Path) -> str:
+    """The manifest digest recorded in an OCI archive's index.json (kept by ``skopeo copy --preserve-digests``)."""
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile("index.json")
+        if member is None:
+            raise ImageBuildError(f"{archive} has no index.json: not an OCI archive")
+        index = json.load(member)
+    return str(index["manifests"][0]["digest"])
+
+
+def _cacert() -> str | None:
+    for candidate in (os.environ.get("PIP_CERT"), os.environ.get("SSL_CERT_FILE")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+def build_image(
+    spec: ImageSpec,
+    out_dir: Path,
+    *,
+    engine: str,
+    base_image: str,
+    registry: str = LOCAL_REGISTRY,
+    torch: TorchSource | None = None,
+    cacert: str | None = None,
+    log: Callable[[str], None] = print,
+) -> BuiltImage:
+    """Build one image (unless an image with the same content hash and its archive are there already)."""
+    args = {"BASE_IMAGE": base_image}
+    if spec.torch:
+        if torch is None:
+            raise ImageBuildError(f"{spec.name} needs a torch source")
+        args |= torch.build_args()
+    files = context_files(spec.sources())
+    if spec.dockerfile not in files:
+        raise ImageBuildError(f"{spec.dockerfile} is missing from {spec.name}'s context")
+    digest_of_content = content_hash(files=files, build_args=args)
+    tag = digest_of_content[:16]
+    image = f"{registry}/{spec.name}:{tag}"
+    archive = Path(out_dir) / f"{spec.name}-{tag}.oci.tar"
+    t0 = time.perf_counter()
+    if (
+        archive.exists()
+        and image_present(engine, image)
+        and _image_label(engine, image, HASH_LABEL) == digest_of_content
+    ):
+        status = "cached"
+    else:
+        log(f"building {image} with {engine} (base {base_image}) ...")
+        with tempfile.TemporaryDirectory(prefix=f"{spec.name}-") as tmp:
+            with tarfile.open(fileobj=io.BytesIO(_tar_bytes(files))) as tar:
+                tar.extractall(tmp, filter="data")
+            cmd = [engine, "build", "-f", f"{tmp}/{spec.dockerfile}", "-t", image]
+            cmd += ["--label", f"{HASH_LABEL}={digest_of_content}"]
+            cmd += ["--label", f"org.opencontainers.image.title={spec.name}"]
+            for k, v in args.items():
+                cmd += ["--build-arg", f"{k}={v}"]
+            cert = cacert if cacert is not None else _cacert()
+            if cert:
+                cmd += ["--secret", f"id=cacert,src={cert}"]
+            if spec.torch and torch and torch.wheels:
+                cmd += ["--build-context", f"wheels={torch.wheels}"]
+            cmd.append(tmp)
+            _run(cmd, f"building {spec.name}")
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        for old in archive.parent.glob(f"{spec.name}-*.oci.tar"):
+            old.unlink()
+        partial = archive.with_suffix(".partial")
+        partial.unlink(missing_ok=True)
+        _run([engine, "save", "--format", "oci-archive", "-o", str(partial), image], f"saving {spec.name}")
+        partial.rename(archive)
+        status = "built"
+    size = int(
+        subprocess.run(
+            [engine, "image", "inspect", "--format", "{{.Size}}", image], capture_output=True, text=True
+        ).stdout.strip()
+        or 0
+    )
+    return BuiltImage(
+        name=spec.name,
+        image=image,
+        content_hash=digest_of_content,
+        digest=archive_digest(archive),
+        archive=str(archive),
+        size_bytes=size,
+        status=status,
+        seconds=round(time.perf_counter() - t0, 1),
+        build_args=args,
+        note=torch.note if spec.torch and torch else "",
+    )
+
+
+INDEX_NAME = "index.json"
+
+
+def build_images(
+    out_dir: Path,
+    names: tuple[str, ...] = tuple(IMAGES),
+    *,
+    engine: str | None = None,
+    base_image: str | None = None,
+    torch: TorchSource | None = None,
+    log: Callable[[str], None] = print,
+) -> list[BuiltImage]:
+    """``make images``: every image, tagged by content hash, saved under ``out_dir`` with an index."""
+    unknown = set(names) - set(IMAGES)
+    if unknown:
+        raise ImageBuildError(f"unknown image(s) {sorted(unknown)}; known: {sorted(IMAGES)}")
+    engine = engine or container_engine()
+    base = resolve_base_image(engine, base_image)
+    if any(IMAGES[n].torch for n in names) and torch is None:
+        torch = torch_source()
+        if torch.note:
+            log(f"note: {torch.note}")
+    out_dir = Path(out_dir)
+    index_path = out_dir / INDEX_NAME
+    index = json.loads(index_path.read_text()) if index_path.exists() else {}
+    built = []
+    for name in names:
+        b = build_image(IMAGES[name], out_dir, engine=engine, base_image=base, torch=torch, log=log)
+        log(f"{b.status:>6} {b.image}  {b.digest[:19]}  {b.size_bytes / 1e6:.0f} MB  {b.seconds:.0f} s")
+        index[name] = {**asdict(b), "pinned": b.pinned}
+        built.append(b)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return built
+
+
+def read_index(path: Path) -> dict[str, dict]:
+    """``build/images/index.json`` (name -> record); an error naming ``make images`` if it is missing."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / INDEX_NAME
+    if not path.exists():
+        raise ImageBuildError(f"{path} not found: run `make images` first")
+    return json.loads(path.read_text())
+
+
+def pinned_references(index: Mapping[str, Mapping], registry: str = DEFAULT_REGISTRY) -> dict[str, str]:
+    """Image name -> ``<registry>/<name>@sha256:...`` (the digest of what ``make images`` built)."""
+    return {name: f"{registry}/{name}@{rec['digest']}" for name, rec in index.items()}
+
+
+# -- local builds from a pipeline run ---------------------------------------------------------------------------------
 def build_locally(
     context: BuildContext,
     record_dir: Path | None = None,
@@ -203,17 +715,25 @@ def build_locally(
         if not ok:
             why.append(reason)
             continue
-        import tempfile
-
         with tempfile.TemporaryDirectory() as tmp:
             with tarfile.open(context.archive) as tar:
                 tar.extractall(tmp, filter="data")
-            cmd = (
-                [tool, "build", "-t", context.image, "-f", f"{tmp}/{DOCKERFILE}", tmp]
-                if tool != "buildah"
-                else [tool, "bud", "-t", context.image, "-f", f"{tmp}/{DOCKERFILE}", tmp]
-            )
-            r = subprocess.run(cmd, capture_output=True, text=True)
+            base = _local_base(tool)
+            cmd = [
+                tool,
+                "build" if tool != "buildah" else "bud",
+                "-t",
+                context.image,
+                "-f",
+                f"{tmp}/{DOCKERFILE}",
+            ]
+            cmd += ["--label", f"{HASH_LABEL}={context.content_hash}"]
+            if base:
+                cmd += ["--build-arg", f"BASE_IMAGE={base}"]
+            cert = _cacert()
+            if cert:
+                cmd += ["--secret", f"id=cacert,src={cert}"]
+            r = subprocess.run([*cmd, tmp], capture_output=True, text=True)
         if r.returncode != 0:
             result = BuildResult(context.image, "failed", tool, (r.stderr or r.stdout)[-2000:])
         else:
@@ -226,9 +746,19 @@ def build_locally(
             "",
             "no working image builder here: "
             + "; ".join(why)
-            + ". The build context is kept; the cluster pipeline builds it with Kaniko.",
+            + ". The build context is kept; the cluster pipeline builds it with buildah.",
         )
     if record and result.status == "built":
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps(result.as_dict()))
     return result
+
+
+def _local_base(tool: str) -> str | None:
+    """The base image a local build can use without a registry, if one is here (else the Dockerfile's)."""
+    if tool == "buildah":
+        return None
+    for candidate in (PUBLIC_BASE_IMAGE, DEBIAN_BASE_IMAGE):
+        if image_present(tool, candidate):
+            return candidate
+    return None

@@ -31,7 +31,8 @@ class PipelineRunError(EdgeloopError):
     """A pipeline step failed; the message names the step and the cause."""
 
 
-def compile_pipeline(out: Path | None = None) -> Path:
+def compile_pipeline(out: Path | None = None, images: Path | None = None) -> Path:
+    """Compile to KFP IR YAML; with ``images`` (``make images``' index.json) every image is pinned by digest."""
     from kfp import compiler
 
     from edgeloop.pipelines.training_pipeline import training_pipeline
@@ -39,7 +40,30 @@ def compile_pipeline(out: Path | None = None) -> Path:
     out = Path(out) if out else DEFAULT_OUTPUT
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(training_pipeline, str(out))
+    if images is not None:
+        from edgeloop.pipelines.image_build import read_index
+
+        out.write_text(pin_images(out.read_text(), read_index(images)))
     return out
+
+
+_IMAGE_LINE = re.compile(r"^(\s*image: )(\S+)$", re.MULTILINE)
+
+
+def pin_images(text: str, index: dict[str, dict]) -> str:
+    """Replace each ``image: <registry>/<name>:<tag>`` with ``<registry>/<name>@<digest of make images>``."""
+
+    def pin(m: re.Match) -> str:
+        ref = m.group(2)
+        repo = ref.partition("@")[0].rpartition(":")[0] if "@" not in ref else ref.partition("@")[0]
+        name = repo.rpartition("/")[2]
+        if name not in index:
+            raise PipelineRunError(
+                f"image {ref} of the pipeline is not in the images index ({sorted(index)}): run `make images`"
+            )
+        return f"{m.group(1)}{repo}@{index[name]['digest']}"
+
+    return _IMAGE_LINE.sub(pin, text)
 
 
 def git_commit() -> str:
@@ -252,8 +276,12 @@ def _client(host: str, namespace: str | None = None):
     return kfp.Client(host=host, namespace=namespace)
 
 
-def _package(tmp: Path) -> Path:
-    return compile_pipeline(tmp / "training_pipeline.yaml")
+#: The Kubernetes service account every step of a submitted or scheduled run uses (manifests/base/platform).
+SERVICE_ACCOUNT = "edgeloop-pipeline"
+
+
+def _package(tmp: Path, images: Path | None) -> Path:
+    return compile_pipeline(tmp / "training_pipeline.yaml", images=images)
 
 
 def submit_run(
@@ -263,12 +291,14 @@ def submit_run(
     experiment: str = "edgeloop",
     run_name: str | None = None,
     namespace: str | None = None,
+    images: Path | None = None,
+    service_account: str = SERVICE_ACCOUNT,
 ) -> str:
     import tempfile
 
     client = _client(host, namespace)
     with tempfile.TemporaryDirectory() as tmp:
-        package = _package(Path(tmp))
+        package = _package(Path(tmp), images)
         result = client.create_run_from_pipeline_package(
             str(package),
             arguments=params,
@@ -276,6 +306,7 @@ def submit_run(
             experiment_name=experiment,
             namespace=namespace,
             enable_caching=None,
+            service_account=service_account,
         )
     return f"{host.rstrip('/')}/#/runs/details/{result.run_id}"
 
@@ -289,6 +320,8 @@ def schedule_runs(
     job_name: str = "edgeloop-retrain",
     max_concurrency: int = 1,
     namespace: str | None = None,
+    images: Path | None = None,
+    service_account: str = SERVICE_ACCOUNT,
 ) -> str:
     """A recurring run. ``snapshot-labels`` is never cached, so each scheduled run trains on the labels of its time
     (unchanged labels -> same manifest digest -> the dataset/training steps are reused from the cache)."""
@@ -301,7 +334,7 @@ def schedule_runs(
     client = _client(host, namespace)
     exp = client.create_experiment(experiment, namespace=namespace)
     with tempfile.TemporaryDirectory() as tmp:
-        package = _package(Path(tmp))
+        package = _package(Path(tmp), images)
         job = client.create_recurring_run(
             experiment_id=exp.experiment_id,
             job_name=job_name,
@@ -310,5 +343,6 @@ def schedule_runs(
             pipeline_package_path=str(package),
             params=params,
             no_catchup=True,
+            service_account=service_account,
         )
     return str(getattr(job, "recurring_run_id", None) or getattr(job, "id", ""))

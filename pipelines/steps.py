@@ -22,9 +22,11 @@ from kfp.dsl import (
     Output,
 )
 
-# The image with the edgeloop package (python + torch + onnxruntime + kserve), built from the repo.
-PIPELINE_IMAGE = "ghcr.io/edgeloop/edgeloop-python:0.1.0"
-KANIKO_IMAGE = "gcr.io/kaniko-project/executor:v1.23.2-debug"
+# The images every step runs in, built from this repository by `make images` (pipelines/Dockerfile,
+# pipelines/builder.Dockerfile). The compiled YAML names these tags; `edgeloop pipeline compile|submit|
+# schedule --images build/images/index.json` pins them by digest.
+PIPELINE_IMAGE = "ghcr.io/edgeloop/edgeloop-pipeline:0.1.0"
+BUILDER_IMAGE = "ghcr.io/edgeloop/edgeloop-builder:0.1.0"
 
 
 @dsl.component(base_image=PIPELINE_IMAGE)
@@ -222,18 +224,23 @@ def local_image_build(context: Input[Artifact], image: str, config_file: str) ->
 
 
 @dsl.container_component
-def kaniko_build(context: Input[Artifact], image: str, needs_build: bool):
-    """Build and push the serving image in-cluster with Kaniko (skipped when the tag already exists)."""
+def buildah_build(context: Input[Artifact], image: str, content_hash: str, needs_build: bool):
+    """Build and push the serving image in-cluster with buildah, rootless (user 1000, chroot isolation,
+    vfs storage). Skipped only when the tag's image already carries this content hash."""
     return dsl.ContainerSpec(
-        image=KANIKO_IMAGE,
-        command=["/busybox/sh", "-c"],
+        image=BUILDER_IMAGE,
+        command=["/bin/sh", "-c"],
         args=[
-            'set -e; if [ "$2" != "true" ] && [ "$2" != "True" ]; then echo "image $1 exists: no rebuild"; exit 0; fi; '
-            'mkdir -p /workspace && tar -xzf "$0" -C /workspace; '
-            "exec /kaniko/executor --context=dir:///workspace --dockerfile=/workspace/serving/Dockerfile "
-            '--destination="$1" --reproducible --cache=true --snapshot-mode=redo',
+            'set -eu; if [ "$3" != "true" ] && [ "$3" != "True" ]; then '
+            'echo "image $1 carries content hash $2: reused"; exit 0; fi; '
+            'mkdir -p "$HOME/ctx" && tar -xzf "$0" -C "$HOME/ctx"; '
+            'buildah build --isolation chroot --storage-driver vfs --label "io.edgeloop.content-hash=$2" '
+            '-f "$HOME/ctx/edgeloop/serving/Dockerfile" -t "$1" "$HOME/ctx"; '
+            'buildah push --storage-driver vfs --digestfile "$HOME/digest" "$1"; '
+            'echo "pushed $1@$(cat "$HOME/digest")"',
             context.path,
             image,
+            content_hash,
             needs_build,
         ],
     )

@@ -421,12 +421,16 @@ def await_approval_task(
 
 # -- image and deploy ------------------------------------------------------------------------------------------------
 def prepare_image_build_task(image_repository: str, context: Any):
-    from edgeloop.pipelines.image_build import image_exists_in_registry, write_context
+    from edgeloop.pipelines.image_build import needs_build, write_context
 
     ctx = write_context(Path(context.path), image_repository)
-    exists = image_exists_in_registry(ctx.image) if os.environ.get("KUBERNETES_SERVICE_HOST") else None
+    build, why = (
+        needs_build(ctx.image, ctx.content_hash) if os.environ.get("KUBERNETES_SERVICE_HOST") else (True, "")
+    )
+    if why:
+        log.info(why)
     context.metadata.update({"content_hash": ctx.content_hash, "image": ctx.image, "files": ctx.files})
-    return ImageContext(ctx.image, ctx.content_hash, exists is not True)
+    return ImageContext(ctx.image, ctx.content_hash, build)
 
 
 def local_image_build_task(context: Any, image: str, config_file: str) -> str:
@@ -444,7 +448,7 @@ def local_image_build_task(context: Any, image: str, config_file: str) -> str:
     if result.status == "failed":
         # A local run serves the model with `edgeloop serve`, not with this image: a builder that is
         # installed but cannot build here (no registry for the base image, no privileges) is recorded,
-        # never the end of the run. The cluster's build step (Kaniko) fails loudly instead.
+        # never the end of the run. The cluster's build step (buildah) fails loudly instead.
         log.warning("image %s was not built locally with %s: %s", image, result.builder, result.reason[-500:])
     return json.dumps(result.as_dict())
 

@@ -3,7 +3,7 @@
     snapshot-labels (never cached) -> build-dataset -> train-model (DDP) -> export-onnx
       -> select-precision -> staging-evaluation (real model server) -> register-model
       -> [gate passed] await-approval -> [approved] prepare-image-build
-      -> kaniko-build (cluster) | local-image-build (local) -> deploy-model (moves champion)
+      -> buildah-build (cluster, non-root) | local-image-build (local) -> deploy-model (moves champion)
 
 Caching: ``snapshot-labels`` is never cached; it writes the label manifest to
 blob storage under its own sha256 and passes that URI on. ``build-dataset``,
@@ -19,7 +19,9 @@ reads too (:data:`edgeloop.components.defaults.TRAINING`,
 :data:`edgeloop.pipelines.gate.GATE`); the other defaults are literals. Nothing is
 read from the environment at import or compile time. Service endpoints reach the
 steps at run time through ``config_file`` / ``EDGELOOP_*`` variables of the
-step's environment.
+step's environment: on a cluster from the ``edgeloop-*`` Secrets (see
+:mod:`edgeloop.pipelines.cluster`, which also sets each step's security context,
+requests/limits, retries and the approval step's deadline).
 """
 
 from kfp import dsl
@@ -62,7 +64,7 @@ def training_pipeline(
     approval_timeout_s: float = 86400.0,
     approval_poll_s: float = 15.0,
     auto_approve: bool = False,
-    image_builder: str = "kaniko",
+    image_builder: str = "buildah",
     image_repository: str = "ghcr.io/edgeloop/edgeloop-serving",
     deploy_target: str = "auto",
     namespace: str = "edgeloop",
@@ -91,7 +93,6 @@ def training_pipeline(
         seed=seed,
         config_file=config_file,
     )
-    trained.set_cpu_limit("8").set_memory_limit("16G")
     exported = steps.export_onnx(model=trained.outputs["model"], dataset=dataset.outputs["dataset"])
     chosen = steps.select_precision(
         onnx_model=exported.outputs["onnx_model"],
@@ -116,7 +117,7 @@ def training_pipeline(
         latency_requests=latency_requests,
         config_file=config_file,
     )
-    staging.set_cpu_limit("4").set_memory_limit("8G").set_caching_options(False)  # depends on the champion
+    staging.set_caching_options(False)  # depends on the champion
 
     registered = steps.register_model(
         staged_model=staging.outputs["staged_model"],
@@ -147,10 +148,11 @@ def training_pipeline(
     approval.set_caching_options(False)
     with dsl.If(approval.output == "approved", name="approved"):
         context = steps.prepare_image_build(image_repository=image_repository).set_caching_options(False)
-        with dsl.If(image_builder == "kaniko", name="build-in-cluster"):
-            kaniko = steps.kaniko_build(
+        with dsl.If(image_builder == "buildah", name="build-in-cluster"):
+            built = steps.buildah_build(
                 context=context.outputs["context"],
                 image=context.outputs["image"],
+                content_hash=context.outputs["content_hash"],
                 needs_build=context.outputs["needs_build"],
             ).set_caching_options(False)
             steps.deploy_model(
@@ -160,7 +162,7 @@ def training_pipeline(
                 namespace=namespace,
                 gitops_dir=gitops_dir,
                 config_file=config_file,
-            ).after(kaniko).set_caching_options(False)
+            ).after(built).set_caching_options(False)
         with dsl.Else(name="build-locally"):
             local = steps.local_image_build(
                 context=context.outputs["context"], image=context.outputs["image"], config_file=config_file
@@ -174,12 +176,13 @@ def training_pipeline(
                 config_file=config_file,
             ).after(local).set_caching_options(False)
 
-    # Every step's pod carries the role label the NetworkPolicies in manifests/ allow (ignored locally).
-    from kfp import kubernetes
+    # What only a cluster reads (the local runner ignores it): see edgeloop.pipelines.cluster.
     from kfp.dsl import pipeline_context
 
+    from edgeloop.pipelines.cluster import configure
+
     for task in pipeline_context.Pipeline.get_default_pipeline().tasks.values():
-        kubernetes.add_pod_label(task, "edgeloop.io/role", "pipeline")
+        configure(task)
 
 
 def parameter_types() -> dict[str, type]:

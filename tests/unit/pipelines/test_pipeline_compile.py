@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from edgeloop.pipelines.runner import COMPILED, compile_pipeline
@@ -79,7 +80,7 @@ def test_caching_policy():
         "register-model",
         "await-approval",
         "prepare-image-build",
-        "kaniko-build",
+        "buildah-build",
         "local-image-build",
         "deploy-model",
         "deploy-model-2",
@@ -108,12 +109,15 @@ def test_gate_and_approval_guard_build_and_deploy():
     tasks = _all_tasks(spec)
     deploys = [n for n in tasks if n.startswith("deploy-model")]
     assert len(deploys) == 2  # one per build branch, each after its build
-    assert {tuple(tasks[d]["dependentTasks"]) for d in deploys} == {("kaniko-build",), ("local-image-build",)}
+    assert {tuple(tasks[d]["dependentTasks"]) for d in deploys} == {
+        ("buildah-build",),
+        ("local-image-build",),
+    }
     # build and deploy live only under the approved branch
-    assert not {"prepare-image-build", "kaniko-build", "local-image-build", "deploy-model"} & set(root)
+    assert not {"prepare-image-build", "buildah-build", "local-image-build", "deploy-model"} & set(root)
 
 
-def test_parameters_a_ui_user_sets_and_kaniko_step():
+def test_parameters_a_ui_user_sets_and_the_non_root_buildah_step():
     spec = _spec(COMPILED.read_text())
     params = spec["root"]["inputDefinitions"]["parameters"]
     for p in (
@@ -130,6 +134,118 @@ def test_parameters_a_ui_user_sets_and_kaniko_step():
     ):
         assert p in params and "defaultValue" in params[p], p
     assert params["auto_approve"]["defaultValue"] is False
+    assert params["image_builder"]["defaultValue"] == "buildah"
     execs = spec["deploymentSpec"]["executors"]
-    kaniko = [e for e in execs.values() if "kaniko" in e["container"]["image"]]
-    assert kaniko and "/kaniko/executor" in " ".join(kaniko[0]["container"]["args"])
+    builder = execs["exec-buildah-build"]["container"]
+    assert builder["image"].startswith("ghcr.io/edgeloop/edgeloop-builder")
+    script = builder["args"][0]
+    # rootless (no daemon, no root), and a tag is reused only when its image carries this content hash
+    assert "buildah build --isolation chroot" in script and "io.edgeloop.content-hash=$2" in script
+    assert not any("kaniko" in e["container"]["image"] for e in execs.values())
+
+
+# -- what a cluster reads: secrets, service account, Pod Security, resources, retries, deadlines ----------------
+def _platform(text: str) -> dict:
+    return list(yaml.safe_load_all(text))[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def _env_from_secrets(executor: dict) -> dict[str, tuple[str, str, bool]]:
+    return {
+        m["envVar"]: (s["secretName"], m["secretKey"], s["optional"])
+        for s in executor.get("secretAsEnv", [])
+        for m in s["keyToEnv"]
+    }
+
+
+def test_steps_get_their_settings_from_the_manifests_secrets():
+    """The same Secret keys the drift CronJob reads (manifests/base/monitoring/drift-cronjob.yaml)."""
+    platform = _platform(COMPILED.read_text())
+    cron = ROOT / "manifests" / "base" / "monitoring" / "drift-cronjob.yaml"
+    container = yaml.safe_load(cron.read_text())["spec"]["jobTemplate"]["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    cron_env = {
+        e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for e in container["env"]
+        if "valueFrom" in e
+    }
+    snapshot = _env_from_secrets(platform["exec-snapshot-labels"])
+    assert {k: v[:2] for k, v in snapshot.items()} == cron_env  # labels are read: every secret
+    assert (
+        snapshot["MLFLOW_TRACKING_PASSWORD"][2] is True
+        and snapshot["EDGELOOP_BLOB__CONNECTION_STRING"][2] is False
+    )
+    for name in ("exec-build-dataset", "exec-train-model", "exec-register-model", "exec-deploy-model"):
+        env = _env_from_secrets(platform[name])
+        assert env["EDGELOOP_MLFLOW__TRACKING_URI"] == ("edgeloop-mlflow", "tracking-uri", False), name
+        assert env["EDGELOOP_BLOB__CONNECTION_STRING"][:2] == ("edgeloop-blob", "connection-string"), name
+        assert (
+            "EDGELOOP_LABELSTUDIO__API_KEY" not in env
+        ), f"{name}: Label Studio's key only where labels are read"
+    builder = platform["exec-buildah-build"]
+    assert not builder.get("secretAsEnv")  # the builder sees registry credentials only
+    assert builder["secretAsVolume"][0]["secretName"] == "edgeloop-registry"
+
+
+def test_every_step_runs_non_root_with_requests_and_limits():
+    spec = _spec(COMPILED.read_text())
+    platform = _platform(COMPILED.read_text())
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        ctx = platform[name]["securityContext"]
+        assert ctx["runAsNonRoot"] is True and int(ctx["runAsUser"]) > 0, name
+        res = executor["container"]["resources"]
+        for key in ("cpuRequest", "cpuLimit", "memoryRequest", "memoryLimit"):
+            assert res.get(key), f"{name} has no {key}"
+        assert float(res["cpuRequest"]) <= float(res["cpuLimit"]), name
+        assert float(res["memoryRequest"]) <= float(res["memoryLimit"]), name
+
+
+def test_idempotent_steps_retry_with_backoff_and_the_approval_wait_has_a_deadline():
+    tasks = _all_tasks(_spec(COMPILED.read_text()))
+    for name in (
+        "snapshot-labels",
+        "build-dataset",
+        "train-model",
+        "export-onnx",
+        "staging-evaluation",
+        "deploy-model",
+    ):
+        policy = tasks[name]["retryPolicy"]
+        assert policy["maxRetryCount"] >= 2 and policy["backoffFactor"] > 1, name
+        assert policy["backoffDuration"] and policy["backoffMaxDuration"], name
+    # registering twice would create two versions; the approval wait ends by its own timeout
+    assert "retryPolicy" not in tasks["register-model"] and "retryPolicy" not in tasks["await-approval"]
+    deadline = int(_platform(COMPILED.read_text())["exec-await-approval"]["activeDeadlineSeconds"])
+    default_wait = _spec(COMPILED.read_text())["root"]["inputDefinitions"]["parameters"]["approval_timeout_s"]
+    assert default_wait["defaultValue"] < deadline <= 8 * 24 * 3600
+
+
+def test_images_are_pinned_by_digest_for_a_cluster(tmp_path):
+    import json
+
+    index = {
+        n: {"digest": "sha256:" + c * 64} for n, c in (("edgeloop-pipeline", "a"), ("edgeloop-builder", "b"))
+    }
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    text = compile_pipeline(tmp_path / "pinned.yaml", images=tmp_path / "index.json").read_text()
+    images = {e["container"]["image"] for e in _spec(text)["deploymentSpec"]["executors"].values()}
+    assert images == {
+        "ghcr.io/edgeloop/edgeloop-pipeline@sha256:" + "a" * 64,
+        "ghcr.io/edgeloop/edgeloop-builder@sha256:" + "b" * 64,
+    }
+    del index["edgeloop-builder"]
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    with pytest.raises(Exception, match="edgeloop-builder.*make images"):
+        compile_pipeline(tmp_path / "p2.yaml", images=tmp_path / "index.json")
+
+
+def test_every_pipeline_image_has_a_dockerfile_in_the_repository():
+    from edgeloop.pipelines.image_build import IMAGES
+
+    images = {
+        e["container"]["image"] for e in _spec(COMPILED.read_text())["deploymentSpec"]["executors"].values()
+    }
+    for ref in images:
+        name = ref.rpartition(":")[0].rpartition("/")[2]
+        assert name in IMAGES, ref
+        assert (ROOT / IMAGES[name].dockerfile.replace("edgeloop/", "", 1)).is_file(), ref

@@ -1,0 +1,101 @@
+"""How each pipeline step runs on a cluster: settings from Secrets, Pod Security, resources, retries.
+
+Compiled into the pipeline YAML by kfp-kubernetes (``platforms.kubernetes``) and KFP's task
+settings; ``kfp.local`` ignores all of it. One table, :data:`STEPS`, says per step:
+
+- which ``edgeloop-*`` Secrets it gets as ``EDGELOOP_*`` variables (the same keys the drift
+  CronJob and the TrainingRuntime read; least privilege: Label Studio only where labels are read);
+- CPU/memory requests and limits;
+- whether it is idempotent, and so retried with exponential backoff (registering a version is
+  not: a retry would register a second one; the approval wait is bounded by its own deadline).
+
+Every step runs as the non-root user 1000 of the images (``runAsNonRoot``); KFP adds
+``allowPrivilegeEscalation: false``, drops every capability and sets seccomp ``RuntimeDefault``
+itself (kfp-kubernetes 2.17 cannot set those fields; see manifests/README.md for the namespace's
+Pod Security level). Every pod carries the role label the NetworkPolicies allow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kfp import kubernetes
+from kfp.dsl import PipelineTask
+
+RUN_AS_USER = 1000
+ROLE_LABEL = ("edgeloop.io/role", "pipeline")
+#: The pod deadline of the approval wait. approval_timeout_s (a run-time parameter) ends the wait
+#: earlier; this bounds a pod that hangs or a timeout set longer than a week.
+APPROVAL_DEADLINE_S = 7 * 24 * 3600 + 600
+RETRY = {"num_retries": 3, "backoff_duration": "30s", "backoff_factor": 2.0, "backoff_max_duration": "600s"}
+
+# Secret -> {key: environment variable}; required keys, then keys a deployment may leave out.
+BLOB = ("edgeloop-blob", {"connection-string": "EDGELOOP_BLOB__CONNECTION_STRING"}, {})
+MLFLOW = (
+    "edgeloop-mlflow",
+    {"tracking-uri": "EDGELOOP_MLFLOW__TRACKING_URI"},
+    {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"},
+)
+LABELSTUDIO = (
+    "edgeloop-labelstudio",
+    {"url": "EDGELOOP_LABELSTUDIO__URL", "api-key": "EDGELOOP_LABELSTUDIO__API_KEY"},
+    {},
+)
+REGISTRY_AUTH = "edgeloop-registry"  # a kubernetes.io/dockerconfigjson Secret: push rights for the builder
+REGISTRY_AUTH_DIR = "/var/run/secrets/edgeloop-registry"
+
+
+@dataclass(frozen=True)
+class StepPolicy:
+    cpu: tuple[str, str]  # request, limit
+    memory: tuple[str, str]
+    secrets: tuple[tuple[str, dict[str, str], dict[str, str]], ...] = (BLOB, MLFLOW)
+    idempotent: bool = True
+
+
+STEPS: dict[str, StepPolicy] = {
+    "snapshot-labels": StepPolicy(("250m", "1"), ("512Mi", "2Gi"), (BLOB, MLFLOW, LABELSTUDIO)),
+    "build-dataset": StepPolicy(("500m", "2"), ("1Gi", "4Gi")),
+    "train-model": StepPolicy(("2", "8"), ("4Gi", "16Gi")),
+    "export-onnx": StepPolicy(("1", "2"), ("2Gi", "4Gi")),
+    "select-precision": StepPolicy(("1", "2"), ("2Gi", "4Gi")),
+    "staging-evaluation": StepPolicy(("2", "4"), ("2Gi", "8Gi")),
+    "register-model": StepPolicy(("250m", "1"), ("512Mi", "2Gi"), idempotent=False),
+    "await-approval": StepPolicy(("100m", "500m"), ("256Mi", "512Mi"), idempotent=False),
+    "prepare-image-build": StepPolicy(("250m", "1"), ("256Mi", "1Gi"), ()),
+    "buildah-build": StepPolicy(("1", "2"), ("2Gi", "4Gi"), ()),
+    "local-image-build": StepPolicy(("1", "2"), ("1Gi", "4Gi")),
+    "deploy-model": StepPolicy(("250m", "1"), ("256Mi", "1Gi")),
+}
+
+
+def step_name(task: PipelineTask) -> str:
+    """``deploy-model-2`` -> ``deploy-model`` (KFP numbers a component's second use)."""
+    name = task.name
+    base, _, suffix = name.rpartition("-")
+    return base if suffix.isdigit() and base in STEPS else name
+
+
+def configure(task: PipelineTask) -> PipelineTask:
+    name = step_name(task)
+    if name not in STEPS:
+        raise KeyError(f"step {name!r} has no entry in edgeloop.pipelines.cluster.STEPS: add one")
+    policy = STEPS[name]
+    kubernetes.add_pod_label(task, *ROLE_LABEL)
+    kubernetes.set_security_context(
+        task, run_as_user=RUN_AS_USER, run_as_group=RUN_AS_USER, run_as_non_root=True
+    )
+    task.set_cpu_request(policy.cpu[0]).set_cpu_limit(policy.cpu[1])
+    task.set_memory_request(policy.memory[0]).set_memory_limit(policy.memory[1])
+    for secret, required, optional in policy.secrets:
+        kubernetes.use_secret_as_env(task, secret, required)
+        if optional:
+            kubernetes.use_secret_as_env(task, secret, optional, optional=True)
+    if policy.idempotent:
+        task.set_retry(**RETRY)  # type: ignore[arg-type]
+    if name == "await-approval":
+        kubernetes.set_timeout(task, APPROVAL_DEADLINE_S)
+    if name == "buildah-build":
+        kubernetes.use_secret_as_volume(task, REGISTRY_AUTH, mount_path=REGISTRY_AUTH_DIR)
+        task.set_env_variable("REGISTRY_AUTH_FILE", f"{REGISTRY_AUTH_DIR}/.dockerconfigjson")
+    return task
