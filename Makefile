@@ -9,6 +9,7 @@ PY := $(VENV)/bin/python
 EDGELOOP := $(VENV)/bin/edgeloop
 LS_VENV := .tools/label-studio
 LS_TEMPLATE := .tools/label-studio-template/label_studio.sqlite3
+TRITON_VENV := .tools/triton-client
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 # Top-level folders installed as edgeloop.<name> (see [tool.setuptools.package-dir] in pyproject.toml).
@@ -26,7 +27,7 @@ IMAGE_ARGS = $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(TORCH_INDEX_U
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed node_modules/.installed $(LS_VENV)/.installed $(LS_TEMPLATE) .tools/.debs $(CONTAINERS_DIR)/containers.conf ## Install everything (venv, Node deps, Label Studio venv, mosquitto); idempotent
+setup: $(VENV)/.installed node_modules/.installed $(LS_VENV)/.installed $(LS_TEMPLATE) .tools/.debs $(CONTAINERS_DIR)/containers.conf $(TRITON_VENV)/.installed ## Install everything (venv, Node deps, Label Studio venv, mosquitto); idempotent
 
 $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 (or run make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -44,6 +45,13 @@ $(LS_VENV)/.installed: requirements/label-studio.lock
 	$(PYTHON) -m venv $(LS_VENV)
 	$(LS_VENV)/bin/python -m pip install -q --upgrade 'pip==26.*'
 	$(LS_VENV)/bin/python -m pip install -q -r requirements/label-studio.lock
+	touch $@
+
+# Triton's clients (REST + gRPC) for the container tests: own venv (see the lock file's header).
+$(TRITON_VENV)/.installed: requirements/triton-client.lock
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q --upgrade 'pip==26.*'
+	$(TRITON_VENV)/bin/python -m pip install -q -r requirements/triton-client.lock
 	touch $@
 
 $(LS_TEMPLATE): $(LS_VENV)/.installed $(VENV)/.installed

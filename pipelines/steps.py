@@ -25,11 +25,12 @@ from kfp.dsl import (
 # The images every step runs in, built from this repository by `make images` (pipelines/Dockerfile,
 # pipelines/builder.Dockerfile). The compiled YAML names these tags; `edgeloop pipeline compile|submit|
 # schedule --images build/images/index.json` pins them by digest.
+# The image holds kfp: steps install nothing at run time (install_kfp_package=False).
 PIPELINE_IMAGE = "ghcr.io/edgeloop/edgeloop-pipeline:0.1.0"
 BUILDER_IMAGE = "ghcr.io/edgeloop/edgeloop-builder:0.1.0"
 
 
-@dsl.component(base_image=PIPELINE_IMAGE)
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def snapshot_labels(project: str, label_policy: str, config_file: str) -> NamedTuple(  # type: ignore[valid-type]
     "LabelSnapshot", [("manifest_uri", str), ("labels_digest", str), ("labeled_images", int)]
 ):
@@ -39,7 +40,7 @@ def snapshot_labels(project: str, label_policy: str, config_file: str) -> NamedT
     return snapshot_labels_task(project, label_policy, config_file)
 
 
-@dsl.component(base_image=PIPELINE_IMAGE)
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def build_dataset(manifest_uri: str, split_fractions: str, config_file: str, dataset: Output[Dataset]) -> str:
     """Fetch, verify and split the labeled images (train/val/test shares); returns the dataset version.
     Cached by manifest digest and fractions."""
@@ -48,7 +49,7 @@ def build_dataset(manifest_uri: str, split_fractions: str, config_file: str, dat
     return build_dataset_task(manifest_uri, split_fractions, config_file, dataset)
 
 
-@dsl.component(base_image=PIPELINE_IMAGE)
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def train_model(
     dataset: Input[Dataset],
     architecture: str,
@@ -80,7 +81,7 @@ def train_model(
     )
 
 
-@dsl.component(base_image=PIPELINE_IMAGE)
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def export_onnx(
     model: Input[Model], dataset: Input[Dataset], onnx_model: Output[Model], parity: Output[Metrics]
 ) -> str:
@@ -90,7 +91,7 @@ def export_onnx(
     return export_task(model, dataset, onnx_model, parity)
 
 
-@dsl.component(base_image=PIPELINE_IMAGE)
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def select_precision(
     onnx_model: Input[Model],
     dataset: Input[Dataset],
@@ -104,7 +105,7 @@ def select_precision(
     return select_precision_task(onnx_model, dataset, target_profile, chosen_model, evidence)
 
 
-@dsl.component(base_image=PIPELINE_IMAGE)
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def staging_evaluation(
     dataset: Input[Dataset],
     candidate: Input[Model],
@@ -154,7 +155,7 @@ def staging_evaluation(
     )
 
 
-@dsl.component(base_image=PIPELINE_IMAGE)
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def register_model(
     staged_model: Input[Model],
     evaluation: Input[Artifact],
@@ -186,7 +187,7 @@ def register_model(
     )
 
 
-@dsl.component(base_image=PIPELINE_IMAGE)
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def await_approval(
     version: str,
     gate_passed: bool,
@@ -205,7 +206,7 @@ def await_approval(
     )
 
 
-@dsl.component(base_image=PIPELINE_IMAGE)
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def prepare_image_build(image_repository: str, context: Output[Artifact]) -> NamedTuple(  # type: ignore[valid-type]
     "BuildContext", [("image", str), ("content_hash", str), ("needs_build", bool)]
 ):
@@ -215,7 +216,7 @@ def prepare_image_build(image_repository: str, context: Output[Artifact]) -> Nam
     return prepare_image_build_task(image_repository, context)
 
 
-@dsl.component(base_image=PIPELINE_IMAGE)
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def local_image_build(context: Input[Artifact], image: str, config_file: str) -> str:
     """Build with docker/buildah/podman when one works here; else record why it was skipped."""
     from edgeloop.pipelines.tasks import local_image_build_task
@@ -246,7 +247,7 @@ def buildah_build(context: Input[Artifact], image: str, content_hash: str, needs
     )
 
 
-@dsl.component(base_image=PIPELINE_IMAGE)
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def deploy_model(
     version: str, image: str, deploy_target: str, namespace: str, gitops_dir: str, config_file: str
 ) -> str:
