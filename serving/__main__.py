@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--model_dir", default=None, help="a model directory, or a directory of version directories"
     )
     p.add_argument("--alias", action="append", default=[], help="ALIAS=VERSION (repeatable)")
+    p.add_argument(
+        "--canary", default=None, help="ALIAS=PERCENT: that share of unversioned requests goes to ALIAS"
+    )
+    p.add_argument(
+        "--shadow", default=None, help="ALIAS: also run champion requests on it, outputs to the payload log"
+    )
     p.add_argument("--bind_host", default="0.0.0.0", help="address both servers bind")
     p.add_argument("--batching", type=flag, default=True, help="dynamic batching across requests")
     p.add_argument("--max_batch_size", type=int, default=16)
@@ -186,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         model_name=None if args.model_name == "model" else args.model_name,  # kserve's default name
         aliases=aliases,
+        canary=args.canary,
+        shadow=args.shadow,
     )
     settings = None
     needs_settings = args.payload_log_rate > 0 or any(s.startswith(("az://", "models:/")) for s in specs)

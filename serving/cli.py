@@ -36,6 +36,21 @@ def _plain_argv() -> Iterator[None]:
 @click.option(
     "--alias", "aliases", multiple=True, metavar="ALIAS=VERSION", help="Point an alias at a version."
 )
+@click.option(
+    "--canary",
+    default=None,
+    metavar="ALIAS=PERCENT",
+    help="Send PERCENT of the requests that name no version to ALIAS instead of the champion; sticky "
+    "per client when it sends an x-edgeloop-client header. Change it live: PUT "
+    "/edgeloop/admin/models/NAME/traffic.",
+)
+@click.option(
+    "--shadow",
+    default=None,
+    metavar="ALIAS",
+    help="Also run every champion request on ALIAS and write its outputs to the payload log "
+    "(needs --payload-log-rate > 0); responses still come from the champion.",
+)
 @click.option("--http-port", default=8080, show_default=True, type=int)
 @click.option("--grpc-port", default=8081, show_default=True, type=int)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address both servers bind.")
@@ -145,6 +160,8 @@ def serve(
     models: tuple[str, ...],
     model_name: str | None,
     aliases: tuple[str, ...],
+    canary: str | None,
+    shadow: str | None,
     http_port: int,
     grpc_port: int,
     host: str,
@@ -220,6 +237,8 @@ def serve(
         cache_dir=cache_dir,
         model_name=model_name,
         aliases=dict(a.split("=", 1) for a in aliases),
+        canary=canary,
+        shadow=shadow,
     )
     logs.configure(log_level.upper())
     with _plain_argv():

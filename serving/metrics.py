@@ -35,6 +35,17 @@ REQUEST_SECONDS = Histogram(
 REQUEST_IMAGES = Counter(
     "edgeloop_serving_images_total", "Images classified", ["model", "version", "protocol"]
 )
+ROUTED = Counter(
+    "edgeloop_serving_routed_requests_total",
+    "Requests by the version that answered and why: pinned (the request named it), champion, canary",
+    ["model", "version", "route"],
+)
+SHADOW_IMAGES = Counter(
+    "edgeloop_serving_shadow_images_total",
+    "Images also run on a shadow (or, for canary traffic, on the champion), by outcome: ok, failed, "
+    "dropped (too many in flight), incompatible (other preprocessing)",
+    ["model", "version", "outcome"],
+)
 BATCH_SIZE = Histogram(
     "edgeloop_serving_batch_size",
     "Rows per ONNX Runtime run (dynamic batching)",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ from edgeloop.serving.errors import (
     VersionNotFoundError,
 )
 from edgeloop.serving.options import DEFAULT_ALIAS, BatchingOptions, LimitOptions
+from edgeloop.serving.routing import CLIENT_KEY_HEADER, Canary, TrafficPolicy
 from edgeloop.serving.sources import ResolvedModel
 
 log = logging.getLogger(__name__)
@@ -289,6 +291,7 @@ class Prepared:
     t0: float
     v1: bool = False
     results: list[np.ndarray] | None = None
+    route: str = "pinned"  # pinned (the request named it), champion or canary
 
 
 class OnnxImageModel(Model):
@@ -303,6 +306,8 @@ class OnnxImageModel(Model):
         limits: LimitOptions | None = None,
         aliases: dict[str, str] | None = None,
         payload_logger: Any = None,
+        canary: Canary | None = None,
+        shadow: str | None = None,
     ):
         super().__init__(name)
         self.sources = sources
@@ -312,6 +317,9 @@ class OnnxImageModel(Model):
         self.initial_aliases = dict(aliases or {})
         self.payload_logger = payload_logger
         self.versions = ModelVersions(name)
+        self.traffic = TrafficPolicy()
+        self.initial_traffic = (canary, shadow)
+        self._background: set[asyncio.Task] = set()  # shadow runs in flight
         # Decoding and resizing run in worker threads; at most this many at once (all requests of
         # this model together), so a burst of large images queues instead of taking every core.
         self.decode_slots = asyncio.Semaphore(self.limits.max_concurrent_decodes or available_cpus())
@@ -323,6 +331,7 @@ class OnnxImageModel(Model):
             self.add_version(self.load_source(src), src.aliases)
         for alias, version in self.initial_aliases.items():
             self.versions.set_alias(alias, version)
+        self.set_traffic(*self.initial_traffic)
         self.ready = bool(self.versions.versions)
         return self.ready
 
@@ -359,6 +368,107 @@ class OnnxImageModel(Model):
         if lv.runner is not None:
             await lv.runner.close()  # in-flight ones finish first
         log.info("model %s: unloaded version %s", self.name, version)
+
+    # -- canary and shadow ----------------------------------------------------------------------
+    MAX_SHADOW_RUNS = 64  # shadow runs in flight; past it they are dropped (and counted)
+
+    def set_traffic(self, canary: Canary | None, shadow: str | None) -> None:
+        """Point the canary and the shadow at aliases this model has (``None`` turns one off)."""
+        for alias in (canary.alias if canary else None, shadow):
+            if alias is not None:
+                self.versions.resolve(alias)  # unknown -> VersionNotFoundError, nothing changes
+        if shadow and self.payload_logger is None:
+            raise InvalidInputError(
+                "a shadow's outputs go to the payload log, which is off; start the server with "
+                "--payload-log-rate above 0"
+            )
+        self.traffic.set(canary, shadow)
+        log.info("model %s: traffic %s", self.name, self.traffic.describe())
+
+    def route(self, ref: str | None, headers: dict[str, str] | None) -> tuple[LoadedVersion, str]:
+        """The version that answers a request, and why: pinned (named), canary or champion."""
+        if ref and ref.strip():
+            return self.versions.resolve(ref), "pinned"
+        canary = self.traffic.canary
+        if canary is not None and self.traffic.to_canary((headers or {}).get(CLIENT_KEY_HEADER)):
+            lv = self.versions.versions.get(self.versions.aliases.get(canary.alias, ""))
+            if lv is not None:  # an alias unloaded since: the champion answers
+                return lv, "canary"
+        return self.versions.resolve(None), "champion"
+
+    def _comparison(self, result: Prepared) -> LoadedVersion | None:
+        """Who else sees this request: the shadow (champion traffic) or the champion (canary traffic)."""
+        if result.route == "champion" and self.traffic.shadow:
+            ref = self.versions.aliases.get(self.traffic.shadow, "")
+        elif result.route == "canary":
+            ref = self.versions.aliases.get(DEFAULT_ALIAS, "")
+        else:
+            return None
+        other = self.versions.versions.get(ref)
+        return None if other is None or other is result.version else other
+
+    def _log(self, lv: LoadedVersion, res: list[np.ndarray], inputs: codec.ModelInput, rows, rid) -> None:
+        probs = res[0]
+        emb = res[1] if len(res) > 1 else None
+        labels = [lv.card.labels[int(i)] for i in np.argmax(probs, axis=1)]
+        pre = lv.card.preprocessing
+        self.payload_logger.offer(
+            self.name,
+            lv.version,
+            labels,
+            probs,
+            emb,
+            inputs.frames,
+            inputs.x,
+            pre.mean,
+            pre.std,
+            rid,
+            rows=rows,
+        )
+
+    def _start_comparison(
+        self, result: Prepared, other: LoadedVersion, rows: list[int], rid: str | None
+    ) -> None:
+        """Run ``result``'s images on ``other`` in the background; log its rows ``rows``.
+
+        A shadow runs every image (it sees the load the champion sees); the champion, compared
+        with canary traffic, runs only the rows the payload log keeps."""
+        shadow = result.route == "champion"
+        outcome = metrics.SHADOW_IMAGES.labels
+        n = len(result.inputs.x) if shadow else len(rows)
+        if n == 0:
+            return
+        if other.card.preprocessing != result.version.card.preprocessing:
+            outcome(self.name, other.version, "incompatible").inc(n)
+            return
+        if len(self._background) >= self.MAX_SHADOW_RUNS:
+            outcome(self.name, other.version, "dropped").inc(n)
+            return
+        inputs = result.inputs
+        if not shadow:
+            inputs = codec.ModelInput(inputs.x[rows], None if inputs.frames is None else inputs.frames[rows])
+            rows = list(range(len(rows)))
+
+        async def run() -> None:
+            assert other.runner is not None
+            try:
+                res = await other.runner.submit(inputs.x)
+            except Exception as e:  # the response is gone already; count it, never raise
+                outcome(self.name, other.version, "failed").inc(n)
+                log.debug("comparison run on %s version %s failed: %s", self.name, other.version, e)
+                return
+            outcome(self.name, other.version, "ok").inc(n)
+            if rows:
+                self._log(other, res, inputs, rows, rid)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain_background(self, timeout_s: float = 10.0) -> None:
+        """Let shadow runs in flight finish (and reach the payload log) before it is closed."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=timeout_s)
 
     def stop(self) -> None:
         self.ready = False
@@ -415,11 +525,11 @@ class OnnxImageModel(Model):
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Prepared:
         t0 = time.perf_counter()
         if isinstance(payload, dict):
-            return await self._prepare_v1(payload, t0)
+            return await self._prepare_v1(payload, t0, headers)
         if not isinstance(payload, InferRequest):
             raise InvalidInputError("unrecognised request body; send an OIP v2 inference request")
         protocol = "grpc" if payload.from_grpc else getattr(payload, codec.PROTOCOL_ATTR, "rest_v2_json")
-        lv = self.versions.resolve(payload.model_version)
+        lv, route = self.route(payload.model_version, headers)
         if len(payload.inputs) != 1:
             raise InvalidInputError(
                 f"model {self.name} takes exactly one input tensor named "
@@ -434,19 +544,19 @@ class OnnxImageModel(Model):
         model_input = await self._to_model_input(values, inp.name, lv)
         params = _params(payload.parameters)
         wanted = self._outputs(payload.request_outputs, bool(params.get("embedding", False)), lv)
-        return Prepared(lv, model_input, protocol, payload.id, wanted, t0)
+        return Prepared(lv, model_input, protocol, payload.id, wanted, t0, route=route)
 
-    async def _prepare_v1(self, body: dict[str, Any], t0: float) -> Prepared:
+    async def _prepare_v1(self, body: dict[str, Any], t0: float, headers: dict[str, str] | None) -> Prepared:
         params = body.get("parameters") or {}
         if not isinstance(params, dict):
             raise InvalidInputError('"parameters" must be an object')
-        lv = self.versions.resolve(params.get("model_version"))
+        lv, route = self.route(params.get("model_version"), headers)
         values = codec.v1_instances(body)
         model_input = await self._to_model_input(values, "instances", lv)
         wanted = [LABEL_OUTPUT, PROBS_OUTPUT] + ([EMBEDDING_OUTPUT] if params.get("embedding") else [])
         if EMBEDDING_OUTPUT in wanted and not lv.has_embedding:
             raise InvalidInputError(f"model {self.name} version {lv.version} has no embedding output")
-        return Prepared(lv, model_input, "rest_v1", None, wanted, t0, v1=True)
+        return Prepared(lv, model_input, "rest_v1", None, wanted, t0, v1=True, route=route)
 
     async def _to_model_input(self, values: Any, name: str, lv: LoadedVersion) -> codec.ModelInput:
         lim = self.limits
@@ -491,20 +601,17 @@ class OnnxImageModel(Model):
         m = {"model": self.name, "version": lv.version, "protocol": result.protocol}
         metrics.REQUEST_SECONDS.labels(**m).observe(time.perf_counter() - result.t0)
         metrics.REQUEST_IMAGES.labels(**m).inc(n)
+        metrics.ROUTED.labels(self.name, lv.version, result.route).inc()
+        other = self._comparison(result)
         if self.payload_logger is not None:
-            pre = lv.card.preprocessing
-            self.payload_logger.offer(
-                self.name,
-                lv.version,
-                [b.decode() for b in labels],
-                probs,
-                emb,
-                result.inputs.frames,
-                result.inputs.x,
-                pre.mean,
-                pre.std,
-                result.request_id,
-            )
+            rows = self.payload_logger.sample(n)
+            rid = result.request_id
+            if other is not None and rows and not rid:
+                rid = uuid.uuid4().hex  # pairs this request's records across versions
+            if rows:
+                self._log(lv, res, result.inputs, rows, rid)
+            if other is not None:
+                self._start_comparison(result, other, rows, rid)
         if result.v1:
             preds = []
             for i in range(n):

@@ -73,3 +73,5 @@ class ServingOptions:
     cache_dir: Path | None = None  # where az:// and models:/ downloads go; None = a temp dir
     model_name: str | None = None  # served name; None = the model card's name
     aliases: dict[str, str] = field(default_factory=dict)  # alias -> version, applied after loading
+    canary: str | None = None  # ALIAS=PERCENT of unversioned requests (see routing.py)
+    shadow: str | None = None  # ALIAS also run on champion traffic, outputs to the payload log

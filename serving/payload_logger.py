@@ -12,7 +12,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,14 +89,12 @@ class PayloadLogger:
         mean: tuple[float, float, float],
         std: tuple[float, float, float],
         request_id: str | None = None,
+        rows: Sequence[int] | None = None,
     ) -> int:
-        """Sample rows of one answered request onto the queue; never blocks. Returns rows queued."""
-        if self.sample_rate <= 0:
-            return 0
+        """Queue the rows of one answered request (``rows``, else a sample of them); never blocks.
+        Returns rows queued."""
         now, queued = time.time(), 0
-        for i in range(len(labels)):
-            if self.sample_rate < 1 and self._rng.random() >= self.sample_rate:
-                continue
+        for i in self.sample(len(labels)) if rows is None else rows:
             image, m, s = (frames[i], None, None) if frames is not None else (x[i], mean, std)  # type: ignore[index]
             item = _Item(
                 now,
@@ -117,6 +115,14 @@ class PayloadLogger:
                 self.dropped += 1
                 PAYLOAD_LOG.labels("dropped").inc()
         return queued
+
+    def sample(self, n: int) -> list[int]:
+        """The rows of an n-image request the log keeps (each with probability ``sample_rate``)."""
+        if self.sample_rate <= 0:
+            return []
+        if self.sample_rate >= 1:
+            return list(range(n))
+        return [i for i in range(n) if self._rng.random() < self.sample_rate]
 
     def _run(self) -> None:
         pending: list[_Item] = []

@@ -83,6 +83,7 @@ from edgeloop.serving.limits import (
 )
 from edgeloop.serving.model import OnnxImageModel
 from edgeloop.serving.options import ServingOptions
+from edgeloop.serving.routing import CLIENT_KEY_HEADER, Canary
 from edgeloop.serving.security import (
     BearerAuthMiddleware,
     TlsFiles,
@@ -167,6 +168,12 @@ class Routes:
             methods=["PUT"],
             response_model=None,
         )
+        add(
+            ADMIN_PREFIX + "/models/{model_name}/traffic",
+            self.admin_traffic,
+            methods=["GET", "PUT"],
+            response_model=None,
+        )
 
     def install_error_handlers(self, app: FastAPI) -> None:
         # kserve's own error classes too, so every error is counted and shaped the same way.
@@ -202,8 +209,8 @@ class Routes:
         infer_request = codec.decode_rest_v2(
             body, request.headers.get("inference-header-content-length"), model_name, model_version
         )
-        rid = request.headers.get("x-request-id")
-        response, _ = await model(infer_request, headers={"x-request-id": rid} if rid else None)
+        headers = {k: v for k in ("x-request-id", CLIENT_KEY_HEADER) if (v := request.headers.get(k))}
+        response, _ = await model(infer_request, headers=headers)
         out, json_len = codec.encode_rest_v2(
             response, infer_request.request_outputs, infer_request.parameters
         )
@@ -357,6 +364,29 @@ class Routes:
         model.versions.set_alias(alias, version)
         return Response(
             orjson.dumps({"name": model_name, "aliases": dict(model.versions.aliases)}),
+            media_type="application/json",
+        )
+
+    async def admin_traffic(self, request: Request, model_name: str) -> Response:
+        """GET the canary and shadow; PUT ``{"canary": "ALIAS=PERCENT" | null, "shadow": "ALIAS" | null}``
+        (a key left out keeps its setting)."""
+        self._check_admin(request)
+        model = self.model(model_name)
+        if request.method == "PUT":
+            doc = await self._json(request)
+            canary, shadow = doc.get("canary"), doc.get("shadow")
+            if not isinstance(canary, str | None) or not isinstance(shadow, str | None) or not doc:
+                raise InvalidInputError(
+                    'body: {"canary": "ALIAS=PERCENT" or null, "shadow": "ALIAS" or null}'
+                )
+            model.set_traffic(
+                (Canary.parse(canary) if canary else None) if "canary" in doc else model.traffic.canary,
+                shadow if "shadow" in doc else model.traffic.shadow,
+            )
+        return Response(
+            orjson.dumps(
+                {"name": model_name, **model.traffic.describe(), "aliases": dict(model.versions.aliases)}
+            ),
             media_type="application/json",
         )
 
@@ -613,6 +643,8 @@ class EdgeloopModelServer:
         finally:
             if rpc is not None:
                 await rpc.stop(grace=o.shutdown_grace_s)
+            for model in routes.models.values():
+                await model.drain_background(o.shutdown_grace_s)
             for name in list(self.repository.get_models()):
                 self.repository.unload(name)  # Model.stop(): flushes the payload log
             log.info("model server stopped")
@@ -667,8 +699,11 @@ def build_models(
         src = resolve(spec, settings, options.cache_dir, options.expected_digest)
         name = options.model_name or src.spec.name or ModelCard.load(src.directory).name
         groups.setdefault(name, []).append(src)
-    if options.aliases and len(groups) > 1:
-        raise InvalidInputError("--alias applies to one served model; this server has several")
+    if (options.aliases or options.canary or options.shadow) and len(groups) > 1:
+        raise InvalidInputError(
+            "--alias, --canary and --shadow apply to one served model; this server has several"
+        )
+    canary = Canary.parse(options.canary) if options.canary else None
     models = []
     for name, sources in groups.items():
         model = OnnxImageModel(
@@ -679,6 +714,8 @@ def build_models(
             options.limits,
             aliases=options.aliases,
             payload_logger=logger,
+            canary=canary,
+            shadow=options.shadow,
         )
         model.load()
         models.append(model)

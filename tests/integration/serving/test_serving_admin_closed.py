@@ -35,6 +35,9 @@ def test_with_defaults_unload_is_refused_over_rest_and_grpc_and_the_model_stays_
             r = httpx.post(srv.rest_url + path)
             assert r.status_code == 403, r.text
             assert "--enable-admin" in r.json()["error"]
+        traffic = srv.rest_url + "/edgeloop/admin/models/inspection/traffic"
+        r = httpx.put(traffic, json={"canary": "champion=50"})
+        assert r.status_code == 403 and "--enable-admin" in r.json()["error"]
         stub = _stub(srv)
         with pytest.raises(grpc.RpcError) as e:
             stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="inspection"))
