@@ -55,6 +55,11 @@ def deploy() -> None:
 )
 @click.option("--image", help="Full server image reference for this model (overrides the ServingRuntime's).")
 @click.option("--image-tag", help="Server image tag only (KServe runtimeVersion).")
+@click.option(
+    "--images",
+    type=click.Path(exists=True, path_type=Path),
+    help="build/images/index.json from `make images`: pin every edgeloop image by digest.",
+)
 @click.option("--min-replicas", type=int, help="Replica floor (InferenceService and autoscaler).")
 @click.option("--max-replicas", type=int, help="Replica ceiling (InferenceService and autoscaler).")
 @click.option(
@@ -78,6 +83,7 @@ def render_cmd(
     model_dir: Path | None,
     image: str | None,
     image_tag: str | None,
+    images: Path | None,
     min_replicas: int | None,
     max_replicas: int | None,
     model_only: bool,
@@ -131,6 +137,10 @@ def render_cmd(
             min_replicas=min_replicas,
             max_replicas=max_replicas,
         )
+    if images is not None:
+        from edgeloop.pipelines.image_build import read_index
+
+        objs = render.pin_images(objs, {n: rec["digest"] for n, rec in read_index(images).items()})
     validate_objects(objs)
     if output is None:
         click.echo(_dump(objs), nl=False)
@@ -192,7 +202,7 @@ def validate_cmd(overlays: tuple[str, ...], schemas_dir: Path | None, paths: tup
 @click.option("--nproc-per-node", type=int, default=1, show_default=True, help="torchrun processes per node.")
 @click.option("--num-nodes", type=int, default=1, show_default=True)
 @click.option("--gpus-per-node", type=int, default=0, show_default=True)
-@click.option("--image", default="ghcr.io/edgeloop/edgeloop:0.1.0", show_default=True)
+@click.option("--image", default="ghcr.io/edgeloop/edgeloop-pipeline:0.1.0", show_default=True)
 @click.option("--cpu", default="2", show_default=True, help="CPU per node.")
 @click.option("--memory", default="8Gi", show_default=True, help="Memory per node.")
 @click.option("--namespace", default="edgeloop", show_default=True)

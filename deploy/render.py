@@ -26,7 +26,7 @@ import functools
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -353,6 +353,53 @@ def render_release(
     return [o for o in objs if not is_template(o)] + model_objs
 
 
+# -- images ------------------------------------------------------------------------------------
+
+
+def image_name(ref: str) -> str:
+    """``ghcr.io/edgeloop/edgeloop-serving:0.1.0`` (or ``@sha256:...``) -> ``edgeloop-serving``."""
+    repo = ref.partition("@")[0]
+    last = repo.rpartition("/")[2]
+    return last.partition(":")[0]
+
+
+def _image_fields(node: Any) -> Any:
+    """Every (dict, key) whose key is ``image`` and whose value is a string, anywhere in ``node``."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "image" and isinstance(v, str):
+                yield node, k
+            else:
+                yield from _image_fields(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _image_fields(v)
+
+
+def pin_images(objs: Sequence[Obj], digests: Mapping[str, str]) -> list[Obj]:
+    """Copies of ``objs`` with every image of the project pinned: ``<repo>:<tag>`` becomes
+    ``<repo>@<digest>`` where ``digests`` (image name -> ``sha256:...``, as in ``make images``'
+    ``build/images/index.json``) names it. A project image (``edgeloop-*``) it does not name is an error."""
+    out = copy.deepcopy(list(objs))
+    for obj in out:
+        for holder, key in _image_fields(obj):
+            ref = holder[key]
+            name = image_name(ref)
+            if name in digests:
+                repo = ref.partition("@")[0]
+                if ":" in repo.rpartition("/")[2]:
+                    repo = repo.rpartition(":")[0]
+                holder[key] = f"{repo}@{digests[name]}"
+            elif name.startswith("edgeloop"):
+                raise RenderError(f"image {ref} has no digest in the images index: run `make images`")
+    return out
+
+
+def unpinned_images(objs: Sequence[Obj]) -> list[str]:
+    """Image references in ``objs`` that name a tag instead of a digest."""
+    return sorted({h[k] for o in objs for h, k in _image_fields(o) if "@sha256:" not in h[k]})
+
+
 def _filename(obj: Obj) -> str:
     kind = obj["kind"].lower()
     name = obj["metadata"]["name"]
@@ -406,7 +453,7 @@ def render_train_job(
     name: str,
     train_args: Sequence[str],
     *,
-    image: str = "ghcr.io/edgeloop/edgeloop:0.1.0",
+    image: str = "ghcr.io/edgeloop/edgeloop-pipeline:0.1.0",
     num_nodes: int = 1,
     nproc_per_node: int = 1,
     gpus_per_node: int = 0,

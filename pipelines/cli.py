@@ -299,7 +299,12 @@ def images() -> None:
     show_default=True,
     help="Where the OCI archives and index.json go.",
 )
-@click.option("--only", "names", multiple=True, help="Build only this image (repeatable).")
+@click.option(
+    "--only",
+    "names",
+    multiple=True,
+    help="Build only this image (repeatable); edgeloop-serving-gpu is built only when named here.",
+)
 @click.option(
     "--base-image",
     default=None,
@@ -328,11 +333,11 @@ def images_build(
     engine: str | None,
 ) -> None:
     """Build every image; an image whose content hash is unchanged is not rebuilt."""
-    from edgeloop.pipelines.image_build import IMAGES, build_images, torch_source
+    from edgeloop.pipelines.image_build import DEFAULT_IMAGES, build_images, torch_source
 
     torch = torch_source(torch_index_url, torch_wheels) if (torch_index_url or torch_wheels) else None
     build_images(
-        out, tuple(names) or tuple(IMAGES), engine=engine, base_image=base_image, torch=torch, log=click.echo
+        out, tuple(names) or DEFAULT_IMAGES, engine=engine, base_image=base_image, torch=torch, log=click.echo
     )
     click.echo(f"index: {out / 'index.json'}")
 

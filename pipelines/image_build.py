@@ -128,10 +128,21 @@ class ImageSpec:
     dockerfile: str  # path inside the context
     sources: Callable[[], dict[str, Path]]
     torch: bool = False  # takes the TORCH_* build arguments
+    build_args: tuple[tuple[str, str], ...] = ()
+    default: bool = True  # built by a plain `make images`
 
 
 IMAGES: dict[str, ImageSpec] = {
     "edgeloop-serving": ImageSpec("edgeloop-serving", DOCKERFILE, serving_image_sources),
+    # The edge-gpu overlay's server: ONNX Runtime with CUDA/cuDNN from PyPI (~2 GB); on request only
+    # (`edgeloop images build --only edgeloop-serving-gpu`). onnxruntime-gpu trails onnxruntime by a release.
+    "edgeloop-serving-gpu": ImageSpec(
+        "edgeloop-serving-gpu",
+        DOCKERFILE,
+        serving_image_sources,
+        build_args=(("ORT_REQUIREMENT", "onnxruntime-gpu[cuda,cudnn]==1.31.1"),),
+        default=False,
+    ),
     "edgeloop-pipeline": ImageSpec(
         "edgeloop-pipeline", "edgeloop/pipelines/Dockerfile", pipeline_image_sources, torch=True
     ),
@@ -574,7 +585,7 @@ def build_image(
     log: Callable[[str], None] = print,
 ) -> BuiltImage:
     """Build one image (unless an image with the same content hash and its archive are there already)."""
-    args = {"BASE_IMAGE": base_image}
+    args = {"BASE_IMAGE": base_image, **dict(spec.build_args)}
     if spec.torch:
         if torch is None:
             raise ImageBuildError(f"{spec.name} needs a torch source")
@@ -641,9 +652,12 @@ def build_image(
 INDEX_NAME = "index.json"
 
 
+DEFAULT_IMAGES = tuple(n for n, spec in IMAGES.items() if spec.default)
+
+
 def build_images(
     out_dir: Path,
-    names: tuple[str, ...] = tuple(IMAGES),
+    names: tuple[str, ...] = DEFAULT_IMAGES,
     *,
     engine: str | None = None,
     base_image: str | None = None,

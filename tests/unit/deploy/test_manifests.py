@@ -119,7 +119,8 @@ def test_edge_gpu_requests_a_gpu_and_prefers_tensorrt(rendered_overlays):
     assert any(t["key"] == "nvidia.com/gpu" for t in pred["tolerations"])
     env = {e["name"]: e.get("value") for e in pred["model"]["env"]}
     assert env["EDGELOOP_PROVIDERS"].split(",")[0] == "TensorrtExecutionProvider"
-    assert _one(objs, "ServingRuntime")["spec"]["containers"][0]["image"].endswith("-gpu")
+    image = _one(objs, "ServingRuntime")["spec"]["containers"][0]["image"]
+    assert image.rpartition(":")[0].endswith("/edgeloop-serving-gpu")  # serving/Dockerfile, ORT with CUDA
     mounts = {m["mountPath"] for m in pred["model"]["volumeMounts"]}
     assert "/tmp" in mounts  # the read-only root filesystem still has a writable /tmp
 
