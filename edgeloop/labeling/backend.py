@@ -128,10 +128,11 @@ class LoadedModel:
 
 class ModelSource:
     """The model behind the backend: a fixed directory, or a registry alias (``models:/NAME@champion``)
-    that is re-resolved at most every ``refresh_s`` seconds, so a new champion is served without a restart.
+    re-resolved in the background at most every ``refresh_s`` seconds, so a new champion is served
+    without a restart and no request waits for a download (Label Studio gives ``/setup`` 3 s).
 
     A registered version is fetched into ``cache_dir`` and verified against the digest the
-    registry recorded (:func:`edgeloop.core.model_loader.fetch_verified`) before it is opened.
+    registry recorded before it is opened.
     """
 
     def __init__(
@@ -147,20 +148,43 @@ class ModelSource:
         self.refresh_s = refresh_s
         self._model: LoadedModel | None = None
         self._checked = 0.0
+        self._refreshing = False
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
 
     @property
     def follows_registry(self) -> bool:
         return self.uri.startswith("models:/")
 
     def current(self) -> LoadedModel:
-        """The model to predict with; :class:`NoModel` when there is none (yet)."""
+        """The model to predict with (loaded on first use); :class:`NoModel` when there is none (yet)."""
         with self._lock:
-            stale = time.monotonic() - self._checked >= self.refresh_s
-            if self._model is None or (self.follows_registry and stale):
-                self._model = self._load(self._model)
-                self._checked = time.monotonic()
-            return self._model
+            model = self._model
+            due = (
+                model is not None
+                and self.follows_registry
+                and not self._refreshing
+                and time.monotonic() - self._checked >= self.refresh_s
+            )
+            self._refreshing = self._refreshing or due
+        if model is None:
+            return self.refresh()
+        if due:
+            threading.Thread(target=self.refresh, name="model-refresh", daemon=True).start()
+        return model
+
+    def refresh(self) -> LoadedModel:
+        """Resolve the source now: the alias's current version (fetched and opened if new)."""
+        with self._load_lock:
+            try:
+                model = self._load(self._model)
+            finally:
+                with self._lock:
+                    self._refreshing = False
+                    self._checked = time.monotonic()
+            with self._lock:
+                self._model = model
+            return model
 
     def _load(self, previous: LoadedModel | None) -> LoadedModel:
         from edgeloop.core.model_loader import fetch_model, pinned_digests, verify_model
@@ -517,6 +541,7 @@ def running_backend(
     import uvicorn
 
     predictor = build_predictor(settings, model_uri, refresh_s)
+    predictor.source.current()  # loaded before Label Studio's first (3 s) /setup call
     sock = bind(host, port)
     server = uvicorn.Server(
         uvicorn.Config(create_app(predictor, credentials), log_level="warning", access_log=False)
@@ -580,11 +605,22 @@ def connect(
         "is_interactive": False,
         "description": "edgeloop: the champion model's predictions as pre-annotations",
     }
+    created = not existing
     try:
-        if existing:
-            backend = ls.ml.update(existing[0].id, project=project.id, **fields)
-        else:
-            backend = ls.ml.create(project=project.id, **fields)
+        if created:
+            try:
+                ls.ml.create(project=project.id, **fields)
+            except ApiError as e:
+                # Label Studio saves the backend, then adds a training webhook to URL/webhook, which its
+                # SSRF protection refuses for a private address (403). The backend stands; training
+                # events are not needed (the pipeline trains), so carry on with the saved backend.
+                if e.status_code != 403 or "reserved network address" not in _api_detail(e):
+                    raise
+            existing = [b for b in ls.ml.list(project=project.id) if (b.url or "").rstrip("/") == url]
+            if not existing:
+                raise EdgeloopError(f"Label Studio did not keep the ML backend at {url}")
+        # an update re-checks /health and /setup and refreshes the connection state
+        backend = ls.ml.update(existing[0].id, project=project.id, **fields)
     except ApiError as e:
         raise EdgeloopError(
             f"Label Studio could not connect the ML backend at {url}: {_api_detail(e)} "
@@ -600,7 +636,7 @@ def connect(
         url,
         str(backend.readable_state or backend.state),
         backend.model_version,
-        not existing,
+        created,
     )
 
 
