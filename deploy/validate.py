@@ -467,7 +467,9 @@ def _pod_specs(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], list[
         ]
         return path, pspec, conts
 
-    if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"):
+    if kind == "Pod":
+        yield pod("spec", spec)
+    elif kind in ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"):
         yield pod("spec.template.spec", (spec.get("template") or {}).get("spec") or {})
     elif kind == "CronJob":
         yield pod("spec.jobTemplate.spec.template.spec", spec["jobTemplate"]["spec"]["template"]["spec"])

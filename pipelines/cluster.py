@@ -99,3 +99,85 @@ def configure(task: PipelineTask) -> PipelineTask:
         kubernetes.use_secret_as_volume(task, REGISTRY_AUTH, mount_path=REGISTRY_AUTH_DIR)
         task.set_env_variable("REGISTRY_AUTH_FILE", f"{REGISTRY_AUTH_DIR}/.dockerconfigjson")
     return task
+
+
+# -- the pods a cluster makes of the compiled pipeline -------------------------------------------------------------
+#: What KFP's backend adds to every executor container itself (kfp-kubernetes cannot set these).
+KFP_CONTAINER_DEFAULTS = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def executor_pods(
+    compiled: str, namespace: str = "edgeloop", service_account: str = "edgeloop-pipeline"
+) -> list[dict]:
+    """The Pod each step of the compiled pipeline YAML becomes (image, command, resources, env from
+    Secrets, security context, deadline, label), for validation with :func:`edgeloop.deploy.validate.
+    validate_objects` (schemas and Pod Security "restricted"). KFP's driver adds its launcher and
+    volumes; what is checked here is what this project decides."""
+    import yaml
+
+    spec, platform_doc = yaml.safe_load_all(compiled)
+    platform = platform_doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    pods = []
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        c, k8s = executor["container"], platform.get(name, {})
+        r = c.get("resources", {})
+        env = [
+            {
+                "name": m["envVar"],
+                "valueFrom": {
+                    "secretKeyRef": {
+                        "name": s["secretName"],
+                        "key": m["secretKey"],
+                        "optional": bool(s.get("optional")),
+                    }
+                },
+            }
+            for s in k8s.get("secretAsEnv", [])
+            for m in s["keyToEnv"]
+        ] + [{"name": e["name"], "value": e["value"]} for e in c.get("env", [])]
+        sc = k8s.get("securityContext", {})
+        container = {
+            "name": "main",
+            "image": c["image"],
+            "command": c.get("command", []),
+            "args": c.get("args", []),
+            "env": env,
+            "resources": {
+                "requests": {"cpu": r.get("resourceCpuRequest"), "memory": r.get("resourceMemoryRequest")},
+                "limits": {"cpu": r.get("resourceCpuLimit"), "memory": r.get("resourceMemoryLimit")},
+            },
+            "securityContext": {
+                **{k: (int(v) if k != "runAsNonRoot" else v) for k, v in sc.items()},
+                **KFP_CONTAINER_DEFAULTS,
+            },
+            "volumeMounts": [
+                {"name": f"secret-{i}", "mountPath": v["mountPath"], "readOnly": True}
+                for i, v in enumerate(k8s.get("secretAsVolume", []))
+            ],
+        }
+        pod: dict = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name.removeprefix("exec-"),
+                "namespace": namespace,
+                "labels": k8s.get("podMetadata", {}).get("labels", {}),
+            },
+            "spec": {
+                "serviceAccountName": service_account,
+                "restartPolicy": "Never",
+                "containers": [container],
+                "volumes": [
+                    {"name": f"secret-{i}", "secret": {"secretName": v["secretName"]}}
+                    for i, v in enumerate(k8s.get("secretAsVolume", []))
+                ],
+            },
+        }
+        if "activeDeadlineSeconds" in k8s:
+            pod["spec"]["activeDeadlineSeconds"] = int(k8s["activeDeadlineSeconds"])
+        pods.append(pod)
+    return pods

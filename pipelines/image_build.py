@@ -624,6 +624,7 @@ def build_image(
         archive.parent.mkdir(parents=True, exist_ok=True)
         for old in archive.parent.glob(f"{spec.name}-*.oci.tar"):
             old.unlink()
+        _remove_older_tags(engine, f"{registry}/{spec.name}", keep=tag)
         partial = archive.with_suffix(".partial")
         partial.unlink(missing_ok=True)
         _run([engine, "save", "--format", "oci-archive", "-o", str(partial), image], f"saving {spec.name}")
@@ -647,6 +648,16 @@ def build_image(
         build_args=args,
         note=torch.note if spec.torch and torch else "",
     )
+
+
+def _remove_older_tags(engine: str, repository: str, keep: str) -> None:
+    """Untag superseded builds of ``repository`` (their layers stay while the build cache uses them)."""
+    r = subprocess.run(
+        [engine, "images", "--format", "{{.Repository}}:{{.Tag}}", repository], capture_output=True, text=True
+    )
+    for ref in r.stdout.split():
+        if ref.startswith(f"{repository}:") and not ref.endswith(f":{keep}"):
+            subprocess.run([engine, "rmi", ref], capture_output=True)
 
 
 INDEX_NAME = "index.json"

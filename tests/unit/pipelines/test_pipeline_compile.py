@@ -249,3 +249,21 @@ def test_every_pipeline_image_has_a_dockerfile_in_the_repository():
         name = ref.rpartition(":")[0].rpartition("/")[2]
         assert name in IMAGES, ref
         assert (ROOT / IMAGES[name].dockerfile.replace("edgeloop/", "", 1)).is_file(), ref
+
+
+def test_the_pods_of_every_step_meet_the_namespace_pod_security_and_validate():
+    """Each step as the Pod a cluster runs: schema-valid (vendored core schemas) and Pod Security
+    "restricted" like everything else in the edgeloop namespace (manifests/base/platform). The one
+    rule of edgeloop's own they miss: a read-only root filesystem, which kfp-kubernetes cannot set."""
+    from edgeloop.deploy.validate import find_problems
+    from edgeloop.pipelines.cluster import executor_pods
+
+    pods = executor_pods(COMPILED.read_text())
+    assert {p["metadata"]["name"] for p in pods} >= {"train-model", "buildah-build", "await-approval"}
+    assert {p.message for p in find_problems(pods)} == {"readOnlyRootFilesystem must be true"}
+    pods[0]["spec"]["containers"][0]["securityContext"].pop("runAsNonRoot")
+    assert any("runAsNonRoot" in p.message for p in find_problems(pods))  # the check is live
+    ns = yaml.safe_load((ROOT / "manifests" / "base" / "platform" / "namespace.yaml").read_text())
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    sa = [d for d in yaml.safe_load_all((ROOT / "manifests/base/platform/serviceaccounts.yaml").read_text()) if d]
+    assert "edgeloop-pipeline" in {d["metadata"]["name"] for d in sa if d["kind"] == "ServiceAccount"}
