@@ -24,7 +24,8 @@ from pydantic import BaseModel, Field
 
 from edgeloop.components.stats import CONFIDENCE, Interval, proportion, quantile_interval_ranks
 
-SLICE_KEYS = ("lighting", "camera")
+# "source": where an image came from (the seeded sample, "relabel" for a site's flagged images)
+SLICE_KEYS = ("lighting", "camera", "source")
 BOOTSTRAP_RESAMPLES = 1000
 MAX_FLIPS_LISTED = 50  # flipped images kept in the report (the count is always exact)
 

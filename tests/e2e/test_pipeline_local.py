@@ -73,8 +73,10 @@ def test_local_pipeline_run_ends_with_an_approved_champion(stack_settings, sampl
     assert registry.champion_version(stack_settings) == version
     tags = registry.version_tags(stack_settings, version)
     assert tags[registry.APPROVAL] == "approved" and tags[registry.APPROVAL_MODE] == "auto"
-    assert tags[registry.APPROVAL_BY].startswith("auto-approve")
+    assert tags[registry.APPROVAL_BY] == "edgeloop-auto"  # the local auto-approver account, said plainly
     assert tags[registry.APPROVAL_EVIDENCE] == tags[registry.EVIDENCE_DIGEST]
+    v = _edgeloop(stack_settings, "registry", "verify", stack_settings.mlflow.registered_model, "champion")
+    assert v.returncode == 0 and "approved by edgeloop-auto (auto)" in v.stdout, v.stdout + v.stderr
     for key in (
         "lineage.dataset_version",
         "lineage.labels_digest",
@@ -111,7 +113,7 @@ def test_local_pipeline_run_ends_with_an_approved_champion(stack_settings, sampl
     assert card["lineage"]["train_seed"] == "0" and card["lineage"]["train_cpu_isa"]
     report = registry.download_evaluation(stack_settings, version)
     assert report is not None and report.latency is not None and report.parity is not None
-    assert set(report.slices) == {"lighting", "camera"}
+    assert set(report.slices) == {"lighting", "camera", "source"}
     print(
         f"champion v{version}: accuracy {report.accuracy:.3f}, ECE {report.ece:.3f}, "
         f"p50/p95/p99 {report.latency.p50_ms:.1f}/{report.latency.p95_ms:.1f}/{report.latency.p99_ms:.1f} ms, "
