@@ -41,6 +41,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "pipeline",
         "Compile, run locally, submit or schedule the Kubeflow pipeline.",
     ),
+    "images": (
+        "edgeloop.pipelines.cli",
+        "images",
+        "Build the container images (serving, pipeline, builder) with docker or podman.",
+    ),
     "approve": ("edgeloop.pipelines.cli", "approve", "Approve a candidate model version (the human gate)."),
     "reject": ("edgeloop.pipelines.cli", "reject", "Reject a candidate model version (the human gate)."),
     "rollback": ("edgeloop.pipelines.cli", "rollback", "Point champion back at the previous champion."),
