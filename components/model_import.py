@@ -467,7 +467,7 @@ class ImportOutcome:
             lines.append(
                 f"  registered {r.name} version {r.version} (lineage origin={ORIGIN}); "
                 + (
-                    f"approve with `edgeloop approve {r.name} {r.version} --by NAME`"
+                    f"approve with `edgeloop approve {r.name} {r.version}`"
                     if r.gate_passed
                     else "rejected by the gate"
                 )

@@ -49,6 +49,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "approve": ("edgeloop.pipelines.cli", "approve", "Approve a candidate model version (the human gate)."),
     "reject": ("edgeloop.pipelines.cli", "reject", "Reject a candidate model version (the human gate)."),
     "rollback": ("edgeloop.pipelines.cli", "rollback", "Point champion back at the previous champion."),
+    "model": (
+        "edgeloop.commands.model",
+        "model",
+        "Import a model trained elsewhere (ONNX) into the gated loop.",
+    ),
+    "batch": (
+        "edgeloop.commands.batch",
+        "batch",
+        "Score every image under a blob prefix; results and a drift summary to blob storage.",
+    ),
     "monitor": ("edgeloop.monitoring.cli", "monitor", "Drift scans and the relabel queue."),
     "labeling": (
         "edgeloop.labeling.cli",

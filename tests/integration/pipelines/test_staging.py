@@ -2,42 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from edgeloop.pipelines.gate import GateThresholds
 from edgeloop.pipelines.staging import StagingResult, run_staging_evaluation, stage_model
+from edgeloop.testing.datasets import sample_dataset_dir
 from edgeloop.testing.models import build_linear_model_dir
-
-
-def _dataset(sample_dir: Path, out: Path) -> Path:
-    """An edgeloop dataset directory (index.jsonl) over the sample images: every 3rd image is test."""
-    from edgeloop.core.model_card import sha256_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    metas = [json.loads(x) for x in (sample_dir / "metadata.jsonl").read_text().splitlines() if x.strip()]
-    for i, m in enumerate(metas):
-        split = ("test", "val", "train")[i % 3]
-        rows.append(
-            {
-                "sha256": sha256_file(sample_dir / m["file"]),
-                "file": f"../{sample_dir.name}/{m['file']}",
-                "label": m["label"],
-                "split": split,
-                "image": f"az://images/sample/{m['file']}",
-                "metadata": {"lighting": m["lighting"], "camera": m["camera"]},
-            }
-        )
-    (out / "index.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return out
 
 
 @pytest.fixture(scope="module")
 def dataset_dir(sample_dir: Path) -> Path:
-    return _dataset(sample_dir, sample_dir.parent / "dataset")
+    return sample_dataset_dir(sample_dir, sample_dir.parent / "dataset")
 
 
 def test_staging_evaluation_through_real_server(dataset_dir: Path, tmp_path: Path):
