@@ -133,3 +133,73 @@ def test_a_local_run_survives_a_builder_that_cannot_build_here(tmp_path, monkeyp
     got = json.loads(local_image_build_task(artifact, ctx.image, ""))
     assert got["status"] == "failed" and got["builder"] == "podman"
     assert "Resolved" in got["reason"]
+
+
+def test_pipeline_image_requirements_follow_pyproject():
+    import tomllib
+
+    from edgeloop.pipelines.image_build import pinned_torch
+
+    root = Path(__file__).resolve().parents[3]
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = [d for d in deps if not d.startswith(("torch==", "torchvision=="))]
+    listed = [
+        ln for ln in (root / "pipelines" / "requirements.txt").read_text().splitlines() if ln and ln[0] != "#"
+    ]
+    assert listed == wanted, "pipelines/requirements.txt is pyproject's dependencies less torch/torchvision"
+    assert pinned_torch() == " ".join(sorted(d for d in deps if d.startswith(("torch==", "torchvision=="))))
+
+
+def test_build_arguments_are_part_of_the_content_hash(tmp_path):
+    src = _repo(tmp_path / "repo")
+    plain = content_hash(src)
+    assert content_hash(src, build_args={"BASE_IMAGE": "a"}) != content_hash(
+        src, build_args={"BASE_IMAGE": "b"}
+    )
+    assert content_hash(src, build_args={}) == plain
+
+
+def test_every_image_context_has_its_dockerfile_and_the_pipeline_image_no_test_kit():
+    from edgeloop.pipelines.image_build import IMAGES
+
+    for spec in IMAGES.values():
+        files = context_files(spec.sources())
+        assert spec.dockerfile in files, spec.name
+    pipeline = context_files(IMAGES["edgeloop-pipeline"].sources())
+    assert "requirements/constraints.txt" in pipeline and "edgeloop/pipelines/tasks.py" in pipeline
+    assert "edgeloop/components/train.py" in pipeline and "edgeloop/cli.py" in pipeline
+    assert not any(k.startswith("edgeloop/testing/") for k in pipeline)
+    assert not any("/compiled/" in k for k in pipeline)
+
+
+def test_torch_comes_from_a_local_cpu_wheel_when_the_cpu_index_is_unreachable(tmp_path, monkeypatch):
+    from edgeloop.pipelines import image_build as ib
+
+    (tmp_path / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    monkeypatch.setattr(ib, "_reachable", lambda url, timeout_s=5.0: False)
+    monkeypatch.setattr(ib, "_pip_find_links", lambda: [tmp_path])
+    src = ib.torch_source()
+    assert src.requirement == "torch==2.13.0+cpu torchvision==0.28.*" and src.wheels == str(tmp_path)
+    assert "unreachable" in src.note and "2.14.1" in src.note  # says what it uses instead of the pin
+    monkeypatch.setattr(ib, "_pip_find_links", lambda: [])
+    with pytest.raises(ib.ImageBuildError, match="TORCH_INDEX_URL"):
+        ib.torch_source()
+
+
+def test_the_debian_mirror_comes_from_apt_sources(tmp_path):
+    from edgeloop.pipelines.image_build import apt_mirror
+
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\n"
+    )
+    assert apt_mirror(tmp_path) == "http://mirror.example/debian"
+    assert apt_mirror(tmp_path / "nothing") == "http://deb.debian.org/debian"
+
+
+def test_no_engine_is_an_error_naming_the_fix():
+    from edgeloop.pipelines.image_build import ImageBuildError, container_engine
+
+    with pytest.raises(ImageBuildError, match="make setup"):
+        container_engine(("definitely-not-an-engine",))
