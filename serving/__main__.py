@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intra_op_threads", type=int, default=0, help="ONNX Runtime threads per run (0 = cores)")
     p.add_argument("--ort_spinning", type=flag, default=False)
     p.add_argument(
+        "--ort_sessions", type=int, default=1, help="ONNX Runtime sessions per version, each cores/N threads"
+    )
+    p.add_argument(
         "--providers",
         default=",".join(DEFAULT_PROVIDER_ORDER),
         help="execution providers in order of preference; unavailable ones are skipped",
@@ -169,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
             max_queue_rows=args.max_queue_rows,
             concurrent_batches=args.concurrent_batches,
             direct_concurrency=args.concurrent_batches,
+            sessions=max(1, args.ort_sessions),
         ),
         limits=LimitOptions(
             max_request_bytes=int(args.max_request_mb * 1024 * 1024),

@@ -22,7 +22,9 @@ import numpy as np
 
 from edgeloop.serving.errors import OverloadedError
 
-RunFn = Callable[[np.ndarray], Sequence[np.ndarray]]  # NCHW batch -> outputs, each [N, ...]
+# (NCHW batch, every output?) -> outputs, each [N, ...]; with False, only what every answer needs
+# (the probabilities): the embedding is computed and copied out only when a request in the batch asks.
+RunFn = Callable[[np.ndarray, bool], Sequence[np.ndarray]]
 
 
 @dataclass
@@ -65,7 +67,7 @@ class DynamicBatcher:
         self.concurrency = max(1, concurrency)
         self._slots: asyncio.Semaphore | None = None
         self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix=f"ort-{name}")
-        self._queue: deque[tuple[np.ndarray, asyncio.Future]] = deque()
+        self._queue: deque[tuple[np.ndarray, asyncio.Future, bool]] = deque()
         self._queued_rows = 0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -77,8 +79,8 @@ class DynamicBatcher:
     def queued_rows(self) -> int:
         return self._queued_rows
 
-    async def submit(self, x: np.ndarray) -> list[np.ndarray]:
-        """Queue ``x`` ([n,...]) and return the model's outputs for its n rows."""
+    async def submit(self, x: np.ndarray, full: bool = True) -> list[np.ndarray]:
+        """Queue ``x`` ([n,...]) and return the model's outputs for its n rows (all with ``full``)."""
         if self._closed:
             raise OverloadedError("this model version is being unloaded; retry to reach the current one")
         if self._queued_rows + len(x) > self.max_queue_rows:
@@ -91,7 +93,7 @@ class DynamicBatcher:
             self._slots = asyncio.Semaphore(self.concurrency)
             self._task = loop.create_task(self._worker(), name="edgeloop-batcher")
         fut: asyncio.Future = loop.create_future()
-        self._queue.append((x, fut))
+        self._queue.append((x, fut, full))
         self._queued_rows += len(x)
         self._notify_queue()
         assert self._wake is not None
@@ -131,29 +133,30 @@ class DynamicBatcher:
             task = loop.create_task(self._run_batch(loop, items))
             task.add_done_callback(lambda _t: self._slots.release())  # type: ignore[union-attr]
 
-    def _take(self) -> list[tuple[np.ndarray, asyncio.Future]]:
-        items: list[tuple[np.ndarray, asyncio.Future]] = []
+    def _take(self) -> list[tuple[np.ndarray, asyncio.Future, bool]]:
+        items: list[tuple[np.ndarray, asyncio.Future, bool]] = []
         rows = 0
         while self._queue:
-            x, fut = self._queue[0]
+            x, fut, full = self._queue[0]
             if items and rows + len(x) > self.max_batch_size:
                 break
             self._queue.popleft()
             self._queued_rows -= len(x)
             if fut.cancelled():  # the client went away while queued
                 continue
-            items.append((x, fut))
+            items.append((x, fut, full))
             rows += len(x)
         return items
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, items: list) -> None:
-        xs = [x for x, _ in items]
+        xs = [x for x, _, _ in items]
         batch = xs[0] if len(xs) == 1 else np.concatenate(xs, axis=0)
+        full = any(f for _, _, f in items)
         t0 = time.perf_counter()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run, batch)
+            outputs = await loop.run_in_executor(self._executor, self._run, batch, full)
         except Exception as e:  # a model failure fails the requests of this batch only
-            for _, fut in items:
+            for _, fut, _ in items:
                 if not fut.done():
                     fut.set_exception(e)
             return
@@ -163,7 +166,7 @@ class DynamicBatcher:
         if self._on_batch is not None:
             self._on_batch(len(batch), time.perf_counter() - t0)
         start = 0
-        for x, fut in items:
+        for x, fut, _ in items:
             end = start + len(x)
             if not fut.done():
                 fut.set_result([o[start:end] for o in outputs])
@@ -203,14 +206,14 @@ class DirectRunner:
     def queued_rows(self) -> int:
         return 0
 
-    async def submit(self, x: np.ndarray) -> list[np.ndarray]:
+    async def submit(self, x: np.ndarray, full: bool = True) -> list[np.ndarray]:
         if self._closed:
             raise OverloadedError("this model version is being unloaded; retry to reach the current one")
         loop = asyncio.get_running_loop()
         self._inflight += 1
         t0 = time.perf_counter()
         try:
-            out = await loop.run_in_executor(self._executor, self._run, x)
+            out = await loop.run_in_executor(self._executor, self._run, x, full)
         finally:
             self._inflight -= 1
         self.stats.record(len(x))

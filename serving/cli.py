@@ -68,6 +68,14 @@ def _plain_argv() -> Iterator[None]:
     help="ONNX Runtime intra-op threads (0 = one per core).",
 )
 @click.option(
+    "--ort-sessions",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="ONNX Runtime sessions per model version, side by side, each with cores/N threads "
+    "(with --threads 0); batches run on them in parallel.",
+)
+@click.option(
     "--providers",
     default="tensorrt,cuda,openvino,cpu",
     show_default=True,
@@ -169,6 +177,7 @@ def serve(
     max_batch_size: int,
     max_batch_wait_ms: float,
     intra_op_threads: int,
+    ort_sessions: int,
     providers: str,
     max_request_mb: float,
     max_images: int,
@@ -217,7 +226,10 @@ def serve(
         grpc_port=grpc_port,
         bind_host=host,
         batching=BatchingOptions(
-            enabled=batching, max_batch_size=max_batch_size, max_wait_ms=max_batch_wait_ms
+            enabled=batching,
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_batch_wait_ms,
+            sessions=ort_sessions,
         ),
         limits=LimitOptions(
             max_request_bytes=int(max_request_mb * 1024 * 1024),

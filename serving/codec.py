@@ -400,6 +400,25 @@ def encode_rest_v2(
     return b"".join([header, *raws]), len(header)
 
 
+def encode_grpc(response: InferResponse) -> Any:
+    """``InferResponse`` with numpy data -> ``ModelInferResponse``, every output as raw contents
+    (what kserve's ``to_grpc`` does for numpy outputs, without its per-output dict round trip)."""
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+    msg = pb.ModelInferResponse(
+        id=response.id, model_name=response.model_name, model_version=response.model_version or ""
+    )
+    for out in response.outputs:
+        arr = out.data if isinstance(out.data, np.ndarray) else np.asarray(out.data)
+        tensor = msg.outputs.add()
+        tensor.name, tensor.datatype = out.name, out.datatype
+        tensor.shape.extend(arr.shape)
+        msg.raw_output_contents.append(
+            serialize_bytes(arr) if out.datatype == "BYTES" else np.ascontiguousarray(arr).tobytes()
+        )
+    return msg
+
+
 def serialize_bytes(arr: np.ndarray) -> bytes:
     parts = []
     for v in arr.reshape(-1):

@@ -24,6 +24,9 @@ class BatchingOptions:
     concurrent_batches: int = 2
     # With batching off: how many requests run ONNX Runtime at once.
     direct_concurrency: int = 2
+    # ONNX Runtime sessions per version, each with cores/sessions threads, one per runner thread;
+    # 1 = one session whose threads span the cores (benchmarks/serving_bench.py compares both).
+    sessions: int = 1
 
 
 @dataclass

@@ -56,6 +56,7 @@ from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.grpc.servicer import InferenceServicer
+from kserve.protocol.infer_type import InferRequest, InferResponse
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.server import metrics_handler
 from kserve.protocol.rest.v1_endpoints import register_v1_endpoints
@@ -210,7 +211,8 @@ class Routes:
             body, request.headers.get("inference-header-content-length"), model_name, model_version
         )
         headers = {k: v for k in ("x-request-id", CLIENT_KEY_HEADER) if (v := request.headers.get(k))}
-        response, _ = await model(infer_request, headers=headers)
+        response = await model.handle(infer_request, headers)
+        assert isinstance(response, InferResponse)
         out, json_len = codec.encode_rest_v2(
             response, infer_request.request_outputs, infer_request.parameters
         )
@@ -449,8 +451,13 @@ class EdgeloopServicer(InferenceServicer):
         self.routes = routes
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        self.routes.model(request.model_name)  # unknown -> NOT_FOUND, taken out of service -> UNAVAILABLE
-        return await super().ModelInfer(request, context)
+        # unknown -> NOT_FOUND, taken out of service -> UNAVAILABLE
+        model = self.routes.model(request.model_name)
+        self.validate_grpc_request(request)
+        headers = {k: v for k in ("x-request-id", CLIENT_KEY_HEADER) if (v := grpc_metadata(context, k))}
+        response = await model.handle(InferRequest.from_grpc(request), headers)
+        assert isinstance(response, InferResponse)
+        return codec.encode_grpc(response)
 
     async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=not self.routes.not_ready())

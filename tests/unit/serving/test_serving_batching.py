@@ -16,7 +16,7 @@ from edgeloop.serving.errors import OverloadedError
 def slow_double(delay: float = 0.02):
     calls: list[int] = []
 
-    def run(x: np.ndarray) -> list[np.ndarray]:
+    def run(x: np.ndarray, full: bool = True) -> list[np.ndarray]:
         calls.append(len(x))
         time.sleep(delay)  # long enough for the other requests to queue up behind the first batch
         return [x * 2, x.sum(axis=1, keepdims=True)]
@@ -52,7 +52,7 @@ def test_a_request_larger_than_the_batch_runs_alone():
 def test_model_failure_fails_only_that_batch():
     state = {"fail": True}
 
-    def run(x):
+    def run(x, full=True):
         if state.pop("fail", False):
             raise RuntimeError("boom")
         return [x]
@@ -70,7 +70,7 @@ def test_model_failure_fails_only_that_batch():
 def test_full_queue_refuses_instead_of_growing():
     gate = threading.Event()
 
-    def run(x):
+    def run(x, full=True):
         gate.wait(5)
         return [x]
 
@@ -108,7 +108,7 @@ def test_close_lets_queued_requests_finish_then_refuses_new_ones():
 def test_batches_run_concurrently_up_to_the_limit():
     active, peak, lock = [0], [0], threading.Lock()
 
-    def run(x):
+    def run(x, full=True):
         with lock:
             active[0] += 1
             peak[0] = max(peak[0], active[0])
@@ -136,3 +136,21 @@ def test_direct_runner_runs_each_request_on_its_own():
     outs = asyncio.run(main())
     assert calls == [1] * 6
     assert [int(o[0][0, 0]) for o in outs] == [0, 2, 4, 6, 8, 10]
+
+
+def test_a_batch_computes_every_output_only_when_one_of_its_requests_asks():
+    seen: list[bool] = []
+
+    def run(x, full=True):
+        seen.append(full)
+        return [x * 2, x * 3] if full else [x * 2]
+
+    batcher = DynamicBatcher(run, max_batch_size=8, max_wait_s=0.01, concurrency=1)
+
+    async def main(flags):
+        return await asyncio.gather(*(batcher.submit(np.ones((1, 1), np.float32), f) for f in flags))
+
+    outs = asyncio.run(main([False, False, False]))
+    assert seen == [False] and all(len(o) == 1 for o in outs)
+    outs = asyncio.run(main([False, True, False]))
+    assert seen[-1] is True and all(len(o) == 2 for o in outs)

@@ -1,0 +1,43 @@
+"""The fast paths (direct gRPC/REST handlers, probabilities-only runs, several ONNX Runtime sessions)
+answer exactly what bare ONNX Runtime computes, under concurrent mixed traffic."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+
+from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
+from edgeloop.serving.launcher import running_server
+from edgeloop.testing.media import random_frames
+
+
+def test_two_sessions_and_mixed_outputs_match_bare_onnx_runtime(model_dirs):
+    frames = random_frames(24, 64, seed=5)
+    x = Preprocess(PreprocessConfig(size=64)).batch(list(frames))
+    probs, emb = ort.InferenceSession(str(model_dirs["1"] / "model.onnx")).run(None, {"images": x})
+    extra = ["--ort_sessions", "2", "--max_batch_size", "8", "--max_batch_wait_ms", "5"]
+    with running_server([model_dirs["1"]], extra_args=extra) as srv:
+        md = httpx.get(srv.rest_url + "/v2/models/inspection").json()
+        assert md["parameters"]["sessions"] == 2
+
+        def one(i: int) -> None:
+            client = srv.grpc_client() if i % 2 else srv.rest_client()
+            want_embedding = i % 3 == 0
+            rows = slice(i % 24, i % 24 + 1 + i % 3)
+            with client:
+                pred = client.infer_frames(frames[rows], embedding=want_embedding)
+            np.testing.assert_allclose(pred.probabilities, probs[rows], atol=1e-5)
+            if want_embedding:
+                assert pred.embedding is not None
+                np.testing.assert_allclose(pred.embedding, emb[rows], atol=1e-5)
+            else:
+                assert pred.embedding is None
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(one, range(96)))  # re-raises the first failure
+        batches = [ln for ln in httpx.get(srv.rest_url + "/metrics").text.splitlines()]
+        sizes = [ln for ln in batches if ln.startswith("edgeloop_serving_batch_size_count")]
+        assert sizes and float(sizes[0].split()[-1]) < 96  # requests shared runs
