@@ -57,9 +57,10 @@ $(TRITON_VENV)/.installed: requirements/triton-client.lock
 $(LS_TEMPLATE): $(LS_VENV)/.installed $(VENV)/.installed
 	$(EDGELOOP) stack prepare
 
-# Debian packages: the MQTT broker, Chromium + ChromeDriver for the labelers' browser test, and podman
-# (with runc, catatonit for --init, buildah/skopeo, debootstrap for the offline base image) for the images.
-DEBS := mosquitto chromium chromium-driver podman runc catatonit buildah skopeo debootstrap
+# Debian packages: the MQTT broker, Chromium + ChromeDriver for the labelers' browser test, podman
+# (with runc, catatonit for --init, buildah/skopeo, debootstrap for the offline base image) for the images,
+# and wrk, the serving benchmark's REST load generator.
+DEBS := mosquitto chromium chromium-driver podman runc catatonit buildah skopeo debootstrap wrk
 .tools/.debs: Makefile
 	@mkdir -p .tools
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -109,7 +110,7 @@ lint: setup ## ruff (lint + format check) and mypy; fails on errors
 	for p in $(FEATURE_DIRS); do ln -s "$(CURDIR)/$$p" $(TYPECHECK_VIEW)/edgeloop/$$p; done
 	cd $(TYPECHECK_VIEW) && "$(CURDIR)/$(VENV)/bin/mypy" --config-file "$(CURDIR)/pyproject.toml" -p edgeloop
 
-bench: setup ## Benchmarks (writes JSON under benchmarks/results/)
+bench: setup ## Benchmarks: serving vs bare ONNX Runtime and stock KServe, streams, training (JSON + PNG under benchmarks/results/)
 	$(PY) -m benchmarks.run_all
 
 compile: setup ## Compile the Kubeflow pipeline to pipelines/compiled/
