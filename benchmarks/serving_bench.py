@@ -1,377 +1,311 @@
-"""Serving benchmark: the server against bare ONNX Runtime, side by side, in one run.
+"""Serving benchmark: edgeloop's server and stock KServe against bare ONNX Runtime, side by side, one run.
 
-    .venv/bin/python -m benchmarks.serving_bench [--quick] [--seconds 4]
+    .venv/bin/python -m benchmarks.serving_bench [--seconds 5] [--rounds 2] [--models resnet18-int8-128]
 
-Same model files (mobilenet_v3_small, random weights, exported from torchvision with
-weights=None) and the same ONNX Runtime thread settings for the server and the bare
-baseline. Measures images/s at saturation for gRPC and REST binary at 224x224 and
-64x64 and the served/bare ratio; p50/p99 at 50% of saturation; dynamic batching on vs
-off under concurrency; REST JSON vs REST binary vs gRPC; JPEG vs raw frames; cold start
-(launch to ready); and the REST decode cost of stock kserve vs this server's codec.
-Writes ``benchmarks/results/serving.json`` and prints a table.
+For each model (the demo's champion shape, resnet18 int8 at 128 px, and resnet18 fp32 at 224 px;
+random weights, exported and quantized by the pipeline's code):
 
-The load generator runs in this process on the same cores as the server (2 on the
-reference box), so absolute numbers are a floor; the ratios are the point.
+* **bare ONNX Runtime**, every layout: one session with one thread per core, or one single-threaded
+  session per core run side by side; batch 1 and 8. The best of them is the reference (1.00).
+* **edgeloop serve** with one session (threads across the cores) and with one session per core:
+  REST binary under ``wrk`` (16 connections, one pre-built body) and gRPC under a raw-bytes
+  ``grpc.aio`` client in its own process (16 in flight, one pre-serialized request).
+* **stock KServe 0.21** (``benchmarks/kserve_peer.py``): the same two load generators.
+* p99 latency at half of edgeloop's gRPC saturation (open loop), beside bare ONNX Runtime's batch-8 time.
+
+Each request carries one uint8 frame at the model's size. Rounds interleave every measurement so
+they share the box's conditions; the median round is kept. Writes
+``benchmarks/results/serving.json`` and ``serving.png`` and prints the table. On a shared or busy
+machine absolute figures move; ratios measured side by side are the result (the load average is
+recorded).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import json
 import os
 import platform
-import statistics
+import subprocess
 import sys
-import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results" / "serving.json"
-CACHE = Path(tempfile.gettempdir()) / "edgeloop-bench-models"
-MAX_BATCH = 16
-CONCURRENCY = 32
-
-
-def build_models() -> dict[int, Path]:
-    from edgeloop.testing.models import build_model_dir
-
-    dirs = {}
-    for size in (224, 64):
-        d = CACHE / f"mnv3-{size}"
-        if not (d / "model_card.json").exists():
-            build_model_dir(d, size=size, seed=0, name=f"mnv3-{size}", version="1")
-        dirs[size] = d
-    return dirs
+RESULTS = Path(__file__).resolve().parent / "results"
+CONNECTIONS = 16
 
 
 # ----------------------------------------------------------------------------- bare ONNX Runtime
-def bare_ort(model_dir: Path, size: int, batch: int, seconds: float) -> float:
-    """Images/s of back-to-back ``batch``-sized runs with the server's session settings."""
+def bare_ort(model_dir: Path, size: int, batch: int, sessions: int, seconds: float) -> dict:
+    """Images/s of back-to-back runs: ``sessions`` sessions side by side, each with cores/sessions threads."""
     import onnxruntime as ort
 
-    from edgeloop.core.model_loader import OrtSettings
+    from edgeloop.core.model_loader import OrtSettings, available_cpus
 
-    sess = ort.InferenceSession(
-        str(model_dir / "model.onnx"),
-        sess_options=OrtSettings().session_options(),
-        providers=["CPUExecutionProvider"],
-    )
+    threads = max(1, available_cpus() // sessions)
+    opts = OrtSettings(intra_op_threads=threads).session_options()
+    sess = [
+        ort.InferenceSession(
+            str(model_dir / "model.onnx"), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+        for _ in range(sessions)
+    ]
     x = np.random.default_rng(0).normal(size=(batch, 3, size, size)).astype(np.float32)
-    for _ in range(3):
-        sess.run(None, {"images": x})
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        sess.run(None, {"images": x})
-        n += batch
-    return n / (time.perf_counter() - t0)
+    for s in sess:
+        for _ in range(3):
+            s.run(["probabilities"], {"images": x})
+    counts = [0] * sessions
+    times: list[float] = []
+    stop = time.perf_counter() + seconds
 
-
-# ----------------------------------------------------------------------------- load generation
-def make_client(kind: str, srv: Any, model: str) -> Any:
-    from edgeloop.serving.client import AsyncGrpcClient, AsyncRestClient
-
-    if kind == "grpc":  # srv.security: TLS and the token when the server was started with them
-        return AsyncGrpcClient(srv.grpc_target, model, security=srv.security)
-    return AsyncRestClient(srv.rest_url, model, binary=(kind == "rest_binary"), security=srv.security)
-
-
-async def _close(client: Any) -> None:
-    await client.aclose()
-
-
-def saturation(
-    kind: str, srv: Any, model: str, data: Any, seconds: float, concurrency: int = CONCURRENCY
-) -> dict:
-    """Closed loop: ``concurrency`` requests always in flight; images/s and latency."""
-
-    async def main() -> dict:
-        client = make_client(kind, srv, model)
-        for _ in range(4):
-            await client.infer(data)
-        lat: list[float] = []
-        errors = 0
-        stop = time.perf_counter() + seconds
-
-        async def worker() -> None:
-            nonlocal errors
-            while time.perf_counter() < stop:
-                t = time.perf_counter()
-                try:
-                    await client.infer(data)
-                    lat.append(time.perf_counter() - t)
-                except Exception:
-                    errors += 1
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-        await _close(client)
-        n = len(data) if isinstance(data, list) else data.shape[0]
-        return {
-            "images_per_s": round(len(lat) * n / wall, 1),
-            "requests": len(lat),
-            "errors": errors,
-            **_pcts(lat),
-        }
-
-    return asyncio.run(main())
-
-
-def fixed_rate(kind: str, srv: Any, model: str, data: Any, rate: float, seconds: float) -> dict:
-    """Open loop at ``rate`` requests/s: latency percentiles at a known load."""
-
-    async def main() -> dict:
-        client = make_client(kind, srv, model)
-        for _ in range(4):
-            await client.infer(data)
-        lat: list[float] = []
-        errors = 0
-
-        async def one() -> None:
-            nonlocal errors
+    def loop(i: int) -> None:
+        while time.perf_counter() < stop:
             t = time.perf_counter()
-            try:
-                await client.infer(data)
-                lat.append(time.perf_counter() - t)
-            except Exception:
-                errors += 1
+            sess[i].run(["probabilities"], {"images": x})
+            times.append(time.perf_counter() - t)
+            counts[i] += batch
 
-        tasks = []
-        t0 = time.perf_counter()
-        i = 0
-        while (now := time.perf_counter()) - t0 < seconds:
-            due = t0 + i / rate
-            if due > now:
-                await asyncio.sleep(due - now)
-            tasks.append(asyncio.ensure_future(one()))
-            i += 1
-        await asyncio.gather(*tasks)
-        await _close(client)
-        return {"rate_rps": round(rate, 1), "sent": i, "errors": errors, **_pcts(lat)}
-
-    return asyncio.run(main())
-
-
-def _pcts(lat: list[float]) -> dict:
-    if not lat:
-        return {}
-    a = np.asarray(lat) * 1000
+    t0 = time.perf_counter()
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(sessions)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    wall = time.perf_counter() - t0
     return {
-        "p50_ms": round(float(np.percentile(a, 50)), 2),
-        "p99_ms": round(float(np.percentile(a, 99)), 2),
-        "mean_ms": round(float(a.mean()), 2),
+        "images_per_s": round(sum(counts) / wall, 1),
+        "run_ms_p50": round(float(np.median(times)) * 1000, 2),
     }
 
 
-def batch_mean(srv: Any, model: str) -> float | None:
+# ----------------------------------------------------------------------------- servers
+@contextlib.contextmanager
+def kserve_peer(model_dir: Path, name: str) -> Iterator[dict[str, Any]]:
+    """Stock KServe on free ports until the block ends."""
     import httpx
 
-    text = httpx.get(srv.rest_url + "/metrics").text
-    s = c = 0.0
-    for line in text.splitlines():
-        if f'model="{model}"' not in line:
-            continue
-        if line.startswith("edgeloop_serving_batch_size_sum"):
-            s += float(line.split()[-1])
-        elif line.startswith("edgeloop_serving_batch_size_count"):
-            c += float(line.split()[-1])
-    return round(s / c, 2) if c else None
+    from edgeloop.core.processes import terminate_group
+    from edgeloop.serving.launcher import free_ports
+
+    http_port, grpc_port = free_ports(2)
+    cmd = [sys.executable, "-m", "benchmarks.kserve_peer", "--model_dir", str(model_dir), "--name", name]
+    cmd += ["--http_port", str(http_port), "--grpc_port", str(grpc_port)]
+    log = open(RESULTS / f"kserve-peer-{name}.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=Path.cwd())
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"stock KServe exited ({proc.returncode}); see {log.name}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (
+                    httpx.get(f"http://127.0.0.1:{http_port}/v2/models/{name}/ready", timeout=1).status_code
+                    == 200
+                ):
+                    break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"stock KServe was not ready after 180 s; see {log.name}")
+        time.sleep(1.0)  # its gRPC server starts beside the REST one
+        yield {"rest_url": f"http://127.0.0.1:{http_port}", "grpc_target": f"127.0.0.1:{grpc_port}"}
+    finally:
+        terminate_group(proc.pid, 10, proc)
+        log.close()
 
 
-# ----------------------------------------------------------------------------- decode cost
-def decode_cost(size: int) -> dict:
-    """ms to decode one binary [1,size,size,3] UINT8 REST body: stock kserve vs edgeloop.serving.codec."""
-    import orjson
-    from kserve.protocol.infer_type import InferRequest
+def load_pair(rest_url: str, grpc_target: str, name: str, frames: np.ndarray, seconds: float) -> dict:
+    """REST binary under wrk, then gRPC under the raw-bytes client: images/s (1 frame per request)."""
+    from benchmarks import loadgen
 
-    from edgeloop.serving import codec
-
-    frames = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
-    raw = frames.tobytes()
-    hdr = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "images",
-                    "shape": list(frames.shape),
-                    "datatype": "UINT8",
-                    "parameters": {"binary_data_size": len(raw)},
-                }
-            ]
-        }
-    )
-    body = hdr + raw
-
-    def stock() -> None:
-        InferRequest.from_bytes(body, len(hdr), "m").inputs[0].as_numpy()
-
-    def ours() -> None:
-        codec.tensor_values(codec.decode_rest_v2(body, len(hdr), "m").inputs[0])
-
-    out = {}
-    for name, fn in (("kserve_stock_ms", stock), ("edgeloop_ms", ours)):
-        reps = 5 if name.startswith("kserve") else 200
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        out[name] = round(statistics.median(ts) * 1000, 3)
-    return out
+    body, hlen = loadgen.rest_body(frames)
+    rest = loadgen.wrk(f"{rest_url}/v2/models/{name}/infer", body, hlen, CONNECTIONS, seconds)
+    grpc = loadgen.grpc_load(grpc_target, loadgen.grpc_body(name, frames), seconds, CONNECTIONS)
+    n = len(frames)
+    return {
+        "rest_binary": {**rest, "images_per_s": round(rest["requests_per_s"] * n, 1)},
+        "grpc": {**grpc, "images_per_s": round(grpc["requests_per_s"] * n, 1)},
+    }
 
 
-# ----------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=4.0, help="duration of each measurement")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the headline measurements")
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    args = ap.parse_args(argv)
-    sec = args.seconds
-
+# ----------------------------------------------------------------------------- one model
+def bench_model(key: str, seconds: float, rounds: int) -> dict:
+    from benchmarks import loadgen
+    from benchmarks.models import MODELS
+    from benchmarks.models import bench_model as build
     from edgeloop.serving.launcher import running_server
-    from edgeloop.testing.media import encode_jpeg, random_frames
+    from edgeloop.testing.media import random_frames
 
-    t_start = time.perf_counter()
-    dirs = build_models()
-    res: dict[str, Any] = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": sys.version.split()[0],
-        },
-        "settings": {
-            "max_batch_size": MAX_BATCH,
-            "max_wait_ms": 2.0,
-            "concurrency": CONCURRENCY,
-            "seconds_per_measurement": sec,
-            "request_batch": 1,
-            "model": "mobilenet_v3_small (torchvision, weights=None), fp32, CPUExecutionProvider",
-        },
-    }
-    res["decode_ms_per_request"] = {f"{s}": decode_cost(s) for s in (224, 64)}
-    frames = {s: random_frames(1, s, seed=1) for s in (224, 64)}
-    extra = ["--max_batch_size", str(MAX_BATCH), "--max_batch_wait_ms", "2"]
-    print("starting servers (batching on: both models; batching off: 224) ...", flush=True)
-    with (
-        running_server([dirs[224], dirs[64]], extra_args=extra) as srv,
-        running_server([dirs[224]], extra_args=["--batching", "false"]) as off_srv,
-    ):
-        res["cold_start_s"] = round(srv.started_s, 2)
-        # The box is shared and noisy: interleave the headline measurements (bare, served, batching
-        # off) in rounds under the same conditions and keep each one's median round.
-        rounds: dict[str, list[dict]] = {}
-        for rnd in range(args.rounds):
-            print(f"round {rnd + 1}/{args.rounds} ...", flush=True)
-            for s in (224, 64):
-                rounds.setdefault(f"bare_{s}_batch1", []).append(
-                    {"images_per_s": round(bare_ort(dirs[s], s, 1, sec / 2), 1)}
-                )
-                rounds.setdefault(f"bare_{s}_batch{MAX_BATCH}", []).append(
-                    {"images_per_s": round(bare_ort(dirs[s], s, MAX_BATCH, sec / 2), 1)}
-                )
-                for kind in ("grpc", "rest_binary"):
-                    rounds.setdefault(f"{kind}_{s}", []).append(
-                        saturation(kind, srv, f"mnv3-{s}", frames[s], sec)
-                    )
-            rounds.setdefault("batching_off_grpc_224", []).append(
-                saturation("grpc", off_srv, "mnv3-224", frames[224], sec)
+    _, size = MODELS[key]
+    model_dir = build(key)
+    frames = random_frames(1, size, seed=1)
+    runs: dict[str, list[dict]] = {}
+    layouts = {"1x2": 1, "2x1": 2}  # sessions x threads on 2 cores; generally 1 x cores and cores x 1
+    base = ["--max_batch_size", "16", "--max_batch_wait_ms", "2"]
+    with contextlib.ExitStack() as stack:
+        servers = {
+            f"edgeloop_{lay}": stack.enter_context(
+                running_server([model_dir], extra_args=[*base, "--ort_sessions", str(n)])
             )
-        med = {k: sorted(v, key=lambda r: r["images_per_s"])[len(v) // 2] for k, v in rounds.items()}
-        res["rounds"] = {k: [r["images_per_s"] for r in v] for k, v in rounds.items()}
-        res["bare_ort_images_per_s"] = {
-            k[5:]: v["images_per_s"] for k, v in med.items() if k.startswith("bare_")
+            for lay, n in layouts.items()
         }
-        sat: dict[str, Any] = {}
-        for s in (224, 64):
-            for kind in ("grpc", "rest_binary"):
-                r = dict(med[f"{kind}_{s}"])
-                r["efficiency_vs_bare_batch16"] = round(
-                    r["images_per_s"] / res["bare_ort_images_per_s"][f"{s}_batch{MAX_BATCH}"], 3
-                )
-                sat[f"{kind}_{s}"] = r
-        sat["rest_json_64"] = saturation("rest_json", srv, "mnv3-64", frames[64], sec)
-        sat["rest_json_64"]["efficiency_vs_bare_batch16"] = round(
-            sat["rest_json_64"]["images_per_s"] / res["bare_ort_images_per_s"][f"64_batch{MAX_BATCH}"], 3
+        peer = stack.enter_context(kserve_peer(model_dir, key))
+        for rnd in range(rounds):
+            print(f"  {key}: round {rnd + 1}/{rounds}", flush=True)
+            for lay, n in layouts.items():
+                for batch in (1, 8):
+                    runs.setdefault(f"bare_{lay}_b{batch}", []).append(
+                        bare_ort(model_dir, size, batch, n, seconds / 2)
+                    )
+            for name, srv in servers.items():
+                r = load_pair(srv.rest_url, srv.grpc_target, key, frames, seconds)
+                for proto, v in r.items():
+                    runs.setdefault(f"{name}_{proto}", []).append(v)
+            r = load_pair(peer["rest_url"], peer["grpc_target"], key, frames, seconds)
+            for proto, v in r.items():
+                runs.setdefault(f"kserve_{proto}", []).append(v)
+        med = {k: sorted(v, key=lambda m: m["images_per_s"])[len(v) // 2] for k, v in runs.items()}
+        best_bare_key = max((k for k in med if k.startswith("bare_")), key=lambda k: med[k]["images_per_s"])
+        best_bare = med[best_bare_key]["images_per_s"]
+        best_served = max(
+            (k for k in med if k.startswith("edgeloop_") and k.endswith("_grpc")),
+            key=lambda k: med[k]["images_per_s"],
         )
-        jpeg = [encode_jpeg(frames[224][0])]
-        sat["grpc_jpeg_224"] = saturation("grpc", srv, "mnv3-224", jpeg, sec)
-        sat["grpc_raw_224_again"] = saturation("grpc", srv, "mnv3-224", frames[224], sec)
-        res["saturation"] = sat
-        res["mean_batch_size_under_saturation"] = {
-            "224": batch_mean(srv, "mnv3-224"),
-            "64": batch_mean(srv, "mnv3-64"),
-        }
-        lat = {}
-        for kind in ("grpc", "rest_binary"):
-            rate = 0.5 * sat[f"{kind}_224"]["images_per_s"]
-            lat[f"{kind}_224"] = fixed_rate(kind, srv, "mnv3-224", frames[224], rate, sec)
-        res["latency_at_50pct_saturation"] = lat
-        res["single_request_latency_64"] = {
-            k: fixed_rate(k, srv, "mnv3-64", frames[64], 20, min(sec, 2))
-            for k in ("grpc", "rest_binary", "rest_json")
-        }
-    on, off = med["grpc_224"], med["batching_off_grpc_224"]
-    res["batching"] = {
-        "on_grpc_224": on["images_per_s"],
-        "off_grpc_224": off["images_per_s"],
-        "gain": round(on["images_per_s"] / off["images_per_s"], 2),
-        "off_p50_ms": off.get("p50_ms"),
-        "on_p50_ms": on.get("p50_ms"),
+        srv = servers[best_served.rsplit("_", 1)[0]]
+        rate = 0.5 * med[best_served]["images_per_s"]
+        half = loadgen.grpc_load(srv.grpc_target, loadgen.grpc_body(key, frames), seconds, rate=rate)
+    return {
+        "model": key,
+        "best_bare": {"layout": best_bare_key, "images_per_s": best_bare},
+        "median": med,
+        "ratio_vs_best_bare": {k: round(v["images_per_s"] / best_bare, 3) for k, v in med.items()},
+        "rounds": {k: [r["images_per_s"] for r in v] for k, v in runs.items()},
+        "grpc_at_half_saturation": {
+            **half,
+            "server": best_served,
+            "bare_batch8_run_ms": med[best_bare_key.rsplit("_b", 1)[0] + "_b8"]["run_ms_p50"],
+        },
     }
-    res["jpeg_vs_raw_224"] = {
-        "raw_images_per_s": sat["grpc_raw_224_again"]["images_per_s"],
-        "jpeg_images_per_s": sat["grpc_jpeg_224"]["images_per_s"],
-    }
-    res["wall_s"] = round(time.perf_counter() - t_start, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2))
-    print_table(res)
-    print(f"\nwrote {args.out} ({res['wall_s']} s)")
-    return res
 
 
-def print_table(res: dict) -> None:
-    bare = res["bare_ort_images_per_s"]
-    sat = res["saturation"]
-    print(f"\n{'measurement':38s} {'img/s':>9s} {'vs bare b16':>11s} {'p50 ms':>8s} {'p99 ms':>8s}")
-    for key in (
-        "grpc_224",
-        "rest_binary_224",
-        "grpc_64",
-        "rest_binary_64",
-        "rest_json_64",
-        "grpc_jpeg_224",
-        "grpc_raw_224_again",
-    ):
-        r = sat[key]
-        eff = r.get("efficiency_vs_bare_batch16")
-        print(
-            f"{'saturation ' + key:38s} {r['images_per_s']:9.1f} {eff if eff is not None else '':>11} "
-            f"{r.get('p50_ms', ''):>8} {r.get('p99_ms', ''):>8}"
-        )
-    for key, r in res["latency_at_50pct_saturation"].items():
-        print(
-            f"{'50% load ' + key + ' @' + str(r['rate_rps']) + ' rps':38s} {'':9s} {'':11s} "
-            f"{r.get('p50_ms', ''):>8} {r.get('p99_ms', ''):>8}"
-        )
-    for key, r in res["single_request_latency_64"].items():
-        print(
-            f"{'20 rps ' + key + '_64':38s} {'':9s} {'':11s} {r.get('p50_ms', ''):>8} {r.get('p99_ms', ''):>8}"
-        )
-    print(f"bare ORT img/s: {bare}")
-    b = res["batching"]
-    print(
-        f"batching on/off (gRPC 224, {CONCURRENCY} in flight): {b['on_grpc_224']} / {b['off_grpc_224']} img/s "
-        f"= x{b['gain']}; mean batch {res['mean_batch_size_under_saturation']}"
+# ----------------------------------------------------------------------------- report
+ROWS = [
+    ("bare ONNX Runtime, 1 session x 2 threads, batch 1", "bare_1x2_b1"),
+    ("bare ONNX Runtime, 1 session x 2 threads, batch 8", "bare_1x2_b8"),
+    ("bare ONNX Runtime, 2 sessions x 1 thread, batch 1", "bare_2x1_b1"),
+    ("bare ONNX Runtime, 2 sessions x 1 thread, batch 8", "bare_2x1_b8"),
+    ("edgeloop serve, REST binary (1 session x 2 threads)", "edgeloop_1x2_rest_binary"),
+    ("edgeloop serve, gRPC (1 session x 2 threads)", "edgeloop_1x2_grpc"),
+    ("edgeloop serve, REST binary (2 sessions x 1 thread)", "edgeloop_2x1_rest_binary"),
+    ("edgeloop serve, gRPC (2 sessions x 1 thread)", "edgeloop_2x1_grpc"),
+    ("stock KServe 0.21, REST binary", "kserve_rest_binary"),
+    ("stock KServe 0.21, gRPC", "kserve_grpc"),
+]
+
+
+def table(m: dict) -> str:
+    lines = [f"### {m['model']}", "", "| path | img/s | vs best bare ORT | p99 ms |", "|---|---|---|---|"]
+    for label, key in ROWS:
+        r = m["median"].get(key)
+        if r is None:
+            continue
+        p99 = r.get("p99_ms", "")
+        lines.append(f"| {label} | {r['images_per_s']:.0f} | {m['ratio_vs_best_bare'][key]:.2f} | {p99} |")
+    h = m["grpc_at_half_saturation"]
+    lines.append("")
+    lines.append(
+        f"gRPC at half saturation ({h['rate_rps']:.0f} req/s, {h['server']}): p50 {h['p50_ms']} ms, "
+        f"p99 {h['p99_ms']} ms; bare batch-8 run {h['bare_batch8_run_ms']} ms"
     )
-    print(f"REST decode ms/request (stock kserve vs edgeloop): {res['decode_ms_per_request']}")
-    print(f"cold start (launch to ready, 2 models, beside a second server): {res['cold_start_s']} s")
-    print(f"rounds (img/s): {res['rounds']}")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = results["models"]
+    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 5), squeeze=False)
+    for ax, m in zip(axes[0], models, strict=True):
+        keys = [k for _, k in ROWS if k in m["median"]]
+        vals = [m["median"][k]["images_per_s"] for k in keys]
+        colors = [
+            "#999999" if k.startswith("bare") else "#1f77b4" if k.startswith("edgeloop") else "#d62728"
+            for k in keys
+        ]
+        bars = ax.barh(range(len(keys)), vals, color=colors)
+        ax.set_yticks(range(len(keys)), [k.replace("_", " ") for k in keys], fontsize=8)
+        ax.invert_yaxis()
+        for b, k in zip(bars, keys, strict=True):
+            ax.text(
+                b.get_width(),
+                b.get_y() + b.get_height() / 2,
+                f" {m['ratio_vs_best_bare'][k]:.2f}",
+                va="center",
+                fontsize=8,
+            )
+        ax.set_xlabel("images/s (label: ratio to best bare ONNX Runtime)")
+        ax.set_title(m["model"])
+    fig.suptitle(
+        f"{results['machine']['cpu']} ({results['machine']['cpus']} CPUs), load avg {results['load_before'][0]:.1f}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from benchmarks.models import MODELS
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the median is kept")
+    ap.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
+    ap.add_argument("--out", type=Path, default=RESULTS / "serving.json")
+    args = ap.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    res: dict[str, Any] = {
+        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "settings": {
+            "seconds": args.seconds,
+            "rounds": args.rounds,
+            "connections": CONNECTIONS,
+            "frames_per_request": 1,
+            "load_generators": "wrk (REST binary), raw-bytes grpc.aio in its own process (gRPC)",
+        },
+        "load_before": list(os.getloadavg()),
+        "models": [],
+    }
+    for key in args.models:
+        res["models"].append(bench_model(key, args.seconds, args.rounds))
+    res["load_after"] = list(os.getloadavg())
+    res["wall_s"] = round(time.perf_counter() - t0, 1)
+    args.out.write_text(json.dumps(res, indent=2))
+    plot(res, args.out.with_suffix(".png"))
+    for m in res["models"]:
+        print("\n" + table(m))
+    print(
+        f"\n{res['machine']['cpu']}, {res['machine']['cpus']} CPUs; load average before "
+        f"{res['load_before'][0]:.1f}, after {res['load_after'][0]:.1f}"
+    )
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')} ({res['wall_s']} s)")
+    return res
 
 
 if __name__ == "__main__":
