@@ -153,13 +153,13 @@ def _fetch(store: BlobStore, row: ManifestRow, dest: Path, retries: int) -> tupl
     """Download (or reuse) one image: (sha256 or None, reason if excluded, downloaded?)."""
     if row.sha256 and dest.exists() and sha256_file(dest) == row.sha256:
         return row.sha256, "", False
-    from azure.core.exceptions import ResourceNotFoundError
+    from edgeloop.core.blob import BlobNotFoundError
 
     last = ""
     for attempt in range(retries + 1):
         try:
             data = store.download(row.image)
-        except ResourceNotFoundError:
+        except BlobNotFoundError:
             return None, "missing from blob storage", True
         except Exception as e:  # network hiccups: retry with backoff
             last = f"download failed: {type(e).__name__}: {e}"

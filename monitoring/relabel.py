@@ -235,6 +235,7 @@ class RelabelQueue:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # an enqueue report or a ledger row means: on disk
             yield db
         finally:
             db.close()

@@ -8,12 +8,28 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgeloop.core.errors import EdgeloopError
+
 if TYPE_CHECKING:
     from azure.storage.blob import BlobServiceClient
 
     from edgeloop.core.config import Settings
 
 SCHEME = "az://"
+
+
+class BlobNotFoundError(EdgeloopError, LookupError):
+    """A blob that a record points to is not in storage (deleted, or lost by a storage crash right
+    after it was written). The message names the blob and what points to it."""
+
+    def __init__(self, uri: BlobUri, account: str, missing: str = "blob", referenced_by: str = ""):
+        where = f" (referenced by {referenced_by})" if referenced_by else ""
+        super().__init__(
+            f"{uri}{where} is missing from blob storage account {account or '?'} ({missing} not found): "
+            "it was deleted, or storage lost it (e.g. killed right after the write); write it again "
+            "from its source, or drop the record that points to it"
+        )
+        self.uri = uri
 
 
 @dataclass(frozen=True)
@@ -79,13 +95,20 @@ class BlobStore:
             self.client.get_blob_client(u.container, u.path).upload_blob(fh, overwrite=True)
         return u
 
-    def download(self, uri: str | BlobUri) -> bytes:
-        u = BlobUri.parse(uri) if isinstance(uri, str) else uri
-        return self.client.get_blob_client(u.container, u.path).download_blob().readall()
+    def download(self, uri: str | BlobUri, referenced_by: str = "") -> bytes:
+        """The blob's bytes; :class:`BlobNotFoundError` naming it (and ``referenced_by``) if it is gone."""
+        from azure.core.exceptions import ResourceNotFoundError
 
-    def download_to(self, uri: str | BlobUri, path: Path) -> Path:
+        u = BlobUri.parse(uri) if isinstance(uri, str) else uri
+        try:
+            return self.client.get_blob_client(u.container, u.path).download_blob().readall()
+        except ResourceNotFoundError as e:
+            missing = "container" if getattr(e, "error_code", None) == "ContainerNotFound" else "blob"
+            raise BlobNotFoundError(u, self.account, missing, referenced_by) from e
+
+    def download_to(self, uri: str | BlobUri, path: Path, referenced_by: str = "") -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(self.download(uri))
+        path.write_bytes(self.download(uri, referenced_by))
         return path
 
     def exists(self, uri: str | BlobUri) -> bool:

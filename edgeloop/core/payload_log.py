@@ -110,7 +110,8 @@ def read_window(
 
 
 def load_image(store: BlobStore, record: PayloadRecord) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(store.download(record.image_uri))).convert("RGB"))
+    data = store.download(record.image_uri, referenced_by=f"payload record {record.id}")
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def record_to_json(record: PayloadRecord) -> str:

@@ -23,11 +23,11 @@ class MemoryStore:
         self.blobs[uri] = data
 
     def download(self, uri: str) -> bytes:
-        from azure.core.exceptions import ResourceNotFoundError
+        from edgeloop.core.blob import BlobNotFoundError, BlobUri
 
         self.calls += 1
         if uri not in self.blobs:
-            raise ResourceNotFoundError(f"{uri} not found")
+            raise BlobNotFoundError(BlobUri.parse(uri), "memory")
         return self.blobs[uri]
 
 
