@@ -111,11 +111,13 @@ def onnx_session(path: Path, provider: str = "CPUExecutionProvider", threads: in
 def run_onnx(session: Any, x, batch: int = 32):
     import numpy as np
 
+    # an imported model may have no embedding output: its embeddings are then [N, 0]
+    names = [PROBS_OUTPUT] + [o.name for o in session.get_outputs() if o.name == EMBEDDING_OUTPUT]
     probs, embs = [], []
     for i in range(0, len(x), batch):
-        p, e = session.run([PROBS_OUTPUT, EMBEDDING_OUTPUT], {INPUT_NAME: x[i : i + batch]})
+        p, *e = session.run(names, {INPUT_NAME: x[i : i + batch]})
         probs.append(p)
-        embs.append(e)
+        embs.append(e[0] if e else np.zeros((len(p), 0), np.float32))
     return np.concatenate(probs), np.concatenate(embs)
 
 
