@@ -202,7 +202,7 @@ def validate_cmd(overlays: tuple[str, ...], schemas_dir: Path | None, paths: tup
 @click.option("--nproc-per-node", type=int, default=1, show_default=True, help="torchrun processes per node.")
 @click.option("--num-nodes", type=int, default=1, show_default=True)
 @click.option("--gpus-per-node", type=int, default=0, show_default=True)
-@click.option("--image", default="ghcr.io/edgeloop/edgeloop-pipeline:0.1.0", show_default=True)
+@click.option("--image", default="ghcr.io/edgeloop/edgeloop-training:0.1.0", show_default=True)
 @click.option("--cpu", default="2", show_default=True, help="CPU per node.")
 @click.option("--memory", default="8Gi", show_default=True, help="Memory per node.")
 @click.option("--namespace", default="edgeloop", show_default=True)

@@ -453,7 +453,7 @@ def render_train_job(
     name: str,
     train_args: Sequence[str],
     *,
-    image: str = "ghcr.io/edgeloop/edgeloop-pipeline:0.1.0",
+    image: str = "ghcr.io/edgeloop/edgeloop-training:0.1.0",
     num_nodes: int = 1,
     nproc_per_node: int = 1,
     gpus_per_node: int = 0,

@@ -30,13 +30,14 @@ APPROVAL_DEADLINE_S = 7 * 24 * 3600 + 600
 RETRY = {"num_retries": 3, "backoff_duration": "30s", "backoff_factor": 2.0, "backoff_max_duration": "600s"}
 
 # Secret -> {key: environment variable}; required keys, then keys a deployment may leave out.
-BLOB = ("edgeloop-blob", {"connection-string": "EDGELOOP_BLOB__CONNECTION_STRING"}, {})
-MLFLOW = (
+SecretEnv = tuple[str, dict[str, str], dict[str, str]]
+BLOB: SecretEnv = ("edgeloop-blob", {"connection-string": "EDGELOOP_BLOB__CONNECTION_STRING"}, {})
+MLFLOW: SecretEnv = (
     "edgeloop-mlflow",
     {"tracking-uri": "EDGELOOP_MLFLOW__TRACKING_URI"},
     {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"},
 )
-LABELSTUDIO = (
+LABELSTUDIO: SecretEnv = (
     "edgeloop-labelstudio",
     {"url": "EDGELOOP_LABELSTUDIO__URL", "api-key": "EDGELOOP_LABELSTUDIO__API_KEY"},
     {},
@@ -49,7 +50,7 @@ REGISTRY_AUTH_DIR = "/var/run/secrets/edgeloop-registry"
 class StepPolicy:
     cpu: tuple[str, str]  # request, limit
     memory: tuple[str, str]
-    secrets: tuple[tuple[str, dict[str, str], dict[str, str]], ...] = (BLOB, MLFLOW)
+    secrets: tuple[SecretEnv, ...] = (BLOB, MLFLOW)
     idempotent: bool = True
 
 

@@ -1,10 +1,13 @@
 """The project's container images: build contexts, content-hash tags, local builds and handoff.
 
-Three images, one naming scheme (``<repository>/edgeloop-<role>:<content hash>``):
+One naming scheme (``<repository>/edgeloop-<role>:<content hash>``):
 
-- ``edgeloop-serving`` (``serving/Dockerfile``): the model server, no torch;
-- ``edgeloop-pipeline`` (``pipelines/Dockerfile``): the package with torch for the CPU (every KFP
-  step, the drift CronJob, the TrainingRuntime);
+- ``edgeloop-serving`` (``serving/Dockerfile``): the model server, no torch (``edgeloop-serving-gpu``:
+  the same with ONNX Runtime for CUDA, built on request);
+- ``edgeloop-pipeline`` (``pipelines/Dockerfile``): the package without torch (every KFP step but
+  training and export, the drift CronJob);
+- ``edgeloop-training`` (``pipelines/training.Dockerfile``): edgeloop-pipeline plus torch for the CPU
+  (train-model, export-onnx, the TrainingRuntime);
 - ``edgeloop-builder`` (``pipelines/builder.Dockerfile``): buildah, for the in-cluster build of the
   serving image (non-root).
 
@@ -16,7 +19,7 @@ keeps its tag, so a second ``make images`` builds nothing.
 ``make images`` (:func:`build_images`) builds with docker or podman (whichever works), labels each
 image with its content hash, writes it as an OCI archive under ``build/images/`` and records name,
 tag, digest and size in ``build/images/index.json``; ``edgeloop deploy render --images`` and
-``edgeloop pipeline compile --images`` pin image references by that digest.
+``edgeloop pipeline compile|submit|schedule --images`` pin image references by that digest.
 """
 
 from __future__ import annotations
@@ -53,8 +56,6 @@ DEBIAN_BASE_IMAGE = "localhost/edgeloop-base:bookworm-py3.11"
 DEBIAN_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 PYPI_INDEX = "https://pypi.org/simple"
-#: torchvision release that goes with each torch minor release (pytorch/vision's compatibility table).
-TORCHVISION_FOR_TORCH = {"2.12": "0.27", "2.13": "0.28", "2.14": "0.29"}
 
 
 class ImageBuildError(EdgeloopError):
@@ -122,6 +123,12 @@ def builder_image_sources() -> dict[str, Path]:
     }
 
 
+def training_image_sources() -> dict[str, Path]:
+    """Only its Dockerfile: the rest is the edgeloop-pipeline image it extends (a build argument)."""
+    path = _package_dir("edgeloop.pipelines") / "training.Dockerfile"
+    return {"edgeloop/pipelines/training.Dockerfile": path}
+
+
 @dataclass(frozen=True)
 class ImageSpec:
     name: str
@@ -130,6 +137,7 @@ class ImageSpec:
     torch: bool = False  # takes the TORCH_* build arguments
     build_args: tuple[tuple[str, str], ...] = ()
     default: bool = True  # built by a plain `make images`
+    parent: str | None = None  # an image of IMAGES it extends (build argument PIPELINE_IMAGE)
 
 
 IMAGES: dict[str, ImageSpec] = {
@@ -144,7 +152,14 @@ IMAGES: dict[str, ImageSpec] = {
         default=False,
     ),
     "edgeloop-pipeline": ImageSpec(
-        "edgeloop-pipeline", "edgeloop/pipelines/Dockerfile", pipeline_image_sources, torch=True
+        "edgeloop-pipeline", "edgeloop/pipelines/Dockerfile", pipeline_image_sources
+    ),
+    "edgeloop-training": ImageSpec(
+        "edgeloop-training",
+        "edgeloop/pipelines/training.Dockerfile",
+        training_image_sources,
+        torch=True,
+        parent="edgeloop-pipeline",
     ),
     "edgeloop-builder": ImageSpec(
         "edgeloop-builder", "edgeloop/pipelines/builder.Dockerfile", builder_image_sources
@@ -283,20 +298,6 @@ def _has_registry(image: str) -> bool:
     ref, _, tag = image.rpartition(":")
     host = ref.partition("/")[0]
     return bool(tag) and "." in host
-
-
-def image_exists_in_registry(image: str, timeout_s: float = 10.0) -> bool | None:
-    """HEAD the manifest over the OCI distribution API (anonymous); None when it cannot tell."""
-    import httpx
-
-    if not _has_registry(image):
-        return None
-    tag = image.rpartition(":")[2]
-    try:
-        r = _registry_get(image, f"manifests/{tag}", timeout_s, method="HEAD")
-    except (httpx.HTTPError, KeyError, ValueError):
-        return None
-    return True if r.status_code == 200 else False if r.status_code == 404 else None
 
 
 def registry_content_hash(image: str, timeout_s: float = 10.0) -> str | None:
@@ -510,30 +511,31 @@ def _pip_find_links() -> list[Path]:
 def torch_source(
     index_url: str | None = None, wheels: str | None = None, requirement: str | None = None
 ) -> TorchSource:
-    """Where the pipeline image's torch comes from: the given index/wheels; else PyTorch's CPU index if
-    it answers; else a CPU torch wheel in this machine's local wheelhouse (pip's find-links), with the
-    torchvision release made for it from PyPI."""
+    """Where the training image's torch comes from: the given index/wheels; else PyTorch's CPU index if
+    it answers; else CPU builds of both torch and torchvision in a wheelhouse of pip's find-links.
+    (PyPI's torchvision is built for PyPI's CUDA torch: with a CPU torch it does not import.)"""
     requirement = requirement or pinned_torch()
     if wheels or index_url:
         return TorchSource(index_url or TORCH_CPU_INDEX, requirement, wheels or "")
     if _reachable(TORCH_CPU_INDEX):
         return TorchSource(TORCH_CPU_INDEX, requirement)
     for d in _pip_find_links():
-        cpu = sorted(d.glob("torch-*+cpu-cp311-*.whl"))
-        if cpu:
-            version = cpu[-1].name.split("-")[1]  # e.g. 2.13.0+cpu
-            vision = TORCHVISION_FOR_TORCH.get(".".join(version.split(".")[:2]))
-            if vision:
-                return TorchSource(
-                    PYPI_INDEX,
-                    f"torch=={version} torchvision=={vision}.*",
-                    str(d),
-                    note=f"{TORCH_CPU_INDEX} is unreachable: torch {version} from the local wheelhouse {d} "
-                    f"instead of the pinned {requirement}",
-                )
+        torch = sorted(d.glob("torch-*+cpu-cp311-*.whl"))
+        vision = sorted(d.glob("torchvision-*+cpu-cp311-*.whl"))
+        if torch and vision:
+            versions = [w.name.split("-")[1] for w in (torch[-1], vision[-1])]
+            return TorchSource(
+                PYPI_INDEX,
+                f"torch=={versions[0]} torchvision=={versions[1]}",
+                str(d),
+                note=f"{TORCH_CPU_INDEX} is unreachable: torch {versions[0]} and torchvision {versions[1]} from "
+                f"the local wheelhouse {d} instead of the pinned {requirement}",
+            )
     raise ImageBuildError(
-        f"no CPU build of torch reachable: {TORCH_CPU_INDEX} does not answer and no torch-*+cpu wheel is in "
-        "pip's find-links. Pass TORCH_INDEX_URL=<an index with CPU wheels> or TORCH_WHEELS=<a wheel directory>."
+        f"no CPU build of torch and torchvision here: {TORCH_CPU_INDEX} does not answer and no wheelhouse of "
+        "pip's find-links holds torch-*+cpu and torchvision-*+cpu wheels. Pass TORCH_INDEX_URL=<an index "
+        "with CPU wheels> or TORCH_WHEELS=<a directory with both>; TORCH_INDEX_URL=https://pypi.org/simple "
+        "builds PyPI's CUDA torch (~6 GB image)."
     )
 
 
@@ -581,11 +583,16 @@ def build_image(
     base_image: str,
     registry: str = LOCAL_REGISTRY,
     torch: TorchSource | None = None,
+    parent_image: str | None = None,
     cacert: str | None = None,
     log: Callable[[str], None] = print,
 ) -> BuiltImage:
     """Build one image (unless an image with the same content hash and its archive are there already)."""
     args = {"BASE_IMAGE": base_image, **dict(spec.build_args)}
+    if spec.parent:
+        if not parent_image:
+            raise ImageBuildError(f"{spec.name} extends {spec.parent}: build that first")
+        args = {"PIPELINE_IMAGE": parent_image}  # carries the parent's content hash in its tag
     if spec.torch:
         if torch is None:
             raise ImageBuildError(f"{spec.name} needs a torch source")
@@ -609,7 +616,8 @@ def build_image(
         with tempfile.TemporaryDirectory(prefix=f"{spec.name}-") as tmp:
             with tarfile.open(fileobj=io.BytesIO(_tar_bytes(files))) as tar:
                 tar.extractall(tmp, filter="data")
-            cmd = [engine, "build", "-f", f"{tmp}/{spec.dockerfile}", "-t", image]
+            # host network for RUN steps: no bridge, so no iptables rules or forwarding left behind
+            cmd = [engine, "build", "--network", "host", "-f", f"{tmp}/{spec.dockerfile}", "-t", image]
             cmd += ["--label", f"{HASH_LABEL}={digest_of_content}"]
             cmd += ["--label", f"org.opencontainers.image.title={spec.name}"]
             for k, v in args.items():
@@ -675,28 +683,46 @@ def build_images(
     torch: TorchSource | None = None,
     log: Callable[[str], None] = print,
 ) -> list[BuiltImage]:
-    """``make images``: every image, tagged by content hash, saved under ``out_dir`` with an index."""
+    """``make images``: each image (and the image it extends), tagged by content hash, saved under
+    ``out_dir`` with an index. An image that needs torch is skipped, with the reason, when no CPU build
+    of torch is reachable (see :func:`torch_source`); it is then left out of the index."""
     unknown = set(names) - set(IMAGES)
     if unknown:
         raise ImageBuildError(f"unknown image(s) {sorted(unknown)}; known: {sorted(IMAGES)}")
+    wanted = set(names) | {IMAGES[n].parent for n in names if IMAGES[n].parent}
+    order = [n for n in IMAGES if n in wanted]
     engine = engine or container_engine()
     base = resolve_base_image(engine, base_image)
-    if any(IMAGES[n].torch for n in names) and torch is None:
-        torch = torch_source()
-        if torch.note:
-            log(f"note: {torch.note}")
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     index_path = out_dir / INDEX_NAME
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
-    built = []
-    for name in names:
-        b = build_image(IMAGES[name], out_dir, engine=engine, base_image=base, torch=torch, log=log)
-        log(f"{b.status:>6} {b.image}  {b.digest[:19]}  {b.size_bytes / 1e6:.0f} MB  {b.seconds:.0f} s")
+    done: dict[str, BuiltImage] = {}
+    torch_error = ""
+    for name in order:
+        spec = IMAGES[name]
+        if spec.torch and torch is None and not torch_error:
+            try:
+                torch = torch_source()
+                if torch.note:
+                    log(f"note: {torch.note}")
+            except ImageBuildError as e:
+                torch_error = str(e)
+        if spec.torch and torch is None:
+            log(f"skipped {name}: {torch_error}")
+            index.pop(name, None)
+            done[name] = BuiltImage(name, "", "", "", "", 0, "skipped", 0.0, note=torch_error)
+            continue
+        parent = done[spec.parent].image if spec.parent else None
+        b = build_image(
+            spec, out_dir, engine=engine, base_image=base, torch=torch, parent_image=parent, log=log
+        )
+        log(f"{b.status:>7} {b.image}  {b.digest[:19]}  {b.size_bytes / 1e6:.0f} MB  {b.seconds:.0f} s")
         index[name] = {**asdict(b), "pinned": b.pinned}
-        built.append(b)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        done[name] = b
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    return built
+    return [done[n] for n in order]
 
 
 def read_index(path: Path) -> dict[str, dict]:
@@ -707,11 +733,6 @@ def read_index(path: Path) -> dict[str, dict]:
     if not path.exists():
         raise ImageBuildError(f"{path} not found: run `make images` first")
     return json.loads(path.read_text())
-
-
-def pinned_references(index: Mapping[str, Mapping], registry: str = DEFAULT_REGISTRY) -> dict[str, str]:
-    """Image name -> ``<registry>/<name>@sha256:...`` (the digest of what ``make images`` built)."""
-    return {name: f"{registry}/{name}@{rec['digest']}" for name, rec in index.items()}
 
 
 # -- local builds from a pipeline run ---------------------------------------------------------------------------------
@@ -747,6 +768,8 @@ def build_locally(
             cmd = [
                 tool,
                 "build" if tool != "buildah" else "bud",
+                "--network",
+                "host",
                 "-t",
                 context.image,
                 "-f",

@@ -26,7 +26,8 @@ from kfp.dsl import (
 # pipelines/builder.Dockerfile). The compiled YAML names these tags; `edgeloop pipeline compile|submit|
 # schedule --images build/images/index.json` pins them by digest.
 # The image holds kfp: steps install nothing at run time (install_kfp_package=False).
-PIPELINE_IMAGE = "ghcr.io/edgeloop/edgeloop-pipeline:0.1.0"
+PIPELINE_IMAGE = "ghcr.io/edgeloop/edgeloop-pipeline:0.1.0"  # no torch
+TRAINING_IMAGE = "ghcr.io/edgeloop/edgeloop-training:0.1.0"  # edgeloop-pipeline + torch
 BUILDER_IMAGE = "ghcr.io/edgeloop/edgeloop-builder:0.1.0"
 
 
@@ -49,7 +50,7 @@ def build_dataset(manifest_uri: str, split_fractions: str, config_file: str, dat
     return build_dataset_task(manifest_uri, split_fractions, config_file, dataset)
 
 
-@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
 def train_model(
     dataset: Input[Dataset],
     architecture: str,
@@ -81,7 +82,7 @@ def train_model(
     )
 
 
-@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
 def export_onnx(
     model: Input[Model], dataset: Input[Dataset], onnx_model: Output[Model], parity: Output[Metrics]
 ) -> str:

@@ -47,24 +47,12 @@ def test_render_with_the_images_index_pins_the_release(tmp_path, rendered_overla
 
     index = tmp_path / "index.json"
     index.write_text(json.dumps({n: {"digest": d} for n, d in DIGESTS.items()}))
-    out = tmp_path / "release"
     r = CliRunner().invoke(
-        cli,
-        [
-            "deploy",
-            "render",
-            "edgeloop-inspection",
-            "7",
-            "--digest",
-            DIGEST,
-            "--images",
-            str(index),
-            "-o",
-            str(out),
-        ],
+        cli, ["deploy", "render", "edgeloop-inspection", "7", "--digest", DIGEST, "--images", str(index)]
     )
     assert r.exit_code == 0, r.output
-    text = "".join(p.read_text() for p in out.glob("*.yaml"))
+    text = r.output
     assert f"ghcr.io/edgeloop/edgeloop-serving@{DIGESTS['edgeloop-serving']}" in text
+    assert f"ghcr.io/edgeloop/edgeloop-training@{DIGESTS['edgeloop-training']}" in text
     assert f"ghcr.io/edgeloop/edgeloop-pipeline@{DIGESTS['edgeloop-pipeline']}" in text
     assert ":0.1.0" not in text

@@ -172,18 +172,44 @@ def test_every_image_context_has_its_dockerfile_and_the_pipeline_image_no_test_k
     assert not any("/compiled/" in k for k in pipeline)
 
 
-def test_torch_comes_from_a_local_cpu_wheel_when_the_cpu_index_is_unreachable(tmp_path, monkeypatch):
+def test_torch_comes_from_local_cpu_wheels_when_the_cpu_index_is_unreachable(tmp_path, monkeypatch):
     from edgeloop.pipelines import image_build as ib
 
-    (tmp_path / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
     monkeypatch.setattr(ib, "_reachable", lambda url, timeout_s=5.0: False)
     monkeypatch.setattr(ib, "_pip_find_links", lambda: [tmp_path])
-    src = ib.torch_source()
-    assert src.requirement == "torch==2.13.0+cpu torchvision==0.28.*" and src.wheels == str(tmp_path)
-    assert "unreachable" in src.note and "2.14.1" in src.note  # says what it uses instead of the pin
-    monkeypatch.setattr(ib, "_pip_find_links", lambda: [])
+    (tmp_path / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    # a CPU torch alone is no use: PyPI's torchvision needs PyPI's CUDA torch
     with pytest.raises(ib.ImageBuildError, match="TORCH_INDEX_URL"):
         ib.torch_source()
+    (tmp_path / "torchvision-0.28.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    src = ib.torch_source()
+    assert src.requirement == "torch==2.13.0+cpu torchvision==0.28.0+cpu" and src.wheels == str(tmp_path)
+    assert "unreachable" in src.note and "2.14.1" in src.note  # says what it uses instead of the pin
+
+
+def test_a_training_image_without_a_torch_source_is_skipped_with_the_reason(tmp_path, monkeypatch):
+    from edgeloop.pipelines import image_build as ib
+
+    def no_torch():
+        raise ib.ImageBuildError("no CPU build of torch here")
+
+    built: list[str] = []
+
+    def fake_build(spec, out_dir, **kw):
+        built.append(spec.name)
+        return ib.BuiltImage(
+            spec.name, f"localhost/{spec.name}:t", "h", "sha256:" + "0" * 64, "a", 1, "built", 0.0
+        )
+
+    monkeypatch.setattr(ib, "torch_source", no_torch)
+    monkeypatch.setattr(ib, "build_image", fake_build)
+    monkeypatch.setattr(ib, "resolve_base_image", lambda engine, requested: "base")
+    lines: list[str] = []
+    out = ib.build_images(tmp_path, ("edgeloop-training",), engine="podman", log=lines.append)
+    assert built == ["edgeloop-pipeline"]  # the image it extends is built first
+    assert [b.status for b in out] == ["built", "skipped"] and "no CPU build" in out[1].note
+    assert set(ib.read_index(tmp_path)) == {"edgeloop-pipeline"}  # nothing unpinnable in the index
+    assert any(line.startswith("skipped edgeloop-training") for line in lines)
 
 
 def test_the_debian_mirror_comes_from_apt_sources(tmp_path):

@@ -170,7 +170,12 @@ def test_steps_get_their_settings_from_the_manifests_secrets():
         if "valueFrom" in e
     }
     snapshot = _env_from_secrets(platform["exec-snapshot-labels"])
-    assert {k: v[:2] for k, v in snapshot.items()} == cron_env  # labels are read: every secret
+    # labels are read: every secret, the same keys; MLflow's is the pipeline's own account, not the monitor's
+    assert {k: v[1] for k, v in snapshot.items()} == {k: v[1] for k, v in cron_env.items()}
+    mlflow_vars = {k for k in cron_env if k.startswith("MLFLOW_") or k.startswith("EDGELOOP_MLFLOW")}
+    assert {snapshot[k][0] for k in mlflow_vars} == {"edgeloop-mlflow"}
+    assert {cron_env[k][0] for k in mlflow_vars} == {"edgeloop-mlflow-monitor"}
+    assert all(snapshot[k][:2] == cron_env[k] for k in cron_env if k not in mlflow_vars)
     assert (
         snapshot["MLFLOW_TRACKING_PASSWORD"][2] is True
         and snapshot["EDGELOOP_BLOB__CONNECTION_STRING"][2] is False
@@ -223,14 +228,14 @@ def test_idempotent_steps_retry_with_backoff_and_the_approval_wait_has_a_deadlin
 def test_images_are_pinned_by_digest_for_a_cluster(tmp_path):
     import json
 
-    index = {
-        n: {"digest": "sha256:" + c * 64} for n, c in (("edgeloop-pipeline", "a"), ("edgeloop-builder", "b"))
-    }
+    names = (("edgeloop-pipeline", "a"), ("edgeloop-training", "c"), ("edgeloop-builder", "b"))
+    index = {n: {"digest": "sha256:" + c * 64} for n, c in names}
     (tmp_path / "index.json").write_text(json.dumps(index))
     text = compile_pipeline(tmp_path / "pinned.yaml", images=tmp_path / "index.json").read_text()
     images = {e["container"]["image"] for e in _spec(text)["deploymentSpec"]["executors"].values()}
     assert images == {
         "ghcr.io/edgeloop/edgeloop-pipeline@sha256:" + "a" * 64,
+        "ghcr.io/edgeloop/edgeloop-training@sha256:" + "c" * 64,
         "ghcr.io/edgeloop/edgeloop-builder@sha256:" + "b" * 64,
     }
     del index["edgeloop-builder"]
@@ -265,5 +270,9 @@ def test_the_pods_of_every_step_meet_the_namespace_pod_security_and_validate():
     assert any("runAsNonRoot" in p.message for p in find_problems(pods))  # the check is live
     ns = yaml.safe_load((ROOT / "manifests" / "base" / "platform" / "namespace.yaml").read_text())
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    sa = [d for d in yaml.safe_load_all((ROOT / "manifests/base/platform/serviceaccounts.yaml").read_text()) if d]
+    sa = [
+        d
+        for d in yaml.safe_load_all((ROOT / "manifests/base/platform/serviceaccounts.yaml").read_text())
+        if d
+    ]
     assert "edgeloop-pipeline" in {d["metadata"]["name"] for d in sa if d["kind"] == "ServiceAccount"}

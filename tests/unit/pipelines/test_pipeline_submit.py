@@ -11,7 +11,10 @@ import pytest
 
 from edgeloop.pipelines.runner import PipelineRunError, schedule_runs, submit_run
 
-DIGESTS = {"edgeloop-pipeline": "sha256:" + "a" * 64, "edgeloop-builder": "sha256:" + "b" * 64}
+DIGESTS = {
+    n: "sha256:" + c * 64
+    for n, c in (("edgeloop-pipeline", "a"), ("edgeloop-training", "c"), ("edgeloop-builder", "b"))
+}
 
 
 @pytest.fixture
