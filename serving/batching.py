@@ -25,6 +25,14 @@ from edgeloop.serving.errors import OverloadedError
 # (NCHW batch, every output?) -> outputs, each [N, ...]; with False, only what every answer needs
 # (the probabilities): the embedding is computed and copied out only when a request in the batch asks.
 RunFn = Callable[[np.ndarray, bool], Sequence[np.ndarray]]
+# One request's rows -> the model's input (e.g. uint8 frames -> normalised float32), in the runner thread.
+Prepare = Callable[[np.ndarray], np.ndarray]
+
+
+def _execute(run: RunFn, prepare: Prepare | None, xs: list[np.ndarray], full: bool) -> Sequence[np.ndarray]:
+    if prepare is not None:
+        xs = [prepare(x) for x in xs]
+    return run(xs[0] if len(xs) == 1 else np.concatenate(xs, axis=0), full)
 
 
 @dataclass
@@ -53,10 +61,12 @@ class DynamicBatcher:
         on_queue: Callable[[int], None] | None = None,
         name: str = "model",
         concurrency: int = 2,
+        prepare: Prepare | None = None,
     ):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self._run = run
+        self._prepare = prepare
         self.max_batch_size = max_batch_size
         self.max_wait_s = max(0.0, max_wait_s)
         self.max_queue_rows = max_queue_rows
@@ -150,11 +160,11 @@ class DynamicBatcher:
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, items: list) -> None:
         xs = [x for x, _, _ in items]
-        batch = xs[0] if len(xs) == 1 else np.concatenate(xs, axis=0)
+        rows = sum(len(x) for x in xs)
         full = any(f for _, _, f in items)
         t0 = time.perf_counter()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run, batch, full)
+            outputs = await loop.run_in_executor(self._executor, _execute, self._run, self._prepare, xs, full)
         except Exception as e:  # a model failure fails the requests of this batch only
             for _, fut, _ in items:
                 if not fut.done():
@@ -162,9 +172,9 @@ class DynamicBatcher:
             return
         finally:
             self._inflight -= 1
-        self.stats.record(len(batch))
+        self.stats.record(rows)
         if self._on_batch is not None:
-            self._on_batch(len(batch), time.perf_counter() - t0)
+            self._on_batch(rows, time.perf_counter() - t0)
         start = 0
         for x, fut, _ in items:
             end = start + len(x)
@@ -192,8 +202,10 @@ class DirectRunner:
         concurrency: int = 2,
         on_batch: Callable[[int, float], None] | None = None,
         name: str = "model",
+        prepare: Prepare | None = None,
     ):
         self._run = run
+        self._prepare = prepare
         self._on_batch = on_batch
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"ort-{name}")
         self._inflight = 0
@@ -213,7 +225,7 @@ class DirectRunner:
         self._inflight += 1
         t0 = time.perf_counter()
         try:
-            out = await loop.run_in_executor(self._executor, self._run, x, full)
+            out = await loop.run_in_executor(self._executor, _execute, self._run, self._prepare, [x], full)
         finally:
             self._inflight -= 1
         self.stats.record(len(x))

@@ -14,7 +14,6 @@ import io
 import math
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -231,12 +230,38 @@ def _b64(text: str, name: str) -> bytes:
 
 
 # --------------------------------------------------------------------------- model input
-@dataclass
 class ModelInput:
-    """What the batcher runs: normalised float32 NCHW, plus the uint8 frames when we have them."""
+    """One request's images for the batcher: uint8 NHWC frames at model size (normalised by the
+    runner thread, for the whole batch at once, off the event loop), or a normalised float32
+    NCHW tensor the client sent."""
 
-    x: np.ndarray
-    frames: np.ndarray | None  # uint8 NHWC at model size (for the payload log); None for FP32 input
+    __slots__ = ("_x", "frames", "pre")
+
+    def __init__(self, x: np.ndarray | None, frames: np.ndarray | None, pre: Preprocess | None = None):
+        if x is None and (frames is None or pre is None):
+            raise ValueError("ModelInput needs a tensor, or frames and their preprocessing")
+        self._x, self.frames, self.pre = x, frames, pre
+
+    @property
+    def x(self) -> np.ndarray:
+        """The normalised float32 NCHW tensor (computed on first use when only frames were given)."""
+        if self._x is None:
+            assert self.frames is not None and self.pre is not None
+            self._x = self.pre.normalize_batch(self.frames)
+        return self._x
+
+    @property
+    def rows(self) -> np.ndarray:
+        """What the runner takes: the frames when there are any (it normalises them), else the tensor."""
+        return self.frames if self.frames is not None else self.x
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def subset(self, rows: list[int]) -> ModelInput:
+        if self.frames is not None:
+            return ModelInput(None, self.frames[rows], self.pre)
+        return ModelInput(self.x[rows], None)
 
 
 def to_model_input(
@@ -260,7 +285,7 @@ def to_model_input(
         frames = np.empty((len(values), s, s, 3), dtype=np.uint8)
         for i, data in enumerate(values):
             frames[i] = pre.resize(_decode(data, i, name))
-        return ModelInput(pre.normalize_batch(frames), frames)
+        return ModelInput(None, frames, pre)
     if values.dtype == np.uint8:
         arr = values[None] if values.ndim == 3 else values
         if arr.ndim != 4 or arr.shape[3] != 3 or arr.shape[1] == 0 or arr.shape[2] == 0:
@@ -275,7 +300,7 @@ def to_model_input(
             for i in range(arr.shape[0]):
                 resized[i] = pre.resize(np.ascontiguousarray(arr[i]))
             arr = resized
-        return ModelInput(pre.normalize_batch(arr), arr)
+        return ModelInput(None, arr, pre)
     arr = values[None] if values.ndim == 3 else values
     if arr.ndim != 4 or tuple(arr.shape[1:]) != (3, s, s):
         raise ShapeError(

@@ -102,6 +102,10 @@ class LoadedVersion:
         names = self.output_names if full else self.output_names[:1]
         return session.run(names, {self.card.input_name: x})
 
+    def prepare(self, rows: np.ndarray) -> np.ndarray:
+        """uint8 frames at model size -> normalised float32 NCHW; a tensor passes as it is."""
+        return self.preprocess.normalize_batch(rows) if rows.dtype == np.uint8 else rows
+
     def start_runner(self, batching: BatchingOptions) -> None:
         labels = {"model": self.model, "version": self.version}
         batch_hist = metrics.BATCH_SIZE.labels(**labels)
@@ -123,6 +127,7 @@ class LoadedVersion:
                 on_queue=queue_gauge.set,
                 name=f"{self.model}-{self.version}",
                 concurrency=concurrency,
+                prepare=self.prepare,
             )
         else:
             self.runner = DirectRunner(
@@ -130,6 +135,7 @@ class LoadedVersion:
                 max(batching.direct_concurrency, len(self.sessions)),
                 on_batch=on_batch,
                 name=f"{self.model}-{self.version}",
+                prepare=self.prepare,
             )
 
     def describe(self) -> dict[str, Any]:
@@ -451,7 +457,7 @@ class OnnxImageModel(Model):
             probs,
             emb,
             inputs.frames,
-            inputs.x,
+            inputs.x if inputs.frames is None else None,
             pre.mean,
             pre.std,
             rid,
@@ -467,10 +473,10 @@ class OnnxImageModel(Model):
         with canary traffic, runs only the rows the payload log keeps."""
         shadow = result.route == "champion"
         outcome = metrics.SHADOW_IMAGES.labels
-        n = len(result.inputs.x) if shadow else len(rows)
+        n = len(result.inputs) if shadow else len(rows)
         if n == 0:
             return
-        if other.card.preprocessing != result.version.card.preprocessing:
+        if not _same_input(result.inputs, result.version, other):
             outcome(self.name, other.version, "incompatible").inc(n)
             return
         if len(self._background) >= self.MAX_SHADOW_RUNS:
@@ -478,13 +484,13 @@ class OnnxImageModel(Model):
             return
         inputs = result.inputs
         if not shadow:
-            inputs = codec.ModelInput(inputs.x[rows], None if inputs.frames is None else inputs.frames[rows])
+            inputs = inputs.subset(rows)
             rows = list(range(len(rows)))
 
         async def run() -> None:
             assert other.runner is not None
             try:
-                res = await other.runner.submit(inputs.x)
+                res = await other.runner.submit(inputs.rows)
             except Exception as e:  # the response is gone already; count it, never raise
                 outcome(self.name, other.version, "failed").inc(n)
                 log.debug("comparison run on %s version %s failed: %s", self.name, other.version, e)
@@ -624,7 +630,7 @@ class OnnxImageModel(Model):
     async def predict(self, payload: Prepared, headers: dict[str, str] | None = None) -> Prepared:
         assert payload.version.runner is not None
         payload.results = await payload.version.runner.submit(
-            payload.inputs.x, EMBEDDING_OUTPUT in payload.outputs
+            payload.inputs.rows, EMBEDDING_OUTPUT in payload.outputs
         )
         return payload
 
@@ -677,6 +683,14 @@ class OnnxImageModel(Model):
             model_version=lv.version,
             infer_outputs=outs,
         )
+
+
+def _same_input(inputs: codec.ModelInput, lv: LoadedVersion, other: LoadedVersion) -> bool:
+    """Whether ``other`` can take ``inputs`` as they are: frames of its size (it normalises them
+    itself), or a tensor normalised exactly as it expects."""
+    if inputs.frames is not None:
+        return other.size == lv.size
+    return other.card.preprocessing == lv.card.preprocessing
 
 
 def _params(params: Any) -> dict[str, Any]:

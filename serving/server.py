@@ -61,6 +61,7 @@ from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.server import metrics_handler
 from kserve.protocol.rest.v1_endpoints import register_v1_endpoints
 from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
+from starlette.routing import Route
 
 from edgeloop.core.model_card import normalize_digest
 from edgeloop.serving import codec, metrics
@@ -148,7 +149,8 @@ class Routes:
             response_model=None,
         )
         for prefix in ("/v2/models/{model_name}", "/v2/models/{model_name}/versions/{model_version}"):
-            add(prefix + "/infer", self.infer, methods=["POST"], response_model=None)
+            # A plain Starlette route: the hot path skips FastAPI's parameter and response machinery.
+            app.router.routes.append(Route(prefix + "/infer", self.infer_endpoint, methods=["POST"]))
             add(prefix, self.metadata, methods=["GET"], response_model=None)
             add(prefix + "/ready", self.ready, methods=["GET"], response_model=None)
         add(
@@ -204,6 +206,10 @@ class Routes:
         )
 
     # -- inference ------------------------------------------------------------------------------
+    async def infer_endpoint(self, request: Request) -> Response:
+        p = request.path_params
+        return await self.infer(request, p["model_name"], p.get("model_version"))
+
     async def infer(self, request: Request, model_name: str, model_version: str | None = None) -> Response:
         body = await self._read_body(request)
         model = self.model(model_name)
