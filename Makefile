@@ -113,8 +113,9 @@ lint: setup ## ruff (lint + format check) and mypy; fails on errors
 bench: setup ## Benchmarks: serving vs bare ONNX Runtime and stock KServe, streams, training (JSON + PNG under benchmarks/results/)
 	$(PY) -m benchmarks.run_all
 
-compile: setup ## Compile the Kubeflow pipeline to pipelines/compiled/
+compile: setup ## Compile the Kubeflow pipelines (training, batch scoring) to pipelines/compiled/
 	$(EDGELOOP) pipeline compile --out pipelines/compiled/training_pipeline.yaml
+	$(EDGELOOP) batch compile --out pipelines/compiled/batch_pipeline.yaml
 
 lock: ## Re-resolve requirements/constraints.txt from requirements/*.in (then review the diff)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install -q --upgrade 'pip==26.*'
