@@ -27,7 +27,7 @@ PARALLELISM = 4  # shards scored at once on a cluster (the local runner runs the
 COMPILED = Path(__file__).resolve().parent / "compiled" / "batch_pipeline.yaml"
 
 
-@dsl.component(base_image=PIPELINE_IMAGE)
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def plan_batch(container: str, prefix: str, model: str, out: str, shard_size: int, config_file: str) -> list:
     """List the images under the prefix and cut them into shards (or resume the plan at ``out``);
     returns the shard indices."""
@@ -36,7 +36,7 @@ def plan_batch(container: str, prefix: str, model: str, out: str, shard_size: in
     return plan_task(container, prefix, model, out, shard_size, config_file)
 
 
-@dsl.component(base_image=PIPELINE_IMAGE)
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def score_shard(
     container: str,
     prefix: str,
@@ -53,7 +53,7 @@ def score_shard(
     return score_task(container, prefix, model, out, shard_size, shard, config_file, metrics)
 
 
-@dsl.component(base_image=PIPELINE_IMAGE)
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def summarize_batch(
     container: str,
     prefix: str,
@@ -108,7 +108,6 @@ def batch_pipeline(
             config_file=config_file,
         )
         scored.set_caching_options(False)
-        scored.set_cpu_limit("2").set_memory_limit("2Gi")
     summary = summarize_batch(
         container=container,
         prefix=prefix,
@@ -119,6 +118,15 @@ def batch_pipeline(
         config_file=config_file,
     )
     summary.set_caching_options(False)
+
+    # What only a cluster reads (Secrets as EDGELOOP_* variables, non-root, resources, retries, the
+    # NetworkPolicy role label): the same policy table as the training pipeline's steps.
+    from kfp.dsl import pipeline_context
+
+    from edgeloop.pipelines.cluster import configure
+
+    for task in pipeline_context.Pipeline.get_default_pipeline().tasks.values():
+        configure(task)
 
 
 def compile_batch_pipeline(out: Path | None = None) -> Path:

@@ -67,6 +67,10 @@ STEPS: dict[str, StepPolicy] = {
     "buildah-build": StepPolicy(("1", "2"), ("2Gi", "4Gi"), ()),
     "local-image-build": StepPolicy(("1", "2"), ("1Gi", "4Gi")),
     "deploy-model": StepPolicy(("250m", "1"), ("256Mi", "1Gi")),
+    # the batch-scoring pipeline: resumable from its shard markers, so every step may be retried
+    "plan-batch": StepPolicy(("250m", "1"), ("512Mi", "1Gi")),
+    "score-shard": StepPolicy(("1", "2"), ("1Gi", "2Gi")),
+    "summarize-batch": StepPolicy(("500m", "1"), ("512Mi", "2Gi")),
 }
 
 

@@ -59,3 +59,16 @@ def test_shards_fan_out_and_the_summary_collects_them():
         "shard_size",
         "config_file",
     }
+
+
+def test_every_step_runs_under_the_cluster_policy():
+    docs = list(yaml.safe_load_all(COMPILED.read_text()))
+    executors = docs[0]["deploymentSpec"]["executors"]
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(platform) == set(executors) and len(executors) == 3
+    for e in platform.values():
+        assert e["podMetadata"]["labels"] == {"edgeloop.io/role": "pipeline"}  # the NetworkPolicy's selector
+        assert e["securityContext"]["runAsNonRoot"] is True
+        assert {s["secretName"] for s in e["secretAsEnv"]} >= {"edgeloop-blob", "edgeloop-mlflow"}
+    for e in executors.values():
+        assert "pip install" not in " ".join(e["container"]["command"])  # the image holds everything
