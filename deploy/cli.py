@@ -71,6 +71,18 @@ def deploy() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Write one file per object plus kustomization.yaml here (a Flux path); default: YAML on stdout.",
 )
+@click.option(
+    "--verified",
+    is_flag=True,
+    help="Take the storage URI and digest from MODEL VERSION's signed approval in the registry; refused "
+    "unless `edgeloop registry verify MODEL VERSION` passes. Required with -o unless --unverified.",
+)
+@click.option(
+    "--unverified",
+    is_flag=True,
+    help="Write a release with -o from the --digest/--storage-uri given, without an approval (outside the "
+    "registry's gate: the server still refuses any other model than the digest).",
+)
 @click.pass_context
 @user_errors
 def render_cmd(
@@ -88,6 +100,8 @@ def render_cmd(
     max_replicas: int | None,
     model_only: bool,
     output: Path | None,
+    verified: bool,
+    unverified: bool,
 ) -> None:
     """Final manifests for MODEL at VERSION: the overlay with its InferenceService template
     filled in (name, storageUri, digest, version) and validated."""
@@ -95,6 +109,23 @@ def render_cmd(
     from edgeloop.deploy.errors import RenderError
     from edgeloop.deploy.validate import validate_objects
 
+    if output is not None and not (verified or unverified):
+        raise RenderError(
+            "writing a release (-o) needs a version with a verified approval: pass --verified (the digest and "
+            "storage come from its signed approval), or --unverified to write one outside the registry's gate"
+        )
+    if verified:
+        from edgeloop.pipelines.cli import _for_model
+        from edgeloop.pipelines.deploy import storage_url
+        from edgeloop.pipelines.registry import verify_version
+
+        s = _for_model(_settings(ctx), model)
+        st = verify_version(s, version).require("deployable")
+        if digest and render.normalize_digest(digest) != st.model_digest:
+            raise RenderError(
+                f"--digest {digest[:12]}... is not the approved digest ({st.model_digest[:12]}...)"
+            )
+        digest, storage_uri, model_dir = st.model_digest, storage_url(s, st.storage_uri), None
     if model_dir is not None:
         from edgeloop.core.model_card import ModelCard
 

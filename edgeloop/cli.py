@@ -46,9 +46,22 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "images",
         "Build the container images (serving, pipeline, builder) with docker or podman.",
     ),
-    "approve": ("edgeloop.pipelines.cli", "approve", "Approve a candidate model version (the human gate)."),
-    "reject": ("edgeloop.pipelines.cli", "reject", "Reject a candidate model version (the human gate)."),
-    "rollback": ("edgeloop.pipelines.cli", "rollback", "Point champion back at the previous champion."),
+    "approve": (
+        "edgeloop.pipelines.approval_cli",
+        "approve",
+        "Approve a candidate model version: a signed decision (the human gate).",
+    ),
+    "reject": ("edgeloop.pipelines.approval_cli", "reject", "Reject a candidate model version (signed)."),
+    "rollback": (
+        "edgeloop.pipelines.approval_cli",
+        "rollback",
+        "Point champion back at the previous (verified) champion.",
+    ),
+    "registry": (
+        "edgeloop.pipelines.approval_cli",
+        "registry",
+        "Verify a version's signed approval; the history of decisions.",
+    ),
     "model": (
         "edgeloop.commands.model",
         "model",

@@ -1,4 +1,4 @@
-"""`edgeloop pipeline compile|run|submit|schedule`, `edgeloop approve|reject|rollback`."""
+"""`edgeloop pipeline compile|run|submit|schedule` (the human gate: :mod:`edgeloop.pipelines.approval_cli`)."""
 
 from __future__ import annotations
 
@@ -218,69 +218,6 @@ def schedule(
         service_account=service_account,
     )
     click.echo(f"recurring run {job_name} created (id {job_id}), cron '{cron}'")
-
-
-# -- the human gate -------------------------------------------------------------------------------------------
-def _decide(obj, decision: str, model: str, version: str, by: str, note: str, evidence: str | None) -> None:
-    from edgeloop.pipelines import registry
-
-    settings = _for_model(obj.settings, model)
-    d = registry.record_decision(
-        settings, version, decision, by=by, note=note, mode="human", evidence_digest=evidence
-    )
-    click.echo(
-        f"{d.name} version {d.version} {d.decision} by {d.by} at {d.at} "
-        f"(evidence {d.evidence_digest[:12] or 'n/a'})"
-    )
-
-
-@click.command()
-@click.argument("model")
-@click.argument("version")
-@click.option("--by", required=True, help="Who approves (name or e-mail); recorded on the version.")
-@click.option("--note", default="", help="Why (recorded).")
-@click.option(
-    "--evidence",
-    default=None,
-    help="Digest of the evidence you reviewed (tag edgeloop.evidence_digest); refused if it changed.",
-)
-@click.pass_obj
-@user_errors
-def approve(obj, model: str, version: str, by: str, note: str, evidence: str | None) -> None:
-    """Approve candidate VERSION of MODEL: the waiting pipeline run goes on to build and deploy."""
-    _decide(obj, "approved", model, version, by, note, evidence)
-
-
-@click.command()
-@click.argument("model")
-@click.argument("version")
-@click.option("--by", required=True, help="Who rejects; recorded on the version.")
-@click.option("--note", default="", help="Why (recorded).")
-@click.pass_obj
-@user_errors
-def reject(obj, model: str, version: str, by: str, note: str) -> None:
-    """Reject candidate VERSION of MODEL: the waiting pipeline run stops before image build and deploy."""
-    _decide(obj, "rejected", model, version, by, note, None)
-
-
-@click.command()
-@click.argument("model")
-@click.option("--no-deploy", is_flag=True, help="Only move the alias; do not re-render/apply the deployment.")
-@click.pass_obj
-@user_errors
-def rollback(obj, model: str, no_deploy: bool) -> None:
-    """Point champion back at the previous champion of MODEL and redeploy it."""
-    from edgeloop.pipelines import registry
-
-    settings = _for_model(obj.settings, model)
-    if no_deploy:
-        old, new = registry.rollback(settings)
-        click.echo(f"{model}: champion {old} -> {new}")
-        return
-    from edgeloop.pipelines.deploy import rollback_and_deploy
-
-    old, new, where = rollback_and_deploy(settings)
-    click.echo(f"{model}: champion {old} -> {new}; deployed to {where}")
 
 
 # -- container images ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from edgeloop.core.errors import EdgeloopError
 
 if TYPE_CHECKING:
     from edgeloop.core.config import Settings
+    from edgeloop.pipelines.registry import Verification
 
 log = logging.getLogger(__name__)
 FIELD_MANAGER = "edgeloop"
@@ -61,30 +62,40 @@ def render_version(
     overlay: str = DEFAULT_OVERLAY,
     namespace: str | None = None,
     model_only: bool = False,
+    verified: Verification | None = None,
 ) -> list[dict[str, Any]]:
     """The manifests for one registered version: the whole release (for GitOps) or, with
-    ``model_only``, just the InferenceService and its autoscaler (what the pipeline's Role may apply)."""
+    ``model_only``, just the InferenceService and its autoscaler (what the pipeline's Role may apply).
+
+    Only for a version with a valid signed approval of its artifacts (:func:`registry.verify_version`,
+    done here unless ``verified`` is given): the storage URI and the digest come from the signed
+    statement, never from the version's (editable) tags, and the InferenceService pins that digest."""
     from edgeloop.deploy.render import render_inference_service, render_release
     from edgeloop.pipelines import registry
 
-    tags = registry.version_tags(settings, version)
-    az = tags.get(registry.STORAGE_URI)
-    digest = tags.get(registry.MODEL_DIGEST)
-    if not az or not digest:
-        raise DeployFailed(
-            f"version {version} records no storage URI/model digest (tags "
-            f"{registry.STORAGE_URI}, {registry.MODEL_DIGEST}); register it through the pipeline"
-        )
+    if verified is None or verified.version != str(version):
+        verified = registry.verify_version(settings, str(version))
+    st = verified.require("deployable")
     render = render_inference_service if model_only else render_release
     return render(
         settings.mlflow.registered_model,
         str(version),
-        storage_url(settings, az),
-        digest,
+        storage_url(settings, st.storage_uri),
+        st.model_digest,
         image or None,
         overlay,
         namespace=namespace,
     )
+
+
+def write_release(
+    objs: list[dict[str, Any]], settings: Settings, gitops_dir: str | Path, overlay: str
+) -> tuple[Path, list[Path]]:
+    """The GitOps writer for a verified release (``<state_dir>/gitops/<overlay>`` by default)."""
+    from edgeloop.deploy.render import write_gitops
+
+    directory = Path(gitops_dir) if gitops_dir else settings.state_dir / "gitops" / overlay
+    return directory, write_gitops(objs, directory)
 
 
 def resolve_target(deploy_target: str) -> str:
@@ -133,8 +144,15 @@ def deploy_version(
 
     target = resolve_target(deploy_target)
     try:
+        verified = registry.verify_version(settings, str(version))
         objs = render_version(
-            settings, version, image, overlay, namespace or None, model_only=target == "cluster"
+            settings,
+            version,
+            image,
+            overlay,
+            namespace or None,
+            model_only=target == "cluster",
+            verified=verified,
         )
         if validate:
             from edgeloop.deploy.errors import SchemaUnavailableError
@@ -148,10 +166,7 @@ def deploy_version(
             names = apply_objects(objs)
             where = f"cluster:{namespace or objs[0]['metadata'].get('namespace', 'default')}"
         else:
-            from edgeloop.deploy.render import write_gitops
-
-            directory = Path(gitops_dir) if gitops_dir else settings.state_dir / "gitops" / overlay
-            paths = write_gitops(objs, directory)
+            directory, paths = write_release(objs, settings, gitops_dir, overlay)
             names = [p.name for p in paths]
             where = f"gitops:{directory}"
     except EdgeloopError as e:
@@ -171,30 +186,23 @@ def rollback_and_deploy(
     deploy_target: str = "auto",
     gitops_dir: str | Path = "",
     overlay: str = DEFAULT_OVERLAY,
+    to: str | None = None,
 ) -> tuple[str, str, str]:
-    """``edgeloop rollback``: redeploy the previous champion, then move the alias back."""
+    """``edgeloop rollback``: redeploy the previous champion (or ``to``), then move the alias back.
+    Refused unless the target carries a valid signed approval matching its artifacts."""
     from edgeloop.pipelines import registry
 
-    name = settings.mlflow.registered_model
-    c = registry.client(settings)
-    current = registry.champion_version(settings)
-    if current is None:
-        raise registry.RegistryError(f"model '{name}' has no champion: nothing to roll back")
-    previous = c.get_model_version(name, current).tags.get(registry.PREVIOUS_CHAMPION)
-    if not previous:
-        raise registry.RegistryError(
-            f"{name} champion version {current} records no previous champion: " "nothing to roll back to"
-        )
+    _, target_version = registry.rollback_target(settings, to)
+    verified = registry.verify_version(settings, target_version)
+    verified.require("a rollback target")
     target = resolve_target(deploy_target)
-    objs = render_version(settings, previous, overlay=overlay, model_only=target == "cluster")
+    objs = render_version(
+        settings, target_version, overlay=overlay, model_only=target == "cluster", verified=verified
+    )
     if target == "cluster":
         apply_objects(objs)
         where = "cluster"
     else:
-        from edgeloop.deploy.render import write_gitops
-
-        directory = Path(gitops_dir) if gitops_dir else settings.state_dir / "gitops" / overlay
-        write_gitops(objs, directory)
-        where = f"gitops:{directory}"
-    old, new = registry.rollback(settings)
+        where = f"gitops:{write_release(objs, settings, gitops_dir, overlay)[0]}"
+    old, new = registry.rollback(settings, target_version, verified=verified)
     return old, new, where

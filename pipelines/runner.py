@@ -25,6 +25,8 @@ COMPILED = Path(__file__).resolve().parent / "compiled" / "training_pipeline.yam
 DEFAULT_OUTPUT = Path("training_pipeline.yaml")
 # Parameters a local run sets on top of the pipeline's (cluster-oriented) defaults.
 LOCAL_DEFAULTS: dict[str, Any] = {"image_builder": "local", "deploy_target": "gitops"}
+#: Set for the steps of a local run only: what lets ``auto_approve`` act (a Kubeflow run never has it).
+LOCAL_RUNNER_ENV = "EDGELOOP_LOCAL_RUNNER"
 
 
 class PipelineRunError(EdgeloopError):
@@ -197,7 +199,7 @@ def run_local(
     root = Path(pipeline_root) if pipeline_root else settings.state_dir / "kfp-local"
     root.mkdir(parents=True, exist_ok=True)
     args = {**LOCAL_DEFAULTS, "git_commit": git_commit(), **(params or {})}
-    env = {"EDGELOOP_STATE_DIR": str(settings.state_dir)}
+    env = {"EDGELOOP_STATE_DIR": str(settings.state_dir), LOCAL_RUNNER_ENV: "1"}
     if settings.config_file:
         env["EDGELOOP_CONFIG"] = str(settings.config_file)
     if settings.mlflow.registered_model != type(settings.mlflow)().registered_model:

@@ -393,8 +393,16 @@ def await_approval_task(
     config_file: str,
 ) -> str:
     from edgeloop.pipelines import registry
+    from edgeloop.pipelines.runner import LOCAL_RUNNER_ENV
 
     settings = settings_for(config_file)
+    if auto_approve and (
+        os.environ.get(LOCAL_RUNNER_ENV) != "1" or os.environ.get("KUBERNETES_SERVICE_HOST")
+    ):
+        raise registry.RegistryError(
+            "auto_approve=True is refused: it works only with the local runner (`edgeloop pipeline run "
+            "--local --auto-approve`); on a cluster an approver decides with `edgeloop approve`"
+        )
     if not gate_passed:
         reasons = registry.version_tags(settings, version).get(registry.REJECTED_REASONS, "the gate failed")
         log.warning("version %s failed the automatic gate, no approval asked: %s", version, reasons)

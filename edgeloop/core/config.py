@@ -15,7 +15,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr
@@ -90,10 +90,41 @@ class LabelStudioSettings(BaseModel):
     ml_backend_password: SecretStr | None = None
 
 
+# The local stack's MLflow accounts, one per role (basic auth; passwords in the secrets file). ``auto``
+# records the local runner's auto-approvals, so that it never shares an identity with the pipeline.
+MLFLOW_ADMIN_USER = "admin"
+MLFLOW_USERS = {
+    "pipeline": "edgeloop-pipeline",
+    "monitor": "edgeloop-monitor",
+    "approver": "edgeloop-approver",
+    "auto": "edgeloop-auto",
+}
+MlflowRole = Literal["pipeline", "monitor", "approver", "auto"]
+
+
 class MlflowSettings(BaseModel):
     tracking_uri: str | None = None  # None: the local stack's server
     experiment: str = "edgeloop"
     registered_model: str = "edgeloop-inspection"
+    # Decisions (signed approvals/rejections) are runs of this experiment: only approvers may write to it.
+    approvals_experiment: str = "edgeloop-approvals"
+    # Who this process is to MLflow. Your server: username/password here (or MLFLOW_TRACKING_USERNAME/
+    # PASSWORD in the environment). The local stack: its generated account for ``role``.
+    username: str | None = None
+    password: SecretStr | None = None
+    role: MlflowRole = "pipeline"
+
+
+class ApprovalSettings(BaseModel):
+    """Signed decisions: your signing key, and the approvers whose signatures a deploy accepts.
+
+    Trusted keys are configured, never discovered: ``trusted_keys`` (MLflow user -> Ed25519 public key,
+    base64) and/or ``trusted_keys_file`` (a JSON object of the same). With neither, the local stack's
+    file (``<state_dir>/keys/trusted-approvers.json``, its approver and auto-approver) is used."""
+
+    signing_key: Path | None = None  # Ed25519 private key (PEM); None: the local stack's key of your user
+    trusted_keys: dict[str, str] = Field(default_factory=dict)
+    trusted_keys_file: Path | None = None
 
 
 MQTT_PUBLISHER_USER = "edgeloop-stream"  # the local broker's account for stream processors: write results
@@ -125,6 +156,7 @@ class Settings(BaseSettings):
     labelstudio: LabelStudioSettings = Field(default_factory=LabelStudioSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    approvals: ApprovalSettings = Field(default_factory=ApprovalSettings)
     config_file: Path | None = None
 
     @classmethod
@@ -179,9 +211,37 @@ class Settings(BaseSettings):
         )
 
     def mlflow_tracking_uri(self) -> str:
-        if self.mlflow.tracking_uri:
-            return self.mlflow.tracking_uri
-        return f"http://{self.stack.host}:{self._stack_port('mlflow')}"
+        """The MLflow server's URI. Resolving it also hands MLflow this settings' identity: MLflow's
+        clients read their credentials from ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` in the process
+        environment at each request, so those are set here (see :meth:`mlflow_credentials`)."""
+        uri = self.mlflow.tracking_uri or f"http://{self.stack.host}:{self._stack_port('mlflow')}"
+        creds = self.mlflow_credentials()
+        if creds is not None:
+            os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = creds
+        return uri
+
+    @property
+    def local_mlflow(self) -> bool:
+        """True when MLflow is the local stack's server, whose accounts edgeloop generated."""
+        return not self.mlflow.tracking_uri
+
+    def mlflow_credentials(self, role: MlflowRole | None = None) -> tuple[str, str] | None:
+        """(username, password) for MLflow: the configured ones; with the local stack's server, its
+        generated account for ``role`` (default: ``mlflow.role``); None for a server of your own with
+        none configured (MLflow then uses ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` as they are)."""
+        if self.mlflow.username:
+            return (
+                self.mlflow.username,
+                self.mlflow.password.get_secret_value() if self.mlflow.password else "",
+            )
+        if not self.local_mlflow:
+            return None
+        role = role or self.mlflow.role
+        return MLFLOW_USERS[role], self.secrets()[f"mlflow_{role}_password"]
+
+    def as_mlflow_role(self, role: MlflowRole) -> Settings:
+        """These settings acting as another of the local stack's MLflow accounts (e.g. the approver)."""
+        return self.model_copy(update={"mlflow": self.mlflow.model_copy(update={"role": role})})
 
     def labelstudio_url(self) -> str:
         if self.labelstudio.url:
@@ -247,6 +307,9 @@ class Settings(BaseSettings):
             "mqtt_stream_password": lambda: secrets.token_urlsafe(24),
             "mqtt_reader_password": lambda: secrets.token_urlsafe(24),
             "ml_backend_password": lambda: secrets.token_urlsafe(24),
+            "mlflow_admin_password": lambda: secrets.token_urlsafe(24),
+            "mlflow_flask_secret": lambda: secrets.token_hex(32),
+            **{f"mlflow_{role}_password": lambda: secrets.token_urlsafe(24) for role in MLFLOW_USERS},
         }
         if path.exists():
             values: dict[str, str] = json.loads(path.read_text())

@@ -78,6 +78,13 @@ def run_demo(
 
     version = registry.champion_version(settings)
     assert version is not None
+    verified = registry.verify_version(settings, registry.CHAMPION)
+    statement = verified.require("served by the demo")
+    echo(
+        f"champion v{version} verified: {statement.decision} by {statement.approver} ({statement.mode}), "
+        f"model digest {statement.model_digest[:12]}... (`edgeloop registry verify "
+        f"{settings.mlflow.registered_model} champion`)"
+    )
     result: dict[str, Any] = {
         "mlflow": settings.mlflow_tracking_uri(),
         "labelstudio": settings.labelstudio_url(),
@@ -85,6 +92,11 @@ def run_demo(
         "pipeline_run": outcome.run_name,
         "pipeline_seconds": outcome.seconds,
         "gitops": outcome.deployed_to,
+        "approval": {
+            "approver": statement.approver,
+            "mode": statement.mode,
+            "model_digest": statement.model_digest,
+        },
     }
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = registry.download_version(settings, version, Path(tmp))

@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeloop.core.config import MQTT_PUBLISHER_USER, MQTT_READER_USER, Settings, private_dir
+from edgeloop.core.config import (
+    MLFLOW_ADMIN_USER,
+    MLFLOW_USERS,
+    MQTT_PUBLISHER_USER,
+    MQTT_READER_USER,
+    Settings,
+    private_dir,
+)
 from edgeloop.core.errors import EdgeloopError
 from edgeloop.core.processes import group_alive, terminate_group
 
@@ -105,6 +112,84 @@ def _private_file(path: Path, text: str) -> Path:
         fh.write(text)
     os.chmod(path, 0o600)  # an existing file keeps its mode through O_TRUNC
     return path
+
+
+def write_mlflow_auth_config(data: Path) -> Path:
+    """MLflow's basic-auth config: users in ``data/basic_auth.db``; an authenticated user may read
+    what no grant says otherwise about; writes need a grant (or ownership: the creator of an
+    experiment or registered model manages it). Anonymous requests are refused (401)."""
+    return _private_file(
+        data / "basic_auth.ini",
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{data / 'basic_auth.db'}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # A password check is a deliberately slow hash (~0.5 s of CPU): remember good ones for a while
+        # (one worker: a password change through the API takes effect at once).
+        "auth_cache_ttl_seconds = 600\n",
+    )
+
+
+def provision_mlflow(settings: Settings) -> None:
+    """The local MLflow's accounts and grants, idempotent (run on every ``up``):
+
+    * one user per role (:data:`~edgeloop.core.config.MLFLOW_USERS`), passwords from the secrets file;
+    * the approvals experiment, owned by the admin, where only ``edgeloop-approver`` and
+      ``edgeloop-auto`` may write (EDIT): the pipeline and the monitor can read decisions, not record them;
+    * the approvers' Ed25519 signing keys and the trusted-keys file (``<state_dir>/keys``).
+    """
+    from mlflow.utils.credentials import MlflowHostCreds
+    from mlflow.utils.rest_utils import http_request
+
+    from edgeloop.pipelines.attestation import ensure_local_keys
+
+    secrets = settings.secrets()
+    uri = (
+        settings.mlflow.tracking_uri
+        or f"http://{settings.stack.host}:{settings.stack_state()['ports']['mlflow']}"
+    )
+    admin = MlflowHostCreds(uri, username=MLFLOW_ADMIN_USER, password=secrets["mlflow_admin_password"])
+
+    def call(endpoint: str, method: str, ok: tuple[int, ...] = (200,), **kwargs: Any) -> dict[str, Any]:
+        resp = http_request(admin, endpoint, method, max_retries=0, **kwargs)
+        if resp.status_code == 400 and "RESOURCE_ALREADY_EXISTS" in resp.text:  # done on an earlier `up`
+            return {}
+        if resp.status_code not in ok:
+            raise StackError(
+                f"provisioning MLflow's accounts failed: {method} {endpoint} answered {resp.status_code} "
+                f"{resp.text[:300]}; see {settings.stack_dir / 'mlflow.log'}"
+            )
+        return resp.json() if resp.content and resp.status_code == 200 else {}
+
+    for role, user in MLFLOW_USERS.items():
+        password = secrets[f"mlflow_{role}_password"]
+        if call("/api/2.0/mlflow/users/get", "GET", ok=(200, 404), params={"username": user}):
+            call(
+                "/api/2.0/mlflow/users/update-password",
+                "PATCH",
+                json={"username": user, "password": password},
+            )
+        else:
+            call("/api/2.0/mlflow/users/create", "POST", json={"username": user, "password": password})
+    name = settings.mlflow.approvals_experiment
+    found = call(
+        "/api/2.0/mlflow/experiments/get-by-name", "GET", ok=(200, 404), params={"experiment_name": name}
+    )
+    exp_id = (found.get("experiment") or {}).get("experiment_id") or call(
+        "/api/2.0/mlflow/experiments/create", "POST", json={"name": name}
+    )["experiment_id"]
+    for role in ("approver", "auto"):
+        call(
+            "/api/3.0/mlflow/users/permissions/grant",
+            "POST",
+            json={
+                "username": MLFLOW_USERS[role],
+                "resource_type": "experiment",
+                "resource_id": exp_id,
+                "permission": "EDIT",
+            },
+        )
+    ensure_local_keys(settings, [MLFLOW_USERS["approver"], MLFLOW_USERS["auto"]])
 
 
 def write_mosquitto_config(
@@ -296,6 +381,8 @@ class Stack:
                     "-m",
                     "mlflow",
                     "server",
+                    "--app-name",
+                    "basic-auth",
                     "--host",
                     self.host,
                     "--port",
@@ -310,6 +397,10 @@ class Stack:
                 env={
                     "AZURE_STORAGE_CONNECTION_STRING": self.settings.blob_connection_string(),
                     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                    "MLFLOW_AUTH_CONFIG_PATH": str(write_mlflow_auth_config(data)),
+                    "MLFLOW_AUTH_ADMIN_USERNAME": MLFLOW_ADMIN_USER,
+                    "MLFLOW_AUTH_ADMIN_PASSWORD": secrets["mlflow_admin_password"],
+                    "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets["mlflow_flask_secret"],
                 },
                 cwd=data,
             )
@@ -404,6 +495,8 @@ class Stack:
             self._save(state)
             progress(f"starting {service} on {self.url(service, port)}")
         self._wait(order, state, started, progress)
+        if "mlflow" in order:
+            provision_mlflow(self.settings)
         if "azurite" in order:
             self._ensure_containers()
             self._allow_labeling_page()

@@ -29,5 +29,11 @@ def settings_on(
             "api_key": stack.labelstudio_api_key(),
             "project_title": project or f"relabel-{uuid.uuid4().hex[:8]}",
         },
-        mlflow={"tracking_uri": stack.mlflow_tracking_uri()},
+        mlflow=_mlflow_account(stack),
     )
+
+
+def _mlflow_account(stack: Settings) -> dict[str, str | None]:
+    """The stack's MLflow, as the same account ``stack`` uses (the local MLflow refuses anonymous clients)."""
+    user, password = stack.mlflow_credentials() or (None, None)
+    return {"tracking_uri": stack.mlflow_tracking_uri(), "username": user, "password": password}

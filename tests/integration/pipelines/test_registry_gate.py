@@ -1,7 +1,9 @@
-"""The registry and the human gate against the real MLflow (and Azurite) of the test stack."""
+"""The registry and the human gate against the real MLflow (basic auth) and Azurite of the test stack:
+identities the server enforces, signed decisions, deploys and rollbacks that verify them."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeloop.pipelines import registry
+from edgeloop.pipelines import attestation, registry
 from edgeloop.pipelines.evaluation import evaluate_predictions
 from edgeloop.pipelines.gate import GateThresholds, evaluate_rules
 from edgeloop.testing.models import build_linear_model_dir
@@ -51,8 +53,8 @@ def settings(stack_settings):
     )
 
 
-def _register(settings, tmp_path: Path, pred=GOOD, champion=None, seed=0):
-    model = build_linear_model_dir(
+def _register(settings, tmp_path: Path, pred=GOOD, champion=None, seed=0, model: Path | None = None):
+    model = model or build_linear_model_dir(
         tmp_path / f"model-{uuid.uuid4().hex[:6]}", seed=seed, name=settings.mlflow.registered_model
     )
     rep = _report(pred, seed)
@@ -67,11 +69,20 @@ def _register(settings, tmp_path: Path, pred=GOOD, champion=None, seed=0):
     ), rep
 
 
-def _cli(settings, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "EDGELOOP_STATE_DIR": str(settings.state_dir)}
+def _cli(settings, *args: str, **env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "EDGELOOP_STATE_DIR": str(settings.state_dir), **env}
+    for leaked in (
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+    ):  # each command is its own identity
+        env.pop(leaked, None)
     return subprocess.run(
-        [sys.executable, "-m", "edgeloop.cli", *args], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "edgeloop.cli", *args], env=env, capture_output=True, text=True, timeout=180
     )
+
+
+def _approver(settings):
+    return settings.as_mlflow_role("approver")
 
 
 def _wait_in_thread(settings, version: str, timeout_s: float):
@@ -94,7 +105,6 @@ def test_register_wait_and_approve_from_another_process(settings, tmp_path):
     tags = registry.version_tags(settings, reg.version)
     assert tags[registry.APPROVAL] == "pending" and tags["lineage.git_commit"] == "abc123"
     assert tags[registry.EVIDENCE_DIGEST] == rep.digest()
-    # evidence is in the run
     arts = {a.path for a in c.list_artifacts(reg.run_id, "evidence")}
     assert {
         "evidence/evaluation.json",
@@ -105,31 +115,41 @@ def test_register_wait_and_approve_from_another_process(settings, tmp_path):
     } <= arts
     assert c.get_run(reg.run_id).data.metrics["accuracy"] == 1.0
 
-    t, box = _wait_in_thread(settings, reg.version, timeout_s=90)
-    r = _cli(settings, "approve", name, reg.version, "--by", "alice", "--note", "looks good")
+    t, box = _wait_in_thread(settings, reg.version, timeout_s=120)
+    r = _cli(settings, "approve", name, reg.version, "--note", "looks good", "--evidence", rep.digest())
     assert r.returncode == 0, r.stderr
-    t.join(100)
+    t.join(130)
     d = box["decision"]
-    assert d.decision == "approved" and d.by == "alice" and d.mode == "human"
-    assert d.evidence_digest == rep.digest()
+    # the approver is the account MLflow authenticated, not a name anyone typed
+    assert d.decision == "approved" and d.by == "edgeloop-approver" and d.mode == "human"
+    assert d.evidence_digest == rep.digest() and d.note == "looks good"
     tags = registry.version_tags(settings, reg.version)
-    assert tags[registry.APPROVAL_NOTE] == "looks good" and tags[registry.APPROVAL_AT]
-    # a second decision on the same version is refused
-    r2 = _cli(settings, "reject", name, reg.version, "--by", "bob")
-    assert r2.returncode == 2 and "already approved by alice" in r2.stderr
+    assert tags[registry.APPROVAL_BY] == "edgeloop-approver" and tags[registry.APPROVAL_RUN] == d.run_id
+    r2 = _cli(settings, "reject", name, reg.version)
+    assert r2.returncode == 2 and "already approved by edgeloop-approver" in r2.stderr
+
+    v = _cli(settings, "registry", "verify", name, reg.version)
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert "VERIFIED" in v.stdout and "approved by edgeloop-approver (human)" in v.stdout
+    h = _cli(settings, "registry", "history", name, "--json")
+    (entry,) = json.loads(h.stdout)
+    assert entry["approver"] == "edgeloop-approver" and entry["evidence_digest"] == rep.digest()
+    assert entry["signature"].startswith("valid")
 
 
 def test_reject_from_another_process_and_timeout(settings, tmp_path):
     name = settings.mlflow.registered_model
     reg, _ = _register(settings, tmp_path)
-    t, box = _wait_in_thread(settings, reg.version, timeout_s=90)
-    r = _cli(settings, "reject", name, reg.version, "--by", "carol", "--note", "stains look off")
+    t, box = _wait_in_thread(settings, reg.version, timeout_s=120)
+    r = _cli(settings, "reject", name, reg.version, "--note", "stains look off")
     assert r.returncode == 0, r.stderr
-    t.join(100)
-    assert box["decision"].decision == "rejected" and box["decision"].by == "carol"
+    t.join(130)
+    assert box["decision"].decision == "rejected" and box["decision"].by == "edgeloop-approver"
     tags = registry.version_tags(settings, reg.version)
     assert tags[registry.REJECTED] == "true" and "stains look off" in tags[registry.REJECTED_REASONS]
     assert registry._alias_version(registry.client(settings), name, registry.CANDIDATE) is None
+    v = _cli(settings, "registry", "verify", name, reg.version)
+    assert v.returncode == 1 and "rejected by edgeloop-approver" in v.stdout
 
     reg2, _ = _register(settings, tmp_path, seed=1)
     d = registry.wait_for_decision(settings, reg2.version, timeout_s=1.0, poll_s=0.2)
@@ -138,31 +158,144 @@ def test_reject_from_another_process_and_timeout(settings, tmp_path):
     assert (
         tags[registry.APPROVAL_MODE] == "timeout" and "no decision within 1 s" in tags[registry.APPROVAL_NOTE]
     )
+    history = registry.history(settings)
+    assert [(e.version, e.decision, e.mode) for e in history] == [
+        (reg.version, "rejected", "human"),
+        (reg2.version, "rejected", "timeout"),
+    ]
 
 
-def test_approval_by_mlflow_ui_tag_is_recorded(settings, tmp_path):
+def test_anonymous_clients_get_401_and_the_pipeline_cannot_approve_403(settings, tmp_path):
+    import urllib.error
+    import urllib.request
+
+    uri = settings.mlflow_tracking_uri()
+    req = urllib.request.Request(
+        f"{uri}/api/2.0/mlflow/experiments/create",
+        data=b'{"name": "anonymous"}',
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    assert e.value.code == 401
+
+    reg, _ = _register(settings, tmp_path)
     name = settings.mlflow.registered_model
-    reg, rep = _register(settings, tmp_path)
+    # even holding an approver's signing key, the pipeline's account cannot file a decision: MLflow says 403
+    stolen = settings.model_copy(
+        update={
+            "approvals": settings.approvals.model_copy(update={"signing_key": _key_of(settings, "approver")})
+        }
+    )
+    with pytest.raises(registry.RegistryError, match=r"403.*edgeloop-pipeline may not write"):
+        registry.record_decision(stolen, reg.version, "approved")
+    user, password = settings.mlflow_credentials("pipeline")
+    r = _cli(
+        settings,
+        "approve",
+        name,
+        reg.version,
+        EDGELOOP_MLFLOW__USERNAME=user,
+        EDGELOOP_MLFLOW__PASSWORD=password,
+        EDGELOOP_APPROVALS__SIGNING_KEY=str(_key_of(settings, "approver")),
+    )
+    assert r.returncode == 2 and "403" in r.stderr, r.stderr
+    assert registry.decision_records(settings, reg.version) == []
+    assert not registry.verify_version(settings, reg.version).ok
+
+
+def _key_of(settings, role: str) -> Path:
+    from edgeloop.core.config import MLFLOW_USERS
+
+    return attestation.local_keys_dir(settings) / f"{MLFLOW_USERS[role]}.pem"
+
+
+def test_hand_set_tags_and_untrusted_signatures_approve_nothing(settings, tmp_path):
+    from edgeloop.pipelines.deploy import DeployFailed, deploy_version
+
+    name = settings.mlflow.registered_model
+    reg, _ = _register(settings, tmp_path)
     c = registry.client(settings)
     c.set_model_version_tag(name, reg.version, "approval.by", "dana")
-    c.set_model_version_tag(name, reg.version, "approval", "approved")  # what a reviewer does in the UI
-    d = registry.wait_for_decision(settings, reg.version, timeout_s=30, poll_s=0.2)
-    assert (
-        d.decision == "approved"
-        and d.by == "dana"
-        and d.mode == "mlflow-ui"
-        and d.evidence_digest == rep.digest()
+    c.set_model_version_tag(name, reg.version, "approval", "approved")  # what a reviewer could do in the UI
+    v = registry.verify_version(settings, reg.version)
+    assert not v.ok and "approval=approved is not a decision" in v.checks[0].detail
+    with pytest.raises(DeployFailed, match="no valid approval"):
+        deploy_version(
+            settings, reg.version, deploy_target="gitops", gitops_dir=tmp_path / "g", validate=False
+        )
+    assert not (tmp_path / "g").exists() and registry.champion_version(settings) is None
+
+    # an approver account signing with a key nobody trusted files a record that counts for nothing
+    rogue = tmp_path / "rogue.pem"
+    attestation.generate_key(rogue)
+    untrusted = _approver(settings).model_copy(
+        update={"approvals": settings.approvals.model_copy(update={"signing_key": rogue})}
     )
-    assert registry.version_tags(settings, reg.version)[registry.APPROVAL_AT]
+    registry.record_decision(untrusted, reg.version, "approved")
+    (record,) = registry.decision_records(settings, reg.version)
+    assert not record.valid and "not by 'edgeloop-approver''s trusted key" in record.signature
+    assert not registry.verify_version(settings, reg.version).ok
+    d = registry.wait_for_decision(settings, reg.version, timeout_s=1.0, poll_s=0.2)
+    assert d.decision == "rejected" and d.mode == "timeout"
+    assert registry.history(settings)[0].signature.startswith("INVALID")
 
 
-def test_worse_than_champion_is_rejected_then_deploy_and_rollback(settings, tmp_path):
+def test_a_card_or_file_changed_after_approval_fails_verify_and_deploy(settings, tmp_path):
+    import mlflow
+
+    from edgeloop.core.blob import BlobStore, BlobUri
+    from edgeloop.core.model_card import ModelCard
+    from edgeloop.pipelines.deploy import DeployFailed, deploy_version
+
+    name = settings.mlflow.registered_model
+    model = build_linear_model_dir(tmp_path / "m", name=name)
+    reg, _ = _register(settings, tmp_path, model=model)
+    registry.record_decision(_approver(settings), reg.version, "approved", note="ok")
+    assert registry.verify_version(settings, reg.version).ok
+
+    # the deployable copy: model.onnx rewritten in blob storage after the approval
+    store = BlobStore.from_settings(settings)
+    u = BlobUri.parse(reg.storage_uri)
+    onnx = BlobUri(u.container, f"{u.path}/model.onnx")
+    original = (model / "model.onnx").read_bytes()
+    tampered = tmp_path / "model.onnx"
+    tampered.write_bytes(original + b"\0")
+    store.upload_file(onnx, tampered)
+    v = registry.verify_version(settings, reg.version)
+    failed = {c.name for c in v.checks if not c.ok}
+    assert failed == {"deployable copy"}, v.checks
+    with pytest.raises(DeployFailed, match="deployable copy"):
+        deploy_version(
+            settings, reg.version, deploy_target="gitops", gitops_dir=tmp_path / "g", validate=False
+        )
+    (tmp_path / "orig.onnx").write_bytes(original)
+    store.upload_file(onnx, tmp_path / "orig.onnx")
+    assert registry.verify_version(settings, reg.version).ok
+
+    # the MLflow copy: a card whose labels were swapped (its file digests still match the file)
+    card = ModelCard.load(model)
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    card.model_copy(update={"labels": list(reversed(card.labels))}).save(edited)
+    registry.client(settings)
+    with mlflow.start_run(run_id=reg.run_id):
+        mlflow.log_artifact(str(edited / "model_card.json"), registry.MODEL_DIR)
+    v = registry.verify_version(settings, reg.version)
+    assert {c.name for c in v.checks if not c.ok} == {"model files in MLflow"}
+    r = _cli(settings, "registry", "verify", name, reg.version)
+    assert r.returncode == 1 and "[FAIL] model files in MLflow" in r.stdout
+
+
+def test_deploy_verifies_and_rollback_refuses_unapproved_targets(settings, tmp_path):
     from edgeloop.pipelines.deploy import deploy_version, rollback_and_deploy
 
     name = settings.mlflow.registered_model
     gitops = tmp_path / "gitops"
     v1, champion_report = _register(settings, tmp_path)
-    registry.wait_for_decision(settings, v1.version, 10, auto_approve=True, run_name="test")
+    d1 = registry.wait_for_decision(settings, v1.version, 10, auto_approve=True, run_name="test")
+    assert d1.by == "edgeloop-auto" and d1.mode == "auto"
     res = deploy_version(settings, v1.version, deploy_target="gitops", gitops_dir=gitops, validate=False)
     assert res.target == f"gitops:{gitops}" and res.previous_champion is None
     isvc = next(gitops.glob("inferenceservice-*.yaml")).read_text()
@@ -177,14 +310,58 @@ def test_worse_than_champion_is_rejected_then_deploy_and_rollback(settings, tmp_
     assert tags[registry.REJECTED] == "true" and "recall[stain]" in tags[registry.REJECTED_REASONS]
     assert registry._alias_version(registry.client(settings), name, registry.CANDIDATE) is None
     with pytest.raises(registry.RegistryError, match="did not pass the automatic gate"):
-        registry.record_decision(settings, worse.version, "approved", by="eve")
-    with pytest.raises(registry.RegistryError, match="not approved"):
+        registry.record_decision(_approver(settings), worse.version, "approved")
+    with pytest.raises(registry.UnverifiedVersion, match="not promoted to champion"):
         registry.promote_champion(settings, worse.version, "nowhere")
 
     v3, _ = _register(settings, tmp_path, seed=3)
-    registry.record_decision(settings, v3.version, "approved", by="frank")
+    registry.record_decision(_approver(settings), v3.version, "approved")
     res3 = deploy_version(settings, v3.version, deploy_target="gitops", gitops_dir=gitops, validate=False)
     assert res3.previous_champion == v1.version and registry.champion_version(settings) == v3.version
-    old, new, where = rollback_and_deploy(settings, deploy_target="gitops", gitops_dir=gitops)
+    assert v3.model_digest in next(gitops.glob("inferenceservice-*.yaml")).read_text()
+
+    pending, _ = _register(settings, tmp_path, seed=4)  # never approved
+    for target, why in ((worse.version, "rejected"), (pending.version, "no signed approval")):
+        with pytest.raises(registry.UnverifiedVersion, match=why):
+            rollback_and_deploy(settings, deploy_target="gitops", gitops_dir=gitops, to=target)
+        r = _cli(settings, "rollback", name, "--to", target, "--no-deploy")
+        assert r.returncode == 2 and why in r.stderr
+    assert registry.champion_version(settings) == v3.version
+    assert v3.model_digest in next(gitops.glob("inferenceservice-*.yaml")).read_text()
+
+    old, new, _ = rollback_and_deploy(settings, deploy_target="gitops", gitops_dir=gitops)
     assert (old, new) == (v3.version, v1.version) and registry.champion_version(settings) == v1.version
     assert v1.model_digest in next(gitops.glob("inferenceservice-*.yaml")).read_text()
+
+
+def test_registering_the_same_model_again_links_to_its_version(settings, tmp_path):
+    name = settings.mlflow.registered_model
+    model = build_linear_model_dir(tmp_path / "m", name=name)
+    first, _ = _register(settings, tmp_path, model=model)
+    registry.wait_for_decision(settings, first.version, 10, auto_approve=True)
+    again, _ = _register(settings, tmp_path, model=model)  # a re-run over unchanged labels
+    assert again.reused and again.version == first.version and again.model_digest == first.model_digest
+    versions = registry.client(settings).search_model_versions(f"name = '{name}'")
+    assert [mv.version for mv in versions] == [first.version]
+    # the re-run's approval step finds the decision already made, and files no second one
+    d = registry.wait_for_decision(settings, again.version, 1.0, auto_approve=True)
+    assert d.decision == "approved" and d.mode == "auto"
+    assert len(registry.decision_records(settings, first.version)) == 1
+
+
+def test_auto_approval_needs_the_local_stack(settings, tmp_path):
+    from pydantic import SecretStr
+
+    reg, _ = _register(settings, tmp_path)
+    user, password = settings.mlflow_credentials()
+    own_server = settings.mlflow.model_copy(
+        update={
+            "tracking_uri": settings.mlflow_tracking_uri(),
+            "username": user,
+            "password": SecretStr(password),
+        }
+    )
+    remote = settings.model_copy(update={"mlflow": own_server})
+    with pytest.raises(registry.RegistryError, match="only with the local runner"):
+        registry.wait_for_decision(remote, reg.version, 1.0, auto_approve=True)
+    assert registry.decision_records(settings, reg.version) == []

@@ -33,22 +33,11 @@ def test_render_to_stdout_and_to_gitops_dir(rendered_overlays, tmp_path):
     assert objs[0]["spec"]["predictor"]["model"]["storageUri"] == STORAGE
 
     out = tmp_path / "gitops"
-    res = r.invoke(
-        deploy,
-        [
-            "render",
-            "edgeloop-inspection",
-            "7",
-            "--storage-uri",
-            STORAGE,
-            "--digest",
-            DIGEST,
-            "--image-tag",
-            "0.2.0",
-            "-o",
-            str(out),
-        ],
-    )
+    release = ["render", "edgeloop-inspection", "7", "--storage-uri", STORAGE, "--digest", DIGEST]
+    release += ["--image-tag", "0.2.0", "-o", str(out)]
+    res = r.invoke(deploy, release)  # a release is written only for a verified approval, or on purpose
+    assert res.exit_code == 2 and "--verified" in res.output and not out.exists()
+    res = r.invoke(deploy, [*release, "--unverified"])
     assert res.exit_code == 0, res.output
     isvc = yaml.safe_load((out / "inferenceservice-edgeloop-edgeloop-inspection.yaml").read_text())
     assert isvc["spec"]["predictor"]["model"]["runtimeVersion"] == "0.2.0"
@@ -79,7 +68,7 @@ def test_validate_command(tmp_path, rendered_overlays):
     r = CliRunner()
     res = r.invoke(deploy, ["validate", "--overlay", "edge-cpu", "--overlay", "keda"])
     assert res.exit_code == 0, res.output
-    assert "overlay edge-cpu: 23 objects, OK" in res.output
+    assert "overlay edge-cpu: 24 objects, OK" in res.output
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(

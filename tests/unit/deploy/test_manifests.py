@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import yaml
@@ -137,8 +138,23 @@ def test_security_posture(overlay, rendered_overlays):
     assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in role["rules"])
     assert not any("secrets" in r["resources"] for r in role["rules"])
     text = yaml.safe_dump_all(objs)
-    for secret in ("edgeloop-blob", "edgeloop-mlflow", "edgeloop-labelstudio"):
+    for secret in (
+        "edgeloop-blob",
+        "edgeloop-mlflow-trainer",
+        "edgeloop-mlflow-monitor",
+        "edgeloop-labelstudio",
+    ):
         assert f"name: {secret}" in text
+
+
+def test_each_role_has_its_own_mlflow_account_and_trusted_keys_are_configured(rendered_overlays):
+    objs = rendered_overlays["edge-cpu"]
+    text = {o["kind"]: yaml.safe_dump(o) for o in objs if o["kind"] in ("CronJob", "TrainingRuntime")}
+    assert "edgeloop-mlflow-monitor" in text["CronJob"] and "edgeloop-mlflow-trainer" not in text["CronJob"]
+    assert "edgeloop-mlflow-trainer" in text["TrainingRuntime"] and "-monitor" not in text["TrainingRuntime"]
+    assert "name: edgeloop-mlflow," not in yaml.safe_dump_all(objs)  # no MLflow identity shared by roles
+    trust = _one(objs, "ConfigMap", "edgeloop-trusted-approvers")
+    assert json.loads(trust["data"]["trusted-keys.json"]) == {}  # nobody is trusted until configured
 
 
 # -- validation must fail on broken manifests -------------------------------------------
