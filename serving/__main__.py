@@ -61,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intra_op_threads", type=int, default=0, help="ONNX Runtime threads per run (0 = cores)")
     p.add_argument("--ort_spinning", type=flag, default=False)
     p.add_argument(
-        "--ort_sessions", type=int, default=1, help="ONNX Runtime sessions per version, each cores/N threads"
+        "--ort_sessions",
+        type=int,
+        default=0,
+        help="ONNX Runtime sessions per version on the CPU, each cores/N threads (0 = one per core)",
     )
     p.add_argument(
         "--providers",
@@ -172,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
             max_queue_rows=args.max_queue_rows,
             concurrent_batches=args.concurrent_batches,
             direct_concurrency=args.concurrent_batches,
-            sessions=max(1, args.ort_sessions),
+            sessions=max(0, args.ort_sessions),
         ),
         limits=LimitOptions(
             max_request_bytes=int(args.max_request_mb * 1024 * 1024),

@@ -69,11 +69,11 @@ def _plain_argv() -> Iterator[None]:
 )
 @click.option(
     "--ort-sessions",
-    default=1,
+    default=0,
     show_default=True,
-    type=click.IntRange(min=1),
-    help="ONNX Runtime sessions per model version, side by side, each with cores/N threads "
-    "(with --threads 0); batches run on them in parallel.",
+    type=click.IntRange(min=0),
+    help="ONNX Runtime sessions per model version on the CPU, side by side, each with cores/N threads "
+    "(with --threads 0); batches run on them in parallel. 0 = one per core, 1 = one over all cores.",
 )
 @click.option(
     "--providers",

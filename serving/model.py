@@ -159,11 +159,10 @@ def load_version(
     model_name: str | None = None,
     version: str | None = None,
     expected_digest: tuple[str, ...] = (),
-    sessions: int = 1,
+    sessions: int = 0,
 ) -> LoadedVersion:
     """Verify every file against the card (and the card against every pinned ``expected_digest``),
-    open an ONNX Runtime session (``sessions`` of them, each with an equal share of the threads when
-    ``intra_op_threads`` is 0), check the I/O, warm it up.
+    open its ONNX Runtime sessions (:func:`_open_sessions`), check the I/O, warm it up.
 
     Verification and the session are :mod:`edgeloop.core.model_loader`'s (the rule every consumer
     applies). Raises :class:`IntegrityRefusedError` (and counts it) when the files fail it,
@@ -185,14 +184,9 @@ def load_version(
         raise IntegrityRefusedError(
             f"model {name} version {version or card.version or '?'} refused: {e.reason}"
         ) from e
-    if sessions > 1 and not ort_settings.intra_op_threads:
-        ort_settings = dataclasses.replace(
-            ort_settings, intra_op_threads=max(1, available_cpus() // sessions)
-        )
     try:
-        source = verified.session_source()
-        session, info = open_session(source, ort_settings)
-        pool = [session] + [open_session(source, ort_settings)[0] for _ in range(sessions - 1)]
+        pool, info = _open_sessions(verified.session_source(), ort_settings, sessions)
+        session = pool[0]
     except Exception as e:
         metrics.LOAD_FAILURES.labels(name, "onnx").inc()
         raise ModelLoadError(
@@ -211,7 +205,7 @@ def load_version(
         output_names=output_names,
         load_seconds=0.0,
         labels=np.array([lbl.encode() for lbl in card.labels], dtype=object),
-        sessions=pool if sessions > 1 else [],
+        sessions=pool if len(pool) > 1 else [],
     )
     for sess in pool:  # warm-up: the first run allocates
         sess.run(output_names, {card.input_name: np.zeros((1, 3, pre.size, pre.size), dtype=np.float32)})
@@ -225,6 +219,21 @@ def load_version(
         lv.digest[:12],
     )
     return lv
+
+
+def _open_sessions(source: Any, ort_settings: OrtSettings, sessions: int) -> tuple[list[Any], SessionInfo]:
+    """``sessions`` sessions on the CPU (0 = one per core), each with cores/N threads unless
+    threads are set; a GPU provider gets one session (it schedules its own work)."""
+    n = sessions or available_cpus()
+    split = ort_settings
+    if n > 1 and not ort_settings.intra_op_threads:
+        split = dataclasses.replace(ort_settings, intra_op_threads=max(1, available_cpus() // n))
+    first, info = open_session(source, split)
+    if info.provider != "CPUExecutionProvider":
+        if split is not ort_settings:  # its CPU fallback nodes keep every core
+            first, info = open_session(source, ort_settings)
+        return [first], info
+    return [first] + [open_session(source, split)[0] for _ in range(n - 1)], info
 
 
 def _check_io(session: Any, card: ModelCard, name: str) -> list[str]:

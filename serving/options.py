@@ -24,9 +24,10 @@ class BatchingOptions:
     concurrent_batches: int = 2
     # With batching off: how many requests run ONNX Runtime at once.
     direct_concurrency: int = 2
-    # ONNX Runtime sessions per version, each with cores/sessions threads, one per runner thread;
-    # 1 = one session whose threads span the cores (benchmarks/serving_bench.py compares both).
-    sessions: int = 1
+    # ONNX Runtime sessions per version on the CPU, each with cores/sessions threads, one per runner
+    # thread; 0 = one per core, 1 = one session whose threads span the cores. One per core measured
+    # best on 2 cores (benchmarks/serving_bench.py measures both layouts side by side).
+    sessions: int = 0
 
 
 @dataclass
