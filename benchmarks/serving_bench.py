@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the median is kept")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is kept")
     ap.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
     ap.add_argument("--out", type=Path, default=RESULTS / "serving.json")
     args = ap.parse_args(argv)
