@@ -198,7 +198,7 @@ def await_approval(
     pipeline_run: str,
     config_file: str,
 ) -> str:
-    """Wait for a person's decision (edgeloop approve/reject or the MLflow tag); returns approved|rejected.
+    """Wait for an approver's signed decision (edgeloop approve/reject); returns approved|rejected.
     A version that failed the automatic gate is rejected at once (never shown for approval)."""
     from edgeloop.pipelines.tasks import await_approval_task
 
