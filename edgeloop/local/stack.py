@@ -161,6 +161,11 @@ def provision_mlflow(settings: Settings) -> None:
             )
         return resp.json() if resp.content and resp.status_code == 200 else {}
 
+    if http_request(admin, "/api/2.0/mlflow/users/current", "GET", max_retries=0).status_code == 404:
+        raise StackError(
+            f"the MLflow at {uri} runs without authentication (started by an older edgeloop): restart it "
+            "with `edgeloop stack down` then `edgeloop stack up` (your runs and models are kept)"
+        )
     for role, user in MLFLOW_USERS.items():
         password = secrets[f"mlflow_{role}_password"]
         if call("/api/2.0/mlflow/users/get", "GET", ok=(200, 404), params={"username": user}):
