@@ -215,10 +215,19 @@ class BlobDeliveryLease:
 class RelabelQueue:
     """Outbox, ledger and dead letters in one sqlite file; delivery into one Label Studio project per title."""
 
-    def __init__(self, path: Path | str, max_failures: int = MAX_FAILURES, use_blob_lease: bool = True):
+    def __init__(
+        self,
+        path: Path | str,
+        max_failures: int = MAX_FAILURES,
+        use_blob_lease: bool = True,
+        lease_s: int = 60,
+    ):
+        """``lease_s``: how long the delivery lease lasts unless renewed (15-60 s): how long a delivery
+        killed while holding it keeps the others waiting."""
         self.path = Path(path)
         self.max_failures = max_failures
         self.use_blob_lease = use_blob_lease
+        self.lease_s = lease_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.executescript(_SCHEMA)
@@ -383,7 +392,9 @@ class RelabelQueue:
         if not self.use_blob_lease:
             yield None
             return
-        lease = BlobDeliveryLease(BlobStore.from_settings(settings), settings.blob.payloads_container)
+        lease = BlobDeliveryLease(
+            BlobStore.from_settings(settings), settings.blob.payloads_container, duration_s=self.lease_s
+        )
         with lease.hold():
             yield lease
 

@@ -122,7 +122,7 @@ _MONITOR = textwrap.dedent(
         return ids
 
     lsx.import_tasks = import_then_die
-    RelabelQueue.for_settings(settings).deliver(settings, chunk=5)
+    RelabelQueue.for_settings(settings, lease_s=15).deliver(settings, chunk=5)
     """
 )
 
@@ -131,7 +131,7 @@ def test_monitor_killed_mid_delivery(fault_stack, tmp_path, fault_log):
     state = tmp_path / "state"
     settings = settings_on(fault_stack, state)
     project = settings.labelstudio.project_title
-    queue = RelabelQueue.for_settings(settings)
+    queue = RelabelQueue.for_settings(settings, lease_s=15)  # the shortest lease Azure Blob allows
     items = _items(20)
     assert queue.enqueue(project, items).enqueued == 20
     killed = subprocess.run(
@@ -148,7 +148,7 @@ def test_monitor_killed_mid_delivery(fault_stack, tmp_path, fault_log):
     t0 = time.monotonic()
     report = queue.deliver(settings, chunk=5)  # the restarted monitor
     while report.lease_busy and time.monotonic() - t0 < 120:
-        # the killed process held the cross-node delivery lease: it lapses on its own (60 s at most)
+        # the killed process held the cross-node delivery lease: it lapses on its own (lease_s at most)
         time.sleep(2)
         report = queue.deliver(settings, chunk=5)
     deliver_s = time.monotonic() - t0
@@ -158,7 +158,7 @@ def test_monitor_killed_mid_delivery(fault_stack, tmp_path, fault_log):
     fault_log.record(
         "monitor",
         outcome="items stay in the relabel outbox (sqlite, synchronous=FULL) until the ledger records "
-        "them; the next delivery waits for the killed one's blob lease to lapse (<= 60 s), then finds "
+        "them; the next delivery waits for the killed one's blob lease to lapse (15-60 s, here 15), then finds "
         "tasks by sha256, so nothing is queued twice or lost",
         items=len(items),
         items_lost=0,
