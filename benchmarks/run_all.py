@@ -16,6 +16,7 @@ BENCHMARKS = {
     "serving": "benchmarks.serving_bench",
     "stream": "benchmarks.stream_bench",
     "training": "benchmarks.training_steps",
+    "batch": "benchmarks.batch_bench",
 }
 
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     summary: dict[str, str] = {}
     for name in args.only or list(BENCHMARKS):
-        if name == "training" and not _stack_ready():
+        if name in ("training", "batch") and not _stack_ready():
             summary[name] = "skipped: the local stack is not running (run `make up` and `edgeloop data seed`)"
             continue
         print(f"\n=== {name} ===", flush=True)

@@ -267,10 +267,14 @@ def resolve_model(
 
 
 # -- scoring ----------------------------------------------------------------------------------------------------
-def shard_done(store: BlobStore, plan: BatchPlan, shard: Shard) -> bool:
-    from edgeloop.core.blob import BlobUri
-
-    return store.exists(BlobUri(plan.out_container, plan.blob(f"{shard.stem}.done")))
+def finished_shards(store: BlobStore, plan: BatchPlan) -> set[int]:
+    """Indices of the shards whose marker exists (one listing, not one request per shard)."""
+    prefix = plan.blob("shards/")
+    return {
+        int(name[len(prefix) :].removesuffix(".done"))
+        for name in store.list(plan.out_container, prefix)
+        if name.endswith(".done") and name[len(prefix) :].removesuffix(".done").isdigit()
+    }
 
 
 def _decode(data: bytes) -> np.ndarray:
@@ -369,8 +373,9 @@ def score_shards(
     results: list[ShardResult] = []
     runner: Any = None
     stats_size = 0
+    finished = finished_shards(store, plan)
     for shard in wanted:
-        if shard_done(store, plan, shard):
+        if shard.index in finished:
             r = ShardResult(shard.index, len(shard.blobs), 0, 0, 0.0, skipped=True)
         else:
             if runner is None:
@@ -412,7 +417,8 @@ def summarize_batch(
     from edgeloop.core.blob import BlobStore, BlobUri
 
     store = store or BlobStore.from_settings(settings)
-    missing = [s.index for s in plan.shards if not shard_done(store, plan, s)]
+    finished = finished_shards(store, plan)
+    missing = [s.index for s in plan.shards if s.index not in finished]
     if missing:
         raise BatchError(
             f"{len(missing)} shards are not finished (first: {missing[0]}): run the same batch score again"
