@@ -502,6 +502,10 @@ def import_model(
             f"{dataset_dir} is not an edgeloop dataset (no index.jsonl): build one from your labels with "
             "`edgeloop labels import` then `edgeloop dataset build`"
         )
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "model_card.json").is_file():
+        raise ModelImportError(
+            f"{out_dir} exists and is not a model directory (it would be replaced): choose a new --out"
+        )
     work = Path(tempfile.mkdtemp(prefix="edgeloop-import-"))
     try:
         say("validating the graph")

@@ -42,6 +42,11 @@ def test_import_refuses_a_dataset_it_cannot_use(tmp_path):
     (ds / "index.jsonl").write_text(json.dumps(row) + "\n")
     with pytest.raises(ModelImportError, match=r"labels the model does not know: \['rust'\]"):
         import_model(None, raw, spec, ds, tmp_path / "out", register=False)
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "notes.txt").write_text("mine")
+    with pytest.raises(ModelImportError, match="not a model directory"):
+        import_model(None, raw, spec, ds, tmp_path / "keep", register=False)
+    assert (tmp_path / "keep" / "notes.txt").read_text() == "mine"
 
 
 def test_cli_flags_are_checked_before_any_work(tmp_path):
