@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -67,10 +68,22 @@ def test_broker_killed_mid_stream_loses_no_result(
 
     kill_service(fault_stack, "mosquitto")
     killed = time.monotonic()
+    # the broker loses its sessions with the SIGKILL: a consumer subscribes again as soon as it is back
+    consumers = []
+
+    def resubscribe() -> None:
+        while not consumers and time.monotonic() - killed < 60:
+            try:
+                consumers.append(subscribe(host, port, topic, reader))
+            except OSError:
+                time.sleep(0.02)
+
     time.sleep(1.0)  # results keep coming while the broker is gone
+    waiter = threading.Thread(target=resubscribe)
+    waiter.start()
     restart_s = restart_service(fault_stack, "mosquitto")
-    # the broker lost its sessions with the SIGKILL: a consumer connects again
-    after = subscribe(host, port, topic, reader)
+    waiter.join()
+    (after,) = consumers
     assert _wait(lambda: sink.connected, 30), "the publisher did not reconnect"
     reconnected_s = time.monotonic() - killed
     assert _wait(proc.sources_done, 30)
