@@ -81,6 +81,7 @@ def wrk(
                 "-t1",
                 f"-c{connections}",
                 f"-d{max(1, round(seconds))}s",
+                *("--timeout", "60s"),  # wrk's 2 s default drops slow answers on a busy box
                 "-s",
                 str(lua),
                 "--latency",
