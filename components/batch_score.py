@@ -185,7 +185,8 @@ def list_images(
     store: BlobStore, container: str, prefix: str, exclude: str = ""
 ) -> tuple[list[str], list[str]]:
     """(image blob names, other blob names) under ``prefix``, sorted; names under ``exclude`` left out."""
-    images, other = [], []
+    images: list[str] = []
+    other: list[str] = []
     for name in store.list(container, prefix):
         if exclude and name.startswith(exclude + "/"):
             continue

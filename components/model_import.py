@@ -328,7 +328,7 @@ def import_onnx(source: Path | str, out_dir: Path | str, spec: ImportSpec) -> tu
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MODEL_FILE).write_bytes(model.SerializeToString())
-    preprocessing = PreprocessConfig(size=size, mean=tuple(spec.mean), std=tuple(spec.std))
+    preprocessing = PreprocessConfig(size=size, mean=spec.mean, std=spec.std)
     embedding_dim, more = _run_checks(out / MODEL_FILE, preprocessing, k, spec, probs_info.name, emb_name)
     checks += more
     precision = detect_precision(model)
@@ -424,13 +424,13 @@ def _run_checks(
             "no embedding output: monitoring runs without embedding MMD and the out-of-distribution flag"
         )
         return None, checks
-    e = np.asarray(result[1])
-    if e.ndim != 2 or e.shape[0] != 2 or e.shape[1] == 0:
+    vectors = np.asarray(result[1])
+    if vectors.ndim != 2 or vectors.shape[0] != 2 or vectors.shape[1] == 0:
         raise ModelImportError(
-            f"output {emb!r} gives shape {list(e.shape)}; an embedding is one vector per image"
+            f"output {emb!r} gives shape {list(vectors.shape)}; an embedding is one vector per image"
         )
-    checks.append(f"output {emb!r} -> embedding [N, {e.shape[1]}]")
-    return int(e.shape[1]), checks
+    checks.append(f"output {emb!r} -> embedding [N, {vectors.shape[1]}]")
+    return int(vectors.shape[1]), checks
 
 
 # -- the whole path -------------------------------------------------------------------------------------------------
