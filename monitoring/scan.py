@@ -323,7 +323,7 @@ def run_detectors(profile: ReferenceProfile, window: Window, options: ScanOption
             mmd.p_val,
             float("nan"),
             0,
-            len(window.records),
+            len(window.probabilities),
             {"skipped": f"off: {NO_EMBEDDING}"},
         )
     )
