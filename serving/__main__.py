@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ort_sessions",
         type=int,
-        default=0,
+        default=1,
         help="ONNX Runtime sessions per version on the CPU, each cores/N threads (0 = one per core)",
     )
     p.add_argument(

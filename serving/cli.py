@@ -69,7 +69,7 @@ def _plain_argv() -> Iterator[None]:
 )
 @click.option(
     "--ort-sessions",
-    default=0,
+    default=1,
     show_default=True,
     type=click.IntRange(min=0),
     help="ONNX Runtime sessions per model version on the CPU, side by side, each with cores/N threads "

@@ -159,7 +159,7 @@ def load_version(
     model_name: str | None = None,
     version: str | None = None,
     expected_digest: tuple[str, ...] = (),
-    sessions: int = 0,
+    sessions: int = 1,
 ) -> LoadedVersion:
     """Verify every file against the card (and the card against every pinned ``expected_digest``),
     open its ONNX Runtime sessions (:func:`_open_sessions`), check the I/O, warm it up.

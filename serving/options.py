@@ -25,9 +25,10 @@ class BatchingOptions:
     # With batching off: how many requests run ONNX Runtime at once.
     direct_concurrency: int = 2
     # ONNX Runtime sessions per version on the CPU, each with cores/sessions threads, one per runner
-    # thread; 0 = one per core, 1 = one session whose threads span the cores. One per core measured
-    # best on 2 cores (benchmarks/serving_bench.py measures both layouts side by side).
-    sessions: int = 0
+    # thread; 0 = one per core, 1 = one session whose threads span the cores. Bare ONNX Runtime is
+    # faster one per core on 2 cores, served REST too, served gRPC not (benchmarks/serving_bench.py
+    # measures both side by side): choose on the target.
+    sessions: int = 1
 
 
 @dataclass

@@ -117,13 +117,13 @@ def test_one_table_maps_errors_to_statuses(exc, http, code):
         assert "secret" not in errors.public_message(exc)
 
 
-def test_by_default_one_session_per_core_and_one_session_on_request(tiny_dirs):
+def test_one_session_by_default_and_one_per_core_on_request(tiny_dirs):
     from edgeloop.core.model_loader import available_cpus
 
-    per_core = load_version(tiny_dirs["1"], OrtSettings(), version="1")
+    single = load_version(tiny_dirs["1"], OrtSettings(), version="1")
+    assert single.describe()["sessions"] == 1
+    per_core = load_version(tiny_dirs["1"], OrtSettings(), version="1", sessions=0)
     assert per_core.describe()["sessions"] == available_cpus()
     x = np.zeros((2, 3, per_core.size, per_core.size), np.float32)
-    single = load_version(tiny_dirs["1"], OrtSettings(), version="1", sessions=1)
-    assert single.describe()["sessions"] == 1
     np.testing.assert_allclose(per_core.run(x, full=False)[0], single.run(x)[0], atol=1e-6)
     assert len(per_core.run(x, full=False)) == 1 and len(single.run(x)) == 2
