@@ -288,6 +288,7 @@ def test_a_card_or_file_changed_after_approval_fails_verify_and_deploy(settings,
     assert r.returncode == 1 and "[FAIL] model files in MLflow" in r.stdout
 
 
+@pytest.mark.slow
 def test_deploy_verifies_and_rollback_refuses_unapproved_targets(settings, tmp_path):
     from edgeloop.pipelines.deploy import deploy_version, rollback_and_deploy
 
