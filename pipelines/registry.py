@@ -294,6 +294,9 @@ def _link_existing(settings: Settings, version: str, pipeline_run: str) -> Regis
     if pipeline_run:
         c.set_model_version_tag(name, version, LAST_PIPELINE_RUN, pipeline_run)
     passed = tags.get(GATE) == "passed"
+    if passed and tags.get(APPROVAL) == PENDING and _alias_version(c, name, CANDIDATE) != version:
+        # The step that registered it was killed before the alias moved: finish that step.
+        c.set_registered_model_alias(name, CANDIDATE, version)
     log.info(
         "model %s... is already registered as %s version %s: linking to it, no new version",
         tags.get(MODEL_DIGEST, "")[:12],

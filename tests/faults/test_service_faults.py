@@ -238,17 +238,6 @@ _STEP = textwrap.dedent(
 )
 
 
-def _registration_dedupes() -> bool:
-    from edgeloop.pipelines.registry import Registered
-
-    return "reused" in getattr(Registered, "__dataclass_fields__", {})
-
-
-@pytest.mark.xfail(
-    not _registration_dedupes(),
-    reason="registry deduplication by model digest (issue #15) has not landed",
-    strict=False,
-)
 def test_pipeline_step_killed_then_rerun_registers_one_version(fault_stack, tmp_path, fault_log):
     import numpy as np
     from mlflow.tracking import MlflowClient
@@ -304,12 +293,8 @@ def test_pipeline_step_killed_then_rerun_registers_one_version(fault_stack, tmp_
         rerun_s=round(rerun_s, 2),
     )
     aliases = client.get_registered_model(name).aliases or {}
-    if str(aliases.get(registry.CANDIDATE)) != again.version:
-        pytest.xfail(
-            "the step was killed between create_model_version and setting the 'candidate' alias; the "
-            "re-run links the version (registry._link_existing, issue #15) but does not set the alias, "
-            "so the gate-passing model never reaches a reviewer"
-        )
+    # Killed between create_model_version and the alias: the re-run finishes the step.
+    assert str(aliases.get(registry.CANDIDATE)) == again.version
 
 
 def test_azurite_killed_right_after_a_write(fault_stack, fault_log):
