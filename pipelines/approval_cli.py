@@ -12,12 +12,50 @@ from edgeloop.core.errors import user_errors
 from edgeloop.pipelines.cli import _for_model
 
 
-def _decide(obj, decision: str, model: str, version: str, note: str, evidence: str | None) -> None:
+def _canary_note(settings, model: str, version: str, min_pairs: int, window_h: float) -> str:
+    """Refuse unless the payload log holds ``min_pairs`` images both this version and the champion
+    answered (a canary or shadow) with no regression; returns the evidence line to sign."""
+    from datetime import UTC, datetime, timedelta
+
+    from edgeloop.core.blob import BlobStore
+    from edgeloop.pipelines import registry
+    from edgeloop.serving.canary import canary_evidence, require_canary
+
+    champion = registry.champion_version(settings)
+    if champion is None or champion == version:
+        click.echo("no other champion to compare with: the live-traffic requirement does not apply")
+        return ""
+    end = datetime.now(UTC)
+    report = canary_evidence(
+        BlobStore.from_settings(settings),
+        settings.blob.payloads_container,
+        model,
+        champion,
+        version,
+        end - timedelta(hours=window_h),
+        end,
+    )
+    return require_canary(report, min_pairs)
+
+
+def _decide(
+    obj,
+    decision: str,
+    model: str,
+    version: str,
+    note: str,
+    evidence: str | None,
+    min_canary: int = 0,
+    canary_window_h: float = 24.0,
+) -> None:
     from edgeloop.pipelines import registry
 
     # On the local stack `edgeloop approve` acts as its approver account; elsewhere as the MLflow
     # user your settings (EDGELOOP_MLFLOW__USERNAME/PASSWORD) name.
     settings = _for_model(obj.settings, model).as_mlflow_role("approver")
+    if min_canary:
+        live = _canary_note(settings, model, version, min_canary, canary_window_h)
+        note = f"{note} [{live}]".strip() if live else note
     d = registry.record_decision(
         settings, version, decision, note=note, mode="human", evidence_digest=evidence
     )
@@ -46,10 +84,30 @@ _explain = (
     default=None,
     help="Digest of the evidence you reviewed (tag edgeloop.evidence_digest); refused if it changed.",
 )
+@click.option(
+    "--min-canary-sample",
+    "min_canary",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Refuse unless at least N live images were answered by both VERSION and the champion (serve it as "
+    "a canary or shadow with the payload log on) with no regression: top-1 agreement >= 0.95 and a "
+    "confidence drop <= 0.02, both at the 95% bound. The comparison is signed with the decision. 0: off.",
+)
+@click.option(
+    "--canary-window",
+    "canary_window_h",
+    type=click.FloatRange(min=0.01),
+    default=24.0,
+    show_default=True,
+    help="Hours of payload log to compare (model name in the log: MODEL).",
+)
 @click.pass_obj
 @user_errors
-def approve(obj, model: str, version: str, note: str, evidence: str | None) -> None:
-    _decide(obj, "approved", model, version, note, evidence)
+def approve(
+    obj, model: str, version: str, note: str, evidence: str | None, min_canary: int, canary_window_h: float
+) -> None:
+    _decide(obj, "approved", model, version, note, evidence, min_canary, canary_window_h)
 
 
 @click.command(help=f"Reject candidate VERSION of MODEL: the waiting run stops before deploy. {_explain}")

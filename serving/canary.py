@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from edgeloop.core.errors import EdgeloopError
 from edgeloop.core.payload_log import PayloadRecord, read_window
 
 if TYPE_CHECKING:
@@ -146,4 +147,22 @@ def canary_evidence(
     """:func:`compare_versions` over the payload log window ``[start, end)`` of ``model``."""
     return compare_versions(
         read_window(store, container, model, start, end), champion, candidate, model, metrics_text
+    )
+
+
+class CanaryNotReady(EdgeloopError):
+    """The candidate has not yet shown on live traffic that it may replace the champion."""
+
+
+def require_canary(report: CanaryReport, min_pairs: int, **limits: float) -> str:
+    """The one-line evidence ``edgeloop approve`` signs; raises :class:`CanaryNotReady` with the reasons."""
+    reasons = report.check(min_pairs=min_pairs, **limits)
+    if reasons:
+        raise CanaryNotReady(
+            f"version {report.candidate} is not approved yet against champion version {report.champion}: "
+            + "; ".join(reasons)
+        )
+    return (
+        f"live traffic vs champion v{report.champion}: {report.pairs} images, top-1 agreement "
+        f"{report.agreement:.3f} (95% low {report.agreement_low:.3f}), confidence {report.confidence_delta:+.3f}"
     )

@@ -9,11 +9,12 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import numpy as np
 import onnxruntime as ort
+import pytest
 
 from edgeloop.core.blob import BlobStore
 from edgeloop.core.payload_log import read_window
 from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
-from edgeloop.serving.canary import compare_versions, routed_requests
+from edgeloop.serving.canary import CanaryNotReady, compare_versions, require_canary, routed_requests
 from edgeloop.serving.launcher import running_server
 from edgeloop.serving.routing import CLIENT_KEY_HEADER
 from edgeloop.testing.media import random_frames
@@ -127,3 +128,7 @@ def test_a_shadow_is_logged_while_the_champion_answers(stack_settings, model_dir
     assert report.pairs == 30
     expected_agreement = float(np.mean(bare["1"].argmax(1) == bare["2"].argmax(1)))
     assert report.agreement == expected_agreement
+    with pytest.raises(CanaryNotReady, match="only 30 images compared with the champion, 200 needed"):
+        require_canary(report, min_pairs=200)
+    signed = require_canary(report, min_pairs=30, min_agreement=0.0, max_confidence_drop=1.0)
+    assert "30 images" in signed and "champion v1" in signed
