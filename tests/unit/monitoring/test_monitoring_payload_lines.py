@@ -18,7 +18,7 @@ class MemoryStore:
     def upload(self, uri, data, **_):
         self.blobs[str(uri)] = data
 
-    def download(self, uri):
+    def download(self, uri, referenced_by=""):
         return self.blobs[str(uri)]
 
     def list(self, container, prefix=""):
