@@ -42,6 +42,8 @@ LABELSTUDIO: SecretEnv = (
     {"url": "EDGELOOP_LABELSTUDIO__URL", "api-key": "EDGELOOP_LABELSTUDIO__API_KEY"},
     {},
 )
+# The approvers' public keys (manifests/base/platform/trusted-approvers.yaml): steps that check a signed decision.
+TRUSTED_APPROVERS = ("edgeloop-trusted-approvers", {"trusted-keys.json": "EDGELOOP_APPROVALS__TRUSTED_KEYS"})
 REGISTRY_AUTH = "edgeloop-registry"  # a kubernetes.io/dockerconfigjson Secret: push rights for the builder
 REGISTRY_AUTH_DIR = "/var/run/secrets/edgeloop-registry"
 
@@ -52,6 +54,7 @@ class StepPolicy:
     memory: tuple[str, str]
     secrets: tuple[SecretEnv, ...] = (BLOB, MLFLOW)
     idempotent: bool = True
+    checks_approvals: bool = False
 
 
 STEPS: dict[str, StepPolicy] = {
@@ -61,12 +64,14 @@ STEPS: dict[str, StepPolicy] = {
     "export-onnx": StepPolicy(("1", "2"), ("2Gi", "4Gi")),
     "select-precision": StepPolicy(("1", "2"), ("2Gi", "4Gi")),
     "staging-evaluation": StepPolicy(("2", "4"), ("2Gi", "8Gi")),
-    "register-model": StepPolicy(("250m", "1"), ("512Mi", "2Gi"), idempotent=False),
-    "await-approval": StepPolicy(("100m", "500m"), ("256Mi", "512Mi"), idempotent=False),
+    "register-model": StepPolicy(("250m", "1"), ("512Mi", "2Gi"), idempotent=False, checks_approvals=True),
+    "await-approval": StepPolicy(
+        ("100m", "500m"), ("256Mi", "512Mi"), idempotent=False, checks_approvals=True
+    ),
     "prepare-image-build": StepPolicy(("250m", "1"), ("256Mi", "1Gi"), ()),
     "buildah-build": StepPolicy(("1", "2"), ("2Gi", "4Gi"), ()),
     "local-image-build": StepPolicy(("1", "2"), ("1Gi", "4Gi")),
-    "deploy-model": StepPolicy(("250m", "1"), ("256Mi", "1Gi")),
+    "deploy-model": StepPolicy(("250m", "1"), ("256Mi", "1Gi"), checks_approvals=True),
     # the batch-scoring pipeline: resumable from its shard markers, so every step may be retried
     "plan-batch": StepPolicy(("250m", "1"), ("512Mi", "1Gi")),
     "score-shard": StepPolicy(("1", "2"), ("1Gi", "2Gi")),
@@ -96,6 +101,8 @@ def configure(task: PipelineTask) -> PipelineTask:
         kubernetes.use_secret_as_env(task, secret, required)
         if optional:
             kubernetes.use_secret_as_env(task, secret, optional, optional=True)
+    if policy.checks_approvals:
+        kubernetes.use_config_map_as_env(task, *TRUSTED_APPROVERS)
     if policy.idempotent:
         task.set_retry(**RETRY)  # type: ignore[arg-type]
     if name == "await-approval":
@@ -130,20 +137,31 @@ def executor_pods(
     for name, executor in spec["deploymentSpec"]["executors"].items():
         c, k8s = executor["container"], platform.get(name, {})
         r = c.get("resources", {})
-        env = [
-            {
-                "name": m["envVar"],
-                "valueFrom": {
-                    "secretKeyRef": {
-                        "name": s["secretName"],
-                        "key": m["secretKey"],
-                        "optional": bool(s.get("optional")),
-                    }
-                },
-            }
-            for s in k8s.get("secretAsEnv", [])
-            for m in s["keyToEnv"]
-        ] + [{"name": e["name"], "value": e["value"]} for e in c.get("env", [])]
+        env = (
+            [
+                {
+                    "name": m["envVar"],
+                    "valueFrom": {
+                        "secretKeyRef": {
+                            "name": s["secretName"],
+                            "key": m["secretKey"],
+                            "optional": bool(s.get("optional")),
+                        }
+                    },
+                }
+                for s in k8s.get("secretAsEnv", [])
+                for m in s["keyToEnv"]
+            ]
+            + [
+                {
+                    "name": m["envVar"],
+                    "valueFrom": {"configMapKeyRef": {"name": cm["configMapName"], "key": m["configMapKey"]}},
+                }
+                for cm in k8s.get("configMapAsEnv", [])
+                for m in cm["keyToEnv"]
+            ]
+            + [{"name": e["name"], "value": e["value"]} for e in c.get("env", [])]
+        )
         sc = k8s.get("securityContext", {})
         container = {
             "name": "main",

@@ -192,6 +192,25 @@ def test_steps_get_their_settings_from_the_manifests_secrets():
     assert builder["secretAsVolume"][0]["secretName"] == "edgeloop-registry"
 
 
+def test_steps_that_check_signed_decisions_get_the_trusted_approvers_keys():
+    """Trusted keys are configured (the ConfigMap), never discovered; the other steps do not see them."""
+    platform = _platform(COMPILED.read_text())
+    cm = ROOT / "manifests" / "base" / "platform" / "trusted-approvers.yaml"
+    key = next(iter(yaml.safe_load(cm.read_text())["data"]))
+
+    def keys_env(executor: dict) -> list[tuple[str, str, str]]:
+        return [
+            (c["configMapName"], m["configMapKey"], m["envVar"])
+            for c in executor.get("configMapAsEnv", [])
+            for m in c["keyToEnv"]
+        ]
+
+    checking = {"exec-register-model", "exec-await-approval", "exec-deploy-model"}
+    for name, executor in platform.items():
+        expected = [("edgeloop-trusted-approvers", key, "EDGELOOP_APPROVALS__TRUSTED_KEYS")]
+        assert keys_env(executor) == (expected if name.rstrip("-0123456789") in checking else []), name
+
+
 def test_every_step_runs_non_root_with_requests_and_limits():
     spec = _spec(COMPILED.read_text())
     platform = _platform(COMPILED.read_text())
