@@ -43,8 +43,28 @@ def restart_service(settings: Settings, service: str) -> float:
     from edgeloop.local.stack import Stack
 
     t0 = time.monotonic()
+    port = settings.stack_state().get("ports", {}).get(service)
+    if port:
+        _wait_port_released(settings.stack.host, int(port))
     Stack(settings).up((service,), progress=lambda message: None)
     return time.monotonic() - t0
+
+
+def _wait_port_released(host: str, port: int, timeout_s: float = 30.0) -> None:
+    """A killed server's listening socket can outlive it for a moment; the restart needs the port."""
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    return  # let the stack name the port and its owner
+        time.sleep(0.2)
 
 
 class FaultLog:
