@@ -21,30 +21,17 @@ def bench_model(key: str) -> Path:
     import numpy as np
     import torch
 
+    from edgeloop.components.export import export_module
     from edgeloop.components.modeling import ClassifierWithEmbedding, build_model
     from edgeloop.components.precision import quantize_int8
-    from edgeloop.core.model_card import EMBEDDING_OUTPUT, INPUT_NAME, PROBS_OUTPUT, ModelCard, Precision
+    from edgeloop.core.model_card import ModelCard, Precision
     from edgeloop.core.preprocessing import PreprocessConfig
 
     torch.manual_seed(0)
     net = ClassifierWithEmbedding(build_model("resnet18", len(LABELS))).eval()
     out.mkdir(parents=True, exist_ok=True)
     fp32 = out / "fp32.onnx"
-    with torch.no_grad():
-        torch.onnx.export(
-            net,
-            (torch.zeros(2, 3, size, size),),
-            str(fp32),
-            dynamo=False,
-            opset_version=17,
-            input_names=[INPUT_NAME],
-            output_names=[PROBS_OUTPUT, EMBEDDING_OUTPUT],
-            dynamic_axes={
-                INPUT_NAME: {0: "batch"},
-                PROBS_OUTPUT: {0: "batch"},
-                EMBEDDING_OUTPUT: {0: "batch"},
-            },
-        )
+    export_module(net, size, fp32, opset=17)
     model = out / "model.onnx"
     if precision == "int8":
         calib = np.random.default_rng(0).normal(size=(16, 3, size, size)).astype(np.float32)

@@ -55,7 +55,6 @@ def export_onnx(
     tests use it to export deliberately different models.
     """
     import onnx
-    import torch
 
     from edgeloop.components.modeling import ClassifierWithEmbedding, load_model_file
 
@@ -64,25 +63,8 @@ def export_onnx(
         net = model
     out_path = Path(out_path) if out_path else Path(model_file).with_name(MODEL_FILE)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = ClassifierWithEmbedding(net).eval()
     size = int(meta["preprocess"]["size"])
-    dummy = torch.zeros(2, 3, size, size)
-    with torch.no_grad():
-        torch.onnx.export(
-            wrapper,
-            (dummy,),
-            str(out_path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=[PROBS_OUTPUT, EMBEDDING_OUTPUT],
-            dynamic_axes={
-                INPUT_NAME: {0: "batch"},
-                PROBS_OUTPUT: {0: "batch"},
-                EMBEDDING_OUTPUT: {0: "batch"},
-            },
-            do_constant_folding=True,
-        )
+    export_module(ClassifierWithEmbedding(net).eval(), size, out_path, opset)
     proto = onnx.load(str(out_path))
     onnx.checker.check_model(proto, full_check=True)
     meta_props = {
@@ -95,6 +77,29 @@ def export_onnx(
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     onnx.save(proto, str(out_path))
+    return out_path
+
+
+def export_module(wrapper: Any, size: int, out_path: Path, opset: int = DEFAULT_OPSET) -> Path:
+    """A :class:`ClassifierWithEmbedding` -> ONNX with edgeloop's tensor names and a dynamic batch."""
+    import torch
+
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper,
+            (torch.zeros(2, 3, size, size),),
+            str(out_path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[PROBS_OUTPUT, EMBEDDING_OUTPUT],
+            dynamic_axes={
+                INPUT_NAME: {0: "batch"},
+                PROBS_OUTPUT: {0: "batch"},
+                EMBEDDING_OUTPUT: {0: "batch"},
+            },
+            do_constant_folding=True,
+        )
     return out_path
 
 
