@@ -76,6 +76,7 @@ def table(results: list[Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from edgeloop.components.defaults import TRAINING
     from edgeloop.core.config import load_settings
     from edgeloop.local.stack import Stack
     from edgeloop.testing.loop import LoopConfig, RelabelLoop, write_results
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "seeded_images": 4 * args.per_class,
             "site_images_per_round": 4 * loop.config.traffic_per_class,
             "budget": loop.config.budget,
+            "relabel_share": TRAINING.relabel_share,
             "eval_images_per_variant": 4 * loop.config.eval_per_class,
             "pipeline_params": loop.config.pipeline_params(),
         },

@@ -46,6 +46,10 @@ class TrainingDefaults:
     # honest for BatchNorm momenta as low as mobilenet_v3's 0.01). The final model is recalibrated
     # either way.
     eval_bn: str = "running"
+    # Share of each epoch's draws that goes to images labelers relabeled from a drifted site (task
+    # source "relabel") while they are fewer than that: a new site's first 10-30 train images would
+    # otherwise be ~5 % of an epoch and barely move the model. 0 turns it off.
+    relabel_share: float = 0.25
     nproc_per_node: int = 2  # DDP processes (torchrun)
 
 

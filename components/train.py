@@ -107,6 +107,25 @@ class DistributedWeightedSampler(Sampler[int]):
         return self.num_samples
 
 
+def sampling_weights(
+    targets: list[int], sources: list[str], class_weight: torch.Tensor | None, relabel_share: float
+) -> list[float] | None:
+    """Per-image draw weights: class-balanced when ``class_weight`` is given, with the relabeled
+    images (source ``relabel``) raised to ``relabel_share`` of the total when they are fewer.
+    None when every image is equally likely (plain shuffling is then enough)."""
+    w = [float(class_weight[t]) if class_weight is not None else 1.0 for t in targets]
+    relabeled = [i for i, s in enumerate(sources) if s == "relabel"]
+    rest = sum(w) - sum(w[i] for i in relabeled)
+    if relabeled and rest > 0 and 0 < relabel_share < 1:
+        current = sum(w[i] for i in relabeled)
+        wanted = relabel_share / (1 - relabel_share) * rest
+        if 0 < current < wanted:
+            for i in relabeled:
+                w[i] *= wanted / current
+            return w
+    return w if class_weight is not None else None
+
+
 def class_weights(targets: list[int], num_classes: int) -> torch.Tensor:
     """Inverse-frequency weights normalised to mean 1 (absent classes get 0)."""
     counts = torch.bincount(torch.as_tensor(targets, dtype=torch.long), minlength=num_classes).double()
@@ -216,6 +235,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         type=float,
         default=d.bn_momentum,
         help="BatchNorm momentum override (mobilenet_v3 ships 0.01); <0 keeps the default",
+    )
+    p.add_argument(
+        "--relabel-share",
+        type=float,
+        default=d.relabel_share,
+        help="oversample relabeled images (task source 'relabel') to this share of each epoch's draws "
+        "while they are fewer; 0 turns it off",
     )
     p.add_argument("--no-bn-recalibrate", action="store_true", help="skip the final BatchNorm recalibration")
     p.add_argument(
@@ -330,10 +356,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if len(train_ds) == 0:
         raise SystemExit(f"{args.data} has no training images")
     weights = class_weights(train_ds.targets, len(classes))
-    if args.balance == "sampler":
-        sampler: Sampler[int] = DistributedWeightedSampler(
-            [float(weights[t]) for t in train_ds.targets], world, rank, args.seed
-        )
+    draw = sampling_weights(
+        train_ds.targets,
+        [str(r.metadata.get("source", "")) for r in train_ds.rows],
+        weights if args.balance == "sampler" else None,
+        args.relabel_share,
+    )
+    if draw is not None:
+        sampler: Sampler[int] = DistributedWeightedSampler(draw, world, rank, args.seed)
     else:
         sampler = torch.utils.data.DistributedSampler(
             train_ds, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=False

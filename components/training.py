@@ -39,6 +39,7 @@ class TrainConfig:
     seed: int = TRAINING.seed
     bn_momentum: float = TRAINING.bn_momentum
     eval_bn: str = TRAINING.eval_bn
+    relabel_share: float = TRAINING.relabel_share
     weights: str | None = None
     device: str = "auto"
     extra_args: list[str] = field(default_factory=list)
@@ -69,6 +70,8 @@ class TrainConfig:
             str(self.bn_momentum),
             "--eval-bn",
             self.eval_bn,
+            "--relabel-share",
+            str(self.relabel_share),
             "--device",
             self.device,
         ]
