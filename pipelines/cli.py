@@ -118,14 +118,26 @@ def compile(out: Path | None, images: Path | None) -> None:  # noqa: A001 - the 
     default=None,
     help="Where task outputs go (default: <state_dir>/kfp-local).",
 )
+@click.option(
+    "--containers",
+    is_flag=True,
+    help="Run every step in its image (edgeloop-pipeline, edgeloop-training; built first if changed) with "
+    "kfp's DockerRunner on docker or podman, settings passed as the cluster's Secrets pass them.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.pass_obj
 @user_errors
 def run(
-    obj, local: bool, auto_approve: bool, params: tuple[str, ...], pipeline_root: Path | None, as_json: bool
+    obj,
+    local: bool,
+    auto_approve: bool,
+    params: tuple[str, ...],
+    pipeline_root: Path | None,
+    containers: bool,
+    as_json: bool,
 ) -> None:
     """Run the whole pipeline locally, end to end."""
-    from edgeloop.pipelines.runner import run_local
+    from edgeloop.pipelines.runner import run_in_containers, run_local
 
     args = _parse_params(params)
     if auto_approve:
@@ -133,9 +145,8 @@ def run(
     import sys
 
     # with --json, the steps' logs go to stderr so stdout holds only the JSON
-    outcome = run_local(
-        obj.settings, args, pipeline_root=pipeline_root, log_stream=sys.stderr if as_json else None
-    )
+    run = run_in_containers if containers else run_local
+    outcome = run(obj.settings, args, pipeline_root=pipeline_root, log_stream=sys.stderr if as_json else None)
     if as_json:
         click.echo(json.dumps(outcome.as_dict(), indent=2, default=str))
     else:

@@ -30,13 +30,14 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -389,6 +390,58 @@ def _image_label(engine: str, image: str, label: str) -> str:
     return r.stdout.strip() if r.returncode == 0 else ""
 
 
+def use_project_engine_config(root: Path | None = None) -> None:
+    """podman reads the project's configuration (``.tools/containers``, written by ``make setup``: runc,
+    storage under .tools/) unless CONTAINERS_CONF / CONTAINERS_STORAGE_CONF are set already."""
+    directory = (root or _repo_root()) / ".tools" / "containers"
+    for var, name in (("CONTAINERS_CONF", "containers.conf"), ("CONTAINERS_STORAGE_CONF", "storage.conf")):
+        if not os.environ.get(var) and (directory / name).exists():
+            os.environ[var] = str(directory / name)
+
+
+def tag_image(engine: str, image: str, ref: str) -> None:
+    """Give ``image`` the name ``ref`` too (a local run of a pipeline that names ``ref``)."""
+    _run([engine, "tag", image, ref], f"tagging {image} as {ref}")
+
+
+@contextlib.contextmanager
+def docker_api(engine: str, timeout_s: float = 30.0) -> Iterator[str]:
+    """A Docker API endpoint (a ``DOCKER_HOST`` value) for clients such as kfp's DockerRunner: DOCKER_HOST
+    if set, docker's own socket with docker, else ``podman system service`` on a socket of its own,
+    stopped on exit."""
+    if os.environ.get("DOCKER_HOST"):
+        yield os.environ["DOCKER_HOST"]
+        return
+    if engine == "docker":
+        yield "unix:///var/run/docker.sock"
+        return
+    with tempfile.TemporaryDirectory(prefix="edgeloop-podman-") as tmp:
+        sock = Path(tmp) / "podman.sock"
+        log = (Path(tmp) / "service.log").open("w")
+        proc = subprocess.Popen(
+            [engine, "system", "service", "--time=0", f"unix://{sock}"], stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + timeout_s
+            while not sock.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.flush()
+                    raise ImageBuildError(
+                        f"`{engine} system service` did not open its socket: "
+                        + (Path(tmp) / "service.log").read_text()[-1000:]
+                    )
+                time.sleep(0.1)
+            yield f"unix://{sock}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+
+
 # -- the base image ---------------------------------------------------------------------------------------------------
 def apt_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
     """The first Debian mirror apt uses here (deb822 ``URIs:`` or a one-line ``deb`` entry)."""
@@ -464,15 +517,23 @@ def resolve_base_image(engine: str, requested: str | None) -> str:
 
 
 # -- torch for the pipeline image -------------------------------------------------------------------------------------
+#: Where a local simple index (the `wheels` build context's ``simple/``) appears inside the build.
+WHEELS_MOUNT = "/wheels"
+
+
 @dataclass
 class TorchSource:
     index_url: str
     requirement: str
-    wheels: str = ""  # a local directory of wheels (build context `wheels`)
+    wheels: str = ""  # a local directory of wheels or a simple index's root (build context `wheels`)
     note: str = ""
+    extra_index_url: str = ""  # e.g. file:///wheels/simple: a local index inside the `wheels` context
 
     def build_args(self) -> dict[str, str]:
-        return {"TORCH_INDEX_URL": self.index_url, "TORCH_REQUIREMENT": self.requirement}
+        args = {"TORCH_INDEX_URL": self.index_url, "TORCH_REQUIREMENT": self.requirement}
+        if self.extra_index_url:
+            args["TORCH_EXTRA_INDEX_URL"] = self.extra_index_url
+        return args
 
 
 def pinned_torch(constraints: Path | None = None) -> str:
@@ -490,29 +551,62 @@ def _reachable(url: str, timeout_s: float = 5.0) -> bool:
         return False
 
 
-def _pip_find_links() -> list[Path]:
-    """The wheel directories this machine's pip configuration points at (PIP_FIND_LINKS, pip config)."""
-    dirs = os.environ.get("PIP_FIND_LINKS", "").split()
+def _pip_config(suffix: str, env: str) -> list[str]:
+    """The values of one pip setting on this machine (``env`` and every ``pip config`` scope), in order."""
+    values = os.environ.get(env, "").split()
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         r = subprocess.run(
             ["python3", "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=30
         )
         for line in r.stdout.splitlines():
             key, _, value = line.partition("=")
-            if key.endswith("find-links"):
-                dirs += value.strip("'\"").split()
-    return [
-        Path(d.removeprefix("file://"))
-        for d in dict.fromkeys(dirs)
-        if Path(d.removeprefix("file://")).is_dir()
-    ]
+            if key.endswith(suffix):
+                values += value.strip("'\"").split()
+    return list(dict.fromkeys(values))
+
+
+def _pip_find_links() -> list[Path]:
+    """The wheel directories this machine's pip configuration points at (PIP_FIND_LINKS, pip config)."""
+    dirs = [Path(d.removeprefix("file://")) for d in _pip_config("find-links", "PIP_FIND_LINKS")]
+    return [d for d in dirs if d.is_dir()]
+
+
+def _pip_local_indexes() -> list[Path]:
+    """The ``simple/`` directories of the local (file://) indexes pip uses here (PIP_EXTRA_INDEX_URL,
+    PIP_INDEX_URL, pip config)."""
+    urls = _pip_config("index-url", "PIP_INDEX_URL") + os.environ.get("PIP_EXTRA_INDEX_URL", "").split()
+    dirs = [Path(u.removeprefix("file://")) for u in dict.fromkeys(urls) if u.startswith("file://")]
+    return [d for d in dirs if d.is_dir()]
+
+
+def _index_wheel(simple: Path, pin: str) -> Path | None:
+    """The cp311 Linux wheel a local simple index offers for ``name==version``, if its link stays inside
+    the index's parent directory (what the build context holds)."""
+    name, _, version = pin.partition("==")
+    page = simple / name / "index.html"
+    if not page.is_file():
+        return None
+    root = simple.parent.resolve()
+    for href in re.findall(r'href="([^"#]+)', page.read_text(errors="replace")):
+        wheel = (page.parent / urllib.request.url2pathname(href)).resolve()
+        fname = wheel.name
+        if (
+            fname.startswith((f"{name}-{version}-", f"{name}-{version}+"))
+            and "cp311" in fname
+            and "x86_64" in fname
+            and wheel.is_file()
+            and wheel.is_relative_to(root)
+        ):
+            return wheel
+    return None
 
 
 def torch_source(
     index_url: str | None = None, wheels: str | None = None, requirement: str | None = None
 ) -> TorchSource:
-    """Where the training image's torch comes from: the given index/wheels; else PyTorch's CPU index if
-    it answers; else CPU builds of both torch and torchvision in a wheelhouse of pip's find-links.
+    """Where the training image's torch comes from, in this order: the given index/wheels; PyTorch's CPU
+    index if it answers; CPU builds of both torch and torchvision in a wheelhouse of pip's find-links;
+    the pinned torch and torchvision (PyPI's CUDA builds) in a local index pip uses here, the rest from PyPI.
     (PyPI's torchvision is built for PyPI's CUDA torch: with a CPU torch it does not import.)"""
     requirement = requirement or pinned_torch()
     if wheels or index_url:
@@ -531,11 +625,26 @@ def torch_source(
                 note=f"{TORCH_CPU_INDEX} is unreachable: torch {versions[0]} and torchvision {versions[1]} from "
                 f"the local wheelhouse {d} instead of the pinned {requirement}",
             )
+    pins = requirement.split()
+    for simple in _pip_local_indexes():
+        if all(_index_wheel(simple, pin) for pin in pins):
+            # PyPI first, the local index as the extra one: for the same file pip takes the extra index's
+            # (its candidates come last and pip keeps the last of equals), so nothing local is downloaded.
+            return TorchSource(
+                PYPI_INDEX,
+                requirement,
+                str(simple.parent),
+                note=f"{TORCH_CPU_INDEX} is unreachable: {requirement} (PyPI's CUDA builds) from the local index "
+                f"{simple}, the rest from PyPI. The image carries the CUDA libraries (~5 GB more) and trains "
+                "on the CPU where no GPU is present.",
+                extra_index_url=f"file://{WHEELS_MOUNT}/{simple.name}",
+            )
     raise ImageBuildError(
-        f"no CPU build of torch and torchvision here: {TORCH_CPU_INDEX} does not answer and no wheelhouse of "
-        "pip's find-links holds torch-*+cpu and torchvision-*+cpu wheels. Pass TORCH_INDEX_URL=<an index "
-        "with CPU wheels> or TORCH_WHEELS=<a directory with both>; TORCH_INDEX_URL=https://pypi.org/simple "
-        "builds PyPI's CUDA torch (~6 GB image)."
+        f"no torch and torchvision for the training image here: {TORCH_CPU_INDEX} does not answer, no "
+        "wheelhouse of pip's find-links holds torch-*+cpu and torchvision-*+cpu wheels and no local index "
+        f"of pip's holds {requirement}. Pass TORCH_INDEX_URL=<an index with CPU wheels> or "
+        "TORCH_WHEELS=<a directory with both>; TORCH_INDEX_URL=https://pypi.org/simple builds PyPI's CUDA "
+        "torch (~6 GB image)."
     )
 
 
@@ -586,8 +695,10 @@ def build_image(
     parent_image: str | None = None,
     cacert: str | None = None,
     log: Callable[[str], None] = print,
+    save: bool = True,
 ) -> BuiltImage:
-    """Build one image (unless an image with the same content hash and its archive are there already)."""
+    """Build one image (unless an image with the same content hash and its archive are there already).
+    ``save=False``: no OCI archive (and no digest): the image is for this machine's engine only."""
     args = {"BASE_IMAGE": base_image, **dict(spec.build_args)}
     if spec.parent:
         if not parent_image:
@@ -606,7 +717,7 @@ def build_image(
     archive = Path(out_dir) / f"{spec.name}-{tag}.oci.tar"
     t0 = time.perf_counter()
     if (
-        archive.exists()
+        (archive.exists() or not save)
         and image_present(engine, image)
         and _image_label(engine, image, HASH_LABEL) == digest_of_content
     ):
@@ -629,15 +740,16 @@ def build_image(
                 cmd += ["--build-context", f"wheels={torch.wheels}"]
             cmd.append(tmp)
             _run(cmd, f"building {spec.name}")
+        status = "built"
+        _remove_older_tags(engine, f"{registry}/{spec.name}", keep=tag)
+    if save and status == "built":
         archive.parent.mkdir(parents=True, exist_ok=True)
         for old in archive.parent.glob(f"{spec.name}-*.oci.tar"):
             old.unlink()
-        _remove_older_tags(engine, f"{registry}/{spec.name}", keep=tag)
         partial = archive.with_suffix(".partial")
         partial.unlink(missing_ok=True)
         _run([engine, "save", "--format", "oci-archive", "-o", str(partial), image], f"saving {spec.name}")
         partial.rename(archive)
-        status = "built"
     size = int(
         subprocess.run(
             [engine, "image", "inspect", "--format", "{{.Size}}", image], capture_output=True, text=True
@@ -648,8 +760,8 @@ def build_image(
         name=spec.name,
         image=image,
         content_hash=digest_of_content,
-        digest=archive_digest(archive),
-        archive=str(archive),
+        digest=archive_digest(archive) if save else "",
+        archive=str(archive) if save else "",
         size_bytes=size,
         status=status,
         seconds=round(time.perf_counter() - t0, 1),
@@ -682,6 +794,7 @@ def build_images(
     base_image: str | None = None,
     torch: TorchSource | None = None,
     log: Callable[[str], None] = print,
+    save: bool = True,
 ) -> list[BuiltImage]:
     """``make images``: each image (and the image it extends), tagged by content hash, saved under
     ``out_dir`` with an index. An image that needs torch is skipped, with the reason, when no CPU build
@@ -715,13 +828,22 @@ def build_images(
             continue
         parent = done[spec.parent].image if spec.parent else None
         b = build_image(
-            spec, out_dir, engine=engine, base_image=base, torch=torch, parent_image=parent, log=log
+            spec,
+            out_dir,
+            engine=engine,
+            base_image=base,
+            torch=torch,
+            parent_image=parent,
+            log=log,
+            save=save,
         )
         log(f"{b.status:>7} {b.image}  {b.digest[:19]}  {b.size_bytes / 1e6:.0f} MB  {b.seconds:.0f} s")
-        index[name] = {**asdict(b), "pinned": b.pinned}
-        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         done[name] = b
-    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        if save:
+            index[name] = {**asdict(b), "pinned": b.pinned}
+            index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    if save:
+        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return [done[n] for n in order]
 
 

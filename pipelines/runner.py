@@ -9,7 +9,9 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -185,12 +187,14 @@ def run_local(
     pipeline_root: Path | None = None,
     enable_caching: bool = True,
     log_stream: Any = None,
+    runner: Any = None,
 ) -> LocalOutcome:
     """Run the pipeline on this machine with ``kfp.local.SubprocessRunner(use_venv=False)``.
 
     The steps run as subprocesses of this venv and inherit this process's environment; the
     settings reach them through ``EDGELOOP_STATE_DIR`` (and ``EDGELOOP_CONFIG`` if a config file
-    was given), so they talk to the same local stack.
+    was given), so they talk to the same local stack. ``runner``: another kfp local runner
+    (:func:`run_in_containers` passes a ``DockerRunner``).
     """
     from kfp import local
 
@@ -211,7 +215,7 @@ def run_local(
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     local.init(
-        runner=local.SubprocessRunner(use_venv=False),
+        runner=runner or local.SubprocessRunner(use_venv=False),
         pipeline_root=str(root),
         enable_caching=enable_caching,
         raise_on_error=True,
@@ -269,6 +273,143 @@ def run_local(
         outcome.failed_step = chain[0] if chain else (failed[0] if failed else None)
         outcome.cause = _failure_cause(log_text, outcome.failed_step) if outcome.failed_step else str(error)
     return outcome
+
+
+# -- every step in its image (kfp DockerRunner) -----------------------------------------------------------------------
+#: The parameters a container run sets: the approval is signed on this machine (the steps' settings
+#: hold no signing key, as on a cluster), so the wait polls often.
+CONTAINER_DEFAULTS: dict[str, Any] = {"approval_poll_s": 2.0}
+
+
+def container_env(settings: Settings) -> dict[str, str]:
+    """What the steps get on a cluster from the ``edgeloop-*`` Secrets and the trusted-approvers ConfigMap
+    (:mod:`edgeloop.pipelines.cluster`), filled in from this machine's settings (the local stack's)."""
+    from edgeloop.pipelines import attestation
+
+    env = {
+        "EDGELOOP_BLOB__CONNECTION_STRING": settings.blob_connection_string(),
+        "EDGELOOP_MLFLOW__TRACKING_URI": settings.mlflow_tracking_uri(),
+        "EDGELOOP_LABELSTUDIO__URL": settings.labelstudio_url(),
+        "EDGELOOP_LABELSTUDIO__API_KEY": settings.labelstudio_api_key(),
+        "EDGELOOP_MLFLOW__EXPERIMENT": settings.mlflow.experiment,
+        "EDGELOOP_MLFLOW__REGISTERED_MODEL": settings.mlflow.registered_model,
+        "EDGELOOP_LABELSTUDIO__PROJECT_TITLE": settings.labelstudio.project_title,
+    }
+    credentials = settings.mlflow_credentials()
+    if credentials:
+        env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"] = credentials
+    trusted = attestation.trusted_keys(settings)
+    if trusted:
+        keys = {owner: attestation.public_key_text(k) for owner, k in trusted.items()}
+        env["EDGELOOP_APPROVALS__TRUSTED_KEYS"] = json.dumps(keys, sort_keys=True)
+    return env
+
+
+def _approve_when_registered(
+    settings: Settings, root: Path, before: set[str], stop: threading.Event, say: Callable[[str], None]
+) -> None:
+    """``--auto-approve`` for a container run: once register-model of the new run has passed the gate,
+    sign an approval with the local stack's auto-approver key here (mode ``auto``), as the step would
+    with the subprocess runner; await-approval in its container then finds it."""
+    from edgeloop.pipelines import registry
+    from edgeloop.pipelines.training_pipeline import PIPELINE_NAME
+
+    while not stop.wait(1.0):
+        runs = sorted(p for p in root.glob(f"{PIPELINE_NAME}-*") if p.name not in before)
+        outputs = _read_task_outputs(runs[-1] / "register-model") if runs else {}
+        if not outputs.get("version"):
+            continue
+        if outputs.get("gate_passed") is True:
+            registry.record_decision(
+                settings.as_mlflow_role("auto"),
+                str(outputs["version"]),
+                registry.APPROVED,
+                note=f"auto-approved by the local container runner ({runs[-1].name}): --auto-approve",
+                mode="auto",
+            )
+            say(f"auto-approved version {outputs['version']} (signed here with the local auto-approver key)")
+        return
+
+
+def run_in_containers(
+    settings: Settings,
+    params: dict[str, Any] | None = None,
+    *,
+    images: Path = ROOT / "build" / "images",
+    pipeline_root: Path | None = None,
+    enable_caching: bool = True,
+    log_stream: Any = None,
+) -> LocalOutcome:
+    """Run the pipeline on this machine with every step in its image: ``kfp.local.DockerRunner`` on docker
+    or on podman's Docker-compatible API (``podman system service``, started for the run).
+
+    The images are built first where their content changed (as ``make images`` does, without the OCI
+    archives) and tagged with the references the pipeline names. Each step runs as user 1000 with no capabilities on the host
+    network (the local stack listens on 127.0.0.1); its settings come in as the environment a cluster's
+    Secrets give it (:func:`container_env`): DockerRunner ignores kfp-kubernetes' Secret references.
+    The pipeline root is mounted at the same path (world-writable, for user 1000). ``auto_approve``
+    is signed here, not in a step: the steps hold no signing key, as on a cluster.
+    """
+    from kfp import local
+
+    from edgeloop.pipelines import image_build, steps
+    from edgeloop.pipelines.cluster import RUN_AS_USER
+    from edgeloop.pipelines.training_pipeline import PIPELINE_NAME
+
+    image_build.use_project_engine_config()
+    engine = image_build.container_engine()
+    wanted = ("edgeloop-pipeline", "edgeloop-training")
+    # no OCI archives: these images only run here (`make images` writes the handoff)
+    built = {
+        b.name: b
+        for b in image_build.build_images(Path(images), wanted, engine=engine, log=print, save=False)
+    }
+    for name, b in built.items():
+        if b.status == "skipped":
+            raise PipelineRunError(f"{name} could not be built here: {b.note}")
+    for ref in (steps.PIPELINE_IMAGE, steps.TRAINING_IMAGE):
+        name = ref.rpartition("/")[2].partition(":")[0]
+        image_build.tag_image(engine, built[name].image, ref)
+    args = {**CONTAINER_DEFAULTS, **(params or {})}
+    auto_approve = bool(args.pop("auto_approve", False))
+    args["auto_approve"] = False
+    root = Path(pipeline_root) if pipeline_root else settings.state_dir / "kfp-containers"
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o777)
+    args.setdefault("gitops_dir", str(root / "gitops"))
+    env = container_env(settings)
+    before = {p.name for p in root.glob(f"{PIPELINE_NAME}-*")}
+    stop = threading.Event()
+    watcher = threading.Thread(
+        target=_approve_when_registered, args=(settings, root, before, stop, print), daemon=True
+    )
+    with image_build.docker_api(engine) as docker_host:
+        saved = os.environ.get("DOCKER_HOST")
+        os.environ["DOCKER_HOST"] = docker_host
+        runner = local.DockerRunner(
+            network_mode="host",
+            user=f"{RUN_AS_USER}:{RUN_AS_USER}",
+            environment=env,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+        )
+        if auto_approve:
+            watcher.start()
+        try:
+            return run_local(
+                settings,
+                args,
+                pipeline_root=root,
+                enable_caching=enable_caching,
+                log_stream=log_stream,
+                runner=runner,
+            )
+        finally:
+            stop.set()
+            if saved is None:
+                os.environ.pop("DOCKER_HOST", None)
+            else:
+                os.environ["DOCKER_HOST"] = saved
 
 
 # -- Kubeflow --------------------------------------------------------------------------------------------------------

@@ -177,6 +177,7 @@ def test_torch_comes_from_local_cpu_wheels_when_the_cpu_index_is_unreachable(tmp
 
     monkeypatch.setattr(ib, "_reachable", lambda url, timeout_s=5.0: False)
     monkeypatch.setattr(ib, "_pip_find_links", lambda: [tmp_path])
+    monkeypatch.setattr(ib, "_pip_local_indexes", lambda: [])
     (tmp_path / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
     # a CPU torch alone is no use: PyPI's torchvision needs PyPI's CUDA torch
     with pytest.raises(ib.ImageBuildError, match="TORCH_INDEX_URL"):
@@ -185,6 +186,34 @@ def test_torch_comes_from_local_cpu_wheels_when_the_cpu_index_is_unreachable(tmp
     src = ib.torch_source()
     assert src.requirement == "torch==2.13.0+cpu torchvision==0.28.0+cpu" and src.wheels == str(tmp_path)
     assert "unreachable" in src.note and "2.14.1" in src.note  # says what it uses instead of the pin
+
+
+def test_torch_comes_from_a_local_pip_index_holding_the_pins_with_pypi_for_the_rest(tmp_path, monkeypatch):
+    from edgeloop.pipelines import image_build as ib
+
+    monkeypatch.setattr(ib, "_reachable", lambda url, timeout_s=5.0: False)
+    monkeypatch.setattr(ib, "_pip_find_links", lambda: [])
+    root = tmp_path / "pypi"
+    monkeypatch.setattr(ib, "_pip_local_indexes", lambda: [root / "simple"])
+    (root / "files").mkdir(parents=True)
+    for name, version in (("torch", "2.14.1"), ("torchvision", "0.29.1")):
+        wheel = f"{name}-{version}-cp311-cp311-manylinux_2_28_x86_64.whl"
+        (root / "files" / wheel).write_bytes(b"")
+        (root / "simple" / name).mkdir(parents=True)
+        (root / "simple" / name / "index.html").write_text(
+            f'<a href="../../files/{wheel}#sha256=00">{wheel}</a>'
+        )
+    src = ib.torch_source(requirement="torch==2.14.1 torchvision==0.29.1")
+    assert src.wheels == str(root)  # the build context: the index with the files it links to
+    assert src.build_args() == {
+        "TORCH_INDEX_URL": "https://pypi.org/simple",
+        "TORCH_REQUIREMENT": "torch==2.14.1 torchvision==0.29.1",
+        "TORCH_EXTRA_INDEX_URL": "file:///wheels/simple",
+    }
+    assert "CUDA" in src.note and "CPU" in src.note
+    # an index without the pinned torchvision is no source
+    with pytest.raises(ib.ImageBuildError, match="no local index"):
+        ib.torch_source(requirement="torch==2.14.1 torchvision==0.30.0")
 
 
 def test_a_training_image_without_a_torch_source_is_skipped_with_the_reason(tmp_path, monkeypatch):
