@@ -261,11 +261,15 @@ def evaluate_champion(
 
 
 def stage_model(model_dir: Path, out_dir: Path, dataset_dir: Path) -> Path:
-    """Copy the candidate to ``out_dir`` and add its monitoring reference profile (validation images)."""
+    """Copy the candidate to ``out_dir``, record in its card whether the stream may resize in FFmpeg
+    (top-1 agreement on the test images, :func:`edgeloop.stream.resize.record_resize_agreement`;
+    before the evaluation computes the model digest) and add its monitoring reference profile
+    (validation images)."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     shutil.copytree(model_dir, out_dir)
+    record_stream_resize(out_dir, dataset_dir)
     try:
         from edgeloop.monitoring.profile import build_reference_profile
     except ImportError:  # pragma: no cover - monitoring not installed
@@ -276,3 +280,17 @@ def stage_model(model_dir: Path, out_dir: Path, dataset_dir: Path) -> Path:
         images += load_split_images(dataset_dir, "train")[: 300 - len(images)]
     build_reference_profile(out_dir, [_rgb(i.data) for i in images[:300]])
     return out_dir
+
+
+def record_stream_resize(model_dir: Path, dataset_dir: Path) -> None:
+    """Write the FFmpeg-resize agreement on the staging (test) images into the model card; without
+    test images or PyAV nothing is recorded, and the stream keeps the shared preprocessing."""
+    images = load_split_images(dataset_dir, "test")
+    if not images:
+        return
+    from edgeloop.stream.resize import record_resize_agreement
+
+    try:
+        record_resize_agreement(model_dir, [_rgb(i.data) for i in images])
+    except ImportError as e:  # pragma: no cover - PyAV not installed
+        log.warning("no FFmpeg-resize agreement recorded in the model card: %s", e)

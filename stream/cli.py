@@ -63,6 +63,32 @@ def _host_port(value: str, what: str) -> tuple[str, int]:
     type=click.FloatRange(min=0.01),
     help="Target frames per second per source [default: every frame].",
 )
+@click.option(
+    "--resize",
+    type=click.Choice(["auto", "ffmpeg", "shared"]),
+    default="auto",
+    help="Where frames are resized to the model's input: in FFmpeg (fast) or by the shared preprocessing. "
+    "auto: FFmpeg when the model card's staging agreement allows it (>= 0.995 top-1), else shared.",
+)
+@click.option(
+    "--decode-threads",
+    type=click.IntRange(1, 64),
+    default=1,
+    help="Decoder threads per source (many cameras scale best with 1 each; more lowers one camera's latency).",
+)
+@click.option(
+    "--hwaccel",
+    type=click.Choice(["auto", "none", "cuda", "vaapi"]),
+    default="auto",
+    help="Hardware decode: NVDEC (cuda) or VA-API where FFmpeg and the device have it; auto picks one "
+    "if present, else software. The summary says which was used.",
+)
+@click.option(
+    "--keyframes-only",
+    is_flag=True,
+    help="Decode key frames only (other frames are skipped unread and counted): for --fps at or below "
+    "the cameras' key-frame rate.",
+)
 @click.option("--line", default="line1", help="Production line: the middle level of the MQTT topic.")
 @click.option(
     "--queue-size", type=click.IntRange(1, 10_000), default=8, help="Frames held per source before dropping."
@@ -171,6 +197,10 @@ def stream(
     model_version: str | None,
     input_size: int | None,
     fps: float | None,
+    resize: str,
+    decode_threads: int,
+    hwaccel: str,
+    keyframes_only: bool,
     line: str,
     queue_size: int,
     drop_policy: str,
@@ -204,7 +234,9 @@ def stream(
       image folder   /data/frames/ (images in name order, at --fps or 10 fps)
 
     \b
-    Frames are decoded, sampled to --fps, resized to the model's input, queued per
+    Frames are decoded, sampled to --fps (frames left out are counted as skipped,
+    apart from drops), resized to the model's input (in FFmpeg where the model
+    card's staging agreement allows it: --resize), queued per
     source (bounded: --queue-size, --drop-policy) and classified in batches across
     sources, in process (--model DIR) or by the model server (--server HOST:PORT).
     Every dropped frame is counted per source and reason. Results (JSON, see
@@ -222,6 +254,7 @@ def stream(
     from edgeloop.stream.processor import StreamConfig, StreamProcessor
     from edgeloop.stream.publisher import CountingSink, MqttPublisher, ResultSink
     from edgeloop.stream.queues import DropPolicy
+    from edgeloop.stream.resize import ResizeMode
     from edgeloop.stream.sources import ReaderConfig, SourceSpec
     from edgeloop.stream.stats import StreamMetrics
 
@@ -254,10 +287,20 @@ def stream(
         workers=workers,
         max_age_s=max_age_ms / 1e3 if max_age_ms else None,
         topic_prefix=settings.mqtt.topic_prefix,
-        reader=ReaderConfig(fps=fps, realtime=realtime, loop=loop, max_retries=max_retries),
+        reader=ReaderConfig(
+            fps=fps,
+            realtime=realtime,
+            loop=loop,
+            max_retries=max_retries,
+            decode_threads=decode_threads,
+            hwaccel=hwaccel,
+            keyframes_only=keyframes_only,
+        ),
+        resize=ResizeMode(resize),
     )
     metrics = StreamMetrics()
     processor = StreamProcessor(specs, predictor, None, config, metrics)
+    click.echo(f"resize: {processor.resize_choice.path.value} ({processor.resize_choice.reason})", err=True)
     sink: ResultSink
     if no_mqtt:
         sink = CountingSink(processor.stats_for)

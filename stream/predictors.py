@@ -41,6 +41,8 @@ class Predictor(Protocol):
     model_version: str | None
     labels: list[str] | None
     preprocess: Preprocess  # resize to the model's input size (normalisation happens in the model's runtime)
+    # the model card's FFmpeg-resize agreement (ModelCard.stream_resize); None: not known here
+    resize_evidence: dict[str, Any] | None
 
     def predict(self, frames: np.ndarray) -> list[Prediction]:
         """uint8 [N, S, S, 3] frames -> one prediction per frame, in order."""
@@ -79,6 +81,7 @@ class OnnxPredictor:
         self.model_version = model.card.version
         self.labels = list(model.card.labels)
         self.preprocess = Preprocess(model.card.preprocessing)
+        self.resize_evidence = model.card.stream_resize
         self._input = model.card.input_name
 
     def predict(self, frames: np.ndarray) -> list[Prediction]:
@@ -151,6 +154,8 @@ class GrpcPredictor:
                 model_name,
             )
         self.preprocess = Preprocess(PreprocessConfig(size=size))
+        # the server's metadata does not carry the model card's resize evidence: --resize decides
+        self.resize_evidence: dict[str, Any] | None = None
 
     def predict(self, frames: np.ndarray) -> list[Prediction]:
         from edgeloop.serving.client import ClientError

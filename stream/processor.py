@@ -23,6 +23,7 @@ import numpy as np
 from edgeloop.stream.predictors import Predictor
 from edgeloop.stream.publisher import ResultSink
 from edgeloop.stream.queues import DropPolicy, Frame, Scheduler
+from edgeloop.stream.resize import ResizeChoice, ResizeMode, choose_resize, frame_resizer
 from edgeloop.stream.result import build_result, check_topic_parts, encode, topic_for
 from edgeloop.stream.sources import ReaderConfig, SourceReader, SourceSpec, unique_names
 from edgeloop.stream.stats import DropReason, SourceState, SourceStats, StreamMetrics
@@ -42,6 +43,7 @@ class StreamConfig:
     drain_timeout_s: float = 10.0
     publish_flush_timeout_s: float = 10.0
     reader: ReaderConfig = field(default_factory=ReaderConfig)
+    resize: ResizeMode = ResizeMode.AUTO  # FFmpeg-side resize where the model card allows it
 
 
 @dataclass
@@ -54,12 +56,14 @@ class StreamSummary:
     outbox_depth: int
     run_id: str = ""
     lost_in_killed_runs: list[dict[str, Any]] = field(default_factory=list)
+    preprocessing: dict[str, Any] = field(default_factory=dict)  # the resize path taken, and why
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
             "elapsed_s": round(self.elapsed_s, 3),
             "model": self.model,
+            "preprocessing": self.preprocessing,
             "batches": self.batches,
             "inference_ms_per_frame": None
             if self.inference_s_per_frame is None
@@ -74,6 +78,7 @@ class StreamSummary:
             "source",
             "state",
             "read",
+            "skipped",
             "done",
             "dropped",
             "p50 ms",
@@ -93,6 +98,7 @@ class StreamSummary:
                     s["source"],
                     s["state"],
                     str(s["frames_in"]),
+                    _skipped(s),
                     str(s["frames_processed"]),
                     dropped,
                     _ms(s["latency_p50_ms"]),
@@ -106,6 +112,11 @@ class StreamSummary:
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
         errors = [f"  {s['source']}: {s['last_error']}" for s in self.sources if s["last_error"]]
         out = "\n".join(lines)
+        if self.preprocessing:
+            out += f"\nresize: {self.preprocessing['path']} ({self.preprocessing['reason']})"
+        decoders = sorted({_decoder(s["decoder"]) for s in self.sources if s.get("decoder")})
+        if decoders:
+            out += "\ndecode: " + "; ".join(decoders)
         if errors:
             out += "\nerrors:\n" + "\n".join(errors)
         dropped_results = [
@@ -128,6 +139,24 @@ class StreamSummary:
 
 def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
+
+
+def _skipped(s: dict[str, Any]) -> str:
+    """Frames left out by policy (fps, key frames only): counted, never dropped."""
+    out = str(s.get("skipped_total", 0))
+    by = s.get("frames_skipped") or {}
+    if len(by) > 1:
+        out += " (" + ", ".join(f"{k} {v}" for k, v in sorted(by.items()) if v) + ")"
+    return out
+
+
+def _decoder(d: dict[str, Any]) -> str:
+    hw = d.get("hwaccel", "none")
+    where = f"on {hw}" if hw != "none" else "in software"
+    text = f"{d.get('codec')} {where}, {d.get('threads')} thread(s)"
+    if d.get("keyframes_only"):
+        text += ", key frames only"
+    return text
 
 
 class StreamProcessor:
@@ -156,6 +185,10 @@ class StreamProcessor:
         self.run_id = uuid.uuid4().hex[:16]  # in every result's message_id
         self.lost: list[dict[str, Any]] = []  # what killed earlier runs on the same outbox lost
         self.scheduler = Scheduler(max_age_s=self.config.max_age_s)
+        self.resize_choice: ResizeChoice = choose_resize(
+            getattr(predictor, "resize_evidence", None), self.config.resize, predictor.preprocess.config
+        )
+        log.info("resize: %s (%s)", self.resize_choice.path.value, self.resize_choice.reason)
         self._stop_readers = threading.Event()
         self._stop_workers = threading.Event()
         self._stop_requested = threading.Event()
@@ -178,6 +211,7 @@ class StreamProcessor:
                     predictor.preprocess.resize,
                     self.config.reader,
                     self._stop_readers,
+                    frame_resize=frame_resizer(self.resize_choice, predictor.preprocess),
                 )
             )
         self._workers = [
@@ -252,6 +286,7 @@ class StreamProcessor:
                 "version": self.predictor.model_version,
                 "input_size": self.predictor.preprocess.size,
             },
+            preprocessing=self.resize_choice.as_dict(),
             elapsed_s=elapsed,
             batches=self._batches,
             inference_s_per_frame=per_frame,

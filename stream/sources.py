@@ -2,8 +2,11 @@
 
 A source is written ``[NAME=]URI``; NAME becomes the camera in the MQTT topic.
 Each source runs in its own reader thread (:class:`SourceReader`) that opens,
-decodes, samples to the target fps, resizes with the shared
-:class:`~edgeloop.core.preprocessing.Preprocess` and enqueues. When a network source
+decodes (``decode_threads`` threads, on NVDEC or VA-API when present), skips frames
+to the target fps before any pixel conversion (counted per reason), resizes (in
+FFmpeg where the model card allows it, else with the shared
+:class:`~edgeloop.core.preprocessing.Preprocess`; see :mod:`edgeloop.stream.resize`)
+and enqueues. When a network source
 fails or ends it is reopened with exponential backoff; a file that cannot be
 read (missing, corrupt, unsupported codec) fails with one clear error. Either
 way the other sources carry on.
@@ -27,7 +30,7 @@ import numpy as np
 
 from edgeloop.core.errors import EdgeloopError
 from edgeloop.stream.queues import Frame, FrameQueue
-from edgeloop.stream.stats import DropReason, SourceState, SourceStats
+from edgeloop.stream.stats import DropReason, SkipReason, SourceState, SourceStats
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +119,42 @@ class ReaderConfig:
     reconnect_max_s: float = 30.0
     max_retries: int = 0  # network sources: give up after this many failed reconnects in a row; 0 = never
     decode_threads: int = 1  # per decoder; many streams scale better with one thread each
+    hwaccel: str = "auto"  # auto | none | cuda | vaapi: hardware decode where FFmpeg and the device have it
+    keyframes_only: bool = False  # decode key frames only (for --fps at or below the key-frame rate)
     image_fps: float = DEFAULT_IMAGE_FPS  # frame rate of an image directory when --fps is not given
+
+
+HWACCELS = ("cuda", "vaapi")  # NVDEC, VA-API
+
+
+def hardware_decoders() -> list[str]:
+    """The hardware decoders both FFmpeg (as built into PyAV: the ``ffmpeg -hwaccels`` list) and this
+    machine's devices offer, best first: ``cuda`` (NVDEC, /dev/nvidiactl) and ``vaapi`` (/dev/dri)."""
+    try:
+        from av.codec.hwaccel import hwdevices_available
+
+        built = set(hwdevices_available())
+    except ImportError:  # PyAV older than 14
+        return []
+    present = {
+        "cuda": Path("/dev/nvidiactl").exists(),
+        "vaapi": any(Path("/dev/dri").glob("renderD*")) if Path("/dev/dri").is_dir() else False,
+    }
+    return [h for h in HWACCELS if h in built and present[h]]
+
+
+def choose_hwaccel(requested: str) -> tuple[str | None, str]:
+    """(hardware decoder to ask FFmpeg for or None, why). ``requested``: auto, none, cuda or vaapi."""
+    if requested == "none":
+        return None, "software decode (--hwaccel none)"
+    found = hardware_decoders()
+    if requested == "auto":
+        if found:
+            return found[0], f"{found[0]}: found by FFmpeg and on this machine"
+        return None, "software decode: no NVDEC or VA-API device here"
+    if requested in found:
+        return requested, f"{requested} (--hwaccel {requested})"
+    return None, f"software decode: --hwaccel {requested} asked for, but FFmpeg or the device lacks it"
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
@@ -175,13 +213,19 @@ class SourceReader(threading.Thread):
         resize: Callable[[Any], np.ndarray],
         config: ReaderConfig,
         stop: threading.Event,
+        frame_resize: Callable[[Any], np.ndarray] | None = None,
     ):
+        """``resize``: RGB image (PIL) -> model input, for image directories and by default for video
+        frames too; ``frame_resize``: decoded ``av.VideoFrame`` -> model input (the resize path
+        chosen by :func:`edgeloop.stream.resize.choose_resize`), this reader's own instance."""
         super().__init__(name=f"source-{spec.name}", daemon=True)
         self.spec, self.queue, self.stats, self.resize, self.config = spec, queue, stats, resize, config
+        self.frame_resize = frame_resize or (lambda frame: resize(frame.to_image()))
         self._stop_event = stop
         self._next_index = 0
         self._rng = random.Random(hash(spec.name))
         self.error: SourceError | None = None  # the error that ended the source, if any
+        self._hw: tuple[str | None, str] = (None, "")
 
     # -- the life of a source -------------------------------------------------------
     def run(self) -> None:
@@ -259,8 +303,9 @@ class SourceReader(threading.Thread):
         t_capture: float,
         media_time: float | None,
         decode_s: float,
+        resize_s: float | None = None,
     ) -> None:
-        self.stats.on_decoded(True, decode_s)
+        self.stats.on_decoded(True, decode_s, resize_s)
         self.queue.put(
             Frame(self.spec.name, index, image, captured_at, t_capture, media_time), self._stop_event
         )
@@ -273,10 +318,49 @@ class SourceReader(threading.Thread):
         options: dict[str, str] = {}
         if self.spec.uri.startswith(("rtsp://", "rtsps://")):
             options["rtsp_transport"] = "tcp"
+        timeout = (cfg.open_timeout_s, cfg.read_timeout_s)
+        hw, why = choose_hwaccel(cfg.hwaccel)
+        if hw is not None:
+            from av.codec.hwaccel import HWAccel
+
+            try:
+                container = av.open(
+                    self.spec.uri,
+                    options=options,
+                    timeout=timeout,
+                    hwaccel=HWAccel(device_type=hw, allow_software_fallback=True),
+                )
+                self._hw = (hw, why)
+                return container
+            except Exception as e:  # the device could not be opened: software decode, said so
+                log.warning(
+                    "source %s: %s decode failed to open (%s); decoding in software", self.spec.name, hw, e
+                )
+                why = f"software decode: {hw} failed to open ({type(e).__name__})"
+        self._hw = (None, why)
         try:
-            return av.open(self.spec.uri, options=options, timeout=(cfg.open_timeout_s, cfg.read_timeout_s))
+            return av.open(self.spec.uri, options=options, timeout=timeout)
         except Exception as e:
             raise classify_error(self.spec, e, opening=True) from e
+
+    def _describe_decoder(self, stream: Any) -> None:
+        cfg, (hw, why) = self.config, self._hw
+        ctx = stream.codec_context
+        on_hw = bool(hw) and bool(getattr(ctx, "is_hwaccel", False))
+        info = {
+            "codec": ctx.name,
+            "hwaccel": hw if on_hw else "none",
+            "hwaccel_reason": why
+            if (on_hw or hw is None)
+            else f"software decode: {hw} not usable for {ctx.name}",
+            "threads": cfg.decode_threads,
+            "keyframes_only": cfg.keyframes_only,
+            "resize": getattr(self.frame_resize, "path", "shared"),
+        }
+        info["resize"] = getattr(info["resize"], "value", info["resize"])
+        if self.stats.decoder != info:
+            log.info("source %s: decoder %s", self.spec.name, info)
+        self.stats.decoder = info
 
     def _read_video(self) -> None:
         import av
@@ -298,6 +382,14 @@ class SourceReader(threading.Thread):
                     permanent=True,
                 )
             stream.thread_count = self.config.decode_threads
+            if self.config.decode_threads > 1:
+                stream.thread_type = (
+                    "AUTO"  # frame and slice threads (frame threads add a frame of delay each)
+                )
+            keyframes_only = self.config.keyframes_only
+            if keyframes_only:
+                stream.codec_context.skip_frame = "NONKEY"
+            self._describe_decoder(stream)
             self.stats.set_state(SourceState.UP)
             sampler = FpsSampler(self.config.fps)
             pacer = (
@@ -312,6 +404,11 @@ class SourceReader(threading.Thread):
                     return
                 if pacer is not None and packet.dts is not None and packet.time_base is not None:
                     pacer.wait(float(packet.dts * packet.time_base))
+                if keyframes_only and not packet.is_keyframe and packet.size:
+                    # never decoded: counted as skipped by policy, like the fps sampler's frames
+                    self._next_index += 1
+                    self.stats.on_skipped(SkipReason.NOT_KEYFRAME)
+                    continue
                 captured_at, t0 = time.time(), time.monotonic()
                 try:
                     frames = packet.decode()
@@ -330,19 +427,20 @@ class SourceReader(threading.Thread):
                         ) from e
                     continue
                 corrupt_in_a_row = 0
-                decode_share = (time.monotonic() - t0) / max(len(frames), 1)
+                decode_s = time.monotonic() - t0
+                self.stats.on_decode_time(decode_s)
+                decode_share = decode_s / max(len(frames), 1)
                 for frame in frames:
                     index = self._next_index
                     self._next_index += 1
                     media_t = frame.time if frame.time is not None else index / rate
-                    if not sampler.keep(media_t):
+                    if not sampler.keep(media_t):  # before any conversion: the frame is only decoded
                         self.stats.on_decoded(False)
                         continue
                     t1 = time.monotonic()
-                    image = self.resize(frame.to_image())
-                    self._emit(
-                        image, index, captured_at, t0, frame.time, decode_share + time.monotonic() - t1
-                    )
+                    image = self.frame_resize(frame)
+                    resize_s = time.monotonic() - t1
+                    self._emit(image, index, captured_at, t0, frame.time, decode_share + resize_s, resize_s)
         except SourceError:
             raise
         except Exception as e:

@@ -31,6 +31,13 @@ class DropReason(str, Enum):
     SHUTDOWN = "shutdown"  # still queued when the processor had to stop
 
 
+class SkipReason(str, Enum):
+    """Why a frame the source delivered was left out by policy (never a sign of overload)."""
+
+    FPS = "fps"  # decoded, then left out by --fps sampling before any pixel conversion
+    NOT_KEYFRAME = "not_keyframe"  # --keyframes-only: not even decoded
+
+
 class ResultDropReason(str, Enum):
     """Why a result that was computed never reached the outbox (so it is never published)."""
 
@@ -110,6 +117,13 @@ class StreamMetrics:
             "edgeloop_stream_frames_decoded",
             "Frames decoded from the source, before fps sampling",
             ["source"],
+            registry=r,
+        )
+        self.skipped = PromCounter(
+            "edgeloop_stream_frames_skipped",
+            "Frames the source delivered that policy left out (fps sampling, key frames only); "
+            "never counted as dropped",
+            ["source", "reason"],
             registry=r,
         )
         self.frames_in = PromCounter(
@@ -217,7 +231,8 @@ class SourceStats:
     queue_capacity: int = 0
     state: SourceState = SourceState.STARTING
     decoded: int = 0
-    skipped: int = 0  # decoded but not sampled (fps)
+    skipped: int = 0  # left out by policy before entering the pipeline (all reasons)
+    skipped_by: Counter[str] = field(default_factory=Counter)  # SkipReason -> frames
     frames_in: int = 0
     processed: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
@@ -229,7 +244,11 @@ class SourceStats:
     errors: Counter[str] = field(default_factory=Counter)
     last_error: str | None = None
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
-    decode_time: LatencyHistogram = field(default_factory=LatencyHistogram)
+    decode_time: LatencyHistogram = field(default_factory=LatencyHistogram)  # decode + resize per frame in
+    resize_time: LatencyHistogram = field(default_factory=LatencyHistogram)  # the resize alone
+    decode_s_total: float = 0.0  # decoding every frame, skipped ones included
+    resize_s_total: float = 0.0
+    decoder: dict[str, Any] = field(default_factory=dict)  # codec, hwaccel, threads, resize path
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -247,6 +266,8 @@ class SourceStats:
         m.queue_capacity.labels(self.name).set(self.queue_capacity)
         for reason in DropReason:  # export zeros so dashboards see every reason
             m.dropped.labels(self.name, reason.value)
+        for skip in SkipReason:
+            m.skipped.labels(self.name, skip.value)
         m.published.labels(self.name)
         m.outboxed.labels(self.name)
         for r in ResultDropReason:
@@ -260,7 +281,9 @@ class SourceStats:
             slot.set(self.frames_in, self._dropped_total)
 
     # -- reader side ----------------------------------------------------------
-    def on_decoded(self, kept: bool, decode_s: float | None = None) -> None:
+    def on_decoded(self, kept: bool, decode_s: float | None = None, resize_s: float | None = None) -> None:
+        """A decoded frame: kept (it enters the pipeline; ``decode_s`` its decode + resize time) or
+        left out by fps sampling."""
         with self._lock:
             self.decoded += 1
             if kept:
@@ -269,13 +292,31 @@ class SourceStats:
                     self._ledger.set(self.frames_in, self._dropped_total)
                 if decode_s is not None:
                     self.decode_time.record(decode_s)
+                if resize_s is not None:
+                    self.resize_time.record(resize_s)
+                    self.resize_s_total += resize_s
             else:
                 self.skipped += 1
+                self.skipped_by[SkipReason.FPS.value] += 1
         self._m_decoded.inc()
         if kept:
             self._m_in.inc()
             if decode_s is not None:
                 self._m_decode.observe(decode_s)
+        else:
+            self.metrics.skipped.labels(self.name, SkipReason.FPS.value).inc()
+
+    def on_skipped(self, reason: SkipReason) -> None:
+        """A frame left out by policy before it was decoded (e.g. not a key frame)."""
+        with self._lock:
+            self.skipped += 1
+            self.skipped_by[reason.value] += 1
+        self.metrics.skipped.labels(self.name, reason.value).inc()
+
+    def on_decode_time(self, seconds: float) -> None:
+        """Time spent decoding one packet (whatever became of its frames)."""
+        with self._lock:
+            self.decode_s_total += seconds
 
     def set_state(self, state: SourceState) -> None:
         with self._lock:
@@ -340,11 +381,15 @@ class SourceStats:
             p50 = self.latency.quantile(0.50)
             p99 = self.latency.quantile(0.99)
             dec = self.decode_time.mean
+            res = self.resize_time.mean
+            busy = self.decode_s_total + self.resize_s_total
             return {
                 "source": self.name,
                 "state": self.state.value,
                 "frames_decoded": self.decoded,
-                "frames_skipped_by_fps": self.skipped,
+                "frames_skipped_by_fps": self.skipped_by.get(SkipReason.FPS.value, 0),
+                "frames_skipped": dict(self.skipped_by),
+                "skipped_total": self.skipped,
                 "frames_in": self.frames_in,
                 "frames_processed": self.processed,
                 "frames_dropped": dict(self.dropped),
@@ -355,6 +400,10 @@ class SourceStats:
                 "latency_p99_ms": None if p99 is None else round(p99 * 1e3, 2),
                 "latency_max_ms": round(self.latency.max * 1e3, 2) if self.latency.count else None,
                 "decode_ms_mean": None if dec is None else round(dec * 1e3, 3),
+                "resize_ms_mean": None if res is None else round(res * 1e3, 3),
+                # decoding every frame (skipped ones too) + resizing the kept ones, per frame in
+                "reader_ms_per_frame_in": round(busy / self.frames_in * 1e3, 3) if self.frames_in else None,
+                "decoder": dict(self.decoder),
                 "results_published": self.published,
                 "results_outboxed": self.outboxed,
                 "results_dropped": dict(self.results_dropped),

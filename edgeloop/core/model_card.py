@@ -47,6 +47,9 @@ class ModelCard(BaseModel):
     precision_evidence: dict[str, Any] = Field(default_factory=dict)
     dataset_version: str | None = None
     lineage: dict[str, str] = Field(default_factory=dict)
+    # top-1 agreement of the stream's FFmpeg-side resize with this preprocessing on the staging
+    # images, and whether the stream may use it (edgeloop.stream.resize); None: not measured
+    stream_resize: dict[str, Any] | None = None
     files: dict[str, str] = Field(default_factory=dict, description="relative path -> sha256")
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
 
