@@ -1,4 +1,15 @@
-"""MLflow plumbing shared by the steps: one run per training path, resumed by id in each step."""
+"""MLflow plumbing shared by the steps.
+
+``edgeloop train`` has one run for its whole training path, resumed by id in each step. A pipeline run
+has one MLflow run of its own (:func:`start_pipeline_run`, made by its first step, which passes the id
+on as an output) with each step's run nested under it (MLflow's ``mlflow.parentRunId`` tag):
+
+* steps that are never cached take the id as a parameter and open their run with :func:`step_run`;
+* cached steps (dataset, training) cannot take it: a per-run value among their inputs would change their
+  cache key on every run. They open a run of their own and hand its id on; the first uncached step
+  after them nests those runs under the pipeline's with :func:`adopt`. A cache hit hands on the run of
+  the pipeline run that computed it: it stays there, and the new pipeline run records it in a tag.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +25,12 @@ if TYPE_CHECKING:
     from edgeloop.core.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+STEP_TAG = "edgeloop.step"  # which step (or "pipeline", "training-path") a run records
+PIPELINE_RUN_TAG = "edgeloop.pipeline_run"  # the KFP pipeline job name
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a run under this one
+REUSED_PREFIX = "edgeloop.reused."  # + step: the run of a cached step, computed by an earlier pipeline run
+PIPELINE_STEP = "pipeline"
 
 
 def git_commit(cwd: Path = ROOT) -> str:
@@ -126,12 +143,97 @@ def mlflow_run(
 def start_run(settings: Settings, run_name: str | None = None, tags: dict[str, str] | None = None) -> str:
     """Create the training path's run (git commit tagged) and return its id; steps resume it by id."""
     base = {
-        "edgeloop.step": "training-path",
+        STEP_TAG: "training-path",
         "git_commit": git_commit(),
         "mlflow.source.git.commit": git_commit(),
     }
     with mlflow_run(settings, None, run_name, {**base, **(tags or {})}) as run:
         return str(run.info.run_id)
+
+
+def _client(settings: Settings):
+    from mlflow import MlflowClient
+
+    configure(settings.mlflow_tracking_uri(), settings.mlflow.experiment)
+    return MlflowClient(tracking_uri=settings.mlflow_tracking_uri())
+
+
+def start_pipeline_run(settings: Settings, pipeline_run: str, tags: dict[str, str] | None = None) -> str:
+    """The MLflow run of one pipeline run (named after it; left RUNNING, each step's end updates it);
+    returns its id. A retried first step finds the run it made before instead of making a second one."""
+    import mlflow
+
+    c = _client(settings)
+    exp = mlflow.get_experiment_by_name(settings.mlflow.experiment)
+    assert exp is not None  # configure() made it
+    found = c.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{STEP_TAG}` = '{PIPELINE_STEP}' and tags.`{PIPELINE_RUN_TAG}` = '{pipeline_run}'",
+        max_results=1,
+    )
+    if found:
+        return str(found[0].info.run_id)
+    commit = git_commit()
+    run = c.create_run(
+        exp.experiment_id,
+        run_name=pipeline_run,
+        tags={
+            STEP_TAG: PIPELINE_STEP,
+            PIPELINE_RUN_TAG: pipeline_run,
+            "git_commit": commit,
+            "mlflow.source.git.commit": commit,
+            **(tags or {}),
+        },
+    )
+    return str(run.info.run_id)
+
+
+@contextlib.contextmanager
+def step_run(
+    settings: Settings,
+    parent_run_id: str,
+    step: str,
+    *,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> Iterator[Any]:
+    """A step's own run (the active run inside the block), nested under ``parent_run_id`` when one is
+    given (else a top-level run). The parent shows RUNNING while the step runs and ends with it:
+    FINISHED, or FAILED when the step raised."""
+    c = _client(settings) if parent_run_id else None
+    run_tags = {STEP_TAG: step, **({PARENT_TAG: parent_run_id} if parent_run_id else {}), **(tags or {})}
+    if c is not None:
+        c.update_run(parent_run_id, status="RUNNING")
+    try:
+        with mlflow_run(settings, None, run_name or step, run_tags) as run:
+            yield run
+    except BaseException:
+        if c is not None:
+            c.set_terminated(parent_run_id, status="FAILED")
+        raise
+    if c is not None:
+        c.set_terminated(parent_run_id, status="FINISHED")
+
+
+def adopt(settings: Settings, parent_run_id: str, step_runs: dict[str, str]) -> dict[str, str]:
+    """Nest the runs of cached steps (step name -> run id) under the pipeline's run. A run that already
+    has a parent (a cache hit: an earlier pipeline run computed it) stays there and is recorded on this
+    pipeline's run as ``edgeloop.reused.<step>``. Returns step -> ``nested`` | ``reused``."""
+    if not parent_run_id:
+        return {}
+    c = _client(settings)
+    out: dict[str, str] = {}
+    for step, run_id in step_runs.items():
+        if not run_id or run_id == parent_run_id:
+            continue
+        parent = c.get_run(run_id).data.tags.get(PARENT_TAG)
+        if not parent or parent == parent_run_id:
+            c.set_tag(run_id, PARENT_TAG, parent_run_id)
+            out[step] = "nested"
+        else:
+            c.set_tag(parent_run_id, f"{REUSED_PREFIX}{step}", run_id)
+            out[step] = "reused"
+    return out
 
 
 def run_url(settings: Settings, run_id: str) -> str:

@@ -20,6 +20,12 @@ Aliases carry the promotion state, tags the evidence; decisions are signed attes
 
 A model digest has one version: registering the same model again (a re-run over unchanged labels)
 links to the existing version instead of adding one.
+
+A version is an MLflow model (``mlflow.onnx.log_model``, a LoggedModel of the registration run): MLmodel
+with the ONNX and python_function flavors, a signature (the card's NCHW float32 input, the graph's
+outputs) and an input example, so ``mlflow.pyfunc.load_model("models:/NAME@champion")`` predicts; next to
+it, byte for byte, the files edgeloop exported (``model.onnx`` as the card's digest covers it,
+``model_card.json``, ``reference_profile.npz``...), which :mod:`edgeloop.core.model_loader` verifies.
 """
 
 from __future__ import annotations
@@ -38,8 +44,11 @@ from edgeloop.core.errors import EdgeloopError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.models import ModelSignature
+    from mlflow.models.model import ModelInfo
 
     from edgeloop.core.config import Settings
+    from edgeloop.core.model_card import ModelCard
     from edgeloop.pipelines.attestation import Statement
     from edgeloop.pipelines.evaluation import EvaluationReport
     from edgeloop.pipelines.gate import GateDecision
@@ -78,7 +87,8 @@ ATTESTATION = "edgeloop.attestation"
 PENDING, APPROVED, REJECTED_VALUE = "pending", "approved", "rejected"
 
 EVIDENCE_DIR = "evidence"
-MODEL_DIR = "model"
+MODEL_DIR = "model"  # the name of the LoggedModel in the registration run
+REGISTER_STEP = "register-model"
 
 
 class RegistryError(EdgeloopError):
@@ -168,15 +178,19 @@ def register_candidate(
     params: Mapping[str, Any] | None = None,
     extra_evidence: Mapping[str, Path] | None = None,
     upload_model: bool = True,
+    parent_run_id: str = "",
 ) -> Registered:
-    """Log the model + evidence in an MLflow run, register a version, tag it by the gate's decision.
+    """Log the model (an MLflow ONNX model with its signature, input example and edgeloop's files) and
+    the evidence in an MLflow run, register a version, tag it by the gate's decision.
 
     Passing: alias ``candidate``, ``approval=pending``. Failing: ``rejected=true`` with the reasons.
     The model files are also copied to ``az://<models container>/<name>/<model digest>/`` (immutable,
-    content-addressed): that is the storage URI the InferenceService points at.
+    content-addressed): that is the storage URI the InferenceService points at. ``parent_run_id``: the
+    pipeline run's MLflow run, under which the registration run nests.
     """
     import mlflow
 
+    from edgeloop.components.tracking import step_run
     from edgeloop.core.model_card import ModelCard
 
     model_dir = Path(model_dir)
@@ -192,9 +206,11 @@ def register_candidate(
 
     storage_uri = _upload_model(settings, name, model_digest, model_dir) if upload_model else ""
     evidence_digest = report.digest()
-    mlflow.set_experiment(settings.mlflow.experiment)
-    run_name = lineage.get("pipeline_run") or None
-    with mlflow.start_run(run_name=run_name) as run, tempfile.TemporaryDirectory() as tmp:
+    run_name = REGISTER_STEP if parent_run_id else lineage.get("pipeline_run") or REGISTER_STEP
+    with (
+        step_run(settings, parent_run_id, REGISTER_STEP, run_name=run_name) as run,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         ev = Path(tmp)
         (ev / "evaluation.json").write_text(report.model_dump_json(indent=2))
         (ev / "gate.json").write_text(decision.model_dump_json(indent=2))
@@ -209,7 +225,7 @@ def register_candidate(
             if Path(path).exists():
                 (ev / fname).write_bytes(Path(path).read_bytes())
         mlflow.log_artifacts(str(ev), EVIDENCE_DIR)
-        mlflow.log_artifacts(str(model_dir), MODEL_DIR)
+        logged = log_mlflow_model(c, model_dir, card, model_digest)
         mlflow.log_dict(report.model_dump(mode="json"), f"{EVIDENCE_DIR}/evaluation_table.json")
         mlflow.log_metrics({k.replace("=", "_"): float(v) for k, v in report.flat_metrics().items()})
         if params:
@@ -221,7 +237,6 @@ def register_candidate(
         )
         _log_confusion_figure(report)
         run_id = run.info.run_id
-        artifact_uri = run.info.artifact_uri
 
     from mlflow.exceptions import MlflowException
 
@@ -258,8 +273,14 @@ def register_candidate(
         f"ECE {ece.text(4) if ece else f'{report.ece:.4f}'}; gate "
         f"{'passed' if decision.passed else 'FAILED: ' + decision.summary()}"
     )
+    # Registered only once every file is in the logged model: a version never exists without its card.
     mv = c.create_model_version(
-        name, source=f"{artifact_uri}/{MODEL_DIR}", run_id=run_id, tags=tags, description=description[:4900]
+        name,
+        source=logged.model_uri,
+        run_id=run_id,
+        tags=tags,
+        description=description[:4900],
+        model_id=logged.model_id,
     )
     version = str(mv.version)
     if decision.passed:
@@ -275,6 +296,68 @@ def register_candidate(
         storage_uri=storage_uri,
         reasons=decision.reasons,
     )
+
+
+def model_signature(card: ModelCard, graph: Any) -> ModelSignature:
+    """The MLflow signature: the card's input, ``[-1, 3, size, size]`` float32 (what
+    :class:`~edgeloop.core.preprocessing.Preprocess` makes), and every output of the graph
+    (``probabilities``, ``embedding`` when the model has one) with its type and fixed dimensions."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+    from mlflow.types.schema import ColSpec
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    size = card.preprocessing.size
+    outputs: list[ColSpec | TensorSpec] = []
+    for out in graph.graph.output:
+        t = out.type.tensor_type
+        dims = [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in t.shape.dim]
+        shape = (-1, *dims[1:]) if dims else (-1,)
+        outputs.append(TensorSpec(np.dtype(tensor_dtype_to_np_dtype(t.elem_type)), shape, out.name))
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, size, size), card.input_name)]),
+        outputs=Schema(outputs),
+    )
+
+
+def input_example(card: ModelCard) -> dict[str, Any]:
+    """One neutral grey image through the shared preprocessing: a valid input of the card's size."""
+    import numpy as np
+
+    from edgeloop.core.preprocessing import Preprocess
+
+    pre = Preprocess(card.preprocessing)
+    grey = np.full((pre.size, pre.size, 3), 128, dtype=np.uint8)
+    return {card.input_name: pre.batch([grey])}
+
+
+def log_mlflow_model(c: MlflowClient, model_dir: Path, card: ModelCard, model_digest: str) -> ModelInfo:
+    """Log ``model_dir`` as an MLflow ONNX model of the active run (``mlflow.onnx.log_model``: MLmodel with
+    the onnx and python_function flavors, signature, input example, requirements), then add edgeloop's
+    files to the same LoggedModel byte for byte: ``model.onnx`` as exported (``onnx.save`` may serialize a
+    graph differently, and the card's digest covers the exported bytes), the card, the reference profile
+    and anything else the directory holds. Returns the LoggedModel's info (``models:/m-<id>``)."""
+    import mlflow.onnx
+    import onnx
+
+    from edgeloop.core.model_card import MODEL_FILE
+
+    graph = onnx.load(str(model_dir / MODEL_FILE))
+    providers = list(dict.fromkeys([card.execution_provider, "CPUExecutionProvider"]))
+    info = mlflow.onnx.log_model(
+        graph,
+        name=MODEL_DIR,
+        signature=model_signature(card, graph),
+        input_example=input_example(card),
+        pip_requirements=mlflow.onnx.get_default_pip_requirements(),  # stated: no inference run
+        save_as_external_data=False,
+        onnx_execution_providers=providers,
+        metadata={MODEL_DIGEST: model_digest},
+        tags={MODEL_DIGEST: model_digest},
+    )
+    c.log_model_artifacts(info.model_id, str(model_dir))
+    return info
 
 
 def version_with_digest(settings: Settings, model_digest: str) -> str | None:

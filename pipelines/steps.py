@@ -32,13 +32,15 @@ BUILDER_IMAGE = "ghcr.io/edgeloop/edgeloop-builder:0.1.0"
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
-def snapshot_labels(project: str, label_policy: str, config_file: str) -> NamedTuple(  # type: ignore[valid-type]
-    "LabelSnapshot", [("manifest_uri", str), ("labels_digest", str), ("labeled_images", int)]
+def snapshot_labels(project: str, label_policy: str, pipeline_run: str, config_file: str) -> NamedTuple(  # type: ignore[valid-type]
+    "LabelSnapshot",
+    [("manifest_uri", str), ("labels_digest", str), ("labeled_images", int), ("mlflow_run_id", str)],
 ):
-    """Export the labels from Label Studio into a content-addressed manifest (never cached)."""
+    """Export the labels from Label Studio into a content-addressed manifest (never cached); open the
+    pipeline run's MLflow run (mlflow_run_id), under which every step's run nests."""
     from edgeloop.pipelines.tasks import snapshot_labels_task
 
-    return snapshot_labels_task(project, label_policy, config_file)
+    return snapshot_labels_task(project, label_policy, pipeline_run, config_file)
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
@@ -63,8 +65,9 @@ def train_model(
     config_file: str,
     model: Output[Model],
     metrics: Output[Metrics],
-) -> float:
-    """DDP training under torchrun; returns the validation accuracy."""
+) -> NamedTuple("Training", [("val_accuracy", float), ("mlflow_run_id", str)]):  # type: ignore[valid-type]
+    """DDP training under torchrun; returns the validation accuracy and the MLflow run of the training
+    (the dataset is its input)."""
     from edgeloop.pipelines.tasks import train_task
 
     return train_task(
@@ -122,6 +125,8 @@ def staging_evaluation(
     min_eval_images: int,
     regression_alpha: float,
     latency_requests: int,
+    parent_run_id: str,
+    train_run_id: str,
     config_file: str,
     staged_model: Output[Model],
     evaluation: Output[Artifact],
@@ -147,6 +152,8 @@ def staging_evaluation(
         min_eval_images,
         regression_alpha,
         latency_requests,
+        parent_run_id,
+        train_run_id,
         config_file,
         staged_model,
         evaluation,
@@ -167,6 +174,7 @@ def register_model(
     git_commit: str,
     architecture: str,
     target_profile: str,
+    parent_run_id: str,
     config_file: str,
 ) -> NamedTuple(  # type: ignore[valid-type]
     "Registration", [("version", str), ("gate_passed", bool), ("evidence_digest", str)]
@@ -184,6 +192,7 @@ def register_model(
         git_commit,
         architecture,
         target_profile,
+        parent_run_id,
         config_file,
     )
 
@@ -196,6 +205,7 @@ def await_approval(
     poll_s: float,
     auto_approve: bool,
     pipeline_run: str,
+    parent_run_id: str,
     config_file: str,
 ) -> str:
     """Wait for an approver's signed decision (edgeloop approve/reject); returns approved|rejected.
@@ -203,7 +213,7 @@ def await_approval(
     from edgeloop.pipelines.tasks import await_approval_task
 
     return await_approval_task(
-        version, gate_passed, timeout_s, poll_s, auto_approve, pipeline_run, config_file
+        version, gate_passed, timeout_s, poll_s, auto_approve, pipeline_run, parent_run_id, config_file
     )
 
 
@@ -250,9 +260,15 @@ def buildah_build(context: Input[Artifact], image: str, content_hash: str, needs
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def deploy_model(
-    version: str, image: str, deploy_target: str, namespace: str, gitops_dir: str, config_file: str
+    version: str,
+    image: str,
+    deploy_target: str,
+    namespace: str,
+    gitops_dir: str,
+    parent_run_id: str,
+    config_file: str,
 ) -> str:
     """Render the InferenceService for the approved version, apply it (or write it for Flux), move champion."""
     from edgeloop.pipelines.tasks import deploy_task
 
-    return deploy_task(version, image, deploy_target, namespace, gitops_dir, config_file)
+    return deploy_task(version, image, deploy_target, namespace, gitops_dir, parent_run_id, config_file)

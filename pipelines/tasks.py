@@ -22,7 +22,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgeloop.pipeline")
 
 # the steps' multi-value returns (field names = the KFP output names)
-LabelSnapshot = namedtuple("LabelSnapshot", ["manifest_uri", "labels_digest", "labeled_images"])
+LabelSnapshot = namedtuple(
+    "LabelSnapshot", ["manifest_uri", "labels_digest", "labeled_images", "mlflow_run_id"]
+)
+Training = namedtuple("Training", ["val_accuracy", "mlflow_run_id"])
 Registration = namedtuple("Registration", ["version", "gate_passed", "evidence_digest"])
 ImageContext = namedtuple("ImageContext", ["image", "content_hash", "needs_build"])
 
@@ -54,16 +57,22 @@ def _dir(artifact: Any) -> Path:
 
 
 # -- labels and dataset -------------------------------------------------------------------------------------
-def snapshot_labels_task(project: str, label_policy: str, config_file: str):
-    """Never cached: the manifest's digest names it, so build_dataset can be cached on that name."""
+def snapshot_labels_task(project: str, label_policy: str, pipeline_run: str, config_file: str):
+    """Never cached: the manifest's digest names it, so build_dataset can be cached on that name.
+    The first step, so it also opens the pipeline run's MLflow run (its id is an output the later
+    uncached steps nest their runs under)."""
     import tempfile
 
+    import mlflow
+
+    from edgeloop.components import tracking
     from edgeloop.components.labels import import_labels
     from edgeloop.core.blob import BlobStore, BlobUri
     from edgeloop.core.model_card import sha256_file
 
     settings = settings_for(config_file)
-    with tempfile.TemporaryDirectory() as tmp:
+    parent = tracking.start_pipeline_run(settings, pipeline_run)
+    with tracking.step_run(settings, parent, "snapshot-labels"), tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "manifest.jsonl"
         report = import_labels(settings, project or None, path, policy=label_policy)
         digest = sha256_file(path)
@@ -72,22 +81,29 @@ def snapshot_labels_task(project: str, label_policy: str, config_file: str):
         uri = BlobUri(settings.blob.datasets_container, f"manifests/{digest}.jsonl")
         if not store.exists(uri):
             store.upload_file(uri, path)
-    n = int(getattr(report, "labeled_images", 0))
-    log.info("labels snapshot %s: %d labeled images (%s)", digest[:12], n, uri)
-    return LabelSnapshot(str(uri), digest, n)
+        n = int(getattr(report, "labeled_images", 0))
+        mlflow.log_params({"labels_digest": digest, "manifest_uri": str(uri), "label_policy": label_policy})
+        mlflow.log_metric("labeled_images", n)
+    log.info("labels snapshot %s: %d labeled images (%s); MLflow run %s", digest[:12], n, uri, parent)
+    return LabelSnapshot(str(uri), digest, n, parent)
 
 
 def build_dataset_task(manifest_uri: str, split_fractions: str, config_file: str, dataset: Any) -> str:
     import tempfile
 
+    from edgeloop.components import tracking
     from edgeloop.components.dataset import build_dataset
     from edgeloop.core.blob import BlobStore
 
     settings = settings_for(config_file)
     out = _dir(dataset)
+    # cached: it cannot be told the pipeline's MLflow run; staging-evaluation nests this run under it
+    run_id = tracking.start_run(settings, "build-dataset", {tracking.STEP_TAG: "build-dataset"})
     with tempfile.TemporaryDirectory() as tmp:
         manifest = BlobStore.from_settings(settings).download_to(manifest_uri, Path(tmp) / "manifest.jsonl")
-        info = build_dataset(settings, manifest, out, fractions=_fractions(split_fractions))
+        info = build_dataset(
+            settings, manifest, out, fractions=_fractions(split_fractions), mlflow_run_id=run_id
+        )
     dataset.metadata.update(
         {
             "version": info.version,
@@ -96,6 +112,7 @@ def build_dataset_task(manifest_uri: str, split_fractions: str, config_file: str
             "counts": info.counts,
             "fractions": list(info.fractions),
             "manifest_uri": manifest_uri,
+            "mlflow_run_id": run_id,
         }
     )
     log.info(info.summary())
@@ -125,7 +142,10 @@ def train_task(
     config_file: str,
     model: Any,
     metrics: Any,
-) -> float:
+):
+    """Train in an MLflow run of its own that has the dataset as its input; returns (val accuracy, run id)."""
+    from edgeloop.components import tracking
+    from edgeloop.components.dataset import DatasetInfo, log_dataset
     from edgeloop.components.training import TrainConfig, run_training
 
     settings = settings_for(config_file)
@@ -146,6 +166,10 @@ def train_task(
     except StackNotRunningError as e:  # training works without tracking, but say so
         log.warning("training without MLflow tracking: %s", e)
         uri = None
+    run_id = ""
+    if uri is not None:  # cached like build-dataset: staging-evaluation nests this run under the pipeline's
+        run_id = tracking.start_run(settings, "train-model", {tracking.STEP_TAG: "train-model"})
+        log_dataset(settings, DatasetInfo.load(Path(dataset.path)), Path(dataset.path), run_id=run_id)
     result = run_training(
         Path(dataset.path),
         out,
@@ -153,6 +177,7 @@ def train_task(
         nproc_per_node=nproc_per_node,
         mlflow_tracking_uri=uri,
         mlflow_experiment=settings.mlflow.experiment,
+        mlflow_run_id=run_id or None,
         dataset_version=dataset.metadata.get("version"),
         progress=False,
         echo=True,
@@ -169,11 +194,12 @@ def train_task(
             "val_images": result.metrics.get("val_images", 0),
             "nproc_per_node": nproc_per_node,
             "seed": seed,
+            "mlflow_run_id": run_id,
             **{f"train_{k}": v for k, v in (result.metrics.get("machine") or {}).items() if k != "cpu_flags"},
         }
     )
     _persist(metrics)
-    return float(result.val_accuracy)
+    return Training(float(result.val_accuracy), run_id)
 
 
 def export_task(model: Any, dataset: Any, onnx_model: Any, parity: Any) -> str:
@@ -254,6 +280,8 @@ def staging_evaluation_task(
     min_eval_images: int,
     regression_alpha: float,
     latency_requests: int,
+    parent_run_id: str,
+    train_run_id: str,
     config_file: str,
     staged_model: Any,
     evaluation: Any,
@@ -261,10 +289,19 @@ def staging_evaluation_task(
     confusion_matrix: Any,
     report: Any,
 ) -> bool:
+    import mlflow
+
+    from edgeloop.components import tracking
     from edgeloop.pipelines.gate import GateThresholds
     from edgeloop.pipelines.staging import run_staging_evaluation, stage_model
 
     settings = settings_for(config_file)
+    # the first uncached step after the cached ones: their runs join the pipeline's run here
+    tracking.adopt(
+        settings,
+        parent_run_id,
+        {"build-dataset": str(dataset.metadata.get("mlflow_run_id", "")), "train-model": train_run_id},
+    )
     thresholds = GateThresholds.model_validate(
         {
             "min_accuracy": min_accuracy,
@@ -279,15 +316,19 @@ def staging_evaluation_task(
             "regression_alpha": regression_alpha,
         }
     )
-    staged = stage_model(Path(candidate.path), Path(staged_model.path), Path(dataset.path))
-    result = run_staging_evaluation(
-        settings,
-        Path(dataset.path),
-        staged,
-        Path(reference.path),
-        thresholds,
-        latency_requests=latency_requests,
-    )
+    with tracking.step_run(settings, parent_run_id, "staging-evaluation"):
+        staged = stage_model(Path(candidate.path), Path(staged_model.path), Path(dataset.path))
+        result = run_staging_evaluation(
+            settings,
+            Path(dataset.path),
+            staged,
+            Path(reference.path),
+            thresholds,
+            latency_requests=latency_requests,
+        )
+        mlflow.log_metrics({k.replace("=", "_"): float(v) for k, v in result.report.flat_metrics().items()})
+        mlflow.set_tags({"edgeloop.gate": "passed" if result.decision.passed else "failed"})
+        mlflow.log_text(result.markdown, "report.md")
     Path(evaluation.path).parent.mkdir(parents=True, exist_ok=True)
     Path(evaluation.path).write_text(result.to_json())
     evaluation.metadata.update(
@@ -321,6 +362,7 @@ def register_task(
     git_commit: str,
     architecture: str,
     target_profile: str,
+    parent_run_id: str,
     config_file: str,
 ):
     from edgeloop.pipelines import registry
@@ -353,6 +395,7 @@ def register_task(
             lineage=lineage,
             params={"architecture": architecture, "target_profile": target_profile},
             extra_evidence={"dataset.json": Path(dataset.path) / "dataset.json", "report.md": md},
+            parent_run_id=parent_run_id,
         )
     if not reg.gate_passed:
         log.warning("version %s rejected by the gate: %s", reg.version, "; ".join(reg.reasons))
@@ -390,8 +433,12 @@ def await_approval_task(
     poll_s: float,
     auto_approve: bool,
     pipeline_run: str,
+    parent_run_id: str,
     config_file: str,
 ) -> str:
+    import mlflow
+
+    from edgeloop.components import tracking
     from edgeloop.pipelines import registry
     from edgeloop.pipelines.runner import LOCAL_RUNNER_ENV
 
@@ -403,19 +450,26 @@ def await_approval_task(
             "auto_approve=True is refused: it works only with the local runner (`edgeloop pipeline run "
             "--local --auto-approve`); on a cluster an approver decides with `edgeloop approve`"
         )
-    if not gate_passed:
-        reasons = registry.version_tags(settings, version).get(registry.REJECTED_REASONS, "the gate failed")
-        log.warning("version %s failed the automatic gate, no approval asked: %s", version, reasons)
-        return registry.REJECTED_VALUE
-    d = registry.wait_for_decision(
-        settings,
-        version,
-        timeout_s,
-        auto_approve=auto_approve,
-        poll_s=poll_s,
-        run_name=pipeline_run,
-        progress=log.info,
-    )
+    with tracking.step_run(settings, parent_run_id, "await-approval", tags={"edgeloop.version": version}):
+        if not gate_passed:
+            reasons = registry.version_tags(settings, version).get(
+                registry.REJECTED_REASONS, "the gate failed"
+            )
+            log.warning("version %s failed the automatic gate, no approval asked: %s", version, reasons)
+            mlflow.set_tags({"edgeloop.decision": registry.REJECTED_VALUE, "edgeloop.decision.mode": "gate"})
+            return registry.REJECTED_VALUE
+        d = registry.wait_for_decision(
+            settings,
+            version,
+            timeout_s,
+            auto_approve=auto_approve,
+            poll_s=poll_s,
+            run_name=pipeline_run,
+            progress=log.info,
+        )
+        mlflow.set_tags(
+            {"edgeloop.decision": d.decision, "edgeloop.decision.by": d.by, "edgeloop.decision.mode": d.mode}
+        )
     log.info(
         "decision on version %s: %s by %s (%s)%s",
         version,
@@ -462,19 +516,35 @@ def local_image_build_task(context: Any, image: str, config_file: str) -> str:
 
 
 def deploy_task(
-    version: str, image: str, deploy_target: str, namespace: str, gitops_dir: str, config_file: str
+    version: str,
+    image: str,
+    deploy_target: str,
+    namespace: str,
+    gitops_dir: str,
+    parent_run_id: str,
+    config_file: str,
 ) -> str:
+    import mlflow
+
+    from edgeloop.components import tracking
     from edgeloop.pipelines.deploy import deploy_version
 
     settings = settings_for(config_file)
-    result = deploy_version(
-        settings,
-        version,
-        image=image,
-        deploy_target=deploy_target,
-        namespace=namespace,
-        gitops_dir=gitops_dir,
-    )
+    with tracking.step_run(settings, parent_run_id, "deploy-model", tags={"edgeloop.version": version}):
+        result = deploy_version(
+            settings,
+            version,
+            image=image,
+            deploy_target=deploy_target,
+            namespace=namespace,
+            gitops_dir=gitops_dir,
+        )
+        mlflow.set_tags(
+            {
+                "edgeloop.deployed_to": result.target[:4900],
+                "edgeloop.previous_champion": result.previous_champion or "",
+            }
+        )
     log.info(
         "version %s deployed to %s; champion moved (previous: %s)",
         version,

@@ -76,8 +76,16 @@ def training_pipeline(
     split_fractions (train/val/test shares of the labeled images; keep them fixed for a project),
     model architecture, epochs, gate thresholds (min_eval_images: fewer test images fail the gate for
     insufficient evidence), approval timeout, target hardware profile, auto_approve."""
-    labels = steps.snapshot_labels(project=project, label_policy=label_policy, config_file=config_file)
+    labels = steps.snapshot_labels(
+        project=project,
+        label_policy=label_policy,
+        pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        config_file=config_file,
+    )
     labels.set_caching_options(False)  # always a fresh export: see the module docstring
+    # The pipeline run's MLflow run: uncached steps nest their runs under it; the cached ones cannot take
+    # it (a per-run input would change their cache key), so staging-evaluation nests theirs.
+    parent_run_id = labels.outputs["mlflow_run_id"]
 
     dataset = steps.build_dataset(
         manifest_uri=labels.outputs["manifest_uri"], split_fractions=split_fractions, config_file=config_file
@@ -115,6 +123,8 @@ def training_pipeline(
         min_eval_images=min_eval_images,
         regression_alpha=regression_alpha,
         latency_requests=latency_requests,
+        parent_run_id=parent_run_id,
+        train_run_id=trained.outputs["mlflow_run_id"],
         config_file=config_file,
     )
     staging.set_caching_options(False)  # depends on the champion
@@ -129,6 +139,7 @@ def training_pipeline(
         git_commit=git_commit,
         architecture=architecture,
         target_profile=target_profile,
+        parent_run_id=parent_run_id,
         config_file=config_file,
     )
     registered.set_caching_options(False)
@@ -143,6 +154,7 @@ def training_pipeline(
         poll_s=approval_poll_s,
         auto_approve=auto_approve,
         pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        parent_run_id=parent_run_id,
         config_file=config_file,
     )
     approval.set_caching_options(False)
@@ -161,6 +173,7 @@ def training_pipeline(
                 deploy_target=deploy_target,
                 namespace=namespace,
                 gitops_dir=gitops_dir,
+                parent_run_id=parent_run_id,
                 config_file=config_file,
             ).after(built).set_caching_options(False)
         with dsl.Else(name="build-locally"):
@@ -173,6 +186,7 @@ def training_pipeline(
                 deploy_target=deploy_target,
                 namespace=namespace,
                 gitops_dir=gitops_dir,
+                parent_run_id=parent_run_id,
                 config_file=config_file,
             ).after(local).set_caching_options(False)
 

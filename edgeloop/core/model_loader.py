@@ -17,7 +17,11 @@ file's sha256). Where a digest is pinned (``expected_digest``: the registry's ta
 a card that differs from it in anything, labels and preprocessing included, is refused.
 
 A model URI is a local directory (or ``file://``), an ``az://container/prefix`` blob
-prefix, or a registered version ``models:/NAME/VERSION`` / ``models:/NAME@ALIAS``.
+prefix, or a registered version ``models:/NAME/VERSION`` / ``models:/NAME@ALIAS``. A registered
+version is an MLflow model (:mod:`edgeloop.pipelines.registry`): ``MLmodel`` (ONNX flavor), its
+environment files and input example next to edgeloop's files; it is fetched whole and verified like
+any model directory, and its ``MLmodel`` must make MLflow load the verified ``model.onnx``
+(``mlflow.pyfunc.load_model`` on a version edgeloop accepts runs the bytes edgeloop checked).
 Imports nothing heavy at module level: onnxruntime when a session is opened, the Azure
 client for ``az://``, mlflow only to resolve ``models:/`` (the serving image has no torch).
 """
@@ -58,6 +62,7 @@ REGISTRY_SCHEME = "models:/"
 BLOB_SCHEME = "az://"
 # The model version tag the registry writes at registration (pipelines.registry.MODEL_DIGEST).
 REGISTRY_DIGEST_TAG = "edgeloop.model_digest"
+MLMODEL_FILE = "MLmodel"  # an MLflow model's descriptor, next to the card in a registered version
 _REGISTRY = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
 
 
@@ -271,7 +276,9 @@ def check_integrity(
       lists the same file digests as the model that was approved);
     * the card records a sha256 for ``model.onnx``, and the file (or ``model_bytes``, read
       from it) has that sha256;
-    * every other file the card lists is inside ``directory`` and exists with its recorded sha256.
+    * every other file the card lists is inside ``directory`` and exists with its recorded sha256;
+    * an MLflow ``MLmodel`` next to the card (a registered version) makes MLflow's ONNX and pyfunc
+      flavors load ``model.onnx``, the file just verified, and nothing else.
     """
     directory = Path(directory)
     pinned = [expected_digest] if isinstance(expected_digest, str) else list(expected_digest)
@@ -317,6 +324,29 @@ def check_integrity(
                 "changed after the model was exported; export or register it again",
                 directory,
             )
+    if (directory / MLMODEL_FILE).is_file():
+        _check_mlmodel(directory)
+
+
+def _check_mlmodel(directory: Path) -> None:
+    """The flavors of ``directory/MLmodel`` load ``model.onnx`` (what the card's digest covers)."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load((directory / MLMODEL_FILE).read_text()) or {}
+        flavors = doc.get("flavors") or {}
+    except (yaml.YAMLError, AttributeError, UnicodeDecodeError) as e:
+        raise IntegrityError(
+            f"{MLMODEL_FILE} is not a readable MLflow model descriptor: {e}", directory
+        ) from e
+    loads = {name: (flavors.get(name) or {}).get("data") for name in ("onnx", "python_function")}
+    wrong = {name: data for name, data in loads.items() if data != MODEL_FILE}
+    if wrong:
+        raise IntegrityError(
+            f"{MLMODEL_FILE} makes MLflow load {wrong} instead of the verified {MODEL_FILE}: the MLflow "
+            "model was changed after registration; register the model again",
+            directory,
+        )
 
 
 def verify_model(

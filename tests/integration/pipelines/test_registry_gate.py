@@ -114,6 +114,7 @@ def test_register_wait_and_approve_from_another_process(settings, tmp_path):
         "evidence/confusion_matrix.png",
     } <= arts
     assert c.get_run(reg.run_id).data.metrics["accuracy"] == 1.0
+    _assert_an_mlflow_model_with_signature_and_example(settings, reg)
 
     t, box = _wait_in_thread(settings, reg.version, timeout_s=120)
     r = _cli(settings, "approve", name, reg.version, "--note", "looks good", "--evidence", rep.digest())
@@ -135,6 +136,59 @@ def test_register_wait_and_approve_from_another_process(settings, tmp_path):
     (entry,) = json.loads(h.stdout)
     assert entry["approver"] == "edgeloop-approver" and entry["evidence_digest"] == rep.digest()
     assert entry["signature"].startswith("valid")
+
+    # an approved champion loads in plain MLflow and predicts what edgeloop's server predicts
+    registry.promote_champion(settings, reg.version, deployed_to="test: edgeloop serve")
+    _assert_pyfunc_predicts_like_the_server(settings, reg.version)
+
+
+def _assert_an_mlflow_model_with_signature_and_example(settings, reg) -> None:
+    """The version is an MLflow ONNX model: signature (NCHW float32 at the card's size; probabilities and
+    embedding), input example and edgeloop's files in the same LoggedModel, visible through the client."""
+    import mlflow
+
+    c = registry.client(settings)
+    name = settings.mlflow.registered_model
+    mv = c.get_model_version(name, reg.version)
+    model_id = mv.source.removeprefix("models:/")  # the version's source is the LoggedModel
+    assert model_id.startswith("m-")
+    logged = c.get_logged_model(model_id)
+    assert logged.source_run_id == reg.run_id and logged.tags[registry.MODEL_DIGEST] == reg.model_digest
+    info = mlflow.models.get_model_info(f"models:/{name}/{reg.version}")
+    assert set(info.flavors) == {"onnx", "python_function"}
+    size = 32  # build_linear_model_dir's card
+    (inp,) = info.signature.inputs.inputs
+    assert (inp.name, inp.type, inp.shape) == ("images", np.dtype("float32"), (-1, 3, size, size))
+    outs = {o.name: o.shape for o in info.signature.outputs.inputs}
+    assert outs == {"probabilities": (-1, 4), "embedding": (-1, 3)}
+    assert info.saved_input_example_info and info.saved_input_example_info["artifact_path"]
+    files = {a.path for a in c.list_logged_model_artifacts(model_id)}
+    assert {"MLmodel", "model.onnx", "model_card.json", "input_example.json", "requirements.txt"} <= files
+
+
+def _assert_pyfunc_predicts_like_the_server(settings, version: str) -> None:
+    """``mlflow.pyfunc.load_model("models:/NAME@champion")`` fed with the shared preprocessing's tensor
+    gives the labels (and probabilities) the edgeloop model server gives for the same images."""
+    import mlflow.pyfunc
+
+    from edgeloop.core.model_card import ModelCard
+    from edgeloop.core.model_loader import fetch_verified
+    from edgeloop.core.preprocessing import Preprocess
+    from edgeloop.serving.launcher import running_server
+    from edgeloop.testing.media import random_frames
+
+    name = settings.mlflow.registered_model
+    uri = f"models:/{name}@champion"
+    card: ModelCard = fetch_verified(uri, settings).card
+    frames = random_frames(12, 48, seed=5)
+    pyfunc = mlflow.pyfunc.load_model(uri)
+    out = pyfunc.predict({card.input_name: Preprocess(card.preprocessing).batch(list(frames))})
+    pyfunc_labels = [card.labels[i] for i in np.argmax(out["probabilities"], axis=1)]
+    with running_server([uri], settings=settings) as srv, srv.grpc_client(name) as g:
+        served = g.infer_frames(frames)
+    assert served.model_version == version
+    assert pyfunc_labels == served.labels
+    np.testing.assert_allclose(out["probabilities"], served.probabilities, atol=1e-5)
 
 
 def test_reject_from_another_process_and_timeout(settings, tmp_path):
@@ -246,7 +300,9 @@ def test_a_card_or_file_changed_after_approval_fails_verify_and_deploy(settings,
     import mlflow
 
     from edgeloop.core.blob import BlobStore, BlobUri
+    from edgeloop.core.errors import IntegrityError
     from edgeloop.core.model_card import ModelCard
+    from edgeloop.core.model_loader import fetch_verified
     from edgeloop.pipelines.deploy import DeployFailed, deploy_version
 
     name = settings.mlflow.registered_model
@@ -274,18 +330,41 @@ def test_a_card_or_file_changed_after_approval_fails_verify_and_deploy(settings,
     store.upload_file(onnx, tmp_path / "orig.onnx")
     assert registry.verify_version(settings, reg.version).ok
 
-    # the MLflow copy: a card whose labels were swapped (its file digests still match the file)
+    # the MLflow copy: a card whose labels were swapped (its file digests still match the file), written
+    # into the version's MLflow model: verify, the loader (models:/NAME/V and NAME@ALIAS) and deploy refuse it
     card = ModelCard.load(model)
     edited = tmp_path / "edited"
     edited.mkdir()
     card.model_copy(update={"labels": list(reversed(card.labels))}).save(edited)
-    registry.client(settings)
-    with mlflow.start_run(run_id=reg.run_id):
-        mlflow.log_artifact(str(edited / "model_card.json"), registry.MODEL_DIR)
+    c = registry.client(settings)
+    model_id = c.get_model_version(name, reg.version).source.removeprefix("models:/")
+    c.log_model_artifacts(model_id, str(edited))
     v = registry.verify_version(settings, reg.version)
     assert {c.name for c in v.checks if not c.ok} == {"model files in MLflow"}
     r = _cli(settings, "registry", "verify", name, reg.version)
     assert r.returncode == 1 and "[FAIL] model files in MLflow" in r.stdout
+    c.set_registered_model_alias(name, "under-test", reg.version)
+    for uri in (f"models:/{name}/{reg.version}", f"models:/{name}@under-test"):
+        with pytest.raises(IntegrityError, match="deployment pins"):
+            fetch_verified(uri, settings)
+    with pytest.raises(DeployFailed, match="model files in MLflow"):
+        deploy_version(
+            settings, reg.version, deploy_target="gitops", gitops_dir=tmp_path / "g", validate=False
+        )
+
+    # the card restored, but MLmodel pointed at another file: MLflow would load what nobody verified
+    (edited / "model_card.json").write_bytes((model / "model_card.json").read_bytes())
+    c.log_model_artifacts(model_id, str(edited))
+    assert registry.verify_version(settings, reg.version).ok
+    mlmodel = tmp_path / "mlmodel" / "MLmodel"
+    mlmodel.parent.mkdir()
+    location = c.get_logged_model(model_id).artifact_location
+    mlflow.artifacts.download_artifacts(f"{location}/MLmodel", dst_path=str(mlmodel.parent))
+    mlmodel.write_text(mlmodel.read_text().replace("data: model.onnx", "data: other.onnx"))
+    c.log_model_artifacts(model_id, str(mlmodel.parent))
+    with pytest.raises(IntegrityError, match="MLmodel makes MLflow load"):
+        fetch_verified(f"models:/{name}@under-test", settings)
+    assert not registry.verify_version(settings, reg.version).ok
 
 
 @pytest.mark.slow

@@ -138,4 +138,4 @@ def test_auto_approve_is_refused_outside_the_local_runner(monkeypatch, tmp_path,
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     with pytest.raises(RegistryError, match="only with the local runner"):
-        await_approval_task("1", True, 1.0, 1.0, True, "run-1", "")
+        await_approval_task("1", True, 1.0, 1.0, True, "run-1", "", "")
