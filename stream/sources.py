@@ -334,7 +334,10 @@ class SourceReader(threading.Thread):
                 return container
             except Exception as e:  # the device could not be opened: software decode, said so
                 log.warning(
-                    "source %s: %s decode failed to open (%s); decoding in software", self.spec.name, hw, e
+                    "source %s: opening with %s decode failed (%s); trying software decode",
+                    self.spec.name,
+                    hw,
+                    e,
                 )
                 why = f"software decode: {hw} failed to open ({type(e).__name__})"
         self._hw = (None, why)
