@@ -16,13 +16,20 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeloop.components.defaults import PrecisionBounds
 from edgeloop.components.errors import PrecisionError
 from edgeloop.components.stats import metric_fields, proportion_fields, quantile_interval_ranks
 from edgeloop.core.model_card import MODEL_FILE, Precision
 from edgeloop.core.preprocessing import PreprocessConfig
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import numpy as np
+
+    from edgeloop.core.preprocessing import Preprocess
 
 
 @dataclass
@@ -207,6 +214,23 @@ def measure_quality(path: Path, x_val, y_val, fp32_top1, provider: str) -> tuple
     return accuracy, agreement
 
 
+def _split_arrays(
+    directory: Path, split: str, labels: Sequence[str], pre: Preprocess, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A split's images preprocessed as serving does (float32 NCHW) and their class indices, without
+    torch: select-precision runs in the pipeline image, which has none."""
+    import numpy as np
+
+    from edgeloop.components.dataset import load_rows
+    from edgeloop.core.preprocessing import decode_image
+
+    rows = load_rows(directory, split)[:limit]
+    index = {c: i for i, c in enumerate(labels)}
+    x = [pre.normalize(pre.resize(decode_image((directory / r.file).read_bytes()))) for r in rows]
+    empty = np.zeros((0, 3, pre.size, pre.size), np.float32)
+    return (np.stack(x) if x else empty), np.asarray([index[r.label] for r in rows])
+
+
 def select_precision(
     fp32_path: Path,
     dataset_dir: Path,
@@ -223,27 +247,23 @@ def select_precision(
 ) -> PrecisionDecision:
     """Build the candidates, measure them, choose; the chosen file is copied to ``out_dir/model.onnx``.
     ``preprocessing``: the model card's (default: ``size`` with ImageNet mean/std, as training uses)."""
-    import numpy as np
-
     from edgeloop.components.export import onnx_session, run_onnx
-    from edgeloop.components.modeling import load_split
     from edgeloop.core.preprocessing import Preprocess
 
     out_dir = Path(out_dir)
     work = out_dir.parent / f"{out_dir.name}-variants"
     work.mkdir(parents=True, exist_ok=True)
     pre = Preprocess(preprocessing or PreprocessConfig(size=size))
-    val = load_split(Path(dataset_dir), "val", labels, pre)
-    x_val, y_val = val.array(), np.asarray(val.targets)
+    x_val, y_val = _split_arrays(Path(dataset_dir), "val", labels, pre)
     fp32_copy = work / "model.fp32.onnx"
     shutil.copyfile(fp32_path, fp32_copy)
     fp32_top1 = run_onnx(onnx_session(fp32_copy, provider), x_val)[0].argmax(1)
     paths: dict[Precision, Path] = {Precision.FP32: fp32_copy}
     errors: dict[str, str] = {}
     if Precision.INT8 in candidates:
-        train = load_split(Path(dataset_dir), "train", labels, pre, limit=calibration_images)
+        x_train, _ = _split_arrays(Path(dataset_dir), "train", labels, pre, limit=calibration_images)
         try:
-            paths[Precision.INT8] = quantize_int8(fp32_copy, work / "model.int8.onnx", train.array())
+            paths[Precision.INT8] = quantize_int8(fp32_copy, work / "model.int8.onnx", x_train)
         except Exception as e:  # an op the quantizer cannot handle: record it and stay in fp32
             errors[Precision.INT8.value] = f"{type(e).__name__}: {e}"
     quality = {}

@@ -227,7 +227,7 @@ def run_local(
     try:
         with contextlib.redirect_stdout(tee):  # type: ignore[type-var]
             training_pipeline(**args)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:  # ValueError: a step's output is missing (see below)
         error = e
     finally:
         for k, v in saved.items():
@@ -247,12 +247,19 @@ def run_local(
     for d in run_dir.iterdir() if run_dir.is_dir() else []:
         if d.is_dir():
             tasks.setdefault(d.name, TaskResult(d.name, "succeeded")).outputs = _read_task_outputs(d)
+    if runner is not None:
+        # kfp's DockerRunner runs each container with auto_remove and reads its exit code afterwards;
+        # when the container is gone by then (podman removes it at once) kfp assumes exit 0. A step
+        # that failed that way left no executor output: it failed.
+        for name, t in tasks.items():
+            if t.state == "success" and not (run_dir / name / "executor_output.json").exists():
+                t.state = "failure"
     reg = tasks.get("register-model")
     outcome = LocalOutcome(
         run_name=run_dir.name,
         run_dir=str(run_dir),
         seconds=round(seconds, 2),
-        succeeded=error is None,
+        succeeded=error is None and not any(t.state == "failure" for t in tasks.values()),
         tasks=tasks,
         model=settings.mlflow.registered_model,
     )
@@ -267,11 +274,13 @@ def run_local(
     for name, t in tasks.items():
         if name.startswith("deploy-model") and t.outputs.get("Output"):
             outcome.deployed_to = t.outputs["Output"]
-    if error is not None:
-        chain = re.findall(r"'([\w-]+)'", _ANSI.sub("", str(error)).partition("Inner task failed:")[2])
+    if not outcome.succeeded:
+        message = _ANSI.sub("", str(error or ""))
+        chain = re.findall(r"'([\w-]+)'", message.partition("Inner task failed:")[2])
+        chain += re.findall(r"but task '([\w-]+)' not found", message)
         failed = [n for n, t in tasks.items() if t.state == "failure"]
         outcome.failed_step = chain[0] if chain else (failed[0] if failed else None)
-        outcome.cause = _failure_cause(log_text, outcome.failed_step) if outcome.failed_step else str(error)
+        outcome.cause = _failure_cause(log_text, outcome.failed_step) if outcome.failed_step else message
     return outcome
 
 

@@ -7,23 +7,19 @@ the images fails the tests. podman reads the project's configuration (.tools/con
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CONTAINERS_DIR = ROOT / ".tools" / "containers"
 
 
 @pytest.fixture(scope="session")
 def engine() -> str:
-    from edgeloop.pipelines.image_build import ImageBuildError, container_engine
+    from edgeloop.pipelines.image_build import ImageBuildError, container_engine, use_project_engine_config
 
-    for var, name in (("CONTAINERS_CONF", "containers.conf"), ("CONTAINERS_STORAGE_CONF", "storage.conf")):
-        if not os.environ.get(var) and (CONTAINERS_DIR / name).exists():
-            os.environ[var] = str(CONTAINERS_DIR / name)
+    use_project_engine_config(ROOT)
     try:
         return container_engine()
     except ImageBuildError as e:
