@@ -400,8 +400,18 @@ def use_project_engine_config(root: Path | None = None) -> None:
 
 
 def tag_image(engine: str, image: str, ref: str) -> None:
-    """Give ``image`` the name ``ref`` too (a local run of a pipeline that names ``ref``)."""
+    """Give ``image`` the name ``ref`` too (a local run of a pipeline that names ``ref``). The image
+    ``ref`` named before is removed if that leaves it without a name (a superseded local build)."""
+    before = subprocess.run(
+        [engine, "image", "inspect", "--format", "{{.Id}}", ref], capture_output=True, text=True
+    )
     _run([engine, "tag", image, ref], f"tagging {image} as {ref}")
+    old = before.stdout.strip() if before.returncode == 0 else ""
+    now = subprocess.run(
+        [engine, "image", "inspect", "--format", "{{.Id}}", ref], capture_output=True, text=True
+    )
+    if old and old != now.stdout.strip():  # refused while another name or a container still uses it
+        subprocess.run([engine, "rmi", old], capture_output=True)
 
 
 @contextlib.contextmanager

@@ -146,3 +146,34 @@ def test_label_snapshot_and_dataset_build_run_in_the_pipeline_image_with_setting
     # the same step without the Secrets: a clear error, nothing written
     r, _ = run_step(engine, image, "build-dataset", params, outputs, tmp_path / "no-secrets", {})
     assert r.returncode != 0 and "stack" in r.stderr.lower()
+
+
+def test_kfp_docker_runner_runs_a_step_in_the_pipeline_image_through_the_engine_api(
+    engine, images, stack_settings, seeded, tmp_path, monkeypatch
+):
+    """What `edgeloop pipeline run --local --containers` does for every step: kfp's DockerRunner on
+    docker, or on podman's Docker-compatible API, with the settings as the environment."""
+    from kfp import local
+
+    from edgeloop.pipelines import image_build, steps
+    from edgeloop.pipelines.runner import container_env
+
+    image_build.tag_image(engine, images("edgeloop-pipeline"), steps.PIPELINE_IMAGE)
+    root = tmp_path / "kfp"
+    root.mkdir()
+    root.chmod(0o777)  # the step runs as user 1000
+    with image_build.docker_api(engine) as docker_host:
+        monkeypatch.setenv("DOCKER_HOST", docker_host)
+        local.init(
+            runner=local.DockerRunner(
+                network_mode="host",
+                user="1000:1000",
+                environment=container_env(stack_settings),
+                cap_drop=["ALL"],
+            ),
+            pipeline_root=str(root),
+            enable_caching=False,
+            raise_on_error=True,
+        )
+        task = steps.snapshot_labels(project=PROJECT, label_policy="latest", config_file="")
+    assert task.outputs["labeled_images"] == seeded.images_found - seeded.unlabeled_tasks > 0
