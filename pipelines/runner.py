@@ -155,6 +155,9 @@ class _Tee(io.TextIOBase):
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+NO_CAUSE = "see the step's log above"
+
+
 def _failure_cause(log_text: str, step: str) -> str:
     """The last exception line printed by the failed step."""
     text = _ANSI.sub("", log_text)
@@ -165,7 +168,7 @@ def _failure_cause(log_text: str, step: str) -> str:
         for ln in chunk.splitlines()
         if re.match(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Failed|Rejected|Interrupt)|[\w.]+Error)\b.*:", ln)
     ]
-    return exc[-1] if exc else "see the step's log above"
+    return exc[-1] if exc else NO_CAUSE
 
 
 def _read_task_outputs(task_dir: Path) -> dict[str, Any]:
@@ -280,7 +283,10 @@ def run_local(
         chain += re.findall(r"but task '([\w-]+)' not found", message)
         failed = [n for n, t in tasks.items() if t.state == "failure"]
         outcome.failed_step = chain[0] if chain else (failed[0] if failed else None)
-        outcome.cause = _failure_cause(log_text, outcome.failed_step) if outcome.failed_step else message
+        cause = _failure_cause(log_text, outcome.failed_step) if outcome.failed_step else ""
+        if cause in ("", NO_CAUSE) and message.strip():
+            cause = message.strip().splitlines()[-1]  # kfp's own error (e.g. a step's missing output)
+        outcome.cause = cause or NO_CAUSE
     return outcome
 
 
@@ -346,7 +352,7 @@ def run_in_containers(
     *,
     images: Path = ROOT / "build" / "images",
     pipeline_root: Path | None = None,
-    enable_caching: bool = True,
+    enable_caching: bool = False,
     log_stream: Any = None,
 ) -> LocalOutcome:
     """Run the pipeline on this machine with every step in its image: ``kfp.local.DockerRunner`` on docker
@@ -357,7 +363,9 @@ def run_in_containers(
     network (the local stack listens on 127.0.0.1); its settings come in as the environment a cluster's
     Secrets give it (:func:`container_env`): DockerRunner ignores kfp-kubernetes' Secret references.
     The pipeline root is mounted at the same path (world-writable, for user 1000). ``auto_approve``
-    is signed here, not in a step: the steps hold no signing key, as on a cluster.
+    is signed here, not in a step: the steps hold no signing key, as on a cluster. No caching by
+    default: kfp's local cache keys a step by its image's name, not its content, and keeps a step
+    DockerRunner wrongly reported as succeeded (see :func:`run_local`).
     """
     from kfp import local
 
