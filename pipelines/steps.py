@@ -32,15 +32,15 @@ BUILDER_IMAGE = "ghcr.io/edgeloop/edgeloop-builder:0.1.0"
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
-def snapshot_labels(project: str, label_policy: str, pipeline_run: str, config_file: str) -> NamedTuple(  # type: ignore[valid-type]
+def snapshot_labels(project: str, label_policy: str, config_file: str, pipeline_run: str = "") -> NamedTuple(  # type: ignore[valid-type]
     "LabelSnapshot",
     [("manifest_uri", str), ("labels_digest", str), ("labeled_images", int), ("mlflow_run_id", str)],
 ):
     """Export the labels from Label Studio into a content-addressed manifest (never cached); open the
-    pipeline run's MLflow run (mlflow_run_id), under which every step's run nests."""
+    MLflow run of ``pipeline_run`` (output mlflow_run_id), under which every step's run nests."""
     from edgeloop.pipelines.tasks import snapshot_labels_task
 
-    return snapshot_labels_task(project, label_policy, pipeline_run, config_file)
+    return snapshot_labels_task(project, label_policy, config_file, pipeline_run)
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)

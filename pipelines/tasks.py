@@ -57,13 +57,11 @@ def _dir(artifact: Any) -> Path:
 
 
 # -- labels and dataset -------------------------------------------------------------------------------------
-def snapshot_labels_task(project: str, label_policy: str, pipeline_run: str, config_file: str):
+def snapshot_labels_task(project: str, label_policy: str, config_file: str, pipeline_run: str = ""):
     """Never cached: the manifest's digest names it, so build_dataset can be cached on that name.
-    The first step, so it also opens the pipeline run's MLflow run (its id is an output the later
-    uncached steps nest their runs under)."""
+    The first step, so it also opens the MLflow run of ``pipeline_run`` (its id is an output the later
+    uncached steps nest their runs under; none without a pipeline run's name)."""
     import tempfile
-
-    import mlflow
 
     from edgeloop.components import tracking
     from edgeloop.components.labels import import_labels
@@ -71,8 +69,7 @@ def snapshot_labels_task(project: str, label_policy: str, pipeline_run: str, con
     from edgeloop.core.model_card import sha256_file
 
     settings = settings_for(config_file)
-    parent = tracking.start_pipeline_run(settings, pipeline_run)
-    with tracking.step_run(settings, parent, "snapshot-labels"), tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "manifest.jsonl"
         report = import_labels(settings, project or None, path, policy=label_policy)
         digest = sha256_file(path)
@@ -81,10 +78,17 @@ def snapshot_labels_task(project: str, label_policy: str, pipeline_run: str, con
         uri = BlobUri(settings.blob.datasets_container, f"manifests/{digest}.jsonl")
         if not store.exists(uri):
             store.upload_file(uri, path)
-        n = int(getattr(report, "labeled_images", 0))
-        mlflow.log_params({"labels_digest": digest, "manifest_uri": str(uri), "label_policy": label_policy})
-        mlflow.log_metric("labeled_images", n)
-    log.info("labels snapshot %s: %d labeled images (%s); MLflow run %s", digest[:12], n, uri, parent)
+    n = int(getattr(report, "labeled_images", 0))
+    parent = tracking.start_pipeline_run(settings, pipeline_run) if pipeline_run else ""
+    if parent:
+        import mlflow
+
+        with tracking.step_run(settings, parent, "snapshot-labels"):
+            mlflow.log_params(
+                {"labels_digest": digest, "manifest_uri": str(uri), "label_policy": label_policy}
+            )
+            mlflow.log_metric("labeled_images", n)
+    log.info("labels snapshot %s: %d labeled images (%s); MLflow run %s", digest[:12], n, uri, parent or "-")
     return LabelSnapshot(str(uri), digest, n, parent)
 
 

@@ -98,8 +98,17 @@ def test_local_pipeline_run_ends_with_an_approved_champion(stack_settings, sampl
         "evidence/confusion_matrix.png",
         "evidence/gate.json",
     } <= evidence
-    model_files = {a.path for a in c.list_artifacts(run_id, "model")}
-    assert {"model/model.onnx", "model/model_card.json", "model/reference_profile.npz"} <= model_files
+    # the version is an MLflow model (the registration run's LoggedModel) with edgeloop's files in it
+    model_id = c.get_model_version(stack_settings.mlflow.registered_model, version).source.split("/")[-1]
+    assert c.get_logged_model(model_id).source_run_id == run_id
+    model_files = {a.path for a in c.list_logged_model_artifacts(model_id)}
+    assert {
+        "MLmodel",
+        "model.onnx",
+        "model_card.json",
+        "reference_profile.npz",
+        "input_example.json",
+    } <= model_files
     metrics = c.get_run(run_id).data.metrics
     for m in ("accuracy", "ece", "latency_p95_ms", "parity_top1_agreement", "recall.ok"):
         assert m in metrics, m
@@ -107,7 +116,7 @@ def test_local_pipeline_run_ends_with_an_approved_champion(stack_settings, sampl
     assert tags[f"{registry.GATE_RULE_PREFIX}min_accuracy"].startswith("pass: accuracy ")
     assert "95% CI" in tags[f"{registry.GATE_RULE_PREFIX}min_accuracy"]
     card = json.loads(
-        mlflow_text(stack_settings, f"runs:/{run_id}/model/model_card.json")
+        mlflow_text(stack_settings, f"{c.get_logged_model(model_id).artifact_location}/model_card.json")
     )  # the card records n for its metrics, and the seed and machine of the training run
     assert card["metrics"]["val_accuracy.n"] >= 1 and "val_accuracy.ci95_low" in card["metrics"]
     assert card["lineage"]["train_seed"] == "0" and card["lineage"]["train_cpu_isa"]
@@ -123,10 +132,77 @@ def test_local_pipeline_run_ends_with_an_approved_champion(stack_settings, sampl
     isvc = next(gitops.glob("inferenceservice-*.yaml")).read_text()
     assert tags[registry.MODEL_DIGEST] in isvc
 
+    _assert_one_mlflow_run_with_the_steps_nested(stack_settings, outcome, run_id)
+    _assert_pyfunc_champion_predicts_like_the_server(stack_settings, sample_dir, version)
+
+
+def _assert_one_mlflow_run_with_the_steps_nested(settings, outcome: dict, registration_run: str) -> None:
+    """The pipeline run is one MLflow run; each step's run is nested under it (a cached step's run stays
+    with the pipeline run that computed it and is named on this one); the training run has the dataset
+    as its input."""
+    from mlflow import MlflowClient
+
+    from edgeloop.components.tracking import PARENT_TAG, PIPELINE_RUN_TAG, REUSED_PREFIX, STEP_TAG
+
+    c = MlflowClient(settings.mlflow_tracking_uri())
+    parent_id = outcome["tasks"]["snapshot-labels"]["outputs"]["mlflow_run_id"]
+    parent = c.get_run(parent_id)
+    tags = c.get_model_version(settings.mlflow.registered_model, outcome["version"]).tags
+    assert parent.data.tags[STEP_TAG] == "pipeline"
+    assert parent.data.tags[PIPELINE_RUN_TAG] == parent.info.run_name == tags["lineage.pipeline_run"]
+    assert parent.info.status == "FINISHED"
+    children = c.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=100
+    )
+    steps = {r.data.tags[STEP_TAG]: r for r in children}
+    assert {
+        "snapshot-labels",
+        "staging-evaluation",
+        "register-model",
+        "await-approval",
+        "deploy-model",
+    } <= set(steps), sorted(steps)
+    assert steps["register-model"].info.run_id == registration_run
+    assert steps["await-approval"].data.tags["edgeloop.decision"] == "approved"
+    for cached in ("build-dataset", "train-model"):
+        assert cached in steps or parent.data.tags.get(f"{REUSED_PREFIX}{cached}"), cached
+    train = steps.get("train-model") or c.get_run(parent.data.tags[f"{REUSED_PREFIX}train-model"])
+    (dataset_input,) = train.inputs.dataset_inputs
+    assert dataset_input.dataset.digest == tags["lineage.dataset_version"]
+    assert "val_accuracy" in train.data.metrics
+
+
+def _assert_pyfunc_champion_predicts_like_the_server(settings, sample_dir, version: str) -> None:
+    """``mlflow.pyfunc.load_model("models:/NAME@champion")`` on the trained champion, fed with the shared
+    preprocessing's tensor, gives the labels the edgeloop model server gives for the same images."""
+    import mlflow.pyfunc
+    import numpy as np
+    from PIL import Image
+
+    from edgeloop.core.model_loader import fetch_verified
+    from edgeloop.core.preprocessing import Preprocess
+    from edgeloop.serving.launcher import running_server
+
+    name = settings.mlflow.registered_model
+    uri = f"models:/{name}@champion"
+    card = fetch_verified(uri, settings).card
+    paths = sorted(sample_dir.rglob("*.png"))[::4][:24]
+    images = [Image.open(p).convert("RGB") for p in paths]
+    out = mlflow.pyfunc.load_model(uri).predict(
+        {card.input_name: Preprocess(card.preprocessing).batch(images)}
+    )
+    pyfunc_labels = [card.labels[i] for i in np.argmax(out["probabilities"], axis=1)]
+    with running_server([uri], settings=settings) as srv, srv.rest_client(name) as client:
+        served = client.infer_images([p.read_bytes() for p in paths])
+    assert served.model_version == version
+    assert pyfunc_labels == served.labels
+    np.testing.assert_allclose(out["probabilities"], served.probabilities, atol=1e-4)
+
 
 def test_a_failing_step_names_the_step_and_the_cause(stack_settings):
+    # the step is retried with the cluster's backoff (30 + 60 + 120 s) before the run gives up
     r = _edgeloop(
-        stack_settings, "pipeline", "run", "--local", "--json", "-p", "project=no-such-project", timeout=300
+        stack_settings, "pipeline", "run", "--local", "--json", "-p", "project=no-such-project", timeout=600
     )
     assert r.returncode == 1
     outcome = json.loads(r.stdout)

@@ -96,6 +96,7 @@ def test_imported_onnx_is_gated_approved_served_and_scanned(stack_settings, samp
     end = datetime.now(UTC) + timedelta(seconds=5)
     assert all(p.model_version == version for p in served)
     assert sum(len(p.labels) for p in served) == len(pngs)
+    _assert_pyfunc_predicts_the_served_labels(stack_settings, name, version, card, pngs, served)
 
     report = scan_window(
         stack_settings,
@@ -140,3 +141,22 @@ def test_imported_onnx_is_gated_approved_served_and_scanned(stack_settings, samp
         and batch["scored"] == 12
     )
     assert Path(outcome["model_dir"]).is_dir()
+
+
+def _assert_pyfunc_predicts_the_served_labels(settings, name, version, card, pngs, served) -> None:
+    """The imported model took the same registration path: an MLflow ONNX model whose signature lists the
+    one output it has, and whose pyfunc predicts the labels the server gave for the same images."""
+    import mlflow
+    import mlflow.pyfunc
+
+    from edgeloop.core.preprocessing import Preprocess, decode_image
+
+    registry.client(_for_model(settings, name))  # points mlflow at the stack
+    info = mlflow.models.get_model_info(f"models:/{name}/{version}")
+    assert [o.name for o in info.signature.outputs.inputs] == ["probabilities"]
+    assert info.signature.inputs.inputs[0].shape == (-1, 3, card.preprocessing.size, card.preprocessing.size)
+    x = Preprocess(card.preprocessing).batch([decode_image(b) for b in pngs])
+    probs = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict({card.input_name: x})[
+        "probabilities"
+    ]
+    assert [card.labels[i] for i in probs.argmax(axis=1)] == [label for p in served for label in p.labels]

@@ -227,3 +227,16 @@ def test_a_registered_version_is_cached_by_version_and_verified_on_every_use(reg
         fetch_model("models:/inspection@canary", settings, cache)
     no_cache = fetch_model("models:/inspection/3", settings)  # without a cache: a fresh directory
     assert cache not in no_cache.directory.parents and verify_model(no_cache.directory).card.version == "4"
+
+
+def test_an_mlmodel_that_would_load_another_file_is_refused(model: Path):
+    """A registered version is an MLflow model: its MLmodel must make MLflow load the verified model.onnx."""
+    flavors = "flavors:\n  onnx:\n    data: {onnx}\n  python_function:\n    data: {pyfunc}\n    loader_module: mlflow.onnx\n"
+    (model / "MLmodel").write_text(flavors.format(onnx=MODEL_FILE, pyfunc=MODEL_FILE))
+    verify_model(model)
+    (model / "MLmodel").write_text(flavors.format(onnx=MODEL_FILE, pyfunc="other.onnx"))
+    with pytest.raises(IntegrityError, match="MLmodel makes MLflow load .*other.onnx"):
+        verify_model(model)
+    (model / "MLmodel").write_text("flavors: [unclosed\n")
+    with pytest.raises(IntegrityError, match="not a readable MLflow model descriptor"):
+        verify_model(model)
