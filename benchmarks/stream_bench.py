@@ -51,6 +51,25 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def cpu_seconds(server: Any = None) -> float:
+    """CPU time (user + system) of this process, plus the model server's process group if any."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    total = ru.ru_utime + ru.ru_stime
+    if server is not None:
+        tick = os.sysconf("SC_CLK_TCK")
+        pgid = server.process.pid
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:  # pgrp; utime and stime are fields 11 and 12 after the name
+                total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def bare_ort(model_dir: Path, batch: int = 8, seconds: float = 3.0) -> dict[str, float]:
     """Images/s of ONNX Runtime alone on already-normalised 224x224 input (default threads)."""
     import onnxruntime as ort
@@ -257,9 +276,11 @@ def trial(
 
     before = snap()
     inf0 = (proc._inference_s, proc._inference_frames)
+    cpu0 = cpu_seconds(server)
     t0 = time.monotonic()
     time.sleep(seconds)
     window = time.monotonic() - t0
+    cpu1 = cpu_seconds(server)
     after = snap()
     inf1 = (proc._inference_s, proc._inference_frames)
     summary = proc.stop()
@@ -282,6 +303,8 @@ def trial(
     drop_frac = dropped / frames_in if frames_in else 1.0
     p99 = max(p99s) * 1e3 if p99s else None
     keeps_up = min_rate >= 0.99 * FPS and drop_frac < 0.01
+    # whole-pipeline CPU (decode, resize, inference, queues, Python; the server's too) per camera
+    core_s_per_camera_s = (cpu1 - cpu0) / (n * window)
     ok = keeps_up and p99 is not None and p99 < 100.0
     return {
         "path": path,
@@ -301,6 +324,11 @@ def trial(
         "preprocess_ms_per_frame_wall": round(res_total / res_count * 1e3, 2) if res_count else None,
         "reader_ms_per_frame_in_wall": round(reader_busy / frames_in * 1e3, 2) if frames_in else None,
         "inference_ms_per_frame": None if infer_ms is None else round(infer_ms, 2),
+        "cpu_cores_used": round((cpu1 - cpu0) / window, 3),
+        "cpu_core_s_per_camera_s": round(core_s_per_camera_s, 4),
+        "cpu_bound_cameras_on_all_cores": round((os.cpu_count() or 1) / core_s_per_camera_s, 2)
+        if core_s_per_camera_s > 0
+        else None,
         "resize": summary.preprocessing,
         "decoder": summary.sources[0].get("decoder", {}),
         "load_average_start_end": [load_start, load()],
@@ -477,7 +505,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"  {path:7s} N={n:3d} {'ok  ' if r['ok'] else 'FAIL'} drop {r['drop_fraction']:.2%} "
                 f"p99 {r['p99_ms_worst_camera']} ms  min input {r['min_input_fps']} fps  "
                 f"reader {r['reader_ms_per_frame_in_wall']} ms/frame  infer {r['inference_ms_per_frame']} ms/frame  "
-                f"load {r['load_average_start_end'][1][0]}",
+                f"CPU {r['cpu_core_s_per_camera_s']:.3f} core/camera -> {r['cpu_bound_cameras_on_all_cores']} "
+                f"cameras on {os.cpu_count()} free cores  load {r['load_average_start_end'][1][0]}",
                 flush=True,
             )
             return r
@@ -500,6 +529,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "first_failure": min(
                 (t for t in trials if t["path"] == p and not t["ok"]), key=lambda t: t["n"], default=None
             ),
+            "whole_pipeline_cpu": _whole_pipeline(trials, p),
         }
     result: dict[str, Any] = {
         "what": "largest N of concurrent 30 fps 720p H.264 sources (224x224 model input) with <1% dropped "
@@ -535,11 +565,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(
             f"{p + ' resize: sustained cameras':<36}{sustained[p]} (throughput limit {throughput[p]}); "
             f"decode+preprocess {c['decode_preprocess_ms_cpu']} ms CPU/frame = "
-            f"{c['ratio_decode_preprocess_vs_inference']}x inference"
+            f"{c['ratio_decode_preprocess_vs_inference']}x inference; whole pipeline "
+            f"{by_path[p]['whole_pipeline_cpu']}"
         )
     print(f"{'load average (start, end)':<36}{load_start} -> {result['machine']['load_average_end']}")
     print(f"results: {args.out} and {args.out.with_suffix('.png')}")
     return result
+
+
+def _whole_pipeline(trials: list[dict[str, Any]], path: str) -> dict[str, Any] | None:
+    """CPU per camera of the whole pipeline at the largest N that kept up (else the smallest N),
+    and the cameras that many free cores would carry: the bound when the machine is not shared."""
+    ts = sorted((t for t in trials if t["path"] == path), key=lambda t: t["n"])
+    if not ts:
+        return None
+    kept = [t for t in ts if t["ok_throughput"]]
+    t = kept[-1] if kept else ts[0]
+    return {
+        "at_n": t["n"],
+        "core_s_per_camera_s": t["cpu_core_s_per_camera_s"],
+        "cameras_on_free_cores": t["cpu_bound_cameras_on_all_cores"],
+    }
 
 
 def _cpu_model() -> str:
