@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STEP_TAG = "edgeloop.step"  # which step (or "pipeline", "training-path") a run records
 PIPELINE_RUN_TAG = "edgeloop.pipeline_run"  # the KFP pipeline job name
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a run under this one
-REUSED_PREFIX = "edgeloop.reused."  # + step: the run of a cached step, computed by an earlier pipeline run
+REUSED_PREFIX = "edgeloop.reused."  # + step: a run of an earlier pipeline run whose result this one reused
 PIPELINE_STEP = "pipeline"
 
 
@@ -231,9 +231,16 @@ def adopt(settings: Settings, parent_run_id: str, step_runs: dict[str, str]) -> 
             c.set_tag(run_id, PARENT_TAG, parent_run_id)
             out[step] = "nested"
         else:
-            c.set_tag(parent_run_id, f"{REUSED_PREFIX}{step}", run_id)
+            record_reused(settings, parent_run_id, step, run_id)
             out[step] = "reused"
     return out
+
+
+def record_reused(settings: Settings, parent_run_id: str, step: str, run_id: str) -> None:
+    """Name on the pipeline's run the run of another pipeline run whose result this step reused (a cache
+    hit, a model already registered): ``edgeloop.reused.<step>``."""
+    if parent_run_id and run_id:
+        _client(settings).set_tag(parent_run_id, f"{REUSED_PREFIX}{step}", run_id)
 
 
 def run_url(settings: Settings, run_id: str) -> str:

@@ -190,7 +190,7 @@ def register_candidate(
     """
     import mlflow
 
-    from edgeloop.components.tracking import step_run
+    from edgeloop.components.tracking import record_reused, step_run
     from edgeloop.core.model_card import ModelCard
 
     model_dir = Path(model_dir)
@@ -202,7 +202,9 @@ def register_candidate(
     lineage = {k: str(v) for k, v in (lineage or {}).items() if v not in (None, "")}
     existing = version_with_digest(settings, model_digest)
     if existing is not None:
-        return _link_existing(settings, existing, lineage.get("pipeline_run", ""))
+        linked = _link_existing(settings, existing, lineage.get("pipeline_run", ""))
+        record_reused(settings, parent_run_id, REGISTER_STEP, linked.run_id)
+        return linked
 
     storage_uri = _upload_model(settings, name, model_digest, model_dir) if upload_model else ""
     evidence_digest = report.digest()

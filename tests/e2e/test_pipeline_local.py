@@ -143,30 +143,35 @@ def _assert_one_mlflow_run_with_the_steps_nested(settings, outcome: dict, regist
     from mlflow import MlflowClient
 
     from edgeloop.components.tracking import PARENT_TAG, PIPELINE_RUN_TAG, REUSED_PREFIX, STEP_TAG
+    from edgeloop.pipelines import registry
 
     c = MlflowClient(settings.mlflow_tracking_uri())
     parent_id = outcome["tasks"]["snapshot-labels"]["outputs"]["mlflow_run_id"]
     parent = c.get_run(parent_id)
     tags = c.get_model_version(settings.mlflow.registered_model, outcome["version"]).tags
     assert parent.data.tags[STEP_TAG] == "pipeline"
-    assert parent.data.tags[PIPELINE_RUN_TAG] == parent.info.run_name == tags["lineage.pipeline_run"]
+    this_run = tags.get(
+        registry.LAST_PIPELINE_RUN, tags["lineage.pipeline_run"]
+    )  # the version's or a re-run's
+    assert parent.data.tags[PIPELINE_RUN_TAG] == parent.info.run_name == this_run
     assert parent.info.status == "FINISHED"
     children = c.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=100
     )
     steps = {r.data.tags[STEP_TAG]: r for r in children}
-    assert {
-        "snapshot-labels",
-        "staging-evaluation",
-        "register-model",
-        "await-approval",
-        "deploy-model",
-    } <= set(steps), sorted(steps)
-    assert steps["register-model"].info.run_id == registration_run
+    assert {"snapshot-labels", "staging-evaluation", "await-approval", "deploy-model"} <= set(steps), sorted(
+        steps
+    )
     assert steps["await-approval"].data.tags["edgeloop.decision"] == "approved"
-    for cached in ("build-dataset", "train-model"):
-        assert cached in steps or parent.data.tags.get(f"{REUSED_PREFIX}{cached}"), cached
-    train = steps.get("train-model") or c.get_run(parent.data.tags[f"{REUSED_PREFIX}train-model"])
+    # a step whose result an earlier pipeline run made (KFP cache hit, model already registered) is named
+    reused = {
+        k.removeprefix(REUSED_PREFIX): v for k, v in parent.data.tags.items() if k.startswith(REUSED_PREFIX)
+    }
+    for step in ("build-dataset", "train-model", "register-model"):
+        assert (step in steps) != (step in reused), step
+    register = steps["register-model"].info.run_id if "register-model" in steps else reused["register-model"]
+    assert register == registration_run
+    train = steps["train-model"] if "train-model" in steps else c.get_run(reused["train-model"])
     (dataset_input,) = train.inputs.dataset_inputs
     assert dataset_input.dataset.digest == tags["lineage.dataset_version"]
     assert "val_accuracy" in train.data.metrics
