@@ -19,8 +19,8 @@ TYPECHECK_VIEW := build/typecheck
 CONTAINERS_DIR := .tools/containers
 export CONTAINERS_CONF := $(CURDIR)/$(CONTAINERS_DIR)/containers.conf
 export CONTAINERS_STORAGE_CONF := $(CURDIR)/$(CONTAINERS_DIR)/storage.conf
-# `make images` options: BASE_IMAGE=..., TORCH_INDEX_URL=..., TORCH_WHEELS=<dir of wheels>
-IMAGE_ARGS = $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(TORCH_INDEX_URL),--torch-index-url $(TORCH_INDEX_URL)) $(if $(TORCH_WHEELS),--torch-wheels $(TORCH_WHEELS))
+# `make images` options: BASE_IMAGE=..., TORCH_INDEX_URL=..., TORCH_WHEELS=<dir of wheels>, KUBECTL=<binary>
+IMAGE_ARGS = $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(TORCH_INDEX_URL),--torch-index-url $(TORCH_INDEX_URL)) $(if $(TORCH_WHEELS),--torch-wheels $(TORCH_WHEELS)) $(if $(KUBECTL),--kubectl $(KUBECTL))
 
 .PHONY: help setup up down status demo test test-unit lint bench lock compile clean-state schemas images base-image
 

@@ -269,6 +269,13 @@ def images() -> None:
     help="A directory of wheels pip may use for torch (a build context; nothing else is copied).",
 )
 @click.option(
+    "--kubectl",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="The kubectl binary (kustomize built in) the pipeline image gets [default: the one on PATH; none: "
+    "built without, deploy steps fail].",
+)
+@click.option(
     "--engine", type=click.Choice(["docker", "podman"]), default=None, help="[default: whichever works]"
 )
 @user_errors
@@ -278,14 +285,21 @@ def images_build(
     base_image: str | None,
     torch_index_url: str | None,
     torch_wheels: str | None,
+    kubectl: str | None,
     engine: str | None,
 ) -> None:
     """Build every image; an image whose content hash is unchanged is not rebuilt."""
-    from edgeloop.pipelines.image_build import DEFAULT_IMAGES, build_images, torch_source
+    from edgeloop.pipelines.image_build import DEFAULT_IMAGES, build_images, kubectl_source, torch_source
 
     torch = torch_source(torch_index_url, torch_wheels) if (torch_index_url or torch_wheels) else None
     build_images(
-        out, tuple(names) or DEFAULT_IMAGES, engine=engine, base_image=base_image, torch=torch, log=click.echo
+        out,
+        tuple(names) or DEFAULT_IMAGES,
+        engine=engine,
+        base_image=base_image,
+        torch=torch,
+        kubectl=kubectl_source(kubectl) if kubectl else None,
+        log=click.echo,
     )
     click.echo(f"index: {out / 'index.json'}")
 

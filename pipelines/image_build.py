@@ -5,7 +5,8 @@ One naming scheme (``<repository>/edgeloop-<role>:<content hash>``):
 - ``edgeloop-serving`` (``serving/Dockerfile``): the model server, no torch (``edgeloop-serving-gpu``:
   the same with ONNX Runtime for CUDA, built on request);
 - ``edgeloop-pipeline`` (``pipelines/Dockerfile``): the package without torch (every KFP step but
-  training and export, the drift CronJob);
+  training and export, the drift CronJob) and kubectl, which the deploy steps render manifests with
+  (the host's, see :func:`kubectl_source`);
 - ``edgeloop-training`` (``pipelines/training.Dockerfile``): edgeloop-pipeline plus torch for the CPU
   (train-model, export-onnx, the TrainingRuntime);
 - ``edgeloop-builder`` (``pipelines/builder.Dockerfile``): buildah, for the in-cluster build of the
@@ -51,6 +52,8 @@ DEFAULT_REPOSITORY = f"{DEFAULT_REGISTRY}/edgeloop-serving"
 LOCAL_REGISTRY = "localhost"
 #: The label every image carries: the content hash its tag was made from.
 HASH_LABEL = "io.edgeloop.content-hash"
+#: The pipeline image's label: the sha256 of the kubectl it holds ("none": built without one).
+KUBECTL_LABEL = "io.edgeloop.kubectl-sha256"
 PUBLIC_BASE_IMAGE = "docker.io/library/python:3.11-slim-bookworm"
 #: What `make base-image` builds from Debian packages when no registry is reachable.
 DEBIAN_BASE_IMAGE = "localhost/edgeloop-base:bookworm-py3.11"
@@ -139,6 +142,7 @@ class ImageSpec:
     build_args: tuple[tuple[str, str], ...] = ()
     default: bool = True  # built by a plain `make images`
     parent: str | None = None  # an image of IMAGES it extends (build argument PIPELINE_IMAGE)
+    kubectl: bool = False  # takes KUBECTL_SHA256 and the `kubectl` build context
 
 
 IMAGES: dict[str, ImageSpec] = {
@@ -153,7 +157,7 @@ IMAGES: dict[str, ImageSpec] = {
         default=False,
     ),
     "edgeloop-pipeline": ImageSpec(
-        "edgeloop-pipeline", "edgeloop/pipelines/Dockerfile", pipeline_image_sources
+        "edgeloop-pipeline", "edgeloop/pipelines/Dockerfile", pipeline_image_sources, kubectl=True
     ),
     "edgeloop-training": ImageSpec(
         "edgeloop-training",
@@ -658,6 +662,45 @@ def torch_source(
     )
 
 
+# -- kubectl for the pipeline image ------------------------------------------------------------------------------------
+@dataclass
+class KubectlSource:
+    path: str  # the binary ("" for none)
+    sha256: str  # "none" for none
+    note: str = ""
+
+    def build_args(self) -> dict[str, str]:
+        return {"KUBECTL_SHA256": self.sha256}
+
+
+def kubectl_source(path: str | None = None) -> KubectlSource:
+    """The kubectl the pipeline image gets: ``path``, else the one on this machine's PATH; none (with a
+    note) if there is none. Debian has no kubectl package and its release downloads may be unreachable,
+    so the binary comes from the host, checked by its sha256 (part of the image's content hash)."""
+    found = path or shutil.which("kubectl")
+    if not found:
+        return KubectlSource(
+            "",
+            "none",
+            note="no kubectl on PATH: edgeloop-pipeline is built without it, and its deploy steps (deploy-model, "
+            "edgeloop deploy render) fail; pass KUBECTL=<a kubectl >= 1.27 binary for linux/amd64>",
+        )
+    binary = Path(found).resolve()
+    if not binary.is_file():
+        raise ImageBuildError(f"kubectl {found} is not a file")
+    try:
+        r = subprocess.run([str(binary), "version", "--client"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ImageBuildError(f"kubectl {found} does not run here ({e}): pass another with KUBECTL=") from e
+    if r.returncode != 0 or "Kustomize" not in r.stdout:
+        raise ImageBuildError(
+            f"kubectl {found} gives no client and kustomize version (exit {r.returncode}): "
+            f"{(r.stderr or r.stdout).strip()[-300:]}; pass a kubectl >= 1.27 with KUBECTL="
+        )
+    digest = hashlib.sha256(binary.read_bytes()).hexdigest()
+    return KubectlSource(str(binary), digest, note=f"kubectl {binary} ({' '.join(r.stdout.split()[:3])})")
+
+
 # -- building ---------------------------------------------------------------------------------------------------------
 @dataclass
 class BuiltImage:
@@ -694,21 +737,15 @@ def _cacert() -> str | None:
     return None
 
 
-def build_image(
+def build_arguments(
     spec: ImageSpec,
-    out_dir: Path,
-    *,
-    engine: str,
     base_image: str,
-    registry: str = LOCAL_REGISTRY,
+    *,
     torch: TorchSource | None = None,
     parent_image: str | None = None,
-    cacert: str | None = None,
-    log: Callable[[str], None] = print,
-    save: bool = True,
-) -> BuiltImage:
-    """Build one image (unless an image with the same content hash and its archive are there already).
-    ``save=False``: no OCI archive (and no digest): the image is for this machine's engine only."""
+    kubectl: KubectlSource | None = None,
+) -> dict[str, str]:
+    """The build arguments of ``spec``'s image (part of its content hash, hence of its tag)."""
     args = {"BASE_IMAGE": base_image, **dict(spec.build_args)}
     if spec.parent:
         if not parent_image:
@@ -718,6 +755,30 @@ def build_image(
         if torch is None:
             raise ImageBuildError(f"{spec.name} needs a torch source")
         args |= torch.build_args()
+    if spec.kubectl:
+        args |= (kubectl or kubectl_source()).build_args()
+    return args
+
+
+def build_image(
+    spec: ImageSpec,
+    out_dir: Path,
+    *,
+    engine: str,
+    base_image: str,
+    registry: str = LOCAL_REGISTRY,
+    torch: TorchSource | None = None,
+    parent_image: str | None = None,
+    kubectl: KubectlSource | None = None,
+    cacert: str | None = None,
+    log: Callable[[str], None] = print,
+    save: bool = True,
+) -> BuiltImage:
+    """Build one image (unless an image with the same content hash and its archive are there already).
+    ``save=False``: no OCI archive (and no digest): the image is for this machine's engine only."""
+    if spec.kubectl:
+        kubectl = kubectl or kubectl_source()
+    args = build_arguments(spec, base_image, torch=torch, parent_image=parent_image, kubectl=kubectl)
     files = context_files(spec.sources())
     if spec.dockerfile not in files:
         raise ImageBuildError(f"{spec.dockerfile} is missing from {spec.name}'s context")
@@ -734,7 +795,10 @@ def build_image(
         status = "cached"
     else:
         log(f"building {image} with {engine} (base {base_image}) ...")
-        with tempfile.TemporaryDirectory(prefix=f"{spec.name}-") as tmp:
+        with (
+            tempfile.TemporaryDirectory(prefix=f"{spec.name}-") as tmp,
+            tempfile.TemporaryDirectory(prefix="edgeloop-kubectl-") as kubectl_dir,
+        ):
             with tarfile.open(fileobj=io.BytesIO(_tar_bytes(files))) as tar:
                 tar.extractall(tmp, filter="data")
             # host network for RUN steps: no bridge, so no iptables rules or forwarding left behind
@@ -748,6 +812,9 @@ def build_image(
                 cmd += ["--secret", f"id=cacert,src={cert}"]
             if spec.torch and torch and torch.wheels:
                 cmd += ["--build-context", f"wheels={torch.wheels}"]
+            if spec.kubectl and kubectl and kubectl.path:
+                shutil.copyfile(kubectl.path, Path(kubectl_dir) / "kubectl")
+                cmd += ["--build-context", f"kubectl={kubectl_dir}"]
             cmd.append(tmp)
             _run(cmd, f"building {spec.name}")
         status = "built"
@@ -776,7 +843,7 @@ def build_image(
         status=status,
         seconds=round(time.perf_counter() - t0, 1),
         build_args=args,
-        note=torch.note if spec.torch and torch else "",
+        note=torch.note if spec.torch and torch else kubectl.note if spec.kubectl and kubectl else "",
     )
 
 
@@ -803,12 +870,14 @@ def build_images(
     engine: str | None = None,
     base_image: str | None = None,
     torch: TorchSource | None = None,
+    kubectl: KubectlSource | None = None,
     log: Callable[[str], None] = print,
     save: bool = True,
 ) -> list[BuiltImage]:
     """``make images``: each image (and the image it extends), tagged by content hash, saved under
     ``out_dir`` with an index. An image that needs torch is skipped, with the reason, when no CPU build
-    of torch is reachable (see :func:`torch_source`); it is then left out of the index."""
+    of torch is reachable (see :func:`torch_source`); it is then left out of the index. The pipeline
+    image holds ``kubectl`` (default: :func:`kubectl_source`'s), or none, with a note, if there is none."""
     unknown = set(names) - set(IMAGES)
     if unknown:
         raise ImageBuildError(f"unknown image(s) {sorted(unknown)}; known: {sorted(IMAGES)}")
@@ -836,6 +905,10 @@ def build_images(
             index.pop(name, None)
             done[name] = BuiltImage(name, "", "", "", "", 0, "skipped", 0.0, note=torch_error)
             continue
+        if spec.kubectl and kubectl is None:
+            kubectl = kubectl_source()
+            if not kubectl.path:
+                log(f"note: {kubectl.note}")
         parent = done[spec.parent].image if spec.parent else None
         b = build_image(
             spec,
@@ -844,6 +917,7 @@ def build_images(
             base_image=base,
             torch=torch,
             parent_image=parent,
+            kubectl=kubectl,
             log=log,
             save=save,
         )
