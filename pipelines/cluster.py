@@ -17,6 +17,7 @@ Pod Security level). Every pod carries the role label the NetworkPolicies allow.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from kfp import kubernetes
@@ -28,6 +29,15 @@ ROLE_LABEL = ("edgeloop.io/role", "pipeline")
 #: earlier; this bounds a pod that hangs or a timeout set longer than a week.
 APPROVAL_DEADLINE_S = 7 * 24 * 3600 + 600
 RETRY = {"num_retries": 3, "backoff_duration": "30s", "backoff_factor": 2.0, "backoff_max_duration": "600s"}
+#: On this machine (``kfp.local``, which honours retries too) one quick retry: a local stack that hiccups
+#: recovers in seconds, and a step that fails for a reason (a wrong parameter) should say so now, not
+#: after the cluster's 30 + 60 + 120 s.
+LOCAL_RETRY = {
+    "num_retries": 1,
+    "backoff_duration": "5s",
+    "backoff_factor": 1.0,
+    "backoff_max_duration": "5s",
+}
 
 # Secret -> {key: environment variable}; required keys, then keys a deployment may leave out.
 SecretEnv = tuple[str, dict[str, str], dict[str, str]]
@@ -86,6 +96,12 @@ def step_name(task: PipelineTask) -> str:
     return base if suffix.isdigit() and base in STEPS else name
 
 
+def _local_run() -> bool:
+    from edgeloop.pipelines.runner import LOCAL_RUNNER_ENV
+
+    return os.environ.get(LOCAL_RUNNER_ENV) == "1"
+
+
 def configure(task: PipelineTask) -> PipelineTask:
     name = step_name(task)
     if name not in STEPS:
@@ -104,7 +120,7 @@ def configure(task: PipelineTask) -> PipelineTask:
     if policy.checks_approvals:
         kubernetes.use_config_map_as_env(task, *TRUSTED_APPROVERS)
     if policy.idempotent:
-        task.set_retry(**RETRY)  # type: ignore[arg-type]
+        task.set_retry(**(LOCAL_RETRY if _local_run() else RETRY))  # type: ignore[arg-type]
     if name == "await-approval":
         kubernetes.set_timeout(task, APPROVAL_DEADLINE_S)
     if name == "buildah-build":

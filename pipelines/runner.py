@@ -183,6 +183,25 @@ def _read_task_outputs(task_dir: Path) -> dict[str, Any]:
     return out
 
 
+def local_pipeline() -> Any:
+    """The training pipeline as this machine runs it: built again with ``LOCAL_RUNNER_ENV`` set, so
+    the step policies of :mod:`edgeloop.pipelines.cluster` are the local ones (kfp.local honours
+    retries: one quick retry, not the cluster's 30 + 60 + 120 s back-off)."""
+    from kfp import dsl
+
+    from edgeloop.pipelines.training_pipeline import PIPELINE_NAME, training_pipeline
+
+    saved = os.environ.get(LOCAL_RUNNER_ENV)
+    os.environ[LOCAL_RUNNER_ENV] = "1"
+    try:
+        return dsl.pipeline(name=PIPELINE_NAME)(training_pipeline.pipeline_func)
+    finally:
+        if saved is None:
+            os.environ.pop(LOCAL_RUNNER_ENV, None)
+        else:
+            os.environ[LOCAL_RUNNER_ENV] = saved
+
+
 def run_local(
     settings: Settings,
     params: dict[str, Any] | None = None,
@@ -201,7 +220,7 @@ def run_local(
     """
     from kfp import local
 
-    from edgeloop.pipelines.training_pipeline import PIPELINE_NAME, training_pipeline
+    from edgeloop.pipelines.training_pipeline import PIPELINE_NAME
 
     root = Path(pipeline_root) if pipeline_root else settings.state_dir / "kfp-local"
     root.mkdir(parents=True, exist_ok=True)
@@ -217,6 +236,7 @@ def run_local(
         env["EDGELOOP_LABELSTUDIO__PROJECT_TITLE"] = settings.labelstudio.project_title
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    pipeline = local_pipeline()
     local.init(
         runner=runner or local.SubprocessRunner(use_venv=False),
         pipeline_root=str(root),
@@ -229,7 +249,7 @@ def run_local(
     error: BaseException | None = None
     try:
         with contextlib.redirect_stdout(tee):  # type: ignore[type-var]
-            training_pipeline(**args)
+            pipeline(**args)
     except (RuntimeError, ValueError) as e:  # ValueError: a step's output is missing (see below)
         error = e
     finally:

@@ -205,7 +205,7 @@ def _assert_pyfunc_champion_predicts_like_the_server(settings, sample_dir, versi
 
 
 def test_a_failing_step_names_the_step_and_the_cause(stack_settings):
-    # the step is retried with the cluster's backoff (30 + 60 + 120 s) before the run gives up
+    # locally the step is retried once after 5 s (the cluster's backoff is 30 + 60 + 120 s)
     r = _edgeloop(
         stack_settings, "pipeline", "run", "--local", "--json", "-p", "project=no-such-project", timeout=600
     )

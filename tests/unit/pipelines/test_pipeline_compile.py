@@ -295,3 +295,17 @@ def test_the_pods_of_every_step_meet_the_namespace_pod_security_and_validate():
         if d
     ]
     assert "edgeloop-pipeline" in {d["metadata"]["name"] for d in sa if d["kind"] == "ServiceAccount"}
+
+
+def test_a_local_run_retries_once_quickly_instead_of_the_cluster_backoff():
+    """kfp.local honours retry policies: a step failing for a reason must not wait 30 + 60 + 120 s here."""
+    from google.protobuf import json_format
+
+    from edgeloop.pipelines.runner import local_pipeline
+
+    spec = json_format.MessageToDict(local_pipeline().pipeline_spec)
+    policy = _all_tasks(spec)["snapshot-labels"]["retryPolicy"]
+    assert policy["maxRetryCount"] == 1
+    assert policy["backoffDuration"] == "5s"
+    cluster = _all_tasks(_spec(COMPILED.read_text()))["snapshot-labels"]["retryPolicy"]
+    assert cluster["maxRetryCount"] == 3  # the cluster's policy is untouched
