@@ -196,10 +196,11 @@ def step_run(
     *,
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
+    final: bool = False,
 ) -> Iterator[Any]:
     """A step's own run (the active run inside the block), nested under ``parent_run_id`` when one is
-    given (else a top-level run). The parent shows RUNNING while the step runs and ends with it:
-    FINISHED, or FAILED when the step raised."""
+    given (else a top-level run). The parent shows RUNNING from the first step on; a step that raises
+    ends it FAILED, and the pipeline's last step (``final``, or :func:`end_pipeline_run`) FINISHED."""
     c = _client(settings) if parent_run_id else None
     run_tags = {STEP_TAG: step, **({PARENT_TAG: parent_run_id} if parent_run_id else {}), **(tags or {})}
     if c is not None:
@@ -211,8 +212,14 @@ def step_run(
         if c is not None:
             c.set_terminated(parent_run_id, status="FAILED")
         raise
-    if c is not None:
+    if c is not None and final:
         c.set_terminated(parent_run_id, status="FINISHED")
+
+
+def end_pipeline_run(settings: Settings, parent_run_id: str) -> None:
+    """The pipeline ends here without its last step (a rejected or unapproved version): FINISHED."""
+    if parent_run_id:
+        _client(settings).set_terminated(parent_run_id, status="FINISHED")
 
 
 def adopt(settings: Settings, parent_run_id: str, step_runs: dict[str, str]) -> dict[str, str]:

@@ -355,14 +355,23 @@ def _approve_when_registered(
         if not outputs.get("version"):
             continue
         if outputs.get("gate_passed") is True:
-            registry.record_decision(
-                settings.as_mlflow_role("auto"),
-                str(outputs["version"]),
-                registry.APPROVED,
-                note=f"auto-approved by the local container runner ({runs[-1].name}): --auto-approve",
-                mode="auto",
-            )
-            say(f"auto-approved version {outputs['version']} (signed here with the local auto-approver key)")
+            version = str(outputs["version"])
+            try:
+                registry.record_decision(
+                    settings.as_mlflow_role("auto"),
+                    version,
+                    registry.APPROVED,
+                    note=f"auto-approved by the local container runner ({runs[-1].name}): --auto-approve",
+                    mode="auto",
+                )
+            except Exception as e:  # the run must not wait a day in silence: say it and how to go on
+                say(
+                    f"auto-approval of version {version} failed ({type(e).__name__}: {e}); await-approval keeps "
+                    f"waiting: approve it with `edgeloop approve {settings.mlflow.registered_model} {version}` "
+                    "or reject it with `edgeloop reject ...`, else the run ends at approval_timeout_s"
+                )
+                return
+            say(f"auto-approved version {version} (signed here with the local auto-approver key)")
         return
 
 

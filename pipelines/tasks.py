@@ -461,28 +461,36 @@ def await_approval_task(
             )
             log.warning("version %s failed the automatic gate, no approval asked: %s", version, reasons)
             mlflow.set_tags({"edgeloop.decision": registry.REJECTED_VALUE, "edgeloop.decision.mode": "gate"})
-            return registry.REJECTED_VALUE
-        d = registry.wait_for_decision(
-            settings,
-            version,
-            timeout_s,
-            auto_approve=auto_approve,
-            poll_s=poll_s,
-            run_name=pipeline_run,
-            progress=log.info,
-        )
-        mlflow.set_tags(
-            {"edgeloop.decision": d.decision, "edgeloop.decision.by": d.by, "edgeloop.decision.mode": d.mode}
-        )
-    log.info(
-        "decision on version %s: %s by %s (%s)%s",
-        version,
-        d.decision,
-        d.by,
-        d.mode,
-        f": {d.note}" if d.note else "",
-    )
-    return d.decision
+            decision = registry.REJECTED_VALUE
+        else:
+            d = registry.wait_for_decision(
+                settings,
+                version,
+                timeout_s,
+                auto_approve=auto_approve,
+                poll_s=poll_s,
+                run_name=pipeline_run,
+                progress=log.info,
+            )
+            mlflow.set_tags(
+                {
+                    "edgeloop.decision": d.decision,
+                    "edgeloop.decision.by": d.by,
+                    "edgeloop.decision.mode": d.mode,
+                }
+            )
+            log.info(
+                "decision on version %s: %s by %s (%s)%s",
+                version,
+                d.decision,
+                d.by,
+                d.mode,
+                f": {d.note}" if d.note else "",
+            )
+            decision = d.decision
+    if decision != registry.APPROVED:
+        tracking.end_pipeline_run(settings, parent_run_id)  # deploy does not run: the pipeline ends here
+    return decision
 
 
 # -- image and deploy ------------------------------------------------------------------------------------------------
@@ -534,7 +542,9 @@ def deploy_task(
     from edgeloop.pipelines.deploy import deploy_version
 
     settings = settings_for(config_file)
-    with tracking.step_run(settings, parent_run_id, "deploy-model", tags={"edgeloop.version": version}):
+    with tracking.step_run(
+        settings, parent_run_id, "deploy-model", tags={"edgeloop.version": version}, final=True
+    ):
         result = deploy_version(
             settings,
             version,

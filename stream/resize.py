@@ -28,6 +28,11 @@ from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
 log = logging.getLogger(__name__)
 
 AGREEMENT_THRESHOLD = 0.995  # top-1 agreement with the shared preprocessing on the staging set
+# fewer staging images than this are no evidence (10 of 10 agreeing is not 0.995); the gate's floor
+MIN_AGREEMENT_IMAGES = 200
+# measured on this machine only (FFmpeg build, pixel statistics): logged, kept out of the card so the
+# model digest does not depend on where staging ran
+_MACHINE_FIELDS = ("ffmpeg", "mean_abs_pixel_diff", "max_abs_pixel_diff")
 SOURCE_FORMAT = "yuv420p"  # what H.264 cameras deliver: staging images are fed in this format
 _SWS_FLAGS = {"bilinear": "bilinear", "nearest": "neighbor", "bicubic": "bicubic"}
 
@@ -162,8 +167,9 @@ class ResizeAgreement:
     images: str = "staging (test split)"
 
     def card_fields(self) -> dict[str, Any]:
-        """What goes into ``ModelCard.stream_resize``."""
-        return asdict(self)
+        """What goes into ``ModelCard.stream_resize`` (part of the model digest): the evidence, not
+        this machine's FFmpeg version or pixel statistics."""
+        return {k: v for k, v in asdict(self).items() if k not in _MACHINE_FIELDS}
 
 
 def even(rgb: np.ndarray) -> np.ndarray:
@@ -188,6 +194,7 @@ def resize_agreement(
     filter: str | None = None,
     source_format: str = SOURCE_FORMAT,
     threshold: float = AGREEMENT_THRESHOLD,
+    min_images: int = MIN_AGREEMENT_IMAGES,
     images_label: str = "staging (test split)",
     batch_size: int = 32,
 ) -> ResizeAgreement:
@@ -228,7 +235,7 @@ def resize_agreement(
         agreement=round(agreement, 6),
         n=n,
         agreeing=agreeing,
-        allowed=bool(n) and agreement >= threshold,
+        allowed=n >= min_images and agreement >= threshold,
         threshold=threshold,
         filter=ffmpeg.filter,
         source_format=source_format,
@@ -250,11 +257,17 @@ def record_resize_agreement(model_dir: Path | str, images: Sequence[np.ndarray])
     card = ModelCard.load(Path(model_dir))
     card.model_copy(update={"stream_resize": result.card_fields()}).save(Path(model_dir))
     log.info(
-        "stream resize: FFmpeg path agrees with the shared preprocessing on %d/%d images (%.4f): %s",
+        "stream resize: FFmpeg path agrees with the shared preprocessing on %d/%d images (%.4f): %s "
+        "(FFmpeg %s; pixels differ by %.2f on average, %d at most)",
         result.agreeing,
         result.n,
         result.agreement,
-        "allowed" if result.allowed else "not allowed",
+        "allowed"
+        if result.allowed
+        else f"not allowed (needs >= {MIN_AGREEMENT_IMAGES} images and " f"{AGREEMENT_THRESHOLD})",
+        result.ffmpeg,
+        result.mean_abs_pixel_diff,
+        result.max_abs_pixel_diff,
     )
     return result
 

@@ -329,24 +329,45 @@ def check_integrity(
 
 
 def _check_mlmodel(directory: Path) -> None:
-    """The flavors of ``directory/MLmodel`` load ``model.onnx`` (what the card's digest covers)."""
+    """``directory/MLmodel`` is the descriptor ``mlflow.onnx.log_model`` writes and nothing more: the
+    onnx and python_function flavors only, both loading ``model.onnx`` (what the card's digest covers)
+    through ``mlflow.onnx``, with no code, pickled model or artifacts that MLflow would load or run."""
     import yaml
 
+    def refuse(why: str) -> IntegrityError:
+        return IntegrityError(
+            f"{MLMODEL_FILE} {why}: the MLflow model was changed after registration; register the model again",
+            directory,
+        )
+
     try:
-        doc = yaml.safe_load((directory / MLMODEL_FILE).read_text()) or {}
-        flavors = doc.get("flavors") or {}
-    except (yaml.YAMLError, AttributeError, UnicodeDecodeError) as e:
+        doc = yaml.safe_load((directory / MLMODEL_FILE).read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise IntegrityError(
             f"{MLMODEL_FILE} is not a readable MLflow model descriptor: {e}", directory
         ) from e
-    loads = {name: (flavors.get(name) or {}).get("data") for name in ("onnx", "python_function")}
+    flavors = doc.get("flavors") if isinstance(doc, dict) else None
+    if not isinstance(flavors, dict) or not all(isinstance(f, dict) for f in flavors.values()):
+        raise IntegrityError(
+            f"{MLMODEL_FILE} is not a readable MLflow model descriptor: no flavors", directory
+        )
+    if set(flavors) != {"onnx", "python_function"}:
+        raise refuse(f"has the flavors {sorted(flavors)}, not exactly onnx and python_function")
+    loads = {name: flavors[name].get("data") for name in ("onnx", "python_function")}
     wrong = {name: data for name, data in loads.items() if data != MODEL_FILE}
     if wrong:
-        raise IntegrityError(
-            f"{MLMODEL_FILE} makes MLflow load {wrong} instead of the verified {MODEL_FILE}: the MLflow "
-            "model was changed after registration; register the model again",
-            directory,
-        )
+        raise refuse(f"makes MLflow load {wrong} instead of the verified {MODEL_FILE}")
+    pyfunc = flavors["python_function"]
+    if pyfunc.get("loader_module") != "mlflow.onnx":
+        raise refuse(f"loads through {pyfunc.get('loader_module')!r}, not mlflow.onnx")
+    extra = [
+        f"{name}.{key}"
+        for name, flavor in flavors.items()
+        for key in ("code", "python_model", "artifacts", "model_config", "cloudpickle_version")
+        if flavor.get(key)
+    ]
+    if extra:
+        raise refuse(f"adds {extra}: code or objects MLflow would load besides {MODEL_FILE}")
 
 
 def verify_model(

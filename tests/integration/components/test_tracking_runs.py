@@ -37,7 +37,14 @@ def test_steps_nest_under_the_pipeline_run_and_cached_ones_are_named(settings):
     }
     with tracking.step_run(settings, first, "register-model"):
         assert c.get_run(first).info.status == "RUNNING"
-    assert _children(c, first) == {"build-dataset": "FINISHED", "register-model": "FINISHED"}
+    assert c.get_run(first).info.status == "RUNNING"  # later steps (cached ones too) still to come
+    with tracking.step_run(settings, first, "deploy-model", final=True):
+        pass
+    assert _children(c, first) == {
+        "build-dataset": "FINISHED",
+        "register-model": "FINISHED",
+        "deploy-model": "FINISHED",
+    }
     assert c.get_run(first).info.status == "FINISHED"
 
     # the next pipeline run hits the cache: it is handed the same dataset run, which stays where it is

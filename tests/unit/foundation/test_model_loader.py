@@ -240,3 +240,35 @@ def test_an_mlmodel_that_would_load_another_file_is_refused(model: Path):
     (model / "MLmodel").write_text("flavors: [unclosed\n")
     with pytest.raises(IntegrityError, match="not a readable MLflow model descriptor"):
         verify_model(model)
+
+
+@pytest.mark.parametrize(
+    ("tampered", "message"),
+    [
+        ("loader_module: mlflow.onnx", "loader_module: evil.loader"),
+        ("loader_module: mlflow.onnx", "loader_module: mlflow.onnx\n    code: code"),
+        ("loader_module: mlflow.onnx", "loader_module: mlflow.onnx\n    python_model: python_model.pkl"),
+        ("    code: null\n", "    code: src\n"),
+        ("flavors:\n", "flavors:\n  sklearn:\n    pickled_model: model.pkl\n"),
+    ],
+)
+def test_an_mlmodel_that_would_run_anything_else_is_refused(model: Path, tampered, message):
+    """Keeping ``data: model.onnx`` is not enough: another loader, code or a pickle would run unverified."""
+    good = (
+        "flavors:\n  onnx:\n    code: null\n    data: model.onnx\n  python_function:\n    data: model.onnx\n"
+        "    env:\n      virtualenv: python_env.yaml\n    loader_module: mlflow.onnx\n"
+    )
+    (model / "MLmodel").write_text(good)
+    verify_model(model)
+    (model / "MLmodel").write_text(good.replace(tampered, message))
+    with pytest.raises(IntegrityError, match="MLmodel"):
+        verify_model(model)
+
+
+@pytest.mark.parametrize(
+    "doc", ["flavors: [x]\n", "flavors:\n  onnx: x\n  python_function: y\n", "- a list\n"]
+)
+def test_a_malformed_mlmodel_is_an_integrity_error_not_a_crash(model: Path, doc):
+    (model / "MLmodel").write_text(doc)
+    with pytest.raises(IntegrityError, match="not a readable MLflow model descriptor"):
+        verify_model(model)

@@ -258,3 +258,29 @@ def test_no_engine_is_an_error_naming_the_fix():
 
     with pytest.raises(ImageBuildError, match="make setup"):
         container_engine(("definitely-not-an-engine",))
+
+
+def test_a_failed_auto_approval_in_a_container_run_says_how_to_go_on(tmp_path, monkeypatch):
+    """Otherwise await-approval would wait approval_timeout_s (a day) in silence."""
+    import json
+    import threading
+
+    from edgeloop.core.config import load_settings
+    from edgeloop.pipelines import registry, runner
+    from edgeloop.pipelines.training_pipeline import PIPELINE_NAME
+
+    def refuse(*args, **kwargs):
+        raise registry.RegistryError("no signing key for edgeloop-auto")
+
+    monkeypatch.setattr(registry, "record_decision", refuse)
+    step = tmp_path / f"{PIPELINE_NAME}-1" / "register-model"
+    step.mkdir(parents=True)
+    (step / "executor_output.json").write_text(
+        json.dumps({"parameterValues": {"version": "7", "gate_passed": True}})
+    )
+    said: list[str] = []
+    settings = load_settings(state_dir=tmp_path / "state")
+    runner._approve_when_registered(settings, tmp_path, set(), threading.Event(), said.append)
+    assert len(said) == 1
+    assert "auto-approval of version 7 failed" in said[0] and "no signing key" in said[0]
+    assert f"edgeloop approve {settings.mlflow.registered_model} 7" in said[0]
