@@ -211,6 +211,13 @@ def recalibrate_bn(model: nn.Module, loader: DataLoader, device: torch.device, p
 # -- entry point -------------------------------------------------------------------------------------
 
 
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a share in [0, 1): 0 turns oversampling off")
+    return value
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="edgeloop DDP image-classifier training", add_help=add_help)
     p.add_argument("--data", required=True, type=Path, help="dataset directory (edgeloop dataset build)")
@@ -238,7 +245,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--relabel-share",
-        type=float,
+        type=_share,
         default=d.relabel_share,
         help="oversample relabeled images (task source 'relabel') to this share of each epoch's draws "
         "while they are fewer; 0 turns it off",

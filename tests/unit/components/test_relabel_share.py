@@ -51,3 +51,14 @@ def test_class_balance_is_kept_within_the_relabeled_share():
     assert abs(float(per_class[0] - per_class[1])) / float(per_class.sum()) < 0.15
     relabeled = sum(weights[480:]) / sum(weights)
     assert abs(relabeled - 0.25) < 1e-9
+
+
+def test_a_share_outside_zero_to_one_is_refused_with_the_range():
+    import pytest
+
+    from edgeloop.components.train import get_args_parser
+
+    parser = get_args_parser()
+    assert parser.parse_args(["--data", "d", "--out", "o", "--relabel-share", "0.3"]).relabel_share == 0.3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--data", "d", "--out", "o", "--relabel-share", "1.5"])
