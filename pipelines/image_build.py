@@ -730,8 +730,21 @@ def archive_digest(archive: Path) -> str:
     return str(index["manifests"][0]["digest"])
 
 
+#: Debian's bundle of the CAs this machine trusts (with any a company added by update-ca-certificates)
+SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
 def _cacert() -> str | None:
-    for candidate in (os.environ.get("PIP_CERT"), os.environ.get("SSL_CERT_FILE")):
+    """The CA bundle the builds' pip should trust, as this machine's pip does: PIP_CERT, SSL_CERT_FILE,
+    REQUESTS_CA_BUNDLE, pip's configured ``cert``, else the system bundle. Many networks intercept TLS
+    with their own CA, which the base image's bundle lacks; the bundle goes in as a build secret only."""
+    for candidate in (
+        os.environ.get("PIP_CERT"),
+        os.environ.get("SSL_CERT_FILE"),
+        os.environ.get("REQUESTS_CA_BUNDLE"),
+        *_pip_config(".cert", "PIP_CERT"),
+        str(SYSTEM_CA_BUNDLE),
+    ):
         if candidate and Path(candidate).is_file():
             return candidate
     return None

@@ -284,3 +284,16 @@ def test_a_failed_auto_approval_in_a_container_run_says_how_to_go_on(tmp_path, m
     assert len(said) == 1
     assert "auto-approval of version 7 failed" in said[0] and "no signing key" in said[0]
     assert f"edgeloop approve {settings.mlflow.registered_model} 7" in said[0]
+
+
+def test_builds_trust_the_ca_bundle_this_machines_pip_trusts_without_any_environment(monkeypatch):
+    """A fresh shell (CI, `env -i`) has no PIP_CERT: pip inside the build must still get this machine's CAs
+    (a TLS-intercepting proxy's CA lives there), else every pip install in the build fails."""
+    from edgeloop.pipelines import image_build
+
+    for var in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
+        monkeypatch.delenv(var, raising=False)
+    if not image_build.SYSTEM_CA_BUNDLE.is_file():
+        pytest.skip("no system CA bundle on this machine")
+    cert = image_build._cacert()
+    assert cert is not None and Path(cert).is_file()
