@@ -144,31 +144,23 @@ def run_batch_pipeline_local(
     """Run the pipeline with ``kfp.local.SubprocessRunner`` against ``settings``' stack; returns the summary
     the last step wrote (``OUT/summary.json``)."""
     import json
-    import os
 
     from kfp import local
 
     from edgeloop.components.batch_score import SUMMARY, parse_out
     from edgeloop.core.blob import BlobStore, BlobUri
+    from edgeloop.pipelines.runner import scoped_environ
 
     root = Path(pipeline_root) if pipeline_root else settings.ensure_state_dir() / "kfp-local"
     root.mkdir(parents=True, exist_ok=True)
     env = {"EDGELOOP_STATE_DIR": str(settings.state_dir)}
     if settings.config_file:
         env["EDGELOOP_CONFIG"] = str(settings.config_file)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with scoped_environ(env):
         local.init(
             runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True
         )
         batch_pipeline(**params)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     container, prefix = parse_out(params["out"], params["container"])
     data = BlobStore.from_settings(settings).download(BlobUri(container, f"{prefix}/{SUMMARY}"))
     return dict(json.loads(data))

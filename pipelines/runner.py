@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -183,6 +183,22 @@ def _read_task_outputs(task_dir: Path) -> dict[str, Any]:
     return out
 
 
+@contextlib.contextmanager
+def scoped_environ(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set inside the block, as it was after it (kfp.local's steps inherit
+    this process's environment)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def local_pipeline() -> Any:
     """The training pipeline as this machine runs it: built again with ``LOCAL_RUNNER_ENV`` set, so
     the step policies of :mod:`edgeloop.pipelines.cluster` are the local ones (kfp.local honours
@@ -191,15 +207,8 @@ def local_pipeline() -> Any:
 
     from edgeloop.pipelines.training_pipeline import PIPELINE_NAME, training_pipeline
 
-    saved = os.environ.get(LOCAL_RUNNER_ENV)
-    os.environ[LOCAL_RUNNER_ENV] = "1"
-    try:
+    with scoped_environ({LOCAL_RUNNER_ENV: "1"}):
         return dsl.pipeline(name=PIPELINE_NAME)(training_pipeline.pipeline_func)
-    finally:
-        if saved is None:
-            os.environ.pop(LOCAL_RUNNER_ENV, None)
-        else:
-            os.environ[LOCAL_RUNNER_ENV] = saved
 
 
 def run_local(
@@ -234,30 +243,23 @@ def run_local(
         env["EDGELOOP_MLFLOW__EXPERIMENT"] = settings.mlflow.experiment
     if settings.labelstudio.project_title != type(settings.labelstudio)().project_title:
         env["EDGELOOP_LABELSTUDIO__PROJECT_TITLE"] = settings.labelstudio.project_title
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    pipeline = local_pipeline()
-    local.init(
-        runner=runner or local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(root),
-        enable_caching=enable_caching,
-        raise_on_error=True,
-    )
     before = {p.name for p in root.glob(f"{PIPELINE_NAME}-*")}
     tee = _Tee(log_stream or sys.stdout)
-    t0 = time.perf_counter()
     error: BaseException | None = None
-    try:
-        with contextlib.redirect_stdout(tee):  # type: ignore[type-var]
-            pipeline(**args)
-    except (RuntimeError, ValueError) as e:  # ValueError: a step's output is missing (see below)
-        error = e
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with scoped_environ(env):
+        pipeline = local_pipeline()
+        local.init(
+            runner=runner or local.SubprocessRunner(use_venv=False),
+            pipeline_root=str(root),
+            enable_caching=enable_caching,
+            raise_on_error=True,
+        )
+        t0 = time.perf_counter()
+        try:
+            with contextlib.redirect_stdout(tee):  # type: ignore[type-var]
+                pipeline(**args)
+        except (RuntimeError, ValueError) as e:  # ValueError: a step's output is missing (see below)
+            error = e
     seconds = time.perf_counter() - t0
     new = sorted(p for p in root.glob(f"{PIPELINE_NAME}-*") if p.name not in before)
     run_dir = new[-1] if new else root
@@ -429,9 +431,7 @@ def run_in_containers(
     watcher = threading.Thread(
         target=_approve_when_registered, args=(settings, root, before, stop, print), daemon=True
     )
-    with image_build.docker_api(engine) as docker_host:
-        saved = os.environ.get("DOCKER_HOST")
-        os.environ["DOCKER_HOST"] = docker_host
+    with image_build.docker_api(engine) as docker_host, scoped_environ({"DOCKER_HOST": docker_host}):
         runner = local.DockerRunner(
             network_mode="host",
             user=f"{RUN_AS_USER}:{RUN_AS_USER}",
@@ -452,10 +452,6 @@ def run_in_containers(
             )
         finally:
             stop.set()
-            if saved is None:
-                os.environ.pop("DOCKER_HOST", None)
-            else:
-                os.environ["DOCKER_HOST"] = saved
 
 
 # -- Kubeflow --------------------------------------------------------------------------------------------------------

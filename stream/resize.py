@@ -264,7 +264,7 @@ def record_resize_agreement(model_dir: Path | str, images: Sequence[np.ndarray])
         result.agreement,
         "allowed"
         if result.allowed
-        else f"not allowed (needs >= {MIN_AGREEMENT_IMAGES} images and " f"{AGREEMENT_THRESHOLD})",
+        else f"not allowed (needs >= {MIN_AGREEMENT_IMAGES} images and {result.threshold})",
         result.ffmpeg,
         result.mean_abs_pixel_diff,
         result.max_abs_pixel_diff,

@@ -55,13 +55,18 @@ def make_video(
     seed: int = 0,
     preset: str = "ultrafast",
     gop: int | None = None,
+    frames: list[np.ndarray] | None = None,
 ) -> Path:
-    """Encode a synthetic video. ``.mp4`` / ``.ts`` / ``.mkv`` decide the container unless given."""
+    """Encode a synthetic video (or ``frames``, RGB uint8 HWC of one size, once each). ``.mp4`` /
+    ``.ts`` / ``.mkv`` decide the container unless given."""
     import av
 
     path = Path(path)
-    n = int(round(seconds * fps))
-    frames = video_frames(min(n, 90), width, height, seed)  # a 3 s loop of content, repeated
+    if frames is not None:
+        n, (height, width) = len(frames), frames[0].shape[:2]
+    else:
+        n = int(round(seconds * fps))
+        frames = video_frames(min(n, 90), width, height, seed)  # a 3 s loop of content, repeated
     with av.open(str(path), "w", format=container_format) as c:
         stream: Any = c.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"

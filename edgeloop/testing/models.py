@@ -220,3 +220,15 @@ def _write_onnx_model_dir(
     (out / MODEL_FILE).write_bytes(model.SerializeToString())
     card.with_digests(out).save(out)
     return out
+
+
+def pyfunc_predict(model_uri: str, card: ModelCard, images: Sequence[Any]) -> tuple[list[str], np.ndarray]:
+    """``mlflow.pyfunc.load_model(model_uri)`` fed with the shared preprocessing's tensor of ``images`` (PIL
+    or uint8 HWC): (top-1 labels, probabilities), to hold against what the model server answers."""
+    import mlflow.pyfunc
+
+    from edgeloop.core.preprocessing import Preprocess
+
+    x = Preprocess(card.preprocessing).batch(list(images))
+    probs = np.asarray(mlflow.pyfunc.load_model(model_uri).predict({card.input_name: x})[PROBS_OUTPUT])
+    return [card.labels[i] for i in probs.argmax(axis=1)], probs

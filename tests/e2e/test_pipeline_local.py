@@ -180,28 +180,24 @@ def _assert_one_mlflow_run_with_the_steps_nested(settings, outcome: dict, regist
 def _assert_pyfunc_champion_predicts_like_the_server(settings, sample_dir, version: str) -> None:
     """``mlflow.pyfunc.load_model("models:/NAME@champion")`` on the trained champion, fed with the shared
     preprocessing's tensor, gives the labels the edgeloop model server gives for the same images."""
-    import mlflow.pyfunc
     import numpy as np
     from PIL import Image
 
     from edgeloop.core.model_loader import fetch_verified
-    from edgeloop.core.preprocessing import Preprocess
     from edgeloop.serving.launcher import running_server
+    from edgeloop.testing.models import pyfunc_predict
 
     name = settings.mlflow.registered_model
     uri = f"models:/{name}@champion"
     card = fetch_verified(uri, settings).card
     paths = sorted(sample_dir.rglob("*.png"))[::4][:24]
     images = [Image.open(p).convert("RGB") for p in paths]
-    out = mlflow.pyfunc.load_model(uri).predict(
-        {card.input_name: Preprocess(card.preprocessing).batch(images)}
-    )
-    pyfunc_labels = [card.labels[i] for i in np.argmax(out["probabilities"], axis=1)]
+    pyfunc_labels, probabilities = pyfunc_predict(uri, card, images)
     with running_server([uri], settings=settings) as srv, srv.rest_client(name) as client:
         served = client.infer_images([p.read_bytes() for p in paths])
     assert served.model_version == version
     assert pyfunc_labels == served.labels
-    np.testing.assert_allclose(out["probabilities"], served.probabilities, atol=1e-4)
+    np.testing.assert_allclose(probabilities, served.probabilities, atol=1e-4)
 
 
 def test_a_failing_step_names_the_step_and_the_cause(stack_settings):

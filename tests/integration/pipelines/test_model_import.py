@@ -147,16 +147,13 @@ def _assert_pyfunc_predicts_the_served_labels(settings, name, version, card, png
     """The imported model took the same registration path: an MLflow ONNX model whose signature lists the
     one output it has, and whose pyfunc predicts the labels the server gave for the same images."""
     import mlflow
-    import mlflow.pyfunc
 
-    from edgeloop.core.preprocessing import Preprocess, decode_image
+    from edgeloop.core.preprocessing import decode_image
+    from edgeloop.testing.models import pyfunc_predict
 
     registry.client(_for_model(settings, name))  # points mlflow at the stack
     info = mlflow.models.get_model_info(f"models:/{name}/{version}")
     assert [o.name for o in info.signature.outputs.inputs] == ["probabilities"]
     assert info.signature.inputs.inputs[0].shape == (-1, 3, card.preprocessing.size, card.preprocessing.size)
-    x = Preprocess(card.preprocessing).batch([decode_image(b) for b in pngs])
-    probs = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict({card.input_name: x})[
-        "probabilities"
-    ]
-    assert [card.labels[i] for i in probs.argmax(axis=1)] == [label for p in served for label in p.labels]
+    labels, _ = pyfunc_predict(f"models:/{name}@champion", card, [decode_image(b) for b in pngs])
+    assert labels == [label for p in served for label in p.labels]

@@ -169,26 +169,22 @@ def _assert_an_mlflow_model_with_signature_and_example(settings, reg) -> None:
 def _assert_pyfunc_predicts_like_the_server(settings, version: str) -> None:
     """``mlflow.pyfunc.load_model("models:/NAME@champion")`` fed with the shared preprocessing's tensor
     gives the labels (and probabilities) the edgeloop model server gives for the same images."""
-    import mlflow.pyfunc
-
     from edgeloop.core.model_card import ModelCard
     from edgeloop.core.model_loader import fetch_verified
-    from edgeloop.core.preprocessing import Preprocess
     from edgeloop.serving.launcher import running_server
     from edgeloop.testing.media import random_frames
+    from edgeloop.testing.models import pyfunc_predict
 
     name = settings.mlflow.registered_model
     uri = f"models:/{name}@champion"
     card: ModelCard = fetch_verified(uri, settings).card
     frames = random_frames(12, 48, seed=5)
-    pyfunc = mlflow.pyfunc.load_model(uri)
-    out = pyfunc.predict({card.input_name: Preprocess(card.preprocessing).batch(list(frames))})
-    pyfunc_labels = [card.labels[i] for i in np.argmax(out["probabilities"], axis=1)]
+    pyfunc_labels, probabilities = pyfunc_predict(uri, card, frames)
     with running_server([uri], settings=settings) as srv, srv.grpc_client(name) as g:
         served = g.infer_frames(frames)
     assert served.model_version == version
     assert pyfunc_labels == served.labels
-    np.testing.assert_allclose(out["probabilities"], served.probabilities, atol=1e-5)
+    np.testing.assert_allclose(probabilities, served.probabilities, atol=1e-5)
 
 
 def test_reject_from_another_process_and_timeout(settings, tmp_path):

@@ -31,6 +31,7 @@ from edgeloop.stream.resize import (
     resize_agreement,
 )
 from edgeloop.stream.sources import ReaderConfig, SourceSpec, choose_hwaccel, hardware_decoders
+from edgeloop.testing.media import make_video
 from edgeloop.testing.models import build_linear_model_dir
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]  # one class each for the colour model
@@ -53,20 +54,7 @@ def _colour_images(n: int, width: int, height: int, seed: int = 0) -> list[np.nd
 
 
 def _encode(path: Path, frames: list[np.ndarray], fps: int, gop: int | None = None) -> Path:
-    import av
-
-    with av.open(str(path), "w") as c:
-        s: Any = c.add_stream("libx264", rate=fps)
-        s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-        s.options = {"preset": "ultrafast", "tune": "zerolatency"}
-        if gop:
-            s.gop_size = gop
-        for f in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
+    return make_video(path, frames=frames, fps=fps, gop=gop)
 
 
 @pytest.fixture(scope="module")
