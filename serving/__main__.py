@@ -52,8 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bind_host", default="0.0.0.0", help="address both servers bind")
     p.add_argument("--batching", type=flag, default=True, help="dynamic batching across requests")
-    p.add_argument("--max_batch_size", type=int, default=16)
-    p.add_argument("--max_batch_wait_ms", type=float, default=2.0)
+    p.add_argument("--max_batch_size", type=int, default=4, help="rows per ONNX Runtime run (raise on a GPU)")
+    p.add_argument(
+        "--max_batch_wait_ms", type=float, default=0.0, help="wait for a fuller batch (0: run what is queued)"
+    )
     p.add_argument("--max_queue_rows", type=int, default=1024)
     p.add_argument(
         "--concurrent_batches", type=int, default=2, help="batches (or requests, batching off) run at once"
@@ -61,9 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intra_op_threads", type=int, default=0, help="ONNX Runtime threads per run (0 = cores)")
     p.add_argument("--ort_spinning", type=flag, default=False)
     p.add_argument(
+        "--pin_ort_threads",
+        type=flag,
+        default=True,
+        help="with one single-threaded session per core, keep each runner thread on its core",
+    )
+    p.add_argument(
         "--ort_sessions",
         type=int,
-        default=1,
+        default=0,
         help="ONNX Runtime sessions per version on the CPU, each cores/N threads (0 = one per core)",
     )
     p.add_argument(
@@ -176,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
             concurrent_batches=args.concurrent_batches,
             direct_concurrency=args.concurrent_batches,
             sessions=max(0, args.ort_sessions),
+            pin_threads=args.pin_ort_threads,
         ),
         limits=LimitOptions(
             max_request_bytes=int(args.max_request_mb * 1024 * 1024),

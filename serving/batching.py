@@ -1,10 +1,10 @@
 """Dynamic batching across concurrent requests (REST and gRPC share one asyncio loop).
 
-Requests queue their rows; one worker per model version takes up to
-``max_batch_size`` rows, waiting at most ``max_wait_s`` after the first for more,
-concatenates them, runs the model in a dedicated thread (ONNX Runtime releases the
-GIL) and hands each request its slice. While a batch runs, new requests pile up and
-go in the next one, so batches grow with load and latency stays low when idle.
+Requests queue their rows; runner threads (one per ONNX Runtime session, which releases the
+GIL) each take up to ``max_batch_size`` rows as soon as they are free, optionally waiting up to
+``max_wait_s`` for more, concatenate them, run the model and hand each request its slice. While
+every thread is busy, new requests pile up and go in the next batch, so batches grow with load
+and latency stays low when idle.
 
 :class:`DirectRunner` is the "batching off" policy with the same interface.
 """
@@ -12,6 +12,10 @@ go in the next one, so batches grow with load and latency stays low when idle.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
+import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -49,39 +53,45 @@ class BatchStats:
 
 
 class DynamicBatcher:
-    """Collects rows from concurrent ``submit`` calls into batches for ``run``."""
+    """Collects rows from concurrent ``submit`` calls into batches for ``run``.
+
+    ``concurrency`` runner threads take batches from one queue themselves: a thread that finishes
+    a run starts the next at once, without a trip through the event loop, and hands its results
+    back with one loop wake-up per batch. The event loop only queues rows and resolves futures.
+    """
 
     def __init__(
         self,
         run: RunFn,
         max_batch_size: int = 16,
-        max_wait_s: float = 0.002,
+        max_wait_s: float = 0.0,
         max_queue_rows: int = 1024,
         on_batch: Callable[[int, float], None] | None = None,
         on_queue: Callable[[int], None] | None = None,
         name: str = "model",
         concurrency: int = 2,
         prepare: Prepare | None = None,
+        cpus: Sequence[int] = (),
     ):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self._run = run
+        self._cpus = list(cpus)  # runner thread i stays on CPU cpus[i] (none: the OS places them)
         self._prepare = prepare
         self.max_batch_size = max_batch_size
         self.max_wait_s = max(0.0, max_wait_s)
         self.max_queue_rows = max_queue_rows
         self._on_batch = on_batch
         self._on_queue = on_queue
+        self.name = name
         # Up to ``concurrency`` batches run at once: on a CPU one run rarely fills every core,
-        # and while all slots are busy the queue grows into the next, larger batch.
+        # and while every thread is busy the queue grows into the next, larger batch.
         self.concurrency = max(1, concurrency)
-        self._slots: asyncio.Semaphore | None = None
-        self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix=f"ort-{name}")
-        self._queue: deque[tuple[np.ndarray, asyncio.Future, bool]] = deque()
+        self._queue: deque[_Item] = deque()
         self._queued_rows = 0
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task | None = None
-        self._inflight = 0
+        self._cond = threading.Condition(threading.Lock())
+        self._threads: list[threading.Thread] = []
+        self._inflight = 0  # rows taken by a runner thread and not yet answered
         self._closed = False
         self.stats = BatchStats()
 
@@ -93,104 +103,170 @@ class DynamicBatcher:
         """Queue ``x`` ([n,...]) and return the model's outputs for its n rows (all with ``full``)."""
         if self._closed:
             raise OverloadedError("this model version is being unloaded; retry to reach the current one")
-        if self._queued_rows + len(x) > self.max_queue_rows:
-            raise OverloadedError(
-                f"the batching queue is full ({self._queued_rows} rows waiting); " "retry with backoff"
-            )
         loop = asyncio.get_running_loop()
-        if self._task is None or self._task.done():
-            self._wake = asyncio.Event()
-            self._slots = asyncio.Semaphore(self.concurrency)
-            self._task = loop.create_task(self._worker(), name="edgeloop-batcher")
         fut: asyncio.Future = loop.create_future()
-        self._queue.append((x, fut, full))
-        self._queued_rows += len(x)
+        with self._cond:
+            if self._queued_rows + len(x) > self.max_queue_rows:
+                raise OverloadedError(
+                    f"the batching queue is full ({self._queued_rows} rows waiting); retry with backoff"
+                )
+            if not self._threads:
+                self._start_threads()
+            self._queue.append(_Item(x, fut, full, loop))
+            self._queued_rows += len(x)
+            self._cond.notify()
         self._notify_queue()
-        assert self._wake is not None
-        self._wake.set()
         return await fut
+
+    def _start_threads(self) -> None:
+        for i in range(self.concurrency):
+            cpu = self._cpus[i] if i < len(self._cpus) else None
+            t = threading.Thread(
+                target=self._thread_main, args=(cpu,), name=f"ort-{self.name}-{i}", daemon=True
+            )
+            t.start()
+            self._threads.append(t)
 
     def _notify_queue(self) -> None:
         if self._on_queue is not None:
             self._on_queue(self._queued_rows)
 
-    async def _worker(self) -> None:
-        loop = asyncio.get_running_loop()
-        assert self._wake is not None and self._slots is not None
+    # -- runner threads --------------------------------------------------------------------
+    def _thread_main(self, cpu: int | None) -> None:
+        if cpu is not None:
+            pin_thread(cpu)
         while True:
-            if not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            await self._slots.acquire()  # requests keep queueing while every slot is busy
-            if self._queued_rows < self.max_batch_size and self.max_wait_s > 0:
-                deadline = loop.time() + self.max_wait_s
-                while self._queued_rows < self.max_batch_size:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    self._wake.clear()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), remaining)
-                    except TimeoutError:
-                        break
-            items = self._take()
+            items = self._next_batch()
+            if items is None:
+                return
             self._notify_queue()
-            if not items:
-                self._slots.release()
-                continue
-            self._inflight += 1  # counted before the task starts, so close() waits for it
-            task = loop.create_task(self._run_batch(loop, items))
-            task.add_done_callback(lambda _t: self._slots.release())  # type: ignore[union-attr]
+            self._run_batch(items)
 
-    def _take(self) -> list[tuple[np.ndarray, asyncio.Future, bool]]:
-        items: list[tuple[np.ndarray, asyncio.Future, bool]] = []
-        rows = 0
-        while self._queue:
-            x, fut, full = self._queue[0]
-            if items and rows + len(x) > self.max_batch_size:
-                break
-            self._queue.popleft()
-            self._queued_rows -= len(x)
-            if fut.cancelled():  # the client went away while queued
-                continue
-            items.append((x, fut, full))
-            rows += len(x)
-        return items
+    def _next_batch(self) -> list[_Item] | None:
+        """Block until there are rows (None once closed and drained), wait up to ``max_wait_s``
+        for a fuller batch, then take up to ``max_batch_size`` rows (a bigger request alone)."""
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            if self.max_wait_s > 0 and self._queued_rows < self.max_batch_size:
+                deadline = time.monotonic() + self.max_wait_s
+                while self._queued_rows < self.max_batch_size and not self._closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not self._cond.wait(remaining):
+                        break
+            items: list[_Item] = []
+            rows = 0
+            while self._queue:
+                item = self._queue[0]
+                n = len(item.x)
+                if items and rows + n > self.max_batch_size:
+                    break
+                self._queue.popleft()
+                self._queued_rows -= n
+                if item.fut.cancelled():  # the client went away while queued
+                    continue
+                items.append(item)
+                rows += n
+            self._inflight += rows
+            if self._queue:
+                self._cond.notify()  # rows left over: another idle thread can take them
+            return items
 
-    async def _run_batch(self, loop: asyncio.AbstractEventLoop, items: list) -> None:
-        xs = [x for x, _, _ in items]
-        rows = sum(len(x) for x in xs)
-        full = any(f for _, _, f in items)
-        t0 = time.perf_counter()
+    def _run_batch(self, items: list[_Item]) -> None:
+        rows = sum(len(it.x) for it in items)
         try:
-            outputs = await loop.run_in_executor(self._executor, _execute, self._run, self._prepare, xs, full)
-        except Exception as e:  # a model failure fails the requests of this batch only
-            for _, fut, _ in items:
-                if not fut.done():
-                    fut.set_exception(e)
-            return
+            if not items:
+                return
+            full = any(it.full for it in items)
+            t0 = time.perf_counter()
+            try:
+                outputs: Sequence[np.ndarray] | BaseException = _execute(
+                    self._run, self._prepare, [it.x for it in items], full
+                )
+            except Exception as e:  # a model failure fails the requests of this batch only
+                outputs = e
+            else:
+                self.stats.record(rows)
+                if self._on_batch is not None:
+                    self._on_batch(rows, time.perf_counter() - t0)
+            for loop, group in _by_loop(items).items():
+                try:
+                    loop.call_soon_threadsafe(_deliver, group, outputs)
+                except RuntimeError:  # that loop is closed: nobody waits for these answers
+                    pass
         finally:
-            self._inflight -= 1
-        self.stats.record(rows)
-        if self._on_batch is not None:
-            self._on_batch(rows, time.perf_counter() - t0)
-        start = 0
-        for x, fut, _ in items:
-            end = start + len(x)
-            if not fut.done():
-                fut.set_result([o[start:end] for o in outputs])
-            start = end
+            with self._cond:
+                self._inflight -= rows
+                self._cond.notify_all()
 
     async def close(self, timeout_s: float = 30.0) -> None:
-        """Stop taking requests, let queued and running ones finish, then stop the worker."""
+        """Stop taking requests, let queued and running ones finish, then stop the threads."""
         self._closed = True
+        with self._cond:
+            self._cond.notify_all()
         deadline = time.monotonic() + timeout_s
         while (self._queue or self._inflight) and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
-        if self._task is not None:
-            self._task.cancel()
-        self._executor.shutdown(wait=False)
+
+
+def pin_thread(cpu: int) -> None:
+    """Keep the calling thread on ``cpu`` (Linux; elsewhere, or when refused, nothing changes)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setaffinity(0, {cpu})  # 0: the calling thread
+
+
+def per_core_cpus(threads: int) -> list[int]:
+    """The CPUs to pin ``threads`` single-threaded runners to: one each when there are exactly as
+    many usable CPUs as threads and no CPU quota below that (a container limited to fewer cores
+    than it sees must not be pinned); else none."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return []
+    if threads < 2 or len(cpus) != threads or cpu_quota() < threads:
+        return []
+    return cpus
+
+
+def cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> float:
+    """Cores the cgroup v2 CPU quota allows (``inf`` when unlimited or unknown)."""
+    try:
+        quota, period = open(path).read().split()[:2]
+    except (OSError, ValueError):
+        return math.inf
+    return math.inf if quota == "max" else int(quota) / int(period)
+
+
+@dataclass(slots=True)
+class _Item:
+    x: np.ndarray
+    fut: asyncio.Future
+    full: bool
+    loop: asyncio.AbstractEventLoop
+
+
+def _by_loop(items: list[_Item]) -> dict[asyncio.AbstractEventLoop, list[_Item]]:
+    groups: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
+    for it in items:
+        groups.setdefault(it.loop, []).append(it)
+    return groups
+
+
+def _deliver(items: list[_Item], outputs: Sequence[np.ndarray] | BaseException) -> None:
+    """On the event loop: each request gets its own rows of every output (or the batch's error)."""
+    if isinstance(outputs, BaseException):
+        for it in items:
+            if not it.fut.done():
+                it.fut.set_exception(outputs)
+        return
+    start = 0
+    for it in items:
+        end = start + len(it.x)
+        if not it.fut.done():
+            it.fut.set_result([o[start:end] for o in outputs])
+        start = end
 
 
 class DirectRunner:

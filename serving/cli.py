@@ -57,8 +57,20 @@ def _plain_argv() -> Iterator[None]:
 @click.option(
     "--batching/--no-batching", default=True, show_default=True, help="Dynamic batching across requests."
 )
-@click.option("--max-batch-size", default=16, show_default=True, type=int)
-@click.option("--max-batch-wait-ms", default=2.0, show_default=True, type=float)
+@click.option(
+    "--max-batch-size",
+    default=4,
+    show_default=True,
+    type=int,
+    help="Rows per ONNX Runtime run (raise on a GPU).",
+)
+@click.option(
+    "--max-batch-wait-ms",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Wait this long for a fuller batch (0: run what is queued as soon as a session is free).",
+)
 @click.option(
     "--threads",
     "intra_op_threads",
@@ -69,7 +81,7 @@ def _plain_argv() -> Iterator[None]:
 )
 @click.option(
     "--ort-sessions",
-    default=1,
+    default=0,
     show_default=True,
     type=click.IntRange(min=0),
     help="ONNX Runtime sessions per model version on the CPU, side by side, each with cores/N threads "

@@ -40,7 +40,7 @@ from edgeloop.core.model_loader import (
 )
 from edgeloop.core.preprocessing import Preprocess
 from edgeloop.serving import codec, metrics
-from edgeloop.serving.batching import DirectRunner, DynamicBatcher
+from edgeloop.serving.batching import DirectRunner, DynamicBatcher, per_core_cpus
 from edgeloop.serving.errors import (
     ConflictError,
     IntegrityRefusedError,
@@ -128,6 +128,7 @@ class LoadedVersion:
                 name=f"{self.model}-{self.version}",
                 concurrency=concurrency,
                 prepare=self.prepare,
+                cpus=per_core_cpus(concurrency) if self.sessions and batching.pin_threads else (),
             )
         else:
             self.runner = DirectRunner(

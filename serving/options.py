@@ -17,18 +17,25 @@ DEFAULT_ALIAS = "champion"
 @dataclass
 class BatchingOptions:
     enabled: bool = True
-    max_batch_size: int = 16
-    max_wait_ms: float = 2.0
+    # On the CPU one session per core gains little from big batches (bare ONNX Runtime, resnet18
+    # int8: 743 img/s at batch 1, 775 at 8), while a thread taking 16 rows leaves the other idle
+    # as answers travel; 4 rows and no wait served most (benchmarks/serving_bench.py). A GPU wants
+    # bigger batches and a short wait: raise both there.
+    max_batch_size: int = 4
+    max_wait_ms: float = 0.0
     max_queue_rows: int = 1024
     # Batches run at once per model version (ONNX Runtime releases the GIL).
     concurrent_batches: int = 2
     # With batching off: how many requests run ONNX Runtime at once.
     direct_concurrency: int = 2
     # ONNX Runtime sessions per version on the CPU, each with cores/sessions threads, one per runner
-    # thread; 0 = one per core, 1 = one session whose threads span the cores. Bare ONNX Runtime is
-    # faster one per core on 2 cores, served REST too, served gRPC not (benchmarks/serving_bench.py
-    # measures both side by side): choose on the target.
-    sessions: int = 1
+    # thread; 0 = one per core, 1 = one session whose threads span the cores. One per core was
+    # faster on 2 cores, bare and served, REST and gRPC (benchmarks/serving_bench.py measures both
+    # layouts side by side): check on the target.
+    sessions: int = 0
+    # With one single-threaded session per core, keep runner thread i on core i: measured on
+    # 2 cores, the OS moving them about cost gRPC ~10% (benchmarks/serving_bench.py).
+    pin_threads: bool = True
 
 
 @dataclass

@@ -154,3 +154,100 @@ def test_a_batch_computes_every_output_only_when_one_of_its_requests_asks():
     assert seen == [False] and all(len(o) == 1 for o in outs)
     outs = asyncio.run(main([False, True, False]))
     assert seen[-1] is True and all(len(o) == 2 for o in outs)
+
+
+def test_runner_threads_take_the_next_batch_themselves():
+    """Each runner thread starts its next batch without a trip through the event loop: with the
+    loop blocked, a queued backlog still drains, each thread on its own session."""
+    seen: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def run(x, full=True):
+        with lock:
+            seen[threading.current_thread().name] = seen.get(threading.current_thread().name, 0) + 1
+        time.sleep(0.005)
+        return [x + 1]
+
+    batcher = DynamicBatcher(run, max_batch_size=1, max_wait_s=0.0, concurrency=2, name="m")
+
+    async def main():
+        futs = [asyncio.ensure_future(batcher.submit(np.full((1, 1), i, np.float32))) for i in range(20)]
+        await asyncio.sleep(0)  # every request queued
+        time.sleep(0.2)  # the loop is blocked; the threads keep running batches
+        ran_while_blocked = sum(seen.values())
+        outs = await asyncio.gather(*futs)
+        return ran_while_blocked, outs
+
+    ran_while_blocked, outs = asyncio.run(main())
+    assert ran_while_blocked == 20
+    assert [float(o[0][0, 0]) for o in outs] == [i + 1.0 for i in range(20)]
+    assert sorted(seen) == ["ort-m-0", "ort-m-1"] and all(n > 0 for n in seen.values())
+
+
+def test_requests_cancelled_while_queued_are_not_run():
+    gate = threading.Event()
+    calls: list[int] = []
+
+    def run(x, full=True):
+        gate.wait(5)
+        calls.append(len(x))
+        return [x]
+
+    batcher = DynamicBatcher(run, max_batch_size=8, max_wait_s=0.0, concurrency=1)
+
+    async def main():
+        first = asyncio.ensure_future(batcher.submit(np.ones((1, 1), np.float32)))
+        await asyncio.sleep(0.05)  # running, holding the only thread
+        gone = asyncio.ensure_future(batcher.submit(np.ones((3, 1), np.float32)))
+        kept = asyncio.ensure_future(batcher.submit(np.ones((2, 1), np.float32)))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        gate.set()
+        return await asyncio.gather(first, kept)
+
+    outs = asyncio.run(main())
+    assert calls == [1, 2] and [len(o[0]) for o in outs] == [1, 2]
+
+
+def test_runner_threads_are_pinned_one_per_cpu(monkeypatch):
+    import os
+
+    from edgeloop.serving import batching
+
+    pinned: dict[str, set[int]] = {}
+
+    def fake_pin(cpu):
+        pinned[threading.current_thread().name] = {cpu}
+
+    monkeypatch.setattr(batching, "pin_thread", fake_pin)
+    batcher = DynamicBatcher(lambda x, full: [x], concurrency=2, name="p", cpus=[3, 5])
+    asyncio.run(batcher.submit(np.ones((1, 1), np.float32)))
+    assert pinned == {"ort-p-0": {3}, "ort-p-1": {5}}
+    unpinned = DynamicBatcher(lambda x, full: [x], concurrency=2, name="u")
+    before = dict(pinned)
+    asyncio.run(unpinned.submit(np.ones((1, 1), np.float32)))
+    assert pinned == before
+    assert os.sched_getaffinity(0)  # the caller's own affinity is untouched
+
+
+def test_pinning_only_with_one_thread_per_usable_cpu(monkeypatch, tmp_path):
+    from edgeloop.serving import batching
+
+    monkeypatch.setattr(batching.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+    monkeypatch.setattr(batching, "cpu_quota", lambda: float("inf"))
+    assert batching.per_core_cpus(4) == [0, 1, 2, 3]
+    assert batching.per_core_cpus(2) == []  # fewer threads than CPUs: the OS places them
+    assert batching.per_core_cpus(1) == []
+    monkeypatch.setattr(batching, "cpu_quota", lambda: 2.0)
+    assert batching.per_core_cpus(4) == []  # a container allowed 2 cores of the 4 it sees
+
+
+def test_cpu_quota_reads_cgroup_v2(tmp_path):
+    from edgeloop.serving.batching import cpu_quota
+
+    f = tmp_path / "cpu.max"
+    f.write_text("200000 100000\n")
+    assert cpu_quota(str(f)) == 2.0
+    f.write_text("max 100000\n")
+    assert cpu_quota(str(f)) == float("inf")
+    assert cpu_quota(str(tmp_path / "missing")) == float("inf")
