@@ -59,8 +59,8 @@ $(LS_TEMPLATE): $(LS_VENV)/.installed $(VENV)/.installed
 
 # Debian packages: the MQTT broker, Chromium + ChromeDriver for the labelers' browser test, podman
 # (with runc, catatonit for --init, buildah/skopeo, debootstrap for the offline base image) for the images,
-# and wrk, the serving benchmark's REST load generator.
-DEBS := mosquitto chromium chromium-driver podman runc catatonit buildah skopeo debootstrap wrk
+# wrk and h2load (nghttp2-client), the serving benchmark's REST and gRPC load generators.
+DEBS := mosquitto chromium chromium-driver podman runc catatonit buildah skopeo debootstrap wrk nghttp2-client
 .tools/.debs: Makefile
 	@mkdir -p .tools
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \

@@ -2,9 +2,11 @@
 
 * REST binary: ``wrk`` (C, Debian package ``wrk``) posting one pre-built OIP binary-tensor body
   from a Lua script; closed loop with N connections.
-* gRPC: a ``grpc.aio`` client in its own process sending one pre-serialized ``ModelInferRequest``
-  as raw bytes (no protobuf work per call); closed loop with N in flight, or open loop at a rate
-  (latency at a known load).
+* gRPC: ``h2load`` (C, Debian package ``nghttp2-client``) posting one pre-framed
+  ``ModelInferRequest`` as N concurrent streams on one HTTP/2 connection, as one channel would;
+  h2load cannot read gRPC trailers, so the caller checks the server's own count of answered
+  images against it. Else, and for the open loop at a rate (latency at a known load), a
+  ``grpc.aio`` client in its own process sending the pre-serialized request as raw bytes.
 
     python -m benchmarks.loadgen grpc --target 127.0.0.1:8081 --body req.bin --concurrency 16 --seconds 5
 """
@@ -14,7 +16,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -101,6 +105,42 @@ def wrk(
         "p50_ms": round(r["p50_us"] / 1000, 2),
         "p99_ms": round(r["p99_us"] / 1000, 2),
     }
+
+
+def h2load_grpc(target: str, body: bytes, seconds: float, concurrency: int = 16) -> dict | None:
+    """Closed-loop gRPC ``ModelInfer`` load from h2load (one connection, ``concurrency`` streams);
+    None when h2load is not installed. Every answer must be HTTP 200; gRPC errors travel in
+    trailers h2load does not read (the caller checks the server's counters)."""
+    exe = shutil.which("h2load")
+    if exe is None:
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".bin") as f:
+        f.write(b"\0" + struct.pack(">I", len(body)) + body)  # gRPC message framing, uncompressed
+        f.flush()
+        cmd = [exe, "-c", "1", "-m", str(concurrency), "-t", "1", f"-D{max(1, round(seconds))}"]
+        cmd += ["-d", f.name, "-H", "content-type: application/grpc", "-H", "te: trailers"]
+        cmd += ["--warm-up-time=1", f"http://{target}{MODEL_INFER}"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
+    rate = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", out)
+    lat = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)", out)
+    if not (done and rate and lat):
+        raise RuntimeError(f"unexpected h2load output:\n{out[-2000:]}")
+    return {
+        "requests_per_s": round(float(rate.group(2)), 1),
+        "requests": int(done.group(2)),
+        "errors": int(done.group(3)),
+        "mean_ms": round(_ms(lat.group(3)), 2),
+        "load_generator": "h2load",
+    }
+
+
+def _ms(text: str) -> float:
+    """h2load's durations (``870us``, ``5.88ms``, ``1.2s``) in milliseconds."""
+    for unit, scale in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * scale
+    raise ValueError(f"not an h2load duration: {text!r}")
 
 
 def grpc_load(

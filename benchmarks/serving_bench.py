@@ -120,17 +120,53 @@ def kserve_peer(model_dir: Path, name: str) -> Iterator[dict[str, Any]]:
 
 
 def load_pair(rest_url: str, grpc_target: str, name: str, frames: np.ndarray, seconds: float) -> dict:
-    """REST binary under wrk, then gRPC under the raw-bytes client: images/s (1 frame per request)."""
+    """REST binary under wrk, then gRPC under h2load (else the raw-bytes client): images/s (1 frame
+    per request). One checked call first: a load generator that only counts HTTP answers must not
+    count errors as work. The edgeloop server's own counters are checked after each run."""
+    import grpc
+
     from benchmarks import loadgen
 
+    msg = loadgen.grpc_body(name, frames)
+    with grpc.insecure_channel(grpc_target) as channel:  # raises on a gRPC error status
+        channel.unary_unary(loadgen.MODEL_INFER)(msg, timeout=60)
     body, hlen = loadgen.rest_body(frames)
+    before = served_images(rest_url, name)
     rest = loadgen.wrk(f"{rest_url}/v2/models/{name}/infer", body, hlen, CONNECTIONS, seconds)
-    grpc = loadgen.grpc_load(grpc_target, loadgen.grpc_body(name, frames), seconds, CONNECTIONS)
+    after_rest = served_images(rest_url, name)
+    grpc = loadgen.h2load_grpc(grpc_target, msg, seconds, CONNECTIONS) or loadgen.grpc_load(
+        grpc_target, msg, seconds, CONNECTIONS
+    )
+    after_grpc = served_images(rest_url, name)
     n = len(frames)
+    if before is not None:  # edgeloop's server: answered images, errors (stock KServe has neither)
+        grpc["server_answered"] = after_grpc[0] - after_rest[0]
+        grpc["server_errors"] = after_grpc[1] - after_rest[1]
+        rest["server_errors"] = after_rest[1] - before[1]
+        if grpc["server_errors"] or rest["server_errors"] or grpc["server_answered"] < grpc["requests"] * n:
+            raise RuntimeError(f"the server counted errors or fewer answers than the load generator: {grpc}")
     return {
         "rest_binary": {**rest, "images_per_s": round(rest["requests_per_s"] * n, 1)},
         "grpc": {**grpc, "images_per_s": round(grpc["requests_per_s"] * n, 1)},
     }
+
+
+def served_images(rest_url: str, name: str) -> tuple[float, float] | None:
+    """(images answered, requests failed) from an edgeloop server's /metrics; None elsewhere."""
+    import httpx
+
+    text = httpx.get(f"{rest_url}/metrics", timeout=10).text
+    if "edgeloop_serving_images_total" not in text:
+        return None
+    images = errors = 0.0
+    for line in text.splitlines():
+        if f'model="{name}"' not in line:
+            continue
+        if line.startswith("edgeloop_serving_images_total"):
+            images += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("edgeloop_serving_errors_total"):
+            errors += float(line.rsplit(" ", 1)[1])
+    return images, errors
 
 
 # ----------------------------------------------------------------------------- one model
@@ -138,6 +174,7 @@ def bench_model(key: str, seconds: float, rounds: int) -> dict:
     from benchmarks import loadgen
     from benchmarks.models import MODELS
     from benchmarks.models import bench_model as build
+    from edgeloop.core.model_loader import available_cpus
     from edgeloop.serving.launcher import running_server
     from edgeloop.testing.media import random_frames
 
@@ -145,12 +182,13 @@ def bench_model(key: str, seconds: float, rounds: int) -> dict:
     model_dir = build(key)
     frames = random_frames(1, size, seed=1)
     runs: dict[str, list[dict]] = {}
-    layouts = {"1x2": 1, "2x1": 2}  # sessions x threads on 2 cores; generally 1 x cores and cores x 1
-    base = ["--max_batch_size", "16", "--max_batch_wait_ms", "2"]
+    cores = available_cpus()
+    # sessions x threads: one over every core, or one single-threaded session per core (the default)
+    layouts = {f"1x{cores}": 1, f"{cores}x1": cores}
     with contextlib.ExitStack() as stack:
-        servers = {
+        servers = {  # the server's defaults otherwise (batching, pinning): what ships is measured
             f"edgeloop_{lay}": stack.enter_context(
-                running_server([model_dir], extra_args=[*base, "--ort_sessions", str(n)])
+                running_server([model_dir], extra_args=["--ort_sessions", str(n)])
             )
             for lay, n in layouts.items()
         }
@@ -179,9 +217,15 @@ def bench_model(key: str, seconds: float, rounds: int) -> dict:
         srv = servers[best_served.rsplit("_", 1)[0]]
         rate = 0.5 * med[best_served]["images_per_s"]
         half = loadgen.grpc_load(srv.grpc_target, loadgen.grpc_body(key, frames), seconds, rate=rate)
+    best_layout = {
+        proto: max(layouts, key=lambda lay, p=proto: med[f"edgeloop_{lay}_{p}"]["images_per_s"])
+        for proto in ("grpc", "rest_binary")
+    }
     return {
         "model": key,
+        "cores": cores,
         "best_bare": {"layout": best_bare_key, "images_per_s": best_bare},
+        "best_served_layout": best_layout,
         "median": med,
         "ratio_vs_best_bare": {k: round(v["images_per_s"] / best_bare, 3) for k, v in med.items()},
         "rounds": {k: [r["images_per_s"] for r in v] for k, v in runs.items()},
@@ -194,27 +238,32 @@ def bench_model(key: str, seconds: float, rounds: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- report
-ROWS = [
-    ("bare ONNX Runtime, 1 session x 2 threads, batch 1", "bare_1x2_b1"),
-    ("bare ONNX Runtime, 1 session x 2 threads, batch 8", "bare_1x2_b8"),
-    ("bare ONNX Runtime, 2 sessions x 1 thread, batch 1", "bare_2x1_b1"),
-    ("bare ONNX Runtime, 2 sessions x 1 thread, batch 8", "bare_2x1_b8"),
-    ("edgeloop serve, REST binary (1 session x 2 threads)", "edgeloop_1x2_rest_binary"),
-    ("edgeloop serve, gRPC (1 session x 2 threads)", "edgeloop_1x2_grpc"),
-    ("edgeloop serve, REST binary (2 sessions x 1 thread)", "edgeloop_2x1_rest_binary"),
-    ("edgeloop serve, gRPC (2 sessions x 1 thread)", "edgeloop_2x1_grpc"),
-    ("stock KServe 0.21, REST binary", "kserve_rest_binary"),
-    ("stock KServe 0.21, gRPC", "kserve_grpc"),
-]
+def rows(cores: int) -> list[tuple[str, str]]:
+    """(label, key) of every measured path, on a box with ``cores`` cores."""
+    one, per = f"1 session x {cores} threads", f"{cores} sessions x 1 thread"
+    out = [
+        (f"bare ONNX Runtime, {lay}, batch {b}", f"bare_{key}_b{b}")
+        for lay, key in ((one, f"1x{cores}"), (per, f"{cores}x1"))
+        for b in (1, 8)
+    ]
+    for lay, key in ((per, f"{cores}x1"), (one, f"1x{cores}")):
+        out += [
+            (f"edgeloop serve, gRPC ({lay})", f"edgeloop_{key}_grpc"),
+            (f"edgeloop serve, REST binary ({lay})", f"edgeloop_{key}_rest_binary"),
+        ]
+    return out + [
+        ("stock KServe 0.21, gRPC", "kserve_grpc"),
+        ("stock KServe 0.21, REST binary", "kserve_rest_binary"),
+    ]
 
 
 def table(m: dict) -> str:
-    lines = [f"### {m['model']}", "", "| path | img/s | vs best bare ORT | p99 ms |", "|---|---|---|---|"]
-    for label, key in ROWS:
+    lines = [f"### {m['model']}", "", "| path | img/s | vs best bare ORT | latency ms |", "|---|---|---|---|"]
+    for label, key in rows(m["cores"]):
         r = m["median"].get(key)
         if r is None:
             continue
-        p99 = r.get("p99_ms", "")
+        p99 = f"p99 {r['p99_ms']}" if "p99_ms" in r else f"mean {r['mean_ms']}" if "mean_ms" in r else ""
         lines.append(f"| {label} | {r['images_per_s']:.0f} | {m['ratio_vs_best_bare'][key]:.2f} | {p99} |")
     h = m["grpc_at_half_saturation"]
     lines.append("")
@@ -234,7 +283,7 @@ def plot(results: dict, path: Path) -> None:
     models = results["models"]
     fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 5), squeeze=False)
     for ax, m in zip(axes[0], models, strict=True):
-        keys = [k for _, k in ROWS if k in m["median"]]
+        keys = [k for _, k in rows(m["cores"]) if k in m["median"]]
         vals = [m["median"][k]["images_per_s"] for k in keys]
         colors = [
             "#999999" if k.startswith("bare") else "#1f77b4" if k.startswith("edgeloop") else "#d62728"
