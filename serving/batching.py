@@ -188,9 +188,10 @@ class DynamicBatcher:
             except Exception as e:  # a model failure fails the requests of this batch only
                 outputs = e
             else:
-                self.stats.record(rows)
                 if self._on_batch is not None:
                     self._on_batch(rows, time.perf_counter() - t0)
+                with self._cond:  # runner threads record side by side
+                    self.stats.record(rows)
             for loop, group in _by_loop(items).items():
                 try:
                     loop.call_soon_threadsafe(_deliver, group, outputs)
