@@ -119,7 +119,7 @@ def h2load_grpc(target: str, body: bytes, seconds: float, concurrency: int = 16)
         f.flush()
         cmd = [exe, "-c", "1", "-m", str(concurrency), "-t", "1", f"-D{max(1, round(seconds))}"]
         cmd += ["-d", f.name, "-H", "content-type: application/grpc", "-H", "te: trailers"]
-        cmd += ["--warm-up-time=1", f"http://{target}{MODEL_INFER}"]
+        cmd += [f"http://{target}{MODEL_INFER}"]  # no warm-up: every answered call is counted
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
     rate = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", out)

@@ -143,7 +143,8 @@ def load_pair(rest_url: str, grpc_target: str, name: str, frames: np.ndarray, se
         grpc["server_answered"] = after_grpc[0] - after_rest[0]
         grpc["server_errors"] = after_grpc[1] - after_rest[1]
         rest["server_errors"] = after_rest[1] - before[1]
-        if grpc["server_errors"] or rest["server_errors"] or grpc["server_answered"] < grpc["requests"] * n:
+        answered_beyond = grpc["server_answered"] - grpc["requests"] * n  # calls in flight at the end
+        if grpc["server_errors"] or rest["server_errors"] or not 0 <= answered_beyond <= CONNECTIONS * n:
             raise RuntimeError(f"the server counted errors or fewer answers than the load generator: {grpc}")
     return {
         "rest_binary": {**rest, "images_per_s": round(rest["requests_per_s"] * n, 1)},
@@ -160,11 +161,9 @@ def served_images(rest_url: str, name: str) -> tuple[float, float] | None:
         return None
     images = errors = 0.0
     for line in text.splitlines():
-        if f'model="{name}"' not in line:
-            continue
-        if line.startswith("edgeloop_serving_images_total"):
+        if line.startswith("edgeloop_serving_images_total") and f'model="{name}"' in line:
             images += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("edgeloop_serving_errors_total"):
+        elif line.startswith("edgeloop_serving_errors_total"):  # any model label: "unknown" too
             errors += float(line.rsplit(" ", 1)[1])
     return images, errors
 

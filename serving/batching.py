@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import threading
 import time
@@ -101,11 +100,11 @@ class DynamicBatcher:
 
     async def submit(self, x: np.ndarray, full: bool = True) -> list[np.ndarray]:
         """Queue ``x`` ([n,...]) and return the model's outputs for its n rows (all with ``full``)."""
-        if self._closed:
-            raise OverloadedError("this model version is being unloaded; retry to reach the current one")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
-        with self._cond:
+        with self._cond:  # under the lock: close() cannot slip between the check and the append
+            if self._closed:
+                raise OverloadedError("this model version is being unloaded; retry to reach the current one")
             if self._queued_rows + len(x) > self.max_queue_rows:
                 raise OverloadedError(
                     f"the batching queue is full ({self._queued_rows} rows waiting); retry with backoff"
@@ -129,7 +128,8 @@ class DynamicBatcher:
 
     def _notify_queue(self) -> None:
         if self._on_queue is not None:
-            self._on_queue(self._queued_rows)
+            with contextlib.suppress(Exception):  # a gauge never fails a request
+                self._on_queue(self._queued_rows)
 
     # -- runner threads --------------------------------------------------------------------
     def _thread_main(self, cpu: int | None) -> None:
@@ -175,28 +175,28 @@ class DynamicBatcher:
             return items
 
     def _run_batch(self, items: list[_Item]) -> None:
+        """Run one batch and hand every request its answer or the error; never raises, so the
+        thread lives on and no request is left without an answer."""
         rows = sum(len(it.x) for it in items)
+        outputs: Sequence[np.ndarray] | BaseException
         try:
             if not items:
                 return
-            full = any(it.full for it in items)
             t0 = time.perf_counter()
             try:
-                outputs: Sequence[np.ndarray] | BaseException = _execute(
-                    self._run, self._prepare, [it.x for it in items], full
-                )
+                xs = [it.x for it in items]
+                outputs = _execute(self._run, self._prepare, xs, any(it.full for it in items))
             except Exception as e:  # a model failure fails the requests of this batch only
                 outputs = e
-            else:
-                if self._on_batch is not None:
-                    self._on_batch(rows, time.perf_counter() - t0)
+            for loop, group in _by_loop(items).items():
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits on it
+                    loop.call_soon_threadsafe(_deliver, group, outputs)
+            if not isinstance(outputs, BaseException):
                 with self._cond:  # runner threads record side by side
                     self.stats.record(rows)
-            for loop, group in _by_loop(items).items():
-                try:
-                    loop.call_soon_threadsafe(_deliver, group, outputs)
-                except RuntimeError:  # that loop is closed: nobody waits for these answers
-                    pass
+                if self._on_batch is not None:
+                    with contextlib.suppress(Exception):  # metrics never fail a request
+                        self._on_batch(rows, time.perf_counter() - t0)
         finally:
             with self._cond:
                 self._inflight -= rows
@@ -208,8 +208,12 @@ class DynamicBatcher:
         with self._cond:
             self._cond.notify_all()
         deadline = time.monotonic() + timeout_s
-        while (self._queue or self._inflight) and time.monotonic() < deadline:
+        while self._busy() and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
+
+    def _busy(self) -> bool:
+        with self._cond:  # rows move from the queue to in flight under this lock
+            return bool(self._queue) or self._inflight > 0
 
 
 def pin_thread(cpu: int) -> None:
@@ -222,6 +226,8 @@ def per_core_cpus(threads: int) -> list[int]:
     """The CPUs to pin ``threads`` single-threaded runners to: one each when there are exactly as
     many usable CPUs as threads and no CPU quota below that (a container limited to fewer cores
     than it sees must not be pinned); else none."""
+    from edgeloop.core.model_loader import cpu_quota
+
     try:
         cpus = sorted(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
@@ -229,15 +235,6 @@ def per_core_cpus(threads: int) -> list[int]:
     if threads < 2 or len(cpus) != threads or cpu_quota() < threads:
         return []
     return cpus
-
-
-def cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> float:
-    """Cores the cgroup v2 CPU quota allows (``inf`` when unlimited or unknown)."""
-    try:
-        quota, period = open(path).read().split()[:2]
-    except (OSError, ValueError):
-        return math.inf
-    return math.inf if quota == "max" else int(quota) / int(period)
 
 
 @dataclass(slots=True)

@@ -88,6 +88,12 @@ def _plain_argv() -> Iterator[None]:
     "(with --threads 0); batches run on them in parallel. 0 = one per core, 1 = one over all cores.",
 )
 @click.option(
+    "--pin-ort-threads/--no-pin-ort-threads",
+    default=True,
+    show_default=True,
+    help="With one single-threaded session per core, keep each runner thread on its own core.",
+)
+@click.option(
     "--providers",
     default="tensorrt,cuda,openvino,cpu",
     show_default=True,
@@ -190,6 +196,7 @@ def serve(
     max_batch_wait_ms: float,
     intra_op_threads: int,
     ort_sessions: int,
+    pin_ort_threads: bool,
     providers: str,
     max_request_mb: float,
     max_images: int,
@@ -242,6 +249,7 @@ def serve(
             max_batch_size=max_batch_size,
             max_wait_ms=max_batch_wait_ms,
             sessions=ort_sessions,
+            pin_threads=pin_ort_threads,
         ),
         limits=LimitOptions(
             max_request_bytes=int(max_request_mb * 1024 * 1024),

@@ -86,6 +86,7 @@ class LoadedVersion:
         return EMBEDDING_OUTPUT in self.output_names
 
     sessions: list[Any] = field(default_factory=list)  # one per runner thread (see load_version)
+    session_threads: int = 0  # intra-op threads of each session (0: ONNX Runtime's choice)
     _local: threading.local = field(default_factory=threading.local)
     _next_session: Iterator[int] = field(default_factory=itertools.count)
 
@@ -128,7 +129,7 @@ class LoadedVersion:
                 name=f"{self.model}-{self.version}",
                 concurrency=concurrency,
                 prepare=self.prepare,
-                cpus=per_core_cpus(concurrency) if self.sessions and batching.pin_threads else (),
+                cpus=per_core_cpus(concurrency) if self._pinnable(batching, concurrency) else (),
             )
         else:
             self.runner = DirectRunner(
@@ -138,6 +139,10 @@ class LoadedVersion:
                 name=f"{self.model}-{self.version}",
                 prepare=self.prepare,
             )
+
+    def _pinnable(self, batching: BatchingOptions, concurrency: int) -> bool:
+        """One single-threaded session per runner thread: each thread can keep a core of its own."""
+        return batching.pin_threads and len(self.sessions) == concurrency and self.session_threads == 1
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -186,7 +191,7 @@ def load_version(
             f"model {name} version {version or card.version or '?'} refused: {e.reason}"
         ) from e
     try:
-        pool, info = _open_sessions(verified.session_source(), ort_settings, sessions)
+        pool, info, threads = _open_sessions(verified.session_source(), ort_settings, sessions)
         session = pool[0]
     except Exception as e:
         metrics.LOAD_FAILURES.labels(name, "onnx").inc()
@@ -207,6 +212,7 @@ def load_version(
         load_seconds=0.0,
         labels=np.array([lbl.encode() for lbl in card.labels], dtype=object),
         sessions=pool if len(pool) > 1 else [],
+        session_threads=threads,
     )
     for sess in pool:  # warm-up: the first run allocates
         sess.run(output_names, {card.input_name: np.zeros((1, 3, pre.size, pre.size), dtype=np.float32)})
@@ -222,19 +228,24 @@ def load_version(
     return lv
 
 
-def _open_sessions(source: Any, ort_settings: OrtSettings, sessions: int) -> tuple[list[Any], SessionInfo]:
-    """``sessions`` sessions on the CPU (0 = one per core), each with cores/N threads unless
-    threads are set; a GPU provider gets one session (it schedules its own work)."""
-    n = sessions or available_cpus()
+def _open_sessions(
+    source: Any, ort_settings: OrtSettings, sessions: int
+) -> tuple[list[Any], SessionInfo, int]:
+    """``sessions`` sessions on the CPU (0 = one per usable core, or cores/threads of them when
+    threads are set), each with cores/N threads unless threads are set; a GPU provider gets one
+    session (it schedules its own work)."""
+    cores = available_cpus()
+    n = sessions or max(1, cores // (ort_settings.intra_op_threads or 1))
     split = ort_settings
     if n > 1 and not ort_settings.intra_op_threads:
-        split = dataclasses.replace(ort_settings, intra_op_threads=max(1, available_cpus() // n))
+        split = dataclasses.replace(ort_settings, intra_op_threads=max(1, cores // n))
     first, info = open_session(source, split)
     if info.provider != "CPUExecutionProvider":
         if split is not ort_settings:  # its CPU fallback nodes keep every core
             first, info = open_session(source, ort_settings)
-        return [first], info
-    return [first] + [open_session(source, split)[0] for _ in range(n - 1)], info
+        return [first], info, ort_settings.intra_op_threads
+    pool = [first] + [open_session(source, split)[0] for _ in range(n - 1)]
+    return pool, info, split.intra_op_threads or cores
 
 
 def _check_io(session: Any, card: ModelCard, name: str) -> list[str]:

@@ -18,7 +18,7 @@ DEFAULT_ALIAS = "champion"
 class BatchingOptions:
     enabled: bool = True
     # On the CPU one session per core gains little from big batches (bare ONNX Runtime, resnet18
-    # int8: 743 img/s at batch 1, 775 at 8), while a thread taking 16 rows leaves the other idle
+    # int8 128 px: 774 img/s at batch 1, 814 at 8), while a thread taking 16 rows leaves the other idle
     # as answers travel; 4 rows and no wait served most (benchmarks/serving_bench.py). A GPU wants
     # bigger batches and a short wait: raise both there.
     max_batch_size: int = 4

@@ -29,6 +29,7 @@ client for ``az://``, mlflow only to resolve ``models:/`` (the serving image has
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import shutil
@@ -420,10 +421,29 @@ def choose_providers(preferred: Sequence[str], available: Sequence[str]) -> list
 
 
 def available_cpus() -> int:
+    """The cores this process may use: the CPUs it may run on, capped by a cgroup CPU quota
+    (rounded up; a pod limited to 2 CPUs on a 32-core node gets 2)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    quota = cpu_quota()
+    return max(1, min(cpus, math.ceil(quota))) if math.isfinite(quota) else cpus
+
+
+def cpu_quota(v2: str = "/sys/fs/cgroup/cpu.max", v1: str = "/sys/fs/cgroup/cpu/cpu.cfs_quota_us") -> float:
+    """Cores the cgroup CPU quota allows (v2 ``cpu.max``, else v1 CFS); ``inf`` when unlimited or unknown."""
+    try:
+        quota, period = Path(v2).read_text().split()[:2]
+        return math.inf if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        q = int(Path(v1).read_text())
+        p = int(Path(v1).with_name("cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return math.inf
+    return math.inf if q <= 0 or p <= 0 else q / p
 
 
 @dataclass

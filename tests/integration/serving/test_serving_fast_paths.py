@@ -44,7 +44,7 @@ def test_two_sessions_and_mixed_outputs_match_bare_onnx_runtime(model_dirs):
 
 
 def test_default_server_runs_one_session_per_core_and_answers_like_bare_onnx_runtime(model_dirs):
-    """With no options: one session per core (pinned runner threads), batches of at most 4 rows;
+    """With no options: one session per usable core, batches of at most 4 rows;
     concurrent gRPC and REST clients still get exactly what bare ONNX Runtime computes."""
     import os
 
@@ -80,4 +80,4 @@ def test_h2load_counts_only_what_the_server_answered(model_dirs):
     assert r["requests"] > 0 and r["errors"] == 0 and r["mean_ms"] > 0
     assert before is not None and after is not None
     assert after[1] == before[1]  # no errors counted by the server
-    assert after[0] - before[0] >= r["requests"]  # warm-up calls are answered but not counted
+    assert 0 <= after[0] - before[0] - r["requests"] <= 4  # at most the calls in flight at the end

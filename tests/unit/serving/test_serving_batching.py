@@ -173,7 +173,7 @@ def test_runner_threads_take_the_next_batch_themselves():
     async def main():
         futs = [asyncio.ensure_future(batcher.submit(np.full((1, 1), i, np.float32))) for i in range(20)]
         await asyncio.sleep(0)  # every request queued
-        time.sleep(0.2)  # the loop is blocked; the threads keep running batches
+        time.sleep(1.0)  # the loop is blocked (20 runs of 5 ms need ~0.05 s); the threads keep going
         ran_while_blocked = sum(seen.values())
         outs = await asyncio.gather(*futs)
         return ran_while_blocked, outs
@@ -210,8 +210,6 @@ def test_requests_cancelled_while_queued_are_not_run():
 
 
 def test_runner_threads_are_pinned_one_per_cpu(monkeypatch):
-    import os
-
     from edgeloop.serving import batching
 
     pinned: dict[str, set[int]] = {}
@@ -220,34 +218,103 @@ def test_runner_threads_are_pinned_one_per_cpu(monkeypatch):
         pinned[threading.current_thread().name] = {cpu}
 
     monkeypatch.setattr(batching, "pin_thread", fake_pin)
+
+    async def use_and_close(b):
+        await b.submit(np.ones((1, 1), np.float32))
+        await b.close()
+
     batcher = DynamicBatcher(lambda x, full: [x], concurrency=2, name="p", cpus=[3, 5])
-    asyncio.run(batcher.submit(np.ones((1, 1), np.float32)))
+    asyncio.run(use_and_close(batcher))
+    for t in batcher._threads:
+        t.join(5)  # closed and drained: the threads end
     assert pinned == {"ort-p-0": {3}, "ort-p-1": {5}}
     unpinned = DynamicBatcher(lambda x, full: [x], concurrency=2, name="u")
-    before = dict(pinned)
-    asyncio.run(unpinned.submit(np.ones((1, 1), np.float32)))
-    assert pinned == before
-    assert os.sched_getaffinity(0)  # the caller's own affinity is untouched
+    asyncio.run(use_and_close(unpinned))
+    for t in unpinned._threads:
+        t.join(5)
+    assert sorted(pinned) == ["ort-p-0", "ort-p-1"]
+
+
+def test_pin_thread_moves_only_the_calling_thread():
+    import os
+
+    from edgeloop.serving.batching import pin_thread
+
+    cpus = sorted(os.sched_getaffinity(0))
+    seen: list[set[int]] = []
+
+    def body():
+        pin_thread(cpus[-1])
+        seen.append(os.sched_getaffinity(0))
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    assert seen == [{cpus[-1]}]
+    assert sorted(os.sched_getaffinity(0)) == cpus
 
 
 def test_pinning_only_with_one_thread_per_usable_cpu(monkeypatch, tmp_path):
+    from edgeloop.core import model_loader
     from edgeloop.serving import batching
 
     monkeypatch.setattr(batching.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
-    monkeypatch.setattr(batching, "cpu_quota", lambda: float("inf"))
+    monkeypatch.setattr(model_loader, "cpu_quota", lambda: float("inf"))
     assert batching.per_core_cpus(4) == [0, 1, 2, 3]
     assert batching.per_core_cpus(2) == []  # fewer threads than CPUs: the OS places them
     assert batching.per_core_cpus(1) == []
-    monkeypatch.setattr(batching, "cpu_quota", lambda: 2.0)
+    monkeypatch.setattr(model_loader, "cpu_quota", lambda: 2.0)
     assert batching.per_core_cpus(4) == []  # a container allowed 2 cores of the 4 it sees
 
 
-def test_cpu_quota_reads_cgroup_v2(tmp_path):
-    from edgeloop.serving.batching import cpu_quota
+def test_cpu_quota_reads_cgroup_v2_then_v1(tmp_path, monkeypatch):
+    from edgeloop.core import model_loader
+    from edgeloop.core.model_loader import available_cpus, cpu_quota
 
-    f = tmp_path / "cpu.max"
-    f.write_text("200000 100000\n")
-    assert cpu_quota(str(f)) == 2.0
-    f.write_text("max 100000\n")
-    assert cpu_quota(str(f)) == float("inf")
-    assert cpu_quota(str(tmp_path / "missing")) == float("inf")
+    v2, v1 = tmp_path / "cpu.max", tmp_path / "cpu.cfs_quota_us"
+    v2.write_text("200000 100000\n")
+    assert cpu_quota(str(v2), str(v1)) == 2.0
+    v2.write_text("max 100000\n")
+    assert cpu_quota(str(v2), str(v1)) == float("inf")
+    v2.unlink()
+    v1.write_text("150000\n")
+    (tmp_path / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu_quota(str(v2), str(v1)) == 1.5
+    v1.write_text("-1\n")
+    assert cpu_quota(str(v2), str(v1)) == float("inf")
+    # a pod limited to 1.5 CPUs on a bigger node: 2 usable cores (rounded up), never more than it sees
+    monkeypatch.setattr(model_loader.os, "sched_getaffinity", lambda _pid: set(range(32)))
+    monkeypatch.setattr(model_loader, "cpu_quota", lambda: 1.5)
+    assert available_cpus() == 2
+    monkeypatch.setattr(model_loader, "cpu_quota", lambda: 64.0)
+    assert available_cpus() == 32
+
+
+def test_a_failing_metrics_callback_neither_loses_answers_nor_kills_the_threads():
+    def broken(_n, _s):
+        raise RuntimeError("metrics backend down")
+
+    batcher = DynamicBatcher(lambda x, full: [x * 3], concurrency=1, on_batch=broken, on_queue=broken)
+
+    async def main():
+        return await asyncio.gather(*(batcher.submit(np.full((1, 1), i, np.float32)) for i in range(6)))
+
+    for _ in range(2):  # the same thread answers a second round
+        outs = asyncio.run(main())
+        assert [float(o[0][0, 0]) for o in outs] == [3.0 * i for i in range(6)]
+    assert len(batcher._threads) == 1 and batcher._threads[0].is_alive()
+
+
+def test_submit_after_close_is_refused_and_the_threads_end():
+    batcher = DynamicBatcher(lambda x, full: [x], concurrency=2)
+
+    async def main():
+        await batcher.submit(np.ones((1, 1), np.float32))
+        await batcher.close()
+        with pytest.raises(OverloadedError, match="being unloaded"):
+            await batcher.submit(np.ones((1, 1), np.float32))
+
+    asyncio.run(main())
+    for t in batcher._threads:
+        t.join(5)
+        assert not t.is_alive()
