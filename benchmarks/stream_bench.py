@@ -224,7 +224,14 @@ def make_predictor(mode: str, model_dir: Path, server: Any) -> Any:
 
     if mode == "server":
         return GrpcPredictor(server.grpc_target, "bench", security=server.security)
-    return OnnxPredictor(model_dir)
+    return OnnxPredictor.per_worker(model_dir, inprocess_workers())
+
+
+def inprocess_workers() -> int:
+    """In-process inference threads: one single-threaded session per core."""
+    from edgeloop.core.model_loader import available_cpus
+
+    return available_cpus()
 
 
 def trial(
@@ -248,7 +255,7 @@ def trial(
     cfg = StreamConfig(
         queue_size=8,
         batch_size=8,
-        workers=2 if mode == "server" else 1,
+        workers=2 if mode == "server" else inprocess_workers(),
         resize=ResizeMode(path),
         reader=ReaderConfig(realtime=True, loop=True, hwaccel=hwaccel, decode_threads=decode_threads),
     )

@@ -110,7 +110,8 @@ def _host_port(value: str, what: str) -> tuple[str, int]:
     "--workers",
     type=click.IntRange(1, 64),
     default=1,
-    help="Inference calls in flight (more helps with --server; results stay in order).",
+    help="Inference calls in flight; with --model-dir, one ONNX Runtime session each with cores/N "
+    "threads (N = cores is fastest beside decoders). Results stay in order.",
 )
 @click.option(
     "--max-age-ms", type=click.FloatRange(min=1), help="Drop frames older than this before inference."
@@ -277,7 +278,9 @@ def stream(
             security = ClientSecurity.from_files(tls_ca, tls_cert, tls_key, auth_token_file)
         except ValueError as e:
             raise click.UsageError(str(e)) from e
-    predictor = _predictor(model_dir, server, model_name, model_version, input_size, settings, security)
+    predictor = _predictor(
+        model_dir, server, model_name, model_version, input_size, settings, security, workers
+    )
 
     config = StreamConfig(
         line=line,
@@ -401,11 +404,12 @@ def _predictor(
     input_size: int | None,
     settings: Any,
     security: Any = None,
+    workers: int = 1,
 ) -> Any:
     if model_dir is not None:
         from edgeloop.stream.predictors import OnnxPredictor
 
-        return OnnxPredictor(model_dir)
+        return OnnxPredictor.per_worker(model_dir, workers)
     from edgeloop.stream.predictors import GrpcPredictor
 
     assert server is not None

@@ -523,10 +523,14 @@ class OpenModel:
     card: ModelCard
     session: Any
     session_info: SessionInfo
+    extra_sessions: list[Any] = field(default_factory=list)  # more sessions on the same verified bytes
 
 
 def open_model(
-    directory: Path | str, settings: OrtSettings | None = None, expected_digest: str | Sequence[str] = ()
+    directory: Path | str,
+    settings: OrtSettings | None = None,
+    expected_digest: str | Sequence[str] = (),
+    sessions: int = 1,
 ) -> OpenModel:
     """:func:`verify_model`, then :func:`open_session` on the verified bytes.
 
@@ -536,7 +540,11 @@ def open_model(
     """
     verified = verify_model(directory, expected_digest=expected_digest)
     try:
-        session, info = open_session(verified.session_source(), settings or OrtSettings())
+        opened = [
+            open_session(verified.session_source(), settings or OrtSettings())
+            for _ in range(max(1, sessions))
+        ]
     except ModelSessionError as e:
         raise ModelSessionError(f"ONNX Runtime cannot open the model in {verified.directory}: {e}") from e
-    return OpenModel(verified.directory, verified.card, session, info)
+    (session, info), extra = opened[0], [s for s, _ in opened[1:]]
+    return OpenModel(verified.directory, verified.card, session, info, extra)
