@@ -224,7 +224,7 @@ def make_predictor(mode: str, model_dir: Path, server: Any) -> Any:
 
     if mode == "server":
         return GrpcPredictor(server.grpc_target, "bench", security=server.security)
-    return OnnxPredictor.per_worker(model_dir, inprocess_workers())
+    return OnnxPredictor(model_dir, sessions=inprocess_workers())
 
 
 def inprocess_workers() -> int:

@@ -13,13 +13,10 @@ moving an alias (or loading a new version) never drops a request in flight.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import itertools
 import logging
-import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +30,11 @@ from edgeloop.core.model_card import EMBEDDING_OUTPUT, PROBS_OUTPUT, ModelCard
 from edgeloop.core.model_loader import (
     OrtSettings,
     SessionInfo,
+    ThreadSessions,
     available_cpus,
     open_session,
     read_card,
+    session_layout,
     verify_model,
 )
 from edgeloop.core.preprocessing import Preprocess
@@ -87,19 +86,17 @@ class LoadedVersion:
 
     sessions: list[Any] = field(default_factory=list)  # one per runner thread (see load_version)
     session_threads: int = 0  # intra-op threads of each session (0: ONNX Runtime's choice)
-    _local: threading.local = field(default_factory=threading.local)
-    _next_session: Iterator[int] = field(default_factory=itertools.count)
+    _by_thread: ThreadSessions = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._by_thread = ThreadSessions(self.sessions)
 
     def run(self, x: np.ndarray, full: bool = True) -> list[np.ndarray]:
         """[N,3,S,S] float32 -> [probabilities, embedding (with ``full``, when the model has one)].
 
         Thread-safe, called off the event loop. With several sessions, each runner thread keeps
         one of its own (N single-threaded sessions side by side, instead of one N-threaded one)."""
-        session = self.session
-        if self.sessions:
-            session = getattr(self._local, "session", None)
-            if session is None:
-                session = self._local.session = self.sessions[next(self._next_session) % len(self.sessions)]
+        session = self._by_thread.get() if self.sessions else self.session
         names = self.output_names if full else self.output_names[:1]
         return session.run(names, {self.card.input_name: x})
 
@@ -234,18 +231,14 @@ def _open_sessions(
     """``sessions`` sessions on the CPU (0 = one per usable core, or cores/threads of them when
     threads are set), each with cores/N threads unless threads are set; a GPU provider gets one
     session (it schedules its own work)."""
-    cores = available_cpus()
-    n = sessions or max(1, cores // (ort_settings.intra_op_threads or 1))
-    split = ort_settings
-    if n > 1 and not ort_settings.intra_op_threads:
-        split = dataclasses.replace(ort_settings, intra_op_threads=max(1, cores // n))
+    n, split = session_layout(ort_settings, sessions)
     first, info = open_session(source, split)
     if info.provider != "CPUExecutionProvider":
         if split is not ort_settings:  # its CPU fallback nodes keep every core
             first, info = open_session(source, ort_settings)
         return [first], info, ort_settings.intra_op_threads
     pool = [first] + [open_session(source, split)[0] for _ in range(n - 1)]
-    return pool, info, split.intra_op_threads or cores
+    return pool, info, split.intra_op_threads or available_cpus()
 
 
 def _check_io(session: Any, card: ModelCard, name: str) -> list[str]:

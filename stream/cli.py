@@ -409,7 +409,7 @@ def _predictor(
     if model_dir is not None:
         from edgeloop.stream.predictors import OnnxPredictor
 
-        return OnnxPredictor.per_worker(model_dir, workers)
+        return OnnxPredictor(model_dir, sessions=workers)
     from edgeloop.stream.predictors import GrpcPredictor
 
     assert server is not None

@@ -9,11 +9,9 @@ Switching is one constructor: ``OnnxPredictor(model_dir)`` or
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import struct
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -74,17 +72,15 @@ class OnnxPredictor:
     """
 
     def __init__(self, model_dir: Path | str, intra_op_threads: int = 0, sessions: int = 1):
-        from edgeloop.core.model_loader import OrtSettings, open_model
+        """``sessions``: one per inference worker thread, each with cores/sessions threads (one
+        over every core for a single worker): a session whose thread pool spans the cores stalls
+        at every operator while a decoder thread holds one of them."""
+        from edgeloop.core.model_loader import OrtSettings, ThreadSessions, open_model
 
         model = open_model(
             model_dir, OrtSettings(providers=["cpu"], intra_op_threads=intra_op_threads), sessions=sessions
         )
-        # One session per inference worker thread, each with its own threads (see per_worker):
-        # a session whose thread pool spans the cores stalls at every operator while a decoder
-        # thread holds one of them.
-        self._sessions = [model.session, *model.extra_sessions]
-        self._local = threading.local()
-        self._next = itertools.count()
+        self._sessions = ThreadSessions([model.session, *model.extra_sessions])
         self.card = model.card
         self.model_name = model.card.name
         self.model_version = model.card.version
@@ -93,31 +89,19 @@ class OnnxPredictor:
         self.resize_evidence = model.card.stream_resize
         self._input = model.card.input_name
 
-    @classmethod
-    def per_worker(cls, model_dir: Path | str, workers: int) -> OnnxPredictor:
-        """For ``workers`` inference threads: one session each with cores/workers threads (one
-        session over every core for a single worker)."""
-        from edgeloop.core.model_loader import available_cpus
-
-        workers = max(1, workers)
-        threads = 0 if workers == 1 else max(1, available_cpus() // workers)
-        return cls(model_dir, intra_op_threads=threads, sessions=workers)
-
     @property
     def sessions(self) -> int:
         return len(self._sessions)
 
     def predict(self, frames: np.ndarray) -> list[Prediction]:
-        session = getattr(self._local, "session", None)
-        if session is None:  # this worker thread's own session from now on
-            session = self._local.session = self._sessions[next(self._next) % len(self._sessions)]
         x = self.preprocess.normalize_batch(frames)
-        (probs,) = session.run([PROBS_OUTPUT], {self._input: x})
+        (probs,) = self._sessions.get().run([PROBS_OUTPUT], {self._input: x})
         return _predictions(np.asarray(probs, dtype=np.float32), self.labels)
 
     def close(self) -> None:
-        self._sessions = []
-        self._local = threading.local()
+        from edgeloop.core.model_loader import ThreadSessions
+
+        self._sessions = ThreadSessions([])
 
 
 class GrpcPredictor:

@@ -28,12 +28,15 @@ client for ``az://``, mlflow only to resolve ``models:/`` (the serving image has
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 import math
 import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -479,6 +482,36 @@ class OrtSettings:
         return so
 
 
+def session_layout(settings: OrtSettings, sessions: int) -> tuple[int, OrtSettings]:
+    """How many CPU sessions to open side by side and the settings of each: ``sessions`` of them
+    (0 = one per usable core, or cores/threads when threads are set), each with cores/N threads
+    unless threads are set."""
+    cores = available_cpus()
+    n = sessions or max(1, cores // (settings.intra_op_threads or 1))
+    if n > 1 and not settings.intra_op_threads:
+        settings = dataclasses.replace(settings, intra_op_threads=max(1, cores // n))
+    return n, settings
+
+
+class ThreadSessions:
+    """Sessions side by side: each thread that runs the model keeps one of its own (handed out
+    round-robin on its first run), so N single-threaded sessions work in parallel."""
+
+    def __init__(self, sessions: Sequence[Any]):
+        self.sessions = list(sessions)
+        self._local = threading.local()
+        self._next = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def get(self) -> Any:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = self.sessions[next(self._next) % len(self.sessions)]
+        return session
+
+
 @dataclass
 class SessionInfo:
     provider: str  # the provider that runs the model's nodes first
@@ -532,7 +565,8 @@ def open_model(
     expected_digest: str | Sequence[str] = (),
     sessions: int = 1,
 ) -> OpenModel:
-    """:func:`verify_model`, then :func:`open_session` on the verified bytes.
+    """:func:`verify_model`, then :func:`open_session` on the verified bytes (``sessions`` of
+    them laid out by :func:`session_layout`).
 
     Raises :class:`IntegrityError` for a model that fails the integrity rule (or a pinned
     ``expected_digest``), :class:`InvalidModelError` (or its :class:`ModelSessionError`) for one
@@ -540,10 +574,8 @@ def open_model(
     """
     verified = verify_model(directory, expected_digest=expected_digest)
     try:
-        opened = [
-            open_session(verified.session_source(), settings or OrtSettings())
-            for _ in range(max(1, sessions))
-        ]
+        n, each = session_layout(settings or OrtSettings(), max(1, sessions))
+        opened = [open_session(verified.session_source(), each) for _ in range(n)]
     except ModelSessionError as e:
         raise ModelSessionError(f"ONNX Runtime cannot open the model in {verified.directory}: {e}") from e
     (session, info), extra = opened[0], [s for s, _ in opened[1:]]

@@ -18,7 +18,7 @@ def test_each_worker_thread_gets_its_own_session_and_the_bare_answers(tmp_path):
     frames = random_frames(8, 32, seed=4)
     x = Preprocess(PreprocessConfig(size=32)).batch(list(frames))
     want = ort.InferenceSession(str(model / "model.onnx")).run(["probabilities"], {"images": x})[0]
-    predictor = OnnxPredictor.per_worker(model, workers=2)
+    predictor = OnnxPredictor(model, sessions=2)
     assert predictor.sessions == 2
     used: dict[str, int] = {}
     got: dict[str, np.ndarray] = {}
@@ -26,7 +26,7 @@ def test_each_worker_thread_gets_its_own_session_and_the_bare_answers(tmp_path):
     def worker(name: str) -> None:
         for _ in range(3):
             preds = predictor.predict(frames)
-        used[name] = id(predictor._local.session)
+        used[name] = id(predictor._sessions.get())  # this thread's own
         got[name] = np.stack([p.probabilities for p in preds])
 
     threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(2)]
@@ -37,4 +37,4 @@ def test_each_worker_thread_gets_its_own_session_and_the_bare_answers(tmp_path):
     assert len(set(used.values())) == 2  # two threads, two sessions
     for probs in got.values():
         np.testing.assert_allclose(probs, want, atol=1e-5)
-    assert OnnxPredictor.per_worker(model, workers=1).sessions == 1
+    assert OnnxPredictor(model).sessions == 1
