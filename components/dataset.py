@@ -12,9 +12,10 @@
   version. Annotation times and annotators do not enter it.
 
 Layout of ``out_dir``: ``images/<sha256>.<ext>``, ``index.jsonl`` (one row per
-image: sha256, file, label, split, image URI, metadata), ``dataset.json``
-(:class:`DatasetInfo`) and a copy of the manifest. ``index.jsonl``,
-``dataset.json`` and the manifest are uploaded to
+image: sha256, file, label, split, image URI, metadata; for detection the boxes and
+the image size instead of a label), ``dataset.json`` (:class:`DatasetInfo`), a copy
+of the manifest and, for detection, one COCO file per split (``coco_<split>.json``,
+boxes in pixels: what COCO evaluation reads). These files are uploaded to
 ``az://<datasets container>/<version>/``; the images stay where they are
 (content-addressed, immutable) and are referenced by URI.
 """
@@ -27,6 +28,7 @@ import logging
 import shutil
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 from edgeloop.components.defaults import SPLIT_FRACTIONS
 from edgeloop.components.errors import DatasetError
 from edgeloop.components.labels import ManifestRow, read_manifest
+from edgeloop.core.boxes import Box, box_counts, coco_document
+from edgeloop.core.labelstudio import CLASSIFICATION, DETECTION
 from edgeloop.core.model_card import sha256_bytes, sha256_file
 
 if TYPE_CHECKING:
@@ -59,6 +63,23 @@ class DatasetRow:
     split: str
     image: str  # az:// URI it came from
     metadata: dict[str, Any] = field(default_factory=dict)
+    boxes: list[dict[str, Any]] | None = None  # detection: Box.as_dict() per defect (pixels)
+    width: int | None = None  # detection
+    height: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if self.boxes is None:  # classification rows stay byte for byte what they were
+            for k in ("boxes", "width", "height"):
+                d.pop(k)
+        return d
+
+    def box_list(self) -> list[Box]:
+        return [Box.from_dict(b) for b in self.boxes or []]
+
+
+def coco_file(split: str) -> str:
+    return f"coco_{split}.json"
 
 
 @dataclass
@@ -77,6 +98,8 @@ class DatasetInfo:
     downloaded: int = 0
     cached: int = 0
     seconds: float = 0.0
+    task: str = CLASSIFICATION  # detection: ``counts`` are boxes per class
+    images_per_split: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +119,12 @@ class DatasetInfo:
         return cls(**d)
 
     def summary(self) -> str:
+        if self.task == DETECTION:
+            boxes = {c: sum(self.counts[s].get(c, 0) for s in SPLITS) for c in self.classes}
+            return (
+                f"detection dataset {self.version}: {self.images} images, boxes {boxes}, "
+                f"split {self.images_per_split}; {len(self.excluded)} excluded"
+            )
         per_split = {s: sum(self.counts.get(s, {}).values()) for s in SPLITS}
         return (
             f"dataset {self.version}: {self.images} images, {len(self.classes)} classes {self.classes}, "
@@ -250,6 +279,9 @@ def build_dataset(
                     split=assign_split(sha, fractions, split_salt),
                     image=row.image,
                     metadata=dict(row.metadata or {}),
+                    boxes=row.boxes,
+                    width=row.width,
+                    height=row.height,
                 )
             )
     if not included:
@@ -258,25 +290,28 @@ def build_dataset(
             f"{excluded[:3]}"
         )
     included.sort(key=lambda r: r.sha256)
-    classes = sorted({r.label for r in included})
-    counts: dict[str, dict[str, int]] = {s: {c: 0 for c in classes} for s in SPLITS}
-    for r in included:
-        counts[r.split][r.label] += 1
-    warnings = []
-    if len(classes) < 2:
-        raise DatasetError(f"the manifest has only the class(es) {classes}; a classifier needs at least two")
-    for c in classes:
-        if counts["train"][c] == 0:
-            warnings.append(f"class '{c}' has no training image: label more images of it")
-        if counts["val"][c] == 0:
-            warnings.append(f"class '{c}' has no validation image: its accuracy is not measured")
-    version = dataset_version([(r.sha256, r.label) for r in included], fractions, split_salt)
+    detection = any(r.boxes is not None for r in included)
+    if detection and any(r.boxes is None for r in included):
+        raise DatasetError(
+            f"{manifest} mixes classification labels and boxes; import one project per task type"
+        )
+    classes, counts, warnings = (_box_counts if detection else _class_counts)(included)
+    version = dataset_version([(r.sha256, _version_label(r)) for r in included], fractions, split_salt)
 
     with open(out_dir / INDEX_FILE, "w") as fh:
         for r in included:
-            fh.write(json.dumps(asdict(r), sort_keys=True) + "\n")
+            fh.write(json.dumps(r.as_dict(), sort_keys=True) + "\n")
     if manifest.resolve() != (out_dir / MANIFEST_FILE).resolve():
         shutil.copyfile(manifest, out_dir / MANIFEST_FILE)
+    files = [INDEX_FILE, INFO_FILE, MANIFEST_FILE]
+    if detection:
+        for split in SPLITS:
+            rows_of = [r for r in included if r.split == split]
+            doc = coco_document(
+                [(r.file, r.width or 0, r.height or 0, r.box_list()) for r in rows_of], classes
+            )
+            (out_dir / coco_file(split)).write_text(json.dumps(doc, sort_keys=True) + "\n")
+            files.append(coco_file(split))
     info = DatasetInfo(
         version=version,
         classes=classes,
@@ -290,19 +325,67 @@ def build_dataset(
         directory=str(out_dir),
         downloaded=downloaded,
         cached=cached,
+        task=DETECTION if detection else CLASSIFICATION,
+        images_per_split={s: sum(1 for r in included if r.split == s) for s in SPLITS},
     )
     if upload and settings is not None:
         container = settings.blob.datasets_container
         store.ensure_container(container)
         info.blob_uri = f"az://{container}/{version}/"
         info.save(out_dir)
-        for name in (INDEX_FILE, INFO_FILE, MANIFEST_FILE):
+        for name in files:
             store.upload_file(f"{info.blob_uri}{name}", out_dir / name)
     info.seconds = round(time.perf_counter() - t0, 3)
     info.save(out_dir)
     if log_mlflow and settings is not None:
         log_dataset(settings, info, out_dir, run_id=mlflow_run_id)
     return info
+
+
+def _version_label(r: DatasetRow) -> str:
+    """What of a row enters the dataset version: its label, or its boxes (and the size they refer to)."""
+    if r.boxes is None:
+        return r.label
+    boxes = sorted((b.label, b.x, b.y, b.w, b.h) for b in r.box_list())
+    return json.dumps({"size": [r.width, r.height], "boxes": boxes}, separators=(",", ":"))
+
+
+def _class_counts(rows: list[DatasetRow]) -> tuple[list[str], dict[str, dict[str, int]], list[str]]:
+    classes = sorted({r.label for r in rows})
+    if len(classes) < 2:
+        raise DatasetError(f"the manifest has only the class(es) {classes}; a classifier needs at least two")
+    counts = _per_split(classes, ((r.split, {r.label: 1}) for r in rows))
+    return classes, counts, _gaps(counts, "image", "label more images of it", "its accuracy")
+
+
+def _box_counts(rows: list[DatasetRow]) -> tuple[list[str], dict[str, dict[str, int]], list[str]]:
+    """Detection: the classes boxed anywhere, boxes per split and class."""
+    classes = sorted({b.label for r in rows for b in r.box_list()})
+    if not classes:
+        raise DatasetError(
+            "the manifest holds no box at all; a detector needs labeled defects: draw some boxes"
+        )
+    counts = _per_split(classes, ((r.split, box_counts(r.box_list())) for r in rows))
+    return classes, counts, _gaps(counts, "box", "box more defects of it", "its AP")
+
+
+def _per_split(classes: list[str], items: Iterable[tuple[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {s: {c: 0 for c in classes} for s in SPLITS}
+    for split, per_class in items:
+        for c, n in per_class.items():
+            counts[split][c] += n
+    return counts
+
+
+def _gaps(counts: dict[str, dict[str, int]], unit: str, fix: str, metric: str) -> list[str]:
+    """Warnings for classes without training or validation examples."""
+    warnings = []
+    for c in counts["train"]:
+        if counts["train"][c] == 0:
+            warnings.append(f"class '{c}' has no training {unit}: {fix}")
+        if counts["val"][c] == 0:
+            warnings.append(f"class '{c}' has no validation {unit}: {metric} is not measured")
+    return warnings
 
 
 def load_rows(directory: Path, split: str | None = None) -> list[DatasetRow]:
@@ -362,7 +445,7 @@ def log_dataset(settings: Settings, info: DatasetInfo, directory: Path, run_id: 
                 **{f"dataset_{s}": sum(info.counts[s].values()) for s in SPLITS},
             }
         )
-        for name in (INFO_FILE, INDEX_FILE, MANIFEST_FILE):
+        for name in (INFO_FILE, INDEX_FILE, MANIFEST_FILE, *(coco_file(s) for s in SPLITS)):
             if (Path(directory) / name).exists():
                 mlflow.log_artifact(str(Path(directory) / name), artifact_path="dataset")
         return run.info.run_id

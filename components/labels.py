@@ -10,7 +10,13 @@ several annotations; :func:`resolve_task` reduces them to one label with a polic
   guessed).
 
 Cancelled ("skipped") annotations and annotations without a choice are ignored
-and counted. The manifest is sorted by content sha256, so the same labels give
+and counted.
+
+A detection project (``RectangleLabels``, see :mod:`edgeloop.core.labelstudio`) gives rows
+with ``boxes`` (pixels, COCO order) and the image size instead of a label; a submitted
+annotation without boxes is a valid "no defects". Boxes are not voted on: detection takes
+the ``latest`` policy only. A task whose boxes cannot be turned into pixels is left out and
+listed with the reason (``invalid_tasks``). The manifest is sorted by content sha256, so the same labels give
 byte-identical manifests.
 """
 
@@ -27,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeloop.components.errors import LabelImportError
 from edgeloop.core import labelstudio as lsx
+from edgeloop.core.boxes import Box, box_counts
 from edgeloop.core.model_card import sha256_file
 
 if TYPE_CHECKING:
@@ -46,7 +53,7 @@ class ManifestRow:
 
     image: str  # az://container/path
     sha256: str | None
-    label: str
+    label: str  # classification; "" for detection
     annotator: str
     annotated_at: str
     task_id: int
@@ -55,9 +62,19 @@ class ManifestRow:
     agreement: float  # share of valid annotations that agree with the chosen label
     metadata: dict[str, Any] = field(default_factory=dict)
     prediction: dict[str, Any] | None = None
+    boxes: list[dict[str, Any]] | None = None  # detection: Box.as_dict() per defect (pixels)
+    width: int | None = None  # detection: the image size the boxes refer to
+    height: int | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        d = asdict(self)
+        if self.boxes is None:  # classification rows stay byte for byte what they were
+            for k in ("boxes", "width", "height"):
+                d.pop(k)
+        return json.dumps(d, sort_keys=True)
+
+    def box_list(self) -> list[Box]:
+        return [Box.from_dict(b) for b in self.boxes or []]
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ManifestRow:
@@ -89,6 +106,10 @@ class ImportReport:
     disagreeing_tasks: int = 0
     tied_tasks: list[int] = field(default_factory=list)
     missing_image: list[int] = field(default_factory=list)
+    invalid_tasks: list[dict[str, Any]] = field(default_factory=list)  # {"task_id", "reason"}
+    task: str = lsx.CLASSIFICATION
+    box_counts: dict[str, int] = field(default_factory=dict)  # detection: boxes per class
+    images_without_defects: int = 0  # detection
     duplicate_images: int = 0
     label_counts: dict[str, int] = field(default_factory=dict)
     manifest_path: str = ""
@@ -99,6 +120,13 @@ class ImportReport:
         return asdict(self)
 
     def summary(self) -> str:
+        if self.task == lsx.DETECTION:
+            return (
+                f"project '{self.project_title}' (id {self.project_id}, detection): {self.tasks} tasks -> "
+                f"{self.labeled_images} labeled images ({self.images_without_defects} without defects), "
+                f"boxes {self.box_counts}; {self.unlabeled_tasks} unlabeled, {self.cancelled_annotations} "
+                f"cancelled annotations skipped, {len(self.invalid_tasks)} tasks with unusable boxes left out"
+            )
         return (
             f"project '{self.project_title}' (id {self.project_id}), policy {self.policy}: "
             f"{self.tasks} tasks -> {self.labeled_images} labeled images {self.label_counts}; "
@@ -130,26 +158,53 @@ def _when(annotation: Mapping[str, Any]) -> str:
     return str(annotation.get("updated_at") or annotation.get("created_at") or "")
 
 
-def _prediction(task: Mapping[str, Any]) -> dict[str, Any] | None:
+def _image_size(data: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    w, h = data.get("width"), data.get("height")
+    return (int(w) if w else None, int(h) if h else None)
+
+
+def _prediction(task: Mapping[str, Any], detection: bool = False) -> dict[str, Any] | None:
     preds = [p for p in task.get("predictions") or [] if isinstance(p, Mapping)]
     if not preds:
         return None
     latest = max(preds, key=lambda p: (str(p.get("created_at") or ""), p.get("id") or 0))
-    return {
+    out = {
         "label": _choice(latest),
         "score": latest.get("score"),
         "model_version": latest.get("model_version"),
     }
+    if detection:
+        size = _image_size(task.get("data") or {})
+        try:
+            out["boxes"] = [b.as_dict() for b in lsx.boxes_of(latest.get("result") or [], *size)]
+        except lsx.LabelingTaskError:
+            out["boxes"] = None  # the prediction is context for labelers, not a label: keep the row
+    return out
+
+
+def _check_policy(policy: LabelPolicy, detection: bool) -> None:
+    if detection and policy is not LabelPolicy.LATEST:
+        raise LabelImportError(
+            f"label policy '{policy.value}' votes on one class per image; a detection project's boxes are "
+            "not voted on: use --label-policy latest (label_policy=latest)"
+        )
 
 
 def resolve_task(
     task: Mapping[str, Any],
     policy: LabelPolicy | str = LabelPolicy.LATEST,
     users: Mapping[int, str] | None = None,
+    detection: bool = False,
 ) -> TaskResolution:
-    """Reduce one exported task's annotations to a manifest row (or ``None`` with the reason counted)."""
+    """Reduce one exported task's annotations to a manifest row (or ``None`` with the reason counted).
+
+    ``detection``: the newest submitted annotation's boxes (raises ``LabelingTaskError`` for boxes
+    that cannot be turned into pixels)."""
     policy = LabelPolicy(policy)
+    _check_policy(policy, detection)
     users = users or {}
+    if detection:
+        return _resolve_boxes(task, users)
     valid: list[tuple[str, Mapping[str, Any]]] = []
     cancelled = empty = 0
     for ann in task.get("annotations") or []:
@@ -195,19 +250,58 @@ def resolve_task(
     return res
 
 
+def _resolve_boxes(task: Mapping[str, Any], users: Mapping[int, str]) -> TaskResolution:
+    submitted = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+    res = TaskResolution(
+        row=None, valid=len(submitted), cancelled=len(task.get("annotations") or []) - len(submitted)
+    )
+    if not submitted:
+        return res
+    chosen = max(submitted, key=lambda a: (_when(a), a.get("id") or 0))
+    data = task.get("data") or {}
+    width, height = _image_size(data)
+    boxes = lsx.boxes_of(chosen.get("result") or [], width, height)
+    for r in chosen.get("result") or []:  # the region's own size is the one the boxes were drawn on
+        width, height = r.get("original_width") or width, r.get("original_height") or height
+    res.row = ManifestRow(
+        image=str(data.get("blob_uri") or data.get("image") or ""),
+        sha256=data.get("sha256"),
+        label="",
+        annotator=_annotator(chosen, users),
+        annotated_at=_when(chosen),
+        task_id=int(task.get("id") or 0),
+        annotation_id=chosen.get("id"),
+        n_annotations=len(submitted),
+        agreement=1.0,
+        metadata={k: data[k] for k in METADATA_KEYS if k in data},
+        prediction=_prediction(task, detection=True),
+        boxes=[b.as_dict() for b in boxes],
+        width=width,
+        height=height,
+    )
+    return res
+
+
 def resolve_export(
     tasks: Iterable[Mapping[str, Any]],
     policy: LabelPolicy | str = LabelPolicy.LATEST,
     users: Mapping[int, str] | None = None,
     report: ImportReport | None = None,
+    detection: bool = False,
 ) -> tuple[list[ManifestRow], ImportReport]:
     """All tasks of an export -> manifest rows sorted by sha256 (then URI), plus the counts."""
     report = report or ImportReport()
     report.policy = LabelPolicy(policy).value
+    report.task = lsx.DETECTION if detection else lsx.CLASSIFICATION
+    _check_policy(LabelPolicy(policy), detection)
     rows: dict[str, ManifestRow] = {}
     for task in tasks:
         report.tasks += 1
-        res = resolve_task(task, policy, users)
+        try:
+            res = resolve_task(task, policy, users, detection)
+        except lsx.LabelingTaskError as e:
+            report.invalid_tasks.append({"task_id": int(task.get("id") or 0), "reason": str(e)})
+            continue
         report.annotations += res.valid + res.cancelled + res.empty
         report.cancelled_annotations += res.cancelled
         report.empty_annotations += res.empty
@@ -230,9 +324,18 @@ def resolve_export(
                 continue
         rows[key] = res.row
     out = sorted(rows.values(), key=lambda r: (r.sha256 or "", r.image))
-    report.labeled_images = len(out)
-    report.label_counts = dict(sorted(Counter(r.label for r in out).items()))
+    _count(out, report)
     return out, report
+
+
+def _count(rows: list[ManifestRow], report: ImportReport) -> None:
+    report.labeled_images = len(rows)
+    if report.task == lsx.DETECTION:
+        report.box_counts = box_counts([b for r in rows for b in r.box_list()])
+        report.images_without_defects = sum(1 for r in rows if not r.boxes)
+        report.label_counts = {}
+    else:
+        report.label_counts = dict(sorted(Counter(r.label for r in rows).items()))
 
 
 def write_manifest(rows: Iterable[ManifestRow], path: Path) -> Path:
@@ -302,9 +405,11 @@ def import_labels(
             f"no Label Studio project titled '{title}'; seed one with `edgeloop data seed` "
             "or pass --project"
         )
+    detection = lsx.task_of(proj.label_config or "<View/>") == lsx.DETECTION
+    _check_policy(LabelPolicy(policy), detection)
     export_id, tasks = export_project(ls, int(proj.id))
     report = ImportReport(project_id=int(proj.id), project_title=title, export_id=export_id)
-    rows, report = resolve_export(tasks, policy, _users(ls), report)
+    rows, report = resolve_export(tasks, policy, _users(ls), report, detection=detection)
     # a task made by hand may hold only a SAS URL: turn it back into an az:// URI of this account
     needs_uri = [r for r in rows if not r.image.startswith("az://")]
     if needs_uri:
@@ -317,8 +422,7 @@ def import_labels(
             except ValueError:
                 report.missing_image.append(r.task_id)
         rows = [r for r in rows if r.image.startswith("az://")]
-        report.labeled_images = len(rows)
-        report.label_counts = dict(sorted(Counter(r.label for r in rows).items()))
+        _count(rows, report)
     write_manifest(rows, out_path)
     report.manifest_path = str(out_path)
     report.manifest_sha256 = sha256_file(Path(out_path))

@@ -15,26 +15,74 @@ def data() -> None:
     """Sample data and seeding of blob storage + Label Studio."""
 
 
+TASK_OPTION = click.option(
+    "--task",
+    type=click.Choice(["classification", "detection"]),
+    default=None,
+    help="classification: one class per image (ok, scratch, dent, stain); detection: 0-3 defects per image "
+    "with their boxes (COCO annotations.json). Default: classification, or what the --from folder holds.",
+)
+
+
+def sample_dir(settings, task: str, shifted: bool = False) -> Path:
+    variant = "shifted" if shifted else "base"
+    return settings.state_dir / "sample" / (variant if task == "classification" else f"detection-{variant}")
+
+
+def generate_sample(
+    out: Path, task: str, per_class: int, images: int, size: int | None, seed: int, shifted: bool
+):
+    from edgeloop.local.sample_data import generate_dataset, generate_detection_dataset
+
+    if task == "detection":
+        return generate_detection_dataset(
+            out, images=images, seed=seed, size=size or 192, shifted=shifted, progress=True
+        )
+    return generate_dataset(
+        out, per_class=per_class, seed=seed, size=size or 128, shifted=shifted, progress=True
+    )
+
+
 @data.command()
 @click.option(
     "-o",
     "--out",
     type=click.Path(path_type=Path),
     default=None,
-    help="Output folder (default: <state_dir>/sample/<variant>).",
+    help="Output folder (default: <state_dir>/sample/<variant>, or sample/detection-<variant> for detection).",
 )
-@click.option("--per-class", default=60, show_default=True, help="Images per class.")
-@click.option("--size", default=128, show_default=True, help="Image side in pixels.")
+@TASK_OPTION
+@click.option("--per-class", default=60, show_default=True, help="Images per class (classification).")
+@click.option("--images", default=240, show_default=True, help="Images in all (detection).")
+@click.option(
+    "--size", type=int, default=None, help="Image side in pixels [default: 128; 192 for detection]."
+)
 @click.option("--seed", default=0, show_default=True, help="Random seed: same seed, same images.")
 @click.option("--shifted", is_flag=True, help="The shifted variant (new site: darker, colour cast, blur).")
 @click.pass_obj
-def generate(obj, out: Path | None, per_class: int, size: int, seed: int, shifted: bool) -> None:
-    """Write seeded images of metal tags (classes ok, scratch, dent, stain) with metadata.jsonl."""
-    from edgeloop.local.sample_data import generate_dataset
-
-    out = out or obj.settings.state_dir / "sample" / ("shifted" if shifted else "base")
-    metas = generate_dataset(out, per_class=per_class, seed=seed, size=size, shifted=shifted, progress=True)
-    click.echo(f"wrote {len(metas)} images to {out}")
+def generate(
+    obj,
+    out: Path | None,
+    task: str | None,
+    per_class: int,
+    images: int,
+    size: int | None,
+    seed: int,
+    shifted: bool,
+) -> None:
+    """Write seeded images of metal tags with metadata.jsonl: one class each (ok, scratch, dent, stain), or
+    with --task detection 0-3 defects each (scratch, dent, stain) and their boxes in annotations.json."""
+    task = task or "classification"
+    out = out or sample_dir(obj.settings, task, shifted)
+    samples = generate_sample(out, task, per_class, images, size, seed, shifted)
+    if task == "detection":
+        boxes = sum(len(b) for _, b in samples)
+        empty = sum(1 for _, b in samples if not b)
+        click.echo(
+            f"wrote {len(samples)} images ({boxes} defect boxes, {empty} images without defects) to {out}"
+        )
+    else:
+        click.echo(f"wrote {len(samples)} images to {out}")
 
 
 @data.command()
@@ -43,42 +91,61 @@ def generate(obj, out: Path | None, per_class: int, size: int, seed: int, shifte
     "source_dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="Your own folder: class sub-folders become annotations, loose images unlabeled tasks. "
-    "Default: the generated sample (made if missing).",
+    help="Your own folder: class sub-folders become annotations, loose images unlabeled tasks; with a COCO "
+    "annotations.json its boxes become box annotations (detection). Default: the generated sample (made if missing).",
 )
 @click.option(
     "--project",
     "project_title",
     default=None,
-    help="Label Studio project title (default from settings: labelstudio.project_title).",
+    help="Label Studio project title (default from settings: labelstudio.project_title; "
+    "<that>-detection for detection).",
 )
+@TASK_OPTION
 @click.option(
     "--source", default=None, help="Name for this batch of images in blob storage (default: folder name)."
 )
 @click.option("--per-class", default=60, show_default=True, help="Sample images per class when generating.")
+@click.option("--images", default=240, show_default=True, help="Sample images when generating for detection.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 @user_errors
 def seed(
-    obj, source_dir: Path | None, project_title: str | None, source: str | None, per_class: int, as_json: bool
+    obj,
+    source_dir: Path | None,
+    project_title: str | None,
+    task: str | None,
+    source: str | None,
+    per_class: int,
+    images: int,
+    as_json: bool,
 ) -> None:
     """Upload images to blob storage and create Label Studio tasks (+ labels). Re-running adds no duplicates."""
-    from edgeloop.local.sample_data import generate_dataset
+    from edgeloop.local.sample_data import COCO_FILE
     from edgeloop.local.seed import seed_directory
 
     settings = obj.settings
     if source_dir is None:
-        source_dir = settings.state_dir / "sample" / "base"
+        task = task or "classification"
+        source_dir = sample_dir(settings, task)
         if not (source_dir / "metadata.jsonl").exists():
-            generate_dataset(source_dir, per_class=per_class, progress=True)
-        source = source or "sample"
+            generate_sample(source_dir, task, per_class, images, None, 0, False)
+        source = source or ("sample" if task == "classification" else "sample-detection")
+    holds_boxes = (source_dir / COCO_FILE).exists()
+    if task and (task == "detection") != holds_boxes:
+        raise click.UsageError(
+            f"--task {task}, but {source_dir} {'holds' if holds_boxes else 'has no'} a COCO {COCO_FILE}: "
+            "detection folders hold their boxes there, classification folders one sub-folder per class"
+        )
+    if holds_boxes and project_title is None:
+        project_title = detection_project(settings)
     report = seed_directory(settings, source_dir, source=source, project_title=project_title)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
         return
     r = report
     click.echo(
-        f"project '{r.project_title}' (id {r.project_id}): {r.images_found} images; "
+        f"project '{r.project_title}' (id {r.project_id}, {r.task}): {r.images_found} images; "
         f"{r.uploaded} uploaded, {r.already_in_storage} already in storage; "
         f"{r.tasks_created} tasks created, {r.tasks_existing} existed; "
         f"{r.annotations_created} labels submitted, {r.unlabeled_tasks} unlabeled tasks"
@@ -87,6 +154,11 @@ def seed(
         click.echo(f"skipped {len(r.skipped_files)} non-image files, e.g. {r.skipped_files[:3]}")
     if r.duplicate_images:
         click.echo(f"skipped {r.duplicate_images} duplicate images (same content as another file)")
+
+
+def detection_project(settings) -> str:
+    """The default detection project: a project has one task type, so not the classification one's title."""
+    return f"{settings.labelstudio.project_title}-detection"
 
 
 @data.command("refresh-links")

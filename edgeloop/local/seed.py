@@ -2,6 +2,9 @@
 
 Class sub-folders (``DIR/<class>/*.png``) become tasks with an annotation, as a
 labeler would submit it; loose images (``DIR/*.jpg``) become unlabeled tasks.
+A folder with a COCO ``annotations.json`` is a detection folder: its images go to a
+``RectangleLabels`` project, each listed image with its boxes as an annotation (none: an
+image without defects), images the file does not list as unlabeled tasks.
 Images are content-addressed (``az://images/<source>/<sha256>.<ext>``) and tasks
 are keyed by sha256, so re-running creates no duplicates.
 """
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeloop.core import labelstudio as lsx
+from edgeloop.core.boxes import Box
 from edgeloop.core.model_card import sha256_bytes
 
 if TYPE_CHECKING:
@@ -27,6 +31,7 @@ IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 class SeedReport:
     project_id: int = 0
     project_title: str = ""
+    task: str = lsx.CLASSIFICATION
     images_found: int = 0
     uploaded: int = 0
     already_in_storage: int = 0
@@ -50,13 +55,23 @@ class _Image:
     sha256: str
     data: bytes
     meta: dict[str, Any]
+    boxes: list[Box] | None = None  # detection: the labeled boxes (None: not labeled)
+    size: tuple[int, int] | None = None  # detection: width, height
+
+    @property
+    def labeled(self) -> bool:
+        return self.label is not None or self.boxes is not None
 
 
 def scan_directory(directory: Path) -> tuple[list[_Image], list[str], int]:
-    """Images under ``directory`` (class = first sub-folder), skipped non-image files, duplicate count."""
+    """Images under ``directory`` (class = first sub-folder, or boxes from a COCO ``annotations.json``),
+    skipped non-image files, duplicate count."""
+    from edgeloop.local.sample_data import COCO_FILE, read_coco_boxes
+
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory} is not a directory of images")
+    coco = read_coco_boxes(directory)
     meta_by_file: dict[str, dict[str, Any]] = {}
     meta_path = directory / "metadata.jsonl"
     if meta_path.exists():
@@ -69,7 +84,7 @@ def scan_directory(directory: Path) -> tuple[list[_Image], list[str], int]:
     seen: set[str] = set()
     duplicates = 0
     for path in sorted(directory.rglob("*")):
-        if not path.is_file() or path.name == "metadata.jsonl" or path.name.startswith("."):
+        if not path.is_file() or path.name in ("metadata.jsonl", COCO_FILE) or path.name.startswith("."):
             continue
         rel = path.relative_to(directory).as_posix()
         if path.suffix.lower() not in IMAGE_EXTS:
@@ -84,7 +99,16 @@ def scan_directory(directory: Path) -> tuple[list[_Image], list[str], int]:
             continue
         seen.add(sha)
         meta = {k: v for k, v in meta_by_file.get(rel, {}).items() if k != "label"}
-        images.append(_Image(path, rel, label, sha, data, meta))
+        if coco is None:
+            images.append(_Image(path, rel, label, sha, data, meta))
+            continue
+        width, height, boxes = coco.get(rel, (0, 0, None))
+        if not width:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                width, height = im.size
+        images.append(_Image(path, rel, None, sha, data, meta, boxes, (width, height)))
     return images, skipped, duplicates
 
 
@@ -130,9 +154,17 @@ def seed_directory(
             report.uploaded += int(new)
             report.already_in_storage += int(not new)
 
-    classes = sorted({img.label for img in images if img.label})
+    detection = any(img.size for img in images)
+    if detection:
+        from edgeloop.local.sample_data import DEFECT_CLASSES
+
+        report.task = lsx.DETECTION
+        found = {b.label for img in images for b in img.boxes or []}
+        classes = [*DEFECT_CLASSES, *sorted(found - set(DEFECT_CLASSES))]
+    else:
+        classes = sorted({img.label for img in images if img.label}) or ["ok"]
     ls = lsx.client(settings)
-    project = lsx.ensure_project(ls, title, classes or ["ok"])
+    project = lsx.ensure_project(ls, title, classes, report.task)
     report.project_id = project.id
     existing = lsx.tasks_by_sha(ls, project.id)
 
@@ -147,6 +179,7 @@ def seed_directory(
                 "sha256": img.sha256,
                 "source": source,
                 "source_file": img.rel,
+                **({"width": img.size[0], "height": img.size[1]} if img.size else {}),
                 **img.meta,
             }
         )
@@ -158,15 +191,19 @@ def seed_directory(
     report.tasks_existing = len(uploaded) - len(new_tasks)
 
     tasks = lsx.tasks_by_sha(ls, project.id) if new_tasks else existing
-    to_label: list[tuple[int, str]] = []
+    to_label: list[tuple[int, str | list[dict[str, Any]]]] = []
     for img, _ in uploaded:
         task = tasks.get(img.sha256)
         if task is None:
             continue
-        if img.label is None:
+        if not img.labeled:
             report.unlabeled_tasks += int(not task.annotations)
         elif not task.annotations:  # already labeled (by a person or an earlier seed): never overwrite
-            to_label.append((task.id, img.label))
+            if img.label is not None:
+                to_label.append((task.id, img.label))
+            else:
+                assert img.boxes is not None and img.size is not None
+                to_label.append((task.id, lsx.rectangle_result(img.boxes, *img.size)))
     with ThreadPoolExecutor(max_workers=4) as pool:
         done = pool.map(lambda t: lsx.annotate(ls, t[0], t[1], project.id), to_label)
         for _ in tqdm(done, total=len(to_label), desc="submitting labels", unit="task", disable=not progress):
