@@ -418,16 +418,24 @@ def tag_image(engine: str, image: str, ref: str) -> None:
         subprocess.run([engine, "rmi", old], capture_output=True)
 
 
+@dataclass
+class EngineApi:
+    """A Docker API endpoint: ``host`` is the ``DOCKER_HOST`` value; ``close`` ends it where it is ours
+    (the ``podman system service`` started for it; a daemon's socket has none)."""
+
+    host: str
+    close: Callable[[], None] | None = None
+
+
 @contextlib.contextmanager
-def docker_api(engine: str, timeout_s: float = 30.0) -> Iterator[str]:
-    """A Docker API endpoint (a ``DOCKER_HOST`` value) for clients such as kfp's DockerRunner: DOCKER_HOST
-    if set, docker's own socket with docker, else ``podman system service`` on a socket of its own,
-    stopped on exit."""
+def docker_api(engine: str, timeout_s: float = 30.0) -> Iterator[EngineApi]:
+    """A Docker API endpoint for clients such as kfp's DockerRunner: DOCKER_HOST if set, docker's own
+    socket with docker, else ``podman system service`` on a socket of its own, stopped on exit."""
     if os.environ.get("DOCKER_HOST"):
-        yield os.environ["DOCKER_HOST"]
+        yield EngineApi(os.environ["DOCKER_HOST"])
         return
     if engine == "docker":
-        yield "unix:///var/run/docker.sock"
+        yield EngineApi("unix:///var/run/docker.sock")
         return
     with tempfile.TemporaryDirectory(prefix="edgeloop-podman-") as tmp:
         sock = Path(tmp) / "podman.sock"
@@ -435,24 +443,28 @@ def docker_api(engine: str, timeout_s: float = 30.0) -> Iterator[str]:
         proc = subprocess.Popen(
             [engine, "system", "service", "--time=0", f"unix://{sock}"], stdout=log, stderr=subprocess.STDOUT
         )
-        try:
-            deadline = time.monotonic() + timeout_s
-            while not sock.exists():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.flush()
-                    raise ImageBuildError(
-                        f"`{engine} system service` did not open its socket: "
-                        + (Path(tmp) / "service.log").read_text()[-1000:]
-                    )
-                time.sleep(0.1)
-            yield f"unix://{sock}"
-        finally:
+
+        def close() -> None:
             proc.terminate()
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+        try:
+            deadline = time.monotonic() + timeout_s
+            while not sock.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.flush()
+                    raise ImageBuildError(
+                        f"`{engine} system service` did not open its socket {sock} within {timeout_s:.0f} s: "
+                        + (Path(tmp) / "service.log").read_text()[-1000:]
+                    )
+                time.sleep(0.1)
+            yield EngineApi(f"unix://{sock}", close)
+        finally:
+            close()
             log.close()
 
 

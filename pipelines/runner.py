@@ -394,13 +394,15 @@ def run_in_containers(
     network (the local stack listens on 127.0.0.1); its settings come in as the environment a cluster's
     Secrets give it (:func:`container_env`): DockerRunner ignores kfp-kubernetes' Secret references.
     The pipeline root is mounted at the same path (world-writable, for user 1000). ``auto_approve``
-    is signed here, not in a step: the steps hold no signing key, as on a cluster. No caching by
+    is signed here, not in a step: the steps hold no signing key, as on a cluster. A run whose step
+    containers have all ended while kfp still waits is stopped with the reason
+    (:mod:`edgeloop.pipelines.container_watch`). No caching by
     default: kfp's local cache keys a step by its image's name, not its content, and keeps a step
     DockerRunner wrongly reported as succeeded (see :func:`run_local`).
     """
     from kfp import local
 
-    from edgeloop.pipelines import image_build, steps
+    from edgeloop.pipelines import container_watch, image_build, steps
     from edgeloop.pipelines.cluster import RUN_AS_USER
     from edgeloop.pipelines.training_pipeline import PIPELINE_NAME
 
@@ -431,13 +433,14 @@ def run_in_containers(
     watcher = threading.Thread(
         target=_approve_when_registered, args=(settings, root, before, stop, print), daemon=True
     )
-    with image_build.docker_api(engine) as docker_host, scoped_environ({"DOCKER_HOST": docker_host}):
+    with container_watch.watched_engine(engine) as api, scoped_environ({"DOCKER_HOST": api.host}):
         runner = local.DockerRunner(
             network_mode="host",
             user=f"{RUN_AS_USER}:{RUN_AS_USER}",
             environment=env,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
+            labels=api.labels,
         )
         if auto_approve:
             watcher.start()

@@ -10,6 +10,8 @@ stack's endpoints and credentials, as user 1000 with no capabilities, against th
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -152,24 +154,26 @@ def test_kfp_docker_runner_runs_a_step_in_the_pipeline_image_through_the_engine_
     engine, images, stack_settings, seeded, tmp_path, monkeypatch
 ):
     """What `edgeloop pipeline run --local --containers` does for every step: kfp's DockerRunner on
-    docker, or on podman's Docker-compatible API, with the settings as the environment."""
+    docker, or on podman's Docker-compatible API, with the settings as the environment, its containers
+    under the watch that ends a run kfp can no longer finish."""
     from kfp import local
 
-    from edgeloop.pipelines import image_build, steps
+    from edgeloop.pipelines import container_watch, image_build, steps
     from edgeloop.pipelines.runner import container_env
 
     image_build.tag_image(engine, images("edgeloop-pipeline"), steps.PIPELINE_IMAGE)
     root = tmp_path / "kfp"
     root.mkdir()
     root.chmod(0o777)  # the step runs as user 1000
-    with image_build.docker_api(engine) as docker_host:
-        monkeypatch.setenv("DOCKER_HOST", docker_host)
+    with container_watch.watched_engine(engine, stall_s=90) as api:
+        monkeypatch.setenv("DOCKER_HOST", api.host)
         local.init(
             runner=local.DockerRunner(
                 network_mode="host",
                 user="1000:1000",
                 environment=container_env(stack_settings),
                 cap_drop=["ALL"],
+                labels=api.labels,
             ),
             pipeline_root=str(root),
             enable_caching=False,
@@ -177,3 +181,29 @@ def test_kfp_docker_runner_runs_a_step_in_the_pipeline_image_through_the_engine_
         )
         task = steps.snapshot_labels(project=PROJECT, label_policy="latest", config_file="")
     assert task.outputs["labeled_images"] == seeded.images_found - seeded.unlabeled_tasks > 0
+
+
+def test_the_watch_names_the_step_container_a_stalled_run_waits_on_and_stops_the_engine_api(engine, images):
+    """A labelled container seen running, then gone: after stall_s the watch gives the reason (the
+    container's name) and closes the engine API, so a client blocked on it gets an error, not a hang."""
+    import docker
+
+    from edgeloop.pipelines import container_watch
+
+    name = f"edgeloop-watch-{uuid.uuid4().hex[:8]}"
+    image = images("edgeloop-pipeline")
+    with (
+        pytest.raises(container_watch.StalledRunError) as err,
+        container_watch.watched_engine(engine, stall_s=3, poll_s=0.5) as api,
+    ):
+        label = next(f"{k}={v}" for k, v in api.labels.items())
+        run(engine, "run", "-d", "--rm", "--name", name, "--label", label, image, "sleep", "2")
+        client = docker.DockerClient(base_url=api.host, timeout=60)
+        deadline = time.monotonic() + 120
+        while api.watch.reason is None:
+            assert time.monotonic() < deadline, "the watch gave no reason within 120 s of the container's end"
+            time.sleep(0.5)
+        with pytest.raises(Exception):  # noqa: B017 - any client error: the API is closed
+            client.ping()
+    assert name in str(err.value) and "re-run" in str(err.value)
+    assert api.watch.seen[name].state == "removed"
