@@ -71,10 +71,12 @@ DEBS := mosquitto chromium chromium-driver podman runc catatonit buildah skopeo 
 	touch $@
 
 # crun (podman's default) cannot start containers on mixed cgroup v1/v2 hosts: runc works everywhere;
-# raising ulimits is not always permitted: the defaults are this shell's hard limits.
+# raising ulimits is not always permitted: the defaults are this shell's hard limits. podman's event log
+# (what its API's log streams wait on for a container's end) is the project's own and never rotated:
+# a rotation while a stream waits can lose the container's "died" event.
 $(CONTAINERS_DIR)/containers.conf: Makefile
 	@mkdir -p $(CONTAINERS_DIR)
-	printf '[containers]\ndefault_ulimits = ["nofile=%s:%s", "nproc=32768:32768"]\n[engine]\nruntime = "runc"\n' "$$(ulimit -Hn)" "$$(ulimit -Hn)" > $@
+	printf '[containers]\ndefault_ulimits = ["nofile=%s:%s", "nproc=32768:32768"]\n[engine]\nruntime = "runc"\nevents_logger = "file"\nevents_logfile_path = "%s/events.log"\nevents_logfile_max_size = 0\n' "$$(ulimit -Hn)" "$$(ulimit -Hn)" "$(CURDIR)/$(CONTAINERS_DIR)" > $@
 	printf '[storage]\ndriver = "overlay"\ngraphroot = "%s/storage"\nrunroot = "%s/run"\n' "$(CURDIR)/$(CONTAINERS_DIR)" "$(CURDIR)/$(CONTAINERS_DIR)" > $(CONTAINERS_STORAGE_CONF)
 
 images: setup ## Build the container images (tagged by content hash; OCI archives + index in build/images/)
