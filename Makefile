@@ -22,7 +22,7 @@ export CONTAINERS_STORAGE_CONF := $(CURDIR)/$(CONTAINERS_DIR)/storage.conf
 # `make images` options: BASE_IMAGE=..., TORCH_INDEX_URL=..., TORCH_WHEELS=<dir of wheels>, KUBECTL=<binary>
 IMAGE_ARGS = $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(TORCH_INDEX_URL),--torch-index-url $(TORCH_INDEX_URL)) $(if $(TORCH_WHEELS),--torch-wheels $(TORCH_WHEELS)) $(if $(KUBECTL),--kubectl $(KUBECTL))
 
-.PHONY: help setup up down status demo test test-unit lint bench lock compile clean-state schemas images base-image
+.PHONY: help setup up down status demo test test-images test-unit lint bench lock compile clean-state schemas images base-image
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -97,8 +97,17 @@ status: ## Show the local stack
 demo: setup ## The whole loop on the sample data, locally
 	$(EDGELOOP) demo
 
-test: setup ## Run the whole test suite (unit + integration against the real stack + e2e)
+test: setup test-images ## Run the whole test suite (unit + integration against the real stack + e2e)
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# The images the container tests run, built before the tests (a no-op when their content hash is current)
+# so that no test waits on a build; with no working container engine the container tests skip, saying so.
+TEST_IMAGES := edgeloop-pipeline edgeloop-serving
+test-images: setup ## Build the images the container tests run (pipeline, serving)
+	@if $(PY) -c 'from edgeloop.pipelines import image_build as b; b.use_project_engine_config(); b.container_engine()' 2>/dev/null; then \
+	  echo "building the images the container tests run (once; cached by content hash): $(TEST_IMAGES)"; \
+	  $(EDGELOOP) images build --out build/images $(foreach i,$(TEST_IMAGES),--only $(i)); \
+	else echo "no working container engine: the container tests will be skipped"; fi
 
 test-unit: setup ## Only the fast unit tests
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
