@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import threading
-import time
+
+from edgeloop.testing.waits import wait_until
 
 
 class Subscriber:
@@ -25,6 +26,7 @@ class Subscriber:
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.topic = topic
+        self.broker = f"{host}:{port}"
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
         self.client.reconnect_delay_set(1, 2)
         if credentials:
@@ -34,7 +36,7 @@ class Subscriber:
         self.client.on_message = self._on_message
         self.client.connect(host, port, keepalive=10)
         self.client.loop_start()
-        assert self._subscribed.wait(10), "subscription not acknowledged"
+        assert self._subscribed.wait(10), f"no SUBACK within 10 s for MQTT topic {topic} at {self.broker}"
 
     def _on_message(self, client, userdata, msg) -> None:
         with self._lock:
@@ -57,13 +59,14 @@ class Subscriber:
                 out.append(m["frame_index"])
         return out
 
-    def wait_for(self, predicate, timeout: float = 15.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(self):
-                return True
-            time.sleep(0.05)
-        return predicate(self)
+    def wait_for(self, predicate, timeout: float = 15.0, what: str = "the expected results") -> bool:
+        """True once ``predicate(self)`` holds; an AssertionError naming the topic after ``timeout``."""
+        wait_until(
+            lambda: predicate(self),
+            timeout,
+            lambda: f"{what} on MQTT topic {self.topic} at {self.broker} ({len(self.messages)} messages so far)",
+        )
+        return True
 
     def close(self) -> None:
         self.client.disconnect()

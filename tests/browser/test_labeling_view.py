@@ -3,7 +3,6 @@ the reason a relabel task is there, and a submitted label that reaches the next 
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -11,6 +10,7 @@ import pytest
 
 from edgeloop.core import labelstudio as lsx
 from edgeloop.testing.stack import settings_on
+from edgeloop.testing.waits import wait_until
 
 LOAD_ERROR = "There was an issue loading URL"
 
@@ -65,28 +65,21 @@ def logged_in(browser, settings, stack_settings):
     browser.find_element(By.NAME, "email").send_keys(settings.labelstudio.username)
     browser.find_element(By.NAME, "password").send_keys(stack_settings.secrets()["labelstudio_password"])
     browser.find_element(By.CSS_SELECTOR, "button[type=submit], input[type=submit]").click()
-    _until(lambda: "/user/login" not in browser.current_url, "login")
+    _until(lambda: "/user/login" not in browser.current_url, f"Label Studio at {url} to accept the login")
     return browser
 
 
 def _until(check, what: str, timeout_s: float = 60.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            got = check()
-        except Exception:  # the page is still rendering
-            got = None
-        if got:
-            return got
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+    """``check()``'s first truthy value; its errors mean the page is still rendering."""
+    return wait_until(check, timeout_s, what, step_s=0.25, ignoring=(Exception,))
 
 
 def _open_task(browser, settings, project_id: int, task_id: int) -> None:
-    browser.get(f"{settings.labelstudio_url()}/projects/{project_id}/data?task={task_id}")
+    page = f"{settings.labelstudio_url()}/projects/{project_id}/data?task={task_id}"
+    browser.get(page)
     _until(
         lambda: browser.execute_script("return document.querySelectorAll('.lsf-choice__checkbox').length"),
-        "the labeling view's choices",
+        f"the labeling view's choices at {page}",
     )
 
 
@@ -101,7 +94,7 @@ def _labeling_image(browser) -> dict:
                 ? {src: img.src, width: img.naturalWidth, height: img.naturalHeight} : null;
             """
         ),
-        "the labeling view's image to load",
+        f"the labeling view's image at {browser.current_url} to load",
     )
 
 
@@ -129,7 +122,10 @@ def test_a_seeded_task_shows_its_image_and_its_label(logged_in, settings, projec
     assert set(choices) == {"ok", "scratch", "dent", "stain"}
     label = task.annotations[0]["result"][0]["value"]["choices"][0]
     assert choices[label] and sum(choices.values()) == 1
-    thumbs = _until(lambda: [t for t in _thumbnails(browser) if t["complete"]], "data manager thumbnails")
+    thumbs = _until(
+        lambda: [t for t in _thumbnails(browser) if t["complete"]],
+        f"the data manager's thumbnails at {browser.current_url}",
+    )
     assert all(t["width"] > 0 for t in thumbs), thumbs  # the data manager's images render too
     browser.save_screenshot(str(screenshots / "seeded-task.png"))
 
@@ -166,7 +162,11 @@ def test_a_label_submitted_in_the_browser_reaches_the_next_export(
     submit = browser.find_element(By.XPATH, "//button[normalize-space(.)='Submit']")
     submit.click()
     ls = project["ls"]
-    _until(lambda: ls.tasks.get(task.id).annotations, "the annotation to be saved", timeout_s=30)
+    _until(
+        lambda: ls.tasks.get(task.id).annotations,
+        f"the annotation of task {task.id} to be saved in Label Studio at {settings.labelstudio_url()}",
+        timeout_s=30,
+    )
     browser.save_screenshot(str(screenshots / "relabel-submitted.png"))
 
     report = import_labels(settings, None, tmp_path / "labels.jsonl")

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from edgeloop.testing.containers import container, readable_copy, run
+from edgeloop.testing.waits import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 TRITON_PYTHON = ROOT / ".tools" / "triton-client" / "bin" / "python"
@@ -94,22 +95,21 @@ def triton(protocol: str, port: int, x_path: Path, ca: Path, token_file: Path) -
 
 
 def wait_ready(port: int, ca: Path, name: str, engine: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    url = f"https://localhost:{port}/v2/health/ready"
+
+    def ready() -> bool:
         try:
-            if (
-                httpx.get(f"https://localhost:{port}/v2/health/ready", verify=str(ca), timeout=2).status_code
-                == 200
-            ):
-                return
+            if httpx.get(url, verify=str(ca), timeout=2).status_code == 200:
+                return True
         except httpx.HTTPError:
             pass
         state = run(engine, "inspect", "--format", "{{.State.Status}}", name, check=False).stdout.strip()
         assert (
             state == "running"
         ), f"the container stopped ({state}): {run(engine, 'logs', name, check=False).stderr[-3000:]}"
-        time.sleep(0.5)
-    raise AssertionError(f"not ready after {timeout_s} s")
+        return False
+
+    wait_until(ready, timeout_s, f"container {name} to answer 200 at {url}", step_s=0.5)
 
 
 @pytest.fixture(scope="module")

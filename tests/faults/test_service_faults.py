@@ -18,9 +18,10 @@ from collections import Counter
 import pytest
 
 from edgeloop.core import labelstudio as lsx
-from edgeloop.monitoring.relabel import RelabelItem, RelabelQueue
+from edgeloop.monitoring.relabel import LEASE_BLOB, RelabelItem, RelabelQueue
 from edgeloop.testing.faults import kill_service, restart_service
 from edgeloop.testing.stack import settings_on
+from edgeloop.testing.waits import join, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -146,11 +147,18 @@ def test_monitor_killed_mid_delivery(fault_stack, tmp_path, fault_log):
     waiting = queue.outbox_size()
     assert waiting == 15  # the first chunk was recorded before the kill
     t0 = time.monotonic()
-    report = queue.deliver(settings, chunk=5)  # the restarted monitor
-    while report.lease_busy and time.monotonic() - t0 < 120:
-        # the killed process held the cross-node delivery lease: it lapses on its own (lease_s at most)
-        time.sleep(2)
+
+    def deliver_once_the_lease_lapsed():  # the restarted monitor
         report = queue.deliver(settings, chunk=5)
+        # the killed process held the cross-node delivery lease: it lapses on its own (lease_s at most)
+        return None if report.lease_busy else report
+
+    report = wait_until(
+        deliver_once_the_lease_lapsed,
+        120,
+        f"the killed monitor's delivery lease on az://{settings.blob.payloads_container}/{LEASE_BLOB} to lapse",
+        step_s=2,
+    )
     deliver_s = time.monotonic() - t0
     assert report.pending == 0 and report.delivered + report.already_in_project == waiting
     assert report.already_in_project == 5  # the chunk the killed process never recorded
@@ -189,13 +197,17 @@ def test_mlflow_killed_while_a_run_logs_metrics(fault_stack, fault_log):
 
     trainer = threading.Thread(target=train)
     trainer.start()
-    deadline = time.monotonic() + 30
-    while len(logged) < 10 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    mlflow_at = f"MLflow at {fault_stack.mlflow_tracking_uri()}"
+    wait_until(
+        lambda: len(logged) >= 10 or errors,
+        60,
+        lambda: f"10 metric steps logged to {mlflow_at} (got {len(logged)})",
+        step_s=0.02,
+    )
     kill_service(fault_stack, "mlflow")
     killed = time.monotonic()
     restart_s = restart_service(fault_stack, "mlflow")
-    trainer.join(timeout=300)
+    join(trainer, 300, f"the run to log its {steps} steps to the restarted {mlflow_at}")
     assert not trainer.is_alive() and not errors, errors
     resumed_s = min(t for t in logged if t > killed) - killed
     history = client.get_metric_history(run_id, "loss")

@@ -22,17 +22,9 @@ from edgeloop.stream.publisher import CountingSink, MqttPublisher
 from edgeloop.stream.queues import DropPolicy
 from edgeloop.stream.sources import ReaderConfig, SourceSpec
 from edgeloop.testing.faults import kill_group, kill_service, restart_service
+from edgeloop.testing.waits import join, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
-
-
-def _wait(predicate, timeout: float, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
 
 
 def test_broker_killed_mid_stream_loses_no_result(
@@ -61,10 +53,11 @@ def test_broker_killed_mid_stream_loses_no_result(
     )
     proc.sink = sink
     sink.start()
-    assert sink.wait_connected(10)
+    broker = f"the broker at {host}:{port}"
+    assert sink.wait_connected(10), f"the publisher did not connect to {broker} within 10 s"
     proc.start()
     stats = proc.stats["cam"]
-    assert _wait(lambda: stats.published >= 15, 20)
+    wait_until(lambda: stats.published >= 15, 20, f"15 results of cam published to {broker}", step_s=0.02)
 
     kill_service(fault_stack, "mosquitto")
     killed = time.monotonic()
@@ -82,11 +75,12 @@ def test_broker_killed_mid_stream_loses_no_result(
     waiter = threading.Thread(target=resubscribe)
     waiter.start()
     restart_s = restart_service(fault_stack, "mosquitto")
-    waiter.join()
+    join(waiter, 90, f"a consumer to subscribe again to {topic} at {broker}")
+    assert consumers, f"no consumer got a subscription to {topic} from {broker} within 60 s of the kill"
     (after,) = consumers
-    assert _wait(lambda: sink.connected, 30), "the publisher did not reconnect"
+    wait_until(lambda: sink.connected, 30, f"the publisher to reconnect to {broker}", step_s=0.02)
     reconnected_s = time.monotonic() - killed
-    assert _wait(proc.sources_done, 30)
+    wait_until(proc.sources_done, 30, f"the source cam={fault_videos['long']} to be read to its end")
     summary = proc.stop()
     drained_s = time.monotonic() - killed
     s = summary.sources[0]
@@ -99,7 +93,12 @@ def test_broker_killed_mid_stream_loses_no_result(
     def received() -> dict[str, dict]:
         return before.unique_ids() | after.unique_ids()
 
-    assert _wait(lambda: len(received()) >= frames, 20)
+    wait_until(
+        lambda: len(received()) >= frames,
+        20,
+        lambda: f"{frames} distinct results on {topic} at {broker} (got {len(received())})",
+        step_s=0.02,
+    )
     got = received()
     run = summary.run_id
     assert set(got) == {f"{run}:cam:{i}" for i in range(frames)}  # each frame once, by message id
@@ -143,9 +142,12 @@ def test_stream_process_killed_counts_every_frame_on_restart(
     )
     outbox = tmp_path / "outbox"
     first = _stream_cli(fault_stack, tiny_model, outbox, fault_videos["long"], tmp_path / "first.json")
+    results = f"results of `edgeloop stream --line faults-kill` on {sub.topic} at {host}:{port}"
     try:
-        assert _wait(lambda: len(sub.unique_ids()) >= 20 or first.poll() is not None, 60, 0.01)
-        assert first.poll() is None, first.communicate()[1]
+        wait_until(
+            lambda: len(sub.unique_ids()) >= 20 or first.poll() is not None, 60, f"20 {results}", step_s=0.01
+        )
+        assert first.poll() is None, first.communicate(timeout=30)[1]
     finally:
         kill_group(first.pid)
         first.wait(5)
@@ -167,9 +169,14 @@ def test_stream_process_killed_counts_every_frame_on_restart(
         return {m["frame_index"]: m for m in sub.unique_ids().values() if m["run_id"] == r}
 
     new_run = summary["run_id"]
-    assert _wait(lambda: len(of_run(new_run)) >= 30, 20)
+    wait_until(lambda: len(of_run(new_run)) >= 30, 20, f"30 {results} from run {new_run}", step_s=0.02)
     recovered_s = time.monotonic() - restarted
-    assert _wait(lambda: len(of_run(run)) >= lost["results_durable"], 20)
+    wait_until(
+        lambda: len(of_run(run)) >= lost["results_durable"],
+        20,
+        f"the {lost['results_durable']} durable {results} from the killed run {run}",
+        step_s=0.02,
+    )
     # the killed run: every result kept durable was delivered (some only by the restart), frames 0..k-1
     # in order; the frames after them were only in memory and are counted lost; no frame is unaccounted
     assert sorted(of_run(run)) == list(range(lost["results_durable"]))
@@ -205,14 +212,21 @@ def test_model_server_killed_under_load_errors_only_in_flight_then_resumes(
         sink._stats_for = proc.stats_for
         proc.start()
         stats = proc.stats["cam"]
-        assert _wait(lambda: stats.processed >= 20, 30)
+        wait_until(
+            lambda: stats.processed >= 20, 30, f"20 frames answered by {first.grpc_target}", step_s=0.02
+        )
         kill_group(first.process.pid)
         killed = time.monotonic()
         at_kill = stats.processed
     restart_t0 = time.monotonic()
     with running_server([tiny_model], http_port=ports[0], grpc_port=ports[1]):
         ready_s = time.monotonic() - restart_t0
-        assert _wait(lambda: stats.processed > at_kill + 5, 30), "the processor did not resume"
+        wait_until(
+            lambda: stats.processed > at_kill + 5,
+            30,
+            f"the processor to resume on the restarted server at {first.grpc_target}",
+            step_s=0.02,
+        )
         resumed_s = time.monotonic() - killed
         summary = proc.stop()
     s = summary.sources[0]

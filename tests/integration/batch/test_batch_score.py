@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from edgeloop.components.batch_score import BatchError, BatchPlan, read_results,
 from edgeloop.core.blob import BlobStore, BlobUri
 from edgeloop.monitoring.profile import build_reference_profile
 from edgeloop.testing.models import build_linear_model_dir
+from edgeloop.testing.waits import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -115,18 +114,23 @@ def test_a_killed_run_resumes_without_duplicates(stack_settings, images, model_u
     cmd += ["--model", model_uri, "--out", out, "--shard-size", "4", "--json"]
     env = {**os.environ, "EDGELOOP_STATE_DIR": str(stack_settings.state_dir)}
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    done: list[str] = []
-    while time.monotonic() < deadline and proc.poll() is None:
-        done = [n for n in store.list(container, f"{out}/shards/") if n.endswith(".done")]
-        if len(done) >= 3:
-            break
-        time.sleep(0.02)
-    assert (
-        proc.poll() is None
-    ), f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+
+    def shards_done() -> int:
+        return sum(n.endswith(".done") for n in store.list(container, f"{out}/shards/"))
+
+    try:
+        wait_until(
+            lambda: proc.poll() is not None or shards_done() >= 3,
+            120,
+            f"`edgeloop batch score` to finish 3 shards under az://{container}/{out}/shards/",
+            step_s=0.02,
+        )
+        assert (
+            proc.poll() is None
+        ), f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    finally:
+        proc.kill()
+        proc.wait(30)
     finished_before = {n for n in store.list(container, f"{out}/shards/") if n.endswith(".done")}
     shards = -(-len(expected) // 4)
     assert 3 <= len(finished_before) < shards

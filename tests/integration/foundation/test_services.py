@@ -93,14 +93,14 @@ def test_mqtt_publish_subscribe_round_trip(stack_settings):
     sub.on_message = on_message
     sub.connect(host, port)
     sub.loop_start()
-    assert subscribed.wait(10)
+    assert subscribed.wait(10), f"no SUBACK for {topic} from the broker at {host}:{port} within 10 s"
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     pub.username_pw_set(*stack_settings.mqtt_credentials())
     pub.connect(host, port)
     pub.loop_start()
     for i in range(20):
         pub.publish(topic, f"{i}".encode(), qos=1).wait_for_publish(5)
-    assert done.wait(10)
+    assert done.wait(10), f"fewer than 20 messages ({len(got)}) on {topic} at {host}:{port} within 10 s"
     pub.loop_stop()
     sub.loop_stop()
     assert got == [f"{i}".encode() for i in range(20)]

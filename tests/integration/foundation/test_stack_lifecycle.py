@@ -72,6 +72,6 @@ def test_restart_keeps_data_and_leaves_no_process(tmp_path):
 
 def test_cli_help_explains_itself():
     out = subprocess.run(
-        [sys.executable, "-m", "edgeloop.cli", "stack", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "edgeloop.cli", "stack", "--help"], capture_output=True, text=True, timeout=120
     ).stdout
     assert "Azurite" in out and "EDGELOOP_STACK__PORTS__" in out

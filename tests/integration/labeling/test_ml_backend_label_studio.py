@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from edgeloop.labeling.backend import connect, request_predictions, running_back
 from edgeloop.local.sample_data import generate_dataset
 from edgeloop.monitoring.model import ModelRunner
 from edgeloop.testing.models import build_tiny_model_dir
+from edgeloop.testing.waits import read_line, wait_until
 
 
 def _expected(model_dir: Path, image: Path) -> str:
@@ -28,14 +28,13 @@ def _expected(model_dir: Path, image: Path) -> str:
     return runner.card.labels[int(np.argmax(runner.run([image]).probabilities[0]))]
 
 
-def _wait_connected(ls, project_id: int, timeout_s: float = 60) -> list:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        backends = list(ls.ml.list(project=project_id))
-        if backends:
-            return backends
-        time.sleep(0.5)
-    raise AssertionError("the backend never appeared in the project")
+def _wait_connected(ls, project_id: int, ls_url: str, timeout_s: float = 60) -> list:
+    return wait_until(
+        lambda: list(ls.ml.list(project=project_id)),
+        timeout_s,
+        f"the ML backend to appear in project {project_id} of Label Studio at {ls_url}",
+        step_s=0.5,
+    )
 
 
 def test_imported_and_seeded_tasks_arrive_pre_annotated(stack_settings, blob_store, tmp_path):
@@ -75,11 +74,11 @@ def test_imported_and_seeded_tasks_arrive_pre_annotated(stack_settings, blob_sto
         start_new_session=True,
     )
     try:
-        url = proc.stdout.readline().strip()
+        url = read_line(proc.stdout, 120, "the URL `edgeloop labeling backend serve` prints first").strip()
         assert url.startswith("http://127.0.0.1:"), proc.stderr.read() if proc.poll() is not None else url
         ls = lsx.client(settings)
         project = lsx.find_project(ls, title)
-        (backend,) = _wait_connected(ls, project.id)
+        (backend,) = _wait_connected(ls, project.id, settings.labelstudio_url())
         assert backend.url == url and backend.auth_method == "BASIC_AUTH"
         assert ls.ml.get(backend.id).readable_state == "Connected"
 

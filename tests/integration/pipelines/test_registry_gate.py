@@ -18,6 +18,7 @@ from edgeloop.pipelines import attestation, registry
 from edgeloop.pipelines.evaluation import evaluate_predictions
 from edgeloop.pipelines.gate import GateThresholds, evaluate_rules
 from edgeloop.testing.models import build_linear_model_dir
+from edgeloop.testing.waits import join
 
 LABELS = ["ok", "scratch", "dent", "stain"]
 
@@ -96,6 +97,10 @@ def _wait_in_thread(settings, version: str, timeout_s: float):
     return t, box
 
 
+def _waiting_for_decision(settings, version: str) -> str:
+    return f"registry.wait_for_decision to see the decision on {settings.mlflow.registered_model} v{version}"
+
+
 def test_register_wait_and_approve_from_another_process(settings, tmp_path):
     reg, rep = _register(settings, tmp_path)
     assert reg.gate_passed and reg.storage_uri.startswith("az://models/")
@@ -119,7 +124,7 @@ def test_register_wait_and_approve_from_another_process(settings, tmp_path):
     t, box = _wait_in_thread(settings, reg.version, timeout_s=120)
     r = _cli(settings, "approve", name, reg.version, "--note", "looks good", "--evidence", rep.digest())
     assert r.returncode == 0, r.stderr
-    t.join(130)
+    join(t, 130, _waiting_for_decision(settings, reg.version))
     d = box["decision"]
     # the approver is the account MLflow authenticated, not a name anyone typed
     assert d.decision == "approved" and d.by == "edgeloop-approver" and d.mode == "human"
@@ -193,7 +198,7 @@ def test_reject_from_another_process_and_timeout(settings, tmp_path):
     t, box = _wait_in_thread(settings, reg.version, timeout_s=120)
     r = _cli(settings, "reject", name, reg.version, "--note", "stains look off")
     assert r.returncode == 0, r.stderr
-    t.join(130)
+    join(t, 130, _waiting_for_decision(settings, reg.version))
     assert box["decision"].decision == "rejected" and box["decision"].by == "edgeloop-approver"
     tags = registry.version_tags(settings, reg.version)
     assert tags[registry.REJECTED] == "true" and "stains look off" in tags[registry.REJECTED_REASONS]

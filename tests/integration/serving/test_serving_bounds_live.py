@@ -5,7 +5,6 @@ counted, while health probes still answer."""
 from __future__ import annotations
 
 import threading
-import time
 
 import httpx
 import pytest
@@ -14,6 +13,7 @@ from edgeloop.serving.client import ClientError
 from edgeloop.serving.launcher import running_server
 from edgeloop.testing.media import random_frames
 from edgeloop.testing.oip import binary_request
+from edgeloop.testing.waits import join, wait_until
 
 LIMIT_MB = 1
 BIG = b"x" * (LIMIT_MB * 1024 * 1024 + 1)
@@ -71,10 +71,12 @@ def test_past_the_in_flight_limit_requests_get_429_and_resource_exhausted(small_
     t = threading.Thread(target=send_held)
     t.start()
     try:
-        deadline = time.monotonic() + 20
-        while "edgeloop_serving_inflight_requests 1.0" not in httpx.get(srv.rest_url + "/metrics").text:
-            assert time.monotonic() < deadline, "the held request never arrived"
-            time.sleep(0.05)
+        metrics = srv.rest_url + "/metrics"
+        wait_until(
+            lambda: "edgeloop_serving_inflight_requests 1.0" in httpx.get(metrics, timeout=30).text,
+            20,
+            f"the held request to be in flight (edgeloop_serving_inflight_requests 1.0 at {metrics})",
+        )
         r = httpx.post(
             srv.rest_url + "/v2/models/inspection/infer",
             content=body,
@@ -90,7 +92,7 @@ def test_past_the_in_flight_limit_requests_get_429_and_resource_exhausted(small_
         assert httpx.get(srv.rest_url + "/v2/health/ready").status_code == 200
     finally:
         hold.set()
-        t.join(60)
+        join(t, 60, f"the held request to {srv.rest_url}/v2/models/inspection/infer to be answered")
     assert first["r"].status_code == 200, first["r"].text
     metrics = httpx.get(srv.rest_url + "/metrics").text
     for protocol in ("rest", "grpc"):

@@ -13,6 +13,7 @@ from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
 from edgeloop.serving.client import ClientError
 from edgeloop.serving.launcher import running_server
 from edgeloop.testing.media import random_frames
+from edgeloop.testing.waits import join
 
 ADMIN = "/edgeloop/admin/models/inspection"
 
@@ -45,7 +46,10 @@ def test_hot_switch_of_the_champion_under_load_drops_no_request(model_dirs):
                     except Exception as e:  # any failure at all fails the test
                         failures.append(f"{kind}: {type(e).__name__}: {e}")
 
-        threads = [threading.Thread(target=hammer, args=(k,)) for k in ("grpc", "grpc", "rest", "rest")]
+        threads = [
+            threading.Thread(target=hammer, args=(k,), name=f"{k}-client-{i}")
+            for i, k in enumerate(("grpc", "grpc", "rest", "rest"))
+        ]
         for t in threads:
             t.start()
         time.sleep(0.5)
@@ -66,7 +70,7 @@ def test_hot_switch_of_the_champion_under_load_drops_no_request(model_dirs):
         time.sleep(0.3)
         stop.set()
         for t in threads:
-            t.join(30)
+            join(t, 30, f"the {t.name} of the server at {srv.rest_url} (gRPC {srv.grpc_target}) to stop")
         assert not failures, failures[:5]
         assert switched_at.get("1", 0) > 0 and seen.get("3", 0) > switched_at.get("3", 0)
         with srv.grpc_client() as g:

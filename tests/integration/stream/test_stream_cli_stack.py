@@ -53,12 +53,13 @@ def test_cli_publishes_every_frame_in_order_to_the_stack_broker(
         stderr=subprocess.PIPE,
         text=True,
     )
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     try:
         metrics = ""
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=1) as r:
+                with urllib.request.urlopen(metrics_url, timeout=1) as r:
                     metrics = r.read().decode()
                 if 'edgeloop_stream_frames_processed_total{source="cam1"}' in metrics:
                     break
@@ -77,12 +78,12 @@ def test_cli_publishes_every_frame_in_order_to_the_stack_broker(
         "edgeloop_stream_latency_seconds_bucket",
         "edgeloop_stream_source_up",
     ):
-        assert name in metrics
+        assert name in metrics, f"{name} not served at {metrics_url} within 20 s: {metrics[-1000:]!r}"
     assert "cam1" in out and "bad" in out and "missing.mp4 does not exist" in out
     summary = json.loads(summary_file.read_text())
     cam1 = next(s for s in summary["sources"] if s["source"] == "cam1")
     assert cam1["frames_processed"] == cam1["results_published"] == 60
-    assert sub.wait_for(lambda s: len(s.messages) >= 60)
+    assert sub.wait_for(lambda s: len(s.messages) >= 60, what="60 results of cam1")
     assert [m["frame_index"] for m in sub.by_camera()["cam1"]] == list(range(60))
     for topic, msg in sub.messages:
         assert topic == f"{prefix}/cli-line/cam1"

@@ -17,6 +17,7 @@ from edgeloop.stream.publisher import MqttPublisher
 from edgeloop.stream.queues import DropPolicy
 from edgeloop.stream.result import result_schema
 from edgeloop.stream.sources import ReaderConfig, SourceSpec
+from edgeloop.testing.waits import wait_until
 
 
 class SlowPredictor:
@@ -55,9 +56,9 @@ def test_every_frame_arrives_on_mqtt_in_order(broker, subscribe, tiny_model, vid
         line="line7",
         drop_policy=DropPolicy.BLOCK,
     )
-    assert proc.sink.wait_connected(10)
+    assert proc.sink.wait_connected(10), f"no connection to the broker at 127.0.0.1:{broker.port} in 10 s"
     summary = proc.run(duration_s=30)
-    assert sub.wait_for(lambda s: sum(len(v) for v in s.by_camera().values()) >= 90)
+    assert sub.wait_for(lambda s: sum(len(v) for v in s.by_camera().values()) >= 90, what="90 results")
     got = sub.by_camera()
     assert [m["frame_index"] for m in got["cam-a"]] == list(range(30))
     assert [m["frame_index"] for m in got["cam-b"]] == list(range(60))
@@ -79,7 +80,7 @@ def test_overload_drops_are_counted_and_queues_stay_bounded(broker, subscribe, t
     )
     summary = proc.run(duration_s=30)
     processed = sum(s["frames_processed"] for s in summary.sources)
-    assert sub.wait_for(lambda s: len(s.messages) >= processed)
+    assert sub.wait_for(lambda s: len(s.messages) >= processed, what=f"{processed} results")
     for s in summary.sources:
         assert s["queue_high_water"] <= 4 == s["queue_capacity"]
         assert s["frames_in"] == 60
@@ -102,19 +103,18 @@ def test_broker_restart_loses_no_result(broker, subscribe, tiny_model, videos, t
         tmp_path / "outbox",
         drop_policy=DropPolicy.BLOCK,
     )
-    assert proc.sink.wait_connected(10)
+    assert proc.sink.wait_connected(10), f"no connection to the broker at 127.0.0.1:{broker.port} in 10 s"
     proc.start()
     stats = proc.stats["cam"]
-    deadline = time.monotonic() + 10
-    while stats.published < 10 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(
+        lambda: stats.published >= 10, 30, f"10 results published to 127.0.0.1:{broker.port}", step_s=0.02
+    )
     broker.stop()  # mid-run: the 4 s clip is still being read
     down_at = stats.processed
     time.sleep(1.2)
     assert not proc.sink.connected
     broker.start()
-    while not proc.sources_done():
-        time.sleep(0.05)
+    wait_until(proc.sources_done, 120, f"the source cam={videos['long']} to be read to its end")
     summary = proc.stop()
     s = summary.sources[0]
     assert s["frames_processed"] == 60
@@ -122,7 +122,7 @@ def test_broker_restart_loses_no_result(broker, subscribe, tiny_model, videos, t
     assert s["results_published"] == 60
     assert summary.outbox_depth == 0
     assert stats.processed > down_at
-    assert sub.wait_for(lambda x: len(x.unique_frames("cam")) >= 60, timeout=20)
+    assert sub.wait_for(lambda x: len(x.unique_frames("cam")) >= 60, timeout=20, what="60 frames of cam")
     # at least once, in order: after removing QoS 1 duplicates every frame is there, in frame order
     assert sub.unique_frames("cam") == list(range(60))
 
@@ -172,12 +172,14 @@ def test_a_dying_source_is_reconnected_while_others_continue(broker, subscribe, 
     try:
         proc.start()
         live = proc.stats["live"]
-        deadline = time.monotonic() + 30
         # the live source dies after ~2 s, comes back, and delivers frames again
-        while time.monotonic() < deadline and not (
-            live.reconnects >= 1 and live.processed >= 45 and proc.readers[1].is_alive() is False
-        ):
-            time.sleep(0.1)
+        wait_until(
+            lambda: live.reconnects >= 1 and live.processed >= 45 and proc.readers[1].is_alive() is False,
+            60,
+            lambda: f"{url} to reconnect and give 45 frames (reconnects {live.reconnects}, frames "
+            f"{live.processed}) and {videos['long']} to end",
+            step_s=0.1,
+        )
     finally:
         summary = proc.stop()
         server.shutdown()
@@ -186,7 +188,7 @@ def test_a_dying_source_is_reconnected_while_others_continue(broker, subscribe, 
     assert s["live"]["errors"].get("ended", 0) + s["live"]["errors"].get("stream_error", 0) >= 1
     assert s["live"]["frames_processed"] >= 45  # more than the first (half) connection could give
     assert s["file"]["state"] == "finished" and s["file"]["frames_processed"] == 60  # not disturbed
-    assert sub.wait_for(lambda x: len(x.by_camera().get("file", [])) >= 60)
+    assert sub.wait_for(lambda x: len(x.by_camera().get("file", [])) >= 60, what="60 results of file")
     live_idx = [m["frame_index"] for m in sub.by_camera()["live"]]
     assert live_idx == sorted(live_idx)  # indices continue across the reconnect
 
@@ -210,7 +212,7 @@ def test_through_the_model_server_over_grpc(broker, subscribe, tiny_model, video
         summary = proc.run(duration_s=30)
     s = {x["source"]: x for x in summary.sources}
     assert s["cam"]["frames_processed"] == 30 and s["bad"]["state"] == "failed"
-    assert sub.wait_for(lambda x: len(x.messages) >= 30)
+    assert sub.wait_for(lambda x: len(x.messages) >= 30, what="30 results")
     msgs = sub.by_camera()["cam"]
     assert [m["frame_index"] for m in msgs] == list(range(30))
     assert msgs[0]["model"] == {"name": "stream-test", "version": "1"}

@@ -4,13 +4,13 @@ config), and the stream publisher brings credentials and TLS."""
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from edgeloop.local.stack import write_mosquitto_config
 from edgeloop.stream.publisher import MqttPublisher, MqttTls
+from edgeloop.testing.waits import wait_until
 
 PREFIX = "edgeloop/results"
 PUBLISHER = ("edgeloop-stream", "publisher-password")
@@ -50,7 +50,7 @@ def _connack(port: int, credentials: tuple[str, str] | None) -> str:
     c.connect("127.0.0.1", port)
     c.loop_start()
     try:
-        assert done.wait(10), "no CONNACK"
+        assert done.wait(10), f"no CONNACK from the broker at 127.0.0.1:{port} within 10 s"
     finally:
         c.disconnect()
         c.loop_stop()
@@ -78,9 +78,11 @@ def test_a_publisher_without_credentials_delivers_nothing_and_keeps_its_results(
     sub = subscribe("127.0.0.1", auth_broker.port, "#", credentials=AUDITOR)
     pub = _publisher(auth_broker, tmp_path)
     try:
-        deadline = time.monotonic() + 10
-        while pub.refused is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(
+            lambda: pub.refused is not None,
+            10,
+            f"the broker at 127.0.0.1:{auth_broker.port} to answer an anonymous publisher's CONNECT",
+        )
         assert pub.refused == "Not authorized" and not pub.connected
         pub.submit("cam", f"{PREFIX}/line1/cam", b'{"n": 1}')
     finally:
@@ -93,10 +95,10 @@ def test_the_publisher_may_write_only_under_its_prefix(auth_broker, subscribe, t
     sub = subscribe("127.0.0.1", auth_broker.port, "#", credentials=AUDITOR)
     pub = _publisher(auth_broker, tmp_path, PUBLISHER)
     try:
-        assert pub.wait_connected(10)
+        assert pub.wait_connected(10), f"no connection to the broker at 127.0.0.1:{auth_broker.port} in 10 s"
         pub.submit("cam", "elsewhere/line1/cam", b'{"n": 0}')  # dropped by the broker's ACL
         pub.submit("cam", f"{PREFIX}/line1/cam", b'{"n": 1}')
-        assert sub.wait_for(lambda s: len(s.messages) >= 1)
+        assert sub.wait_for(lambda s: len(s.messages) >= 1, what="the allowed result")
     finally:
         pub.close()
     # QoS 1 from one client arrives in order: had the first got through, it would be first
@@ -118,7 +120,7 @@ def test_the_publisher_speaks_tls_to_a_tls_broker(make_broker, tmp_path, tls_pki
     broker = _configure(make_broker(), tls=(tls_pki["server_cert"], tls_pki["server_key"]))
     pub = _publisher(broker, tmp_path, PUBLISHER, tls=MqttTls(ca=tls_pki["ca"]))
     try:
-        assert pub.wait_connected(10)
+        assert pub.wait_connected(10), f"no TLS connection to the broker at 127.0.0.1:{broker.port} in 10 s"
         pub.submit("cam", f"{PREFIX}/line1/cam", b'{"n": 1}')
     finally:
         pub.close()

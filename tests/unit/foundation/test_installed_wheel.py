@@ -36,10 +36,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         check=True,
         capture_output=True,
         cwd=tmp,
+        timeout=600,
     )
     (wheel,) = tmp.glob("edgeloop-*.whl")
     venv = tmp / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     (site,) = (venv / "lib").glob("python3*/site-packages")
     deps = next(p for p in map(Path, sys.path) if p.name == "site-packages" and (p / "kfp").is_dir())
     (site / "zz-edgeloop-test-deps.pth").write_text(f"{deps}\n")
@@ -57,6 +58,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         ],
         check=True,
         capture_output=True,
+        timeout=300,
     )
     return wheel, venv
 
@@ -101,6 +103,7 @@ def test_the_installed_package_works_from_any_directory(installed, tmp_path):
         cwd=tmp_path,
         capture_output=True,
         text=True,
+        timeout=120,
     )
     assert probe.returncode == 0 and probe.stdout.startswith(str(venv)), probe.stdout + probe.stderr
 

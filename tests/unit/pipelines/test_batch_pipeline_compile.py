@@ -32,7 +32,7 @@ def test_compile_is_independent_of_environment(tmp_path):
         "from pathlib import Path; from edgeloop.pipelines.batch_pipeline import compile_batch_pipeline; "
         f"compile_batch_pipeline(Path({str(out)!r}))"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT)
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT, timeout=300)
     text = out.read_text()
     assert text == COMPILED.read_text()
     for leak in (str(ROOT), str(Path.home()), "127.0.0.1", "example.invalid"):

@@ -46,6 +46,7 @@ def test_compile_is_independent_of_environment(tmp_path):
         check=True,
         env=env,
         cwd=ROOT,
+        timeout=300,
     )
     text = out.read_text()
     assert text == COMPILED.read_text()

@@ -11,6 +11,7 @@ import pytest
 
 from edgeloop.serving.batching import DirectRunner, DynamicBatcher
 from edgeloop.serving.errors import OverloadedError
+from edgeloop.testing.waits import join
 
 
 def slow_double(delay: float = 0.02):
@@ -249,7 +250,7 @@ def test_pin_thread_moves_only_the_calling_thread():
 
     t = threading.Thread(target=body)
     t.start()
-    t.join()
+    join(t, 30, "the thread that pins itself")
     assert seen == [{cpus[-1]}]
     assert sorted(os.sched_getaffinity(0)) == cpus
 

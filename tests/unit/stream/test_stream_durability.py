@@ -14,6 +14,7 @@ from edgeloop.stream.ledger import RunLedger
 from edgeloop.stream.publisher import MqttPublisher, Outbox
 from edgeloop.stream.stats import SourceStats, StreamMetrics
 from edgeloop.testing.stack import closed_port
+from edgeloop.testing.waits import wait_until
 
 TOPIC = "edgeloop/results/line1/cam"
 
@@ -65,9 +66,12 @@ def test_a_failing_publisher_thread_is_restarted_and_loses_nothing(tmp_path, mon
     monkeypatch.setattr(pub.outbox, "add", flaky_add)
     pub.start()
     pub.submit("cam", TOPIC, b'{"n": 1}')
-    deadline = time.monotonic() + 5
-    while pub.outbox_depth < 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(
+        lambda: pub.outbox_depth >= 1,
+        30,
+        f"the restarted publisher thread to keep the first result in the outbox {tmp_path / 'outbox'}",
+        step_s=0.02,
+    )
     pub.submit("cam", TOPIC, b'{"n": 2}')  # the restarted thread takes new results too
     pub.close(flush_timeout_s=0.3)
     assert pub.restarts == 1

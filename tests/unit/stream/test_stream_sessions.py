@@ -11,6 +11,7 @@ from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
 from edgeloop.stream.predictors import OnnxPredictor
 from edgeloop.testing.media import random_frames
 from edgeloop.testing.models import build_tiny_model_dir
+from edgeloop.testing.waits import join
 
 
 def test_each_worker_thread_gets_its_own_session_and_the_bare_answers(tmp_path):
@@ -33,7 +34,7 @@ def test_each_worker_thread_gets_its_own_session_and_the_bare_answers(tmp_path):
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        join(t, 120, "a worker thread's three predictions")
     assert len(set(used.values())) == 2  # two threads, two sessions
     for probs in got.values():
         np.testing.assert_allclose(probs, want, atol=1e-5)
