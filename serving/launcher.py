@@ -224,7 +224,10 @@ def _wait_ready(
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError):
             pass
         time.sleep(0.05)
-    raise ServerStartError(f"the model server was not ready after {timeout_s:.0f}s:\n{_tail(log_path)}")
+    raise ServerStartError(
+        f"the model server was not ready after {timeout_s:.0f}s (waited for 200 from {url} and gRPC on "
+        f"127.0.0.1:{grpc_port}); its log {log_path}:\n{_tail(log_path)}"
+    )
 
 
 def _port_open(port: int) -> bool:
