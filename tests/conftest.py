@@ -45,16 +45,12 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
 
     Set EDGELOOP_TEST_STATE_DIR to reuse a stack you already started (it is then left running).
     """
-    from edgeloop.local.stack import Stack
+    from edgeloop.testing.stack import running_stack
 
     reuse = os.environ.get("EDGELOOP_TEST_STATE_DIR")
     state_dir = Path(reuse) if reuse else tmp_path_factory.mktemp("edgeloop-state")
-    settings = load_settings(state_dir=state_dir)
-    stack = Stack(settings)
-    stack.up(progress=lambda m: print(f"[stack] {m}"))
-    yield settings
-    if not reuse:
-        stack.down(progress=lambda m: print(f"[stack] {m}"))
+    with running_stack(load_settings(state_dir=state_dir), "stack", keep=bool(reuse)) as settings:
+        yield settings
 
 
 @pytest.fixture(scope="session")

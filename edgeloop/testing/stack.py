@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from edgeloop.core.config import Settings, load_settings
@@ -37,3 +39,18 @@ def _mlflow_account(stack: Settings) -> dict[str, str | None]:
     """The stack's MLflow, as the same account ``stack`` uses (the local MLflow refuses anonymous clients)."""
     user, password = stack.mlflow_credentials() or (None, None)
     return {"tracking_uri": stack.mlflow_tracking_uri(), "username": user, "password": password}
+
+
+@contextlib.contextmanager
+def running_stack(settings: Settings, label: str, keep: bool = False) -> Iterator[Settings]:
+    """The local stack of ``settings`` up for the block and down after it, also when starting it fails
+    half way (a service that did not get ready must not outlive the test run); ``keep``: leave it running."""
+    from edgeloop.local.stack import Stack
+
+    stack = Stack(settings)
+    try:
+        stack.up(progress=lambda m: print(f"[{label}] {m}"))
+        yield settings
+    finally:
+        if not keep:
+            stack.down(progress=lambda m: print(f"[{label}] {m}"))

@@ -21,13 +21,12 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A stack (Azurite, MLflow, Label Studio, Mosquitto) of the fault tests alone."""
-    from edgeloop.local.stack import Stack
+    from edgeloop.testing.stack import running_stack
 
-    settings = load_settings(state_dir=tmp_path_factory.mktemp("fault-stack"))
-    stack = Stack(settings)
-    stack.up(progress=lambda m: print(f"[fault stack] {m}"))
-    yield settings
-    stack.down(progress=lambda m: print(f"[fault stack] {m}"))
+    with running_stack(
+        load_settings(state_dir=tmp_path_factory.mktemp("fault-stack")), "fault stack"
+    ) as settings:
+        yield settings
 
 
 @pytest.fixture(scope="session")

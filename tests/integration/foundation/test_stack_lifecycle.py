@@ -75,3 +75,17 @@ def test_cli_help_explains_itself():
         [sys.executable, "-m", "edgeloop.cli", "stack", "--help"], capture_output=True, text=True, timeout=120
     ).stdout
     assert "Azurite" in out and "EDGELOOP_STACK__PORTS__" in out
+
+
+def test_a_test_stack_that_fails_to_get_ready_leaves_no_process(tmp_path):
+    """The tests' stack fixture: services started before the failure are stopped, not left running."""
+    from edgeloop.core.config import load_settings
+    from edgeloop.local.stack import Stack
+    from edgeloop.testing.stack import running_stack
+
+    settings = load_settings(state_dir=tmp_path / "state", stack={"ready_timeout_s": 0.2})
+    with pytest.raises(Exception, match="not ready after"), running_stack(settings, "doomed stack"):
+        pass
+    state = json.loads((tmp_path / "state" / "stack" / "state.json").read_text())
+    assert _pids_alive(state["pids"].values()) == []
+    assert {s.state for s in Stack(settings).status()} == {"stopped"}
