@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ARCHS = ("mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "efficientnet_b0")
+#: torchvision detectors for a detection dataset (`--detector` of the torchrun entry point).
+DETECTORS = ("fasterrcnn_mobilenet_v3_large_320_fpn", "ssdlite320_mobilenet_v3_large")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,21 @@ class TrainingDefaults:
 
 
 TRAINING = TrainingDefaults()
+
+
+@dataclass(frozen=True)
+class DetectionDefaults:
+    """What a detection dataset trains with when nobody says otherwise (the torchrun entry point's
+    ``--detector``, ``--det-*`` flags); the size is the detection sample's (192 px)."""
+
+    detector: str = DETECTORS[0]
+    size: int = 192
+    epochs: int = 12
+    batch_size: int = 8  # per process
+    lr: float = 1e-3  # peak of the one-cycle schedule (AdamW)
+
+
+DETECTION = DetectionDefaults()
 
 # Share of the labeled images in train / val / test. The split of an image is a function of its
 # content hash and these fractions (edgeloop.components.dataset.assign_split): keep them fixed for a

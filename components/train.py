@@ -219,7 +219,11 @@ def _share(text: str) -> float:
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="edgeloop DDP image-classifier training", add_help=add_help)
+    p = argparse.ArgumentParser(
+        description="edgeloop DDP image-classifier training (a detection dataset as --data trains a detector: "
+        "--data DIR --help lists its flags)",
+        add_help=add_help,
+    )
     p.add_argument("--data", required=True, type=Path, help="dataset directory (edgeloop dataset build)")
     p.add_argument("--out", required=True, type=Path, help="output directory (checkpoints, model.pt)")
     d = TRAINING
@@ -333,15 +337,21 @@ def _mlflow(args: argparse.Namespace, rank: int):
     return mlflow, run
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
+def start_run(args: argparse.Namespace):
+    """What every training run starts with: (start time, rank, world size, device, the dataset's info)."""
     from edgeloop.components.dataset import DatasetInfo
-    from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
 
     t0 = time.perf_counter()
     make_deterministic()
     rank, world, device = init_distributed(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    info = DatasetInfo.load(args.data)
+    return t0, rank, world, device, DatasetInfo.load(args.data)
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
+
+    t0, rank, world, device, info = start_run(args)
     classes = info.classes
     preprocess_cfg = PreprocessConfig(size=args.size)
     preprocess = Preprocess(preprocess_cfg)
@@ -631,5 +641,29 @@ def _evaluate_local(model, loader, device, num_classes):
     }
 
 
+def dataset_task(directory: Path) -> str:
+    """``classification`` or ``detection``: what the dataset in ``directory`` holds (its dataset.json)."""
+    from edgeloop.components.dataset import INFO_FILE
+
+    try:
+        return str(json.loads((Path(directory) / INFO_FILE).read_text()).get("task", "classification"))
+    except (OSError, ValueError):
+        return "classification"  # main() names what is wrong with the directory
+
+
+def entry(argv: list[str] | None = None) -> dict[str, Any]:
+    """The torchrun entry point: a detection dataset (``--data``) trains a detector
+    (:mod:`edgeloop.components.train_detection`, its own flags), any other a classifier."""
+    argv = sys.argv[1:] if argv is None else argv
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--data", type=Path)
+    known, _ = peek.parse_known_args(argv)
+    if known.data is not None and dataset_task(known.data) == "detection":
+        from edgeloop.components import train_detection
+
+        return train_detection.main(train_detection.get_args_parser().parse_args(argv))
+    return main(get_args_parser().parse_args(argv))
+
+
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    entry()

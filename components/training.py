@@ -99,6 +99,21 @@ class TrainResult:
         return asdict(self)
 
 
+def torchrun_prefix(nproc_per_node: int = TRAINING.nproc_per_node) -> list[str]:
+    """``torchrun --standalone --nproc-per-node N -m edgeloop.components.train``, with this interpreter:
+    the training entry point's flags follow."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(nproc_per_node),
+        "-m",
+        "edgeloop.components.train",
+    ]
+
+
 def torchrun_command(
     dataset_dir: Path,
     out_dir: Path,
@@ -113,14 +128,7 @@ def torchrun_command(
     progress: bool = True,
 ) -> list[str]:
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        str(nproc_per_node),
-        "-m",
-        "edgeloop.components.train",
+        *torchrun_prefix(nproc_per_node),
         "--data",
         str(dataset_dir),
         "--out",

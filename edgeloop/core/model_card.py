@@ -24,6 +24,9 @@ MODEL_FILE = "model.onnx"
 INPUT_NAME = "images"
 PROBS_OUTPUT = "probabilities"
 EMBEDDING_OUTPUT = "embedding"
+#: What a detection model's graph gives: boxes [N, 4] (x0, y0, x1, y1, model pixels), scores [N], labels [N].
+DETECTION_OUTPUTS = ("boxes", "scores", "labels")
+CLASSIFICATION, DETECTION = "classification", "detection"
 
 
 class Precision(str, Enum):
@@ -34,6 +37,7 @@ class Precision(str, Enum):
 class ModelCard(BaseModel):
     name: str
     version: str | None = None
+    task: str = CLASSIFICATION  # or DETECTION (labels are then the box classes, 1-based in the graph)
     architecture: str
     labels: list[str]
     preprocessing: PreprocessConfig = Field(default_factory=PreprocessConfig)

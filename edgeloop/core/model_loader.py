@@ -49,6 +49,7 @@ from edgeloop.core.errors import (
     ModelSessionError,
 )
 from edgeloop.core.model_card import (
+    CLASSIFICATION,
     MODEL_CARD_FILE,
     MODEL_FILE,
     ModelCard,
@@ -573,6 +574,11 @@ def open_model(
     that cannot be opened.
     """
     verified = verify_model(directory, expected_digest=expected_digest)
+    if verified.card.task != CLASSIFICATION:
+        raise InvalidModelError(
+            f"the model in {verified.directory} is a {verified.card.task} model: serving, streams and batch "
+            "scoring take classification models only so far"
+        )
     try:
         n, each = session_layout(settings or OrtSettings(), max(1, sessions))
         opened = [open_session(verified.session_source(), each) for _ in range(n)]
