@@ -1,14 +1,14 @@
 """How well and how fast does a detector learn the seeded defects? COCO metrics on held-out images.
 
 Generates a seeded detection sample (``edgeloop data generate --task detection``), builds its dataset
-(split 0.5 / 0.1 / 0.4, so that at least 200 images are held out at the default 500), trains through
+(split 0.5 / 0.1 / 0.4, so that at least 200 images are held out at the default 520), trains through
 the DDP entry point (``torchrun -m edgeloop.components.train``, 2 processes) and records the COCO
 metrics of the best epoch on val and test (mAP@0.5 with its bootstrap interval, mAP@0.5:0.95, AP per
 class, recall at the operating threshold), every epoch's validation mAP, the wall time and the CPU.
 No services: the images go from disk straight into the dataset build.
 
-    .venv/bin/python -m benchmarks.detection_train [--images 500] [--size 128] [--epochs 12]
-        [--detector fasterrcnn_mobilenet_v3_large_320_fpn] [--lr 1e-3] [--batch-size 8]
+    .venv/bin/python -m benchmarks.detection_train [--images 520] [--size 192] [--epochs 15]
+        [--detector fasterrcnn_tiny_fpn] [--lr 2e-3] [--batch-size 4]
 
 Writes benchmarks/results/detection_train.json (one entry per configuration, appended) and
 detection_train.png (validation mAP@0.5 per epoch of every recorded run).
@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from edgeloop.components.training import torchrun_prefix
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=500)
-    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--images", type=int, default=520)
+    ap.add_argument("--size", type=int, default=DETECTION.size)
     ap.add_argument("--epochs", type=int, default=DETECTION.epochs)
     ap.add_argument("--detector", choices=DETECTORS, default=DETECTION.detector)
     ap.add_argument("--lr", type=float, default=DETECTION.lr)

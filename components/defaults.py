@@ -14,8 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ARCHS = ("mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "efficientnet_b0")
-#: torchvision detectors for a detection dataset (`--detector` of the torchrun entry point).
-DETECTORS = ("fasterrcnn_mobilenet_v3_large_320_fpn", "ssdlite320_mobilenet_v3_large")
+#: Detectors for a detection dataset (`--detector` of the torchrun entry point): torchvision's Faster
+#: R-CNN on a small GroupNorm backbone sized for defects of 5-50 px (edgeloop.components.detection),
+#: or two of torchvision's stock mobile detectors.
+DETECTORS = ("fasterrcnn_tiny_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn", "ssdlite320_mobilenet_v3_large")
 
 
 @dataclass(frozen=True)
@@ -63,13 +65,20 @@ TRAINING = TrainingDefaults()
 @dataclass(frozen=True)
 class DetectionDefaults:
     """What a detection dataset trains with when nobody says otherwise (the torchrun entry point's
-    ``--detector``, ``--det-*`` flags); the size is the detection sample's (192 px)."""
+    ``--detector`` and other flags); the size is the detection sample's (192 px).
+
+    Measured on the seeded sample (500 images at 192 px, split 0.5 / 0.1 / 0.4) on 2 shared CPU
+    cores: fasterrcnn_tiny_fpn, 15 epochs at batch 8 in one process (13-14 s an epoch), reached
+    test mAP@0.5 0.92 (95 % CI 0.88-0.97, n=200), mAP@0.5:0.95 0.68, recall at 0.5 0.96.
+    fasterrcnn_mobilenet_v3_large_320_fpn (random init, anchors from 32 px on its stride-16/32 maps)
+    reached 0.05 after 12 epochs at ~50 s an epoch: defects of 5-50 px are too small for it.
+    """
 
     detector: str = DETECTORS[0]
     size: int = 192
-    epochs: int = 12
-    batch_size: int = 8  # per process
-    lr: float = 1e-3  # peak of the one-cycle schedule (AdamW)
+    epochs: int = 15
+    batch_size: int = 4  # per process: 2 processes step as often as one at 8
+    lr: float = 2e-3  # peak of the one-cycle schedule (AdamW), stepped every batch
 
 
 DETECTION = DetectionDefaults()

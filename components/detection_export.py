@@ -10,6 +10,7 @@ above the operating threshold as torch on the validation images, boxes within ``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,7 @@ def package_detector(
 
     from edgeloop.components.dataset import load_rows
     from edgeloop.components.detection import BoxDataset, build_detector
-    from edgeloop.core.model_card import DETECTION, DETECTION_OUTPUTS, MODEL_FILE, ModelCard
+    from edgeloop.core.model_card import DETECTION, MODEL_FILE
     from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
 
     meta = torch.load(model_file, map_location="cpu", weights_only=True)
@@ -151,25 +152,54 @@ def package_detector(
     parity = check_detection_parity(
         model, session, [val[i][0] for i in range(len(val))], score_threshold, box_tol
     )
-    card = ModelCard(
+    parity_record = {
+        "agreement": parity.agreement,
+        "max_box_diff": parity.max_box_diff,
+        "max_score_diff": parity.max_score_diff,
+        "images": float(parity.images),
+        "score_threshold": score_threshold,
+    }
+    card = detector_card(
+        name,
+        meta["arch"],
+        meta["classes"],
+        preprocess,
+        meta.get("metrics"),
+        parity_record,
+        meta.get("dataset_version"),
+    )
+    return write_card(card, out_dir)
+
+
+def detector_card(
+    name: str,
+    arch: str,
+    classes: Sequence[str],
+    preprocess: Any,
+    metrics: dict[str, float] | None = None,
+    parity: dict[str, float] | None = None,
+    dataset_version: str | None = None,
+) -> Any:
+    """The model card of an exported detector (task detection, outputs boxes / scores / labels)."""
+    from edgeloop.core.model_card import DETECTION, DETECTION_OUTPUTS, ModelCard
+
+    return ModelCard(
         name=name,
         task=DETECTION,
-        architecture=meta["arch"],
-        labels=list(meta["classes"]),
+        architecture=arch,
+        labels=list(classes),
         preprocessing=preprocess,
         input_name=INPUT,
         outputs=list(DETECTION_OUTPUTS),
         # an interval over one image is not a number: left out, not written as null
-        metrics={k: float(v) for k, v in (meta.get("metrics") or {}).items() if np.isfinite(v)},
-        parity={
-            "agreement": parity.agreement,
-            "max_box_diff": parity.max_box_diff,
-            "max_score_diff": parity.max_score_diff,
-            "images": float(parity.images),
-            "score_threshold": score_threshold,
-        },
-        dataset_version=meta.get("dataset_version"),
+        metrics={k: float(v) for k, v in (metrics or {}).items() if np.isfinite(v)},
+        parity=parity or {},
+        dataset_version=dataset_version,
     )
+
+
+def write_card(card: Any, out_dir: Path) -> Any:
+    """``card`` with the sha256 of every file in ``out_dir``, saved there."""
     card = card.with_digests(out_dir)
     card.save(out_dir)
     return card

@@ -135,7 +135,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         )
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=1, pct_start=0.15
+        optimizer, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=max(1, len(loader)), pct_start=0.1
     )
     machine = machine_info()
     tracker = _mlflow(args, rank)
@@ -172,8 +172,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     best_state: dict[str, torch.Tensor] | None = None
     for epoch in range(args.epochs):
         sampler.set_epoch(epoch)
-        loss = train_one_epoch(ddp, loader, optimizer, device)
-        scheduler.step()
+        loss = train_one_epoch(ddp, loader, optimizer, device, scheduler)
         loss = all_sum([loss], device)[0] / world
         row = {"epoch": epoch, "train_loss": round(loss, 5)}
         if rank == 0 and val_ds is not None and len(val_ds):

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from edgeloop.serving import detection
+
 INPUT = "images"
 
 
@@ -38,6 +40,8 @@ class Prediction:
     embedding: np.ndarray | None  # float32 [N, D] when asked for
     model_name: str
     model_version: str
+    # a detection model's answer: per image, its detections (label, score, x, y, width, height)
+    detections: list[list[dict[str, Any]]] | None = None
 
 
 class ClientError(RuntimeError):
@@ -152,19 +156,36 @@ def _prediction(name: str, version: str, outputs: dict[str, tuple[str, list[int]
     def arr(key: str) -> np.ndarray | None:
         if key not in outputs:
             return None
-        dtype, shape, data = outputs[key]
+        datatype, shape, data = outputs[key]
+        dtype = np.int32 if datatype == "INT32" else np.float32
         if isinstance(data, bytes | bytearray | memoryview):
-            return np.frombuffer(data, dtype=np.float32).reshape(shape)
-        return np.asarray(data, dtype=np.float32).reshape(shape)
+            return np.frombuffer(data, dtype=dtype).reshape(shape)
+        return np.asarray(data, dtype=dtype).reshape(shape)
 
-    label = outputs.get("label")
-    labels: list[str] = []
-    if label is not None:
-        data = label[2]
-        labels = _split_bytes(bytes(data)) if isinstance(data, bytes | bytearray | memoryview) else list(data)
+    def strings(key: str) -> list[str]:
+        if key not in outputs:
+            return []
+        data = outputs[key][2]
+        return _split_bytes(bytes(data)) if isinstance(data, bytes | bytearray | memoryview) else list(data)
+
     probs = arr("probabilities")
+    count = arr(detection.COUNT)
+    found = None
+    if count is not None and all(k in outputs for k in (detection.BOXES, detection.SCORES, detection.LABELS)):
+        boxes, scores = arr(detection.BOXES), arr(detection.SCORES)
+        found = detection.Detections(
+            boxes if boxes is not None else np.empty((0, 4), np.float32),
+            scores if scores is not None else np.empty(0, np.float32),
+            np.array([s.encode() for s in strings(detection.LABELS)], dtype=object),
+            count,
+        ).per_image()
     return Prediction(
-        labels, probs if probs is not None else np.empty((0, 0), np.float32), arr("embedding"), name, version
+        strings("label"),
+        probs if probs is not None else np.empty((0, 0), np.float32),
+        arr("embedding"),
+        name,
+        version,
+        found,
     )
 
 
@@ -390,6 +411,8 @@ def grpc_response(resp: Any) -> Prediction:
             data: Any = raws[i]
         elif o.datatype == "BYTES":
             data = [b.decode() for b in o.contents.bytes_contents]
+        elif o.datatype == "INT32":
+            data = list(o.contents.int_contents)
         else:
             data = list(o.contents.fp32_contents)
         outputs[o.name] = (o.datatype, list(o.shape), data)

@@ -233,14 +233,24 @@ def _b64(text: str, name: str) -> bytes:
 class ModelInput:
     """One request's images for the batcher: uint8 NHWC frames at model size (normalised by the
     runner thread, for the whole batch at once, off the event loop), or a normalised float32
-    NCHW tensor the client sent."""
+    NCHW tensor the client sent. ``sources``: each image's (width, height) as it was sent (a
+    detector's boxes are answered in those pixels); None: the model's size."""
 
-    __slots__ = ("_x", "frames", "pre")
+    __slots__ = ("_x", "frames", "pre", "sources")
 
-    def __init__(self, x: np.ndarray | None, frames: np.ndarray | None, pre: Preprocess | None = None):
+    def __init__(
+        self,
+        x: np.ndarray | None,
+        frames: np.ndarray | None,
+        pre: Preprocess | None = None,
+        sources: list[tuple[int, int]] | None = None,
+    ):
         if x is None and (frames is None or pre is None):
             raise ValueError("ModelInput needs a tensor, or frames and their preprocessing")
-        self._x, self.frames, self.pre = x, frames, pre
+        self._x, self.frames, self.pre, self.sources = x, frames, pre, sources
+
+    def source_sizes(self, size: int) -> list[tuple[int, int]]:
+        return self.sources if self.sources is not None else [(size, size)] * len(self)
 
     @property
     def x(self) -> np.ndarray:
@@ -259,9 +269,10 @@ class ModelInput:
         return len(self.rows)
 
     def subset(self, rows: list[int]) -> ModelInput:
+        sources = None if self.sources is None else [self.sources[i] for i in rows]
         if self.frames is not None:
-            return ModelInput(None, self.frames[rows], self.pre)
-        return ModelInput(self.x[rows], None)
+            return ModelInput(None, self.frames[rows], self.pre, sources)
+        return ModelInput(self.x[rows], None, sources=sources)
 
 
 def to_model_input(
@@ -285,7 +296,7 @@ def to_model_input(
         frames = np.empty((len(values), s, s, 3), dtype=np.uint8)
         for i, data in enumerate(values):
             frames[i] = pre.resize(_decode(data, i, name))
-        return ModelInput(None, frames, pre)
+        return ModelInput(None, frames, pre, sizes)
     if values.dtype == np.uint8:
         arr = values[None] if values.ndim == 3 else values
         if arr.ndim != 4 or arr.shape[3] != 3 or arr.shape[1] == 0 or arr.shape[2] == 0:
@@ -295,12 +306,13 @@ def to_model_input(
             )
         _check_count(arr.shape[0], max_images)
         _check_budget(arr.shape[0] * arr.shape[1] * arr.shape[2], max_request_pixels, name)
+        sources = [(int(arr.shape[2]), int(arr.shape[1]))] * arr.shape[0]
         if arr.shape[1] != s or arr.shape[2] != s:
             resized = np.empty((arr.shape[0], s, s, 3), dtype=np.uint8)
             for i in range(arr.shape[0]):
                 resized[i] = pre.resize(np.ascontiguousarray(arr[i]))
             arr = resized
-        return ModelInput(None, arr, pre)
+        return ModelInput(None, arr, pre, sources)
     arr = values[None] if values.ndim == 3 else values
     if arr.ndim != 4 or tuple(arr.shape[1:]) != (3, s, s):
         raise ShapeError(

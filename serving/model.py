@@ -4,7 +4,8 @@
 version and sets ``ready`` only at its end. ``preprocess`` turns any accepted request
 (OIP v2 REST/gRPC ``InferRequest`` or a V1 dict) into a normalised batch for the
 version it names; ``predict`` queues it on that version's dynamic batcher;
-``postprocess`` builds the answer (label, probabilities, optional embedding).
+``postprocess`` builds the answer (label, probabilities, optional embedding; for a detection
+model, its boxes, scores, labels and count per image: :mod:`edgeloop.serving.detection`).
 
 A request resolves its version once, at the start, and keeps a reference to it, so
 moving an alias (or loading a new version) never drops a request in flight.
@@ -26,7 +27,7 @@ from kserve import Model
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from edgeloop.core.errors import IntegrityError, InvalidModelError
-from edgeloop.core.model_card import EMBEDDING_OUTPUT, PROBS_OUTPUT, ModelCard
+from edgeloop.core.model_card import DETECTION, DETECTION_OUTPUTS, EMBEDDING_OUTPUT, PROBS_OUTPUT, ModelCard
 from edgeloop.core.model_loader import (
     OrtSettings,
     SessionInfo,
@@ -38,7 +39,7 @@ from edgeloop.core.model_loader import (
     verify_model,
 )
 from edgeloop.core.preprocessing import Preprocess
-from edgeloop.serving import codec, metrics
+from edgeloop.serving import codec, detection, metrics
 from edgeloop.serving.batching import DirectRunner, DynamicBatcher, per_core_cpus
 from edgeloop.serving.errors import (
     ConflictError,
@@ -84,6 +85,10 @@ class LoadedVersion:
     def has_embedding(self) -> bool:
         return EMBEDDING_OUTPUT in self.output_names
 
+    @property
+    def detects(self) -> bool:
+        return self.card.task == DETECTION
+
     sessions: list[Any] = field(default_factory=list)  # one per runner thread (see load_version)
     session_threads: int = 0  # intra-op threads of each session (0: ONNX Runtime's choice)
     _by_thread: ThreadSessions = field(init=False)
@@ -97,6 +102,8 @@ class LoadedVersion:
         Thread-safe, called off the event loop. With several sessions, each runner thread keeps
         one of its own (N single-threaded sessions side by side, instead of one N-threaded one)."""
         session = self._by_thread.get() if self.sessions else self.session
+        if self.detects:
+            return detection.run_padded(session, self.card.input_name, x)
         names = self.output_names if full else self.output_names[:1]
         return session.run(names, {self.card.input_name: x})
 
@@ -152,6 +159,7 @@ class LoadedVersion:
             "precision": self.card.precision.value,
             "load_seconds": round(self.load_seconds, 3),
             "outputs": self.output_names,
+            "task": self.card.task,
             "sessions": max(1, len(self.sessions)),
         }
 
@@ -248,6 +256,11 @@ def _check_io(session: Any, card: ModelCard, name: str) -> list[str]:
             f"{name}: the ONNX model has no input {card.input_name!r} (has {sorted(inputs)})"
         )
     outs = {o.name: o for o in session.get_outputs()}
+    if card.task == DETECTION:
+        missing = [n for n in DETECTION_OUTPUTS if n not in outs]
+        if missing:
+            raise ModelLoadError(f"{name}: the detection model has no {missing} output (has {sorted(outs)})")
+        return list(DETECTION_OUTPUTS)
     if PROBS_OUTPUT not in outs:
         raise ModelLoadError(f"{name}: the ONNX model has no {PROBS_OUTPUT!r} output (has {sorted(outs)})")
     n_classes = outs[PROBS_OUTPUT].shape[-1]
@@ -343,10 +356,11 @@ class Prepared:
     v1: bool = False
     results: list[np.ndarray] | None = None
     route: str = "pinned"  # pinned (the request named it), champion or canary
+    score_threshold: float = detection.SCORE_THRESHOLD  # detection models only
 
 
 class OnnxImageModel(Model):
-    """An image classifier served from ONNX Runtime; one instance per served model name."""
+    """An image classifier or defect detector served from ONNX Runtime; one instance per served model name."""
 
     def __init__(
         self,
@@ -538,6 +552,8 @@ class OnnxImageModel(Model):
 
     def get_output_types(self) -> list[dict]:
         lv = self.versions.resolve(None)
+        if lv.detects:
+            return detection.output_types()
         out = [
             {"name": LABEL_OUTPUT, "datatype": "BYTES", "shape": [-1]},
             {"name": PROBS_OUTPUT, "datatype": "FP32", "shape": [-1, len(lv.card.labels)]},
@@ -596,7 +612,10 @@ class OnnxImageModel(Model):
         model_input = await self._to_model_input(values, inp.name, lv)
         params = _params(payload.parameters)
         wanted = self._outputs(payload.request_outputs, bool(params.get("embedding", False)), lv)
-        return Prepared(lv, model_input, protocol, payload.id, wanted, t0, route=route)
+        threshold = _score_threshold(params, lv)
+        return Prepared(
+            lv, model_input, protocol, payload.id, wanted, t0, route=route, score_threshold=threshold
+        )
 
     async def _prepare_v1(self, body: dict[str, Any], t0: float, headers: dict[str, str] | None) -> Prepared:
         params = body.get("parameters") or {}
@@ -605,6 +624,12 @@ class OnnxImageModel(Model):
         lv, route = self.route(params.get("model_version"), headers)
         values = codec.v1_instances(body)
         model_input = await self._to_model_input(values, "instances", lv)
+        if lv.detects:
+            wanted = list(detection.OUTPUT_NAMES)
+            threshold = _score_threshold(params, lv)
+            return Prepared(
+                lv, model_input, "rest_v1", None, wanted, t0, v1=True, route=route, score_threshold=threshold
+            )
         wanted = [LABEL_OUTPUT, PROBS_OUTPUT] + ([EMBEDDING_OUTPUT] if params.get("embedding") else [])
         if EMBEDDING_OUTPUT in wanted and not lv.has_embedding:
             raise InvalidInputError(f"model {self.name} version {lv.version} has no embedding output")
@@ -622,11 +647,14 @@ class OnnxImageModel(Model):
         return codec.to_model_input(*args)
 
     def _outputs(self, requested: Any, embedding: bool, lv: LoadedVersion) -> list[str]:
+        known = detection.OUTPUT_NAMES if lv.detects else OUTPUT_NAMES
         if requested:
             names = [r.name for r in requested]
-            unknown = [n for n in names if n not in OUTPUT_NAMES]
+            unknown = [n for n in names if n not in known]
             if unknown:
-                raise InvalidInputError(f"unknown outputs {unknown}; this model has {list(OUTPUT_NAMES)}")
+                raise InvalidInputError(f"unknown outputs {unknown}; this model has {list(known)}")
+        elif lv.detects:
+            names = list(detection.OUTPUT_NAMES)
         else:
             names = [LABEL_OUTPUT, PROBS_OUTPUT] + ([EMBEDDING_OUTPUT] if embedding else [])
         if EMBEDDING_OUTPUT in names and not lv.has_embedding:
@@ -656,14 +684,13 @@ class OnnxImageModel(Model):
     ) -> InferResponse | dict:
         lv, res = result.version, result.results
         assert res is not None
+        if lv.detects:
+            return self._postprocess_detections(result, lv, res)
         probs = res[0]
         emb = res[1] if len(res) > 1 else None
         labels = lv.labels[np.argmax(probs, axis=1)]
         n = len(probs)
-        m = {"model": self.name, "version": lv.version, "protocol": result.protocol}
-        metrics.REQUEST_SECONDS.labels(**m).observe(time.perf_counter() - result.t0)
-        metrics.REQUEST_IMAGES.labels(**m).inc(n)
-        metrics.ROUTED.labels(self.name, lv.version, result.route).inc()
+        self._count_request(result, n)
         other = self._comparison(result)
         if self.payload_logger is not None:
             rows = self.payload_logger.sample(n)
@@ -687,6 +714,10 @@ class OnnxImageModel(Model):
             PROBS_OUTPUT: (probs, "FP32"),
             EMBEDDING_OUTPUT: (emb, "FP32"),
         }
+        return self._response(result, tensors)
+
+    def _response(self, result: Prepared, tensors: dict[str, tuple[Any, str]]) -> InferResponse:
+        """The OIP response with the outputs the request asked for, from ``tensors`` (array, datatype)."""
         outs = []
         for name in result.outputs:
             arr, dtype = tensors[name]
@@ -694,9 +725,55 @@ class OnnxImageModel(Model):
         return InferResponse(
             response_id=result.request_id or "",
             model_name=self.name,
-            model_version=lv.version,
+            model_version=result.version.version,
             infer_outputs=outs,
         )
+
+    def _count_request(self, result: Prepared, n: int) -> None:
+        lv = result.version
+        m = {"model": self.name, "version": lv.version, "protocol": result.protocol}
+        metrics.REQUEST_SECONDS.labels(**m).observe(time.perf_counter() - result.t0)
+        metrics.REQUEST_IMAGES.labels(**m).inc(n)
+        metrics.ROUTED.labels(self.name, lv.version, result.route).inc()
+
+    def _postprocess_detections(
+        self, result: Prepared, lv: LoadedVersion, res: list[np.ndarray]
+    ) -> InferResponse | dict:
+        found = detection.outputs(
+            res, result.inputs.source_sizes(lv.size), lv.size, lv.labels, result.score_threshold
+        )
+        n = len(found.count)
+        self._count_request(result, n)
+        # the payload log and shadow / canary comparisons record classifications only so far: counted
+        if self.payload_logger is not None:
+            kept = len(self.payload_logger.sample(n))
+            if kept:
+                metrics.PAYLOAD_LOG.labels("unsupported").inc(kept)
+        other = self._comparison(result)
+        if other is not None:
+            metrics.SHADOW_IMAGES.labels(self.name, other.version, "incompatible").inc(n)
+        if result.v1:
+            preds = [{"count": len(d), "detections": d} for d in found.per_image()]
+            return {"predictions": preds, "model_name": self.name, "model_version": lv.version}
+        return self._response(result, found.tensors())
+
+
+def _score_threshold(params: dict[str, Any], lv: LoadedVersion) -> float:
+    """A detection request's ``score_threshold`` parameter (0-1), or the default."""
+    value = params.get("score_threshold")
+    if value is None:
+        return detection.SCORE_THRESHOLD
+    if not lv.detects:
+        raise InvalidInputError(
+            f"score_threshold is a detection parameter; model version {lv.version} classifies"
+        )
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        threshold = float("nan")
+    if not 0.0 <= threshold <= 1.0:
+        raise InvalidInputError(f"score_threshold must be a number from 0 to 1, got {value!r}")
+    return threshold
 
 
 def _same_input(inputs: codec.ModelInput, lv: LoadedVersion, other: LoadedVersion) -> bool:

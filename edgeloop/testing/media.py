@@ -27,6 +27,14 @@ def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
+def encode_png(frame: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def video_frames(n: int, width: int, height: int, seed: int = 0) -> list[np.ndarray]:
     """``n`` RGB frames: a seeded noisy background with a moving bright square and a frame counter band."""
     rng = np.random.default_rng(seed)

@@ -3,7 +3,8 @@ path's export (``images`` -> ``probabilities`` + ``embedding``) and a model card
 
 * :func:`build_model_dir` - a torch model exported to ONNX (needs torch + torchvision);
 * :func:`build_tiny_model_dir` - a tiny CNN written with ``onnx.helper`` (no torch, milliseconds);
-* :func:`build_linear_model_dir` - mean colour -> linear -> softmax (no torch; weights can be set).
+* :func:`build_linear_model_dir` - mean colour -> linear -> softmax (no torch; weights can be set);
+* :func:`build_detection_model_dir` - a detector with boxes, scores and labels out (needs torch).
 """
 
 from __future__ import annotations
@@ -232,3 +233,32 @@ def pyfunc_predict(model_uri: str, card: ModelCard, images: Sequence[Any]) -> tu
     x = Preprocess(card.preprocessing).batch(list(images))
     probs = np.asarray(mlflow.pyfunc.load_model(model_uri).predict({card.input_name: x})[PROBS_OUTPUT])
     return [card.labels[i] for i in probs.argmax(axis=1)], probs
+
+
+def build_detection_model_dir(
+    out: Path, size: int = 96, seed: int = 0, name: str = "inspection", version: str | None = None
+) -> Path:
+    """A defect detector (fasterrcnn_tiny_fpn, seeded random weights) exported with its
+    post-processing in the graph, and its card: the I/O contract of ``edgeloop`` detection models
+    (``images`` [1,3,S,S] -> ``boxes``, ``scores``, ``labels``). Random weights detect nothing real;
+    the first class's logit is raised so that the graph answers boxes of it with scores above 0.5.
+    Needs torch + torchvision."""
+    import torch
+
+    from edgeloop.components.detection import build_detector
+    from edgeloop.components.detection_export import detector_card, export_detector, write_card
+    from edgeloop.local.sample_data import DEFECT_CLASSES
+
+    torch.manual_seed(seed)
+    model = build_detector("fasterrcnn_tiny_fpn", len(DEFECT_CLASSES), size).eval()
+    with torch.no_grad():
+        cls_score = model.roi_heads.box_predictor.cls_score  # type: ignore[union-attr]
+        assert isinstance(cls_score, torch.nn.Linear)
+        cls_score.weight *= 30.0
+        cls_score.bias[1:] += 2.0
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    export_detector(model, size, out / MODEL_FILE)
+    card = detector_card(name, "fasterrcnn_tiny_fpn", DEFECT_CLASSES, PreprocessConfig(size=size))
+    write_card(card.model_copy(update={"version": version}), out)
+    return out

@@ -96,6 +96,9 @@ def test_a_registered_version_whose_card_was_edited_is_refused(stack_settings, r
     name = f"digest-test-{uuid.uuid4().hex[:8]}"
     uri = stack_settings.mlflow_tracking_uri()
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(
+        stack_settings.mlflow.experiment
+    )  # the pipeline account may not write to MLflow's Default
     client = MlflowClient(uri)
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(directory), artifact_path="model")

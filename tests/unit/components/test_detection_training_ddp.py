@@ -86,12 +86,15 @@ def test_two_processes_train_a_detector_and_write_its_coco_metrics(det_dataset, 
     out = trained
     metrics = json.loads((out / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [0, 1]
-    assert metrics["val_images"] >= 2 and metrics["bn_layers_recalibrated"] > 0
+    assert metrics["val_images"] >= 2
+    assert (
+        metrics["bn_layers_recalibrated"] == 0
+    )  # GroupNorm: the same statistics in training and at inference
     assert 0.0 <= metrics["val_map_50.ci95_low"] <= metrics["val_map_50.ci95_high"] <= 1.0
     assert 0.0 <= metrics["val_map_50"] <= 1.0
     assert set(metrics["val_ap_50"]) == set(json.loads((det_dataset / "dataset.json").read_text())["classes"])
     meta = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
-    assert meta["task"] == "detection" and meta["arch"] == "fasterrcnn_mobilenet_v3_large_320_fpn"
+    assert meta["task"] == "detection" and meta["arch"] == "fasterrcnn_tiny_fpn"
     assert meta["classes"] == json.loads((det_dataset / "dataset.json").read_text())["classes"]
 
 
