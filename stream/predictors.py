@@ -1,4 +1,5 @@
-"""Where frames get classified: in process (ONNX Runtime) or by the model server over gRPC.
+"""Where frames get classified (or their defects detected): in process (ONNX Runtime) or by the
+model server over gRPC.
 
 Both implement :class:`Predictor`: ``predict(uint8 NHWC frames) -> [Prediction]``,
 plus the model's name, version and input size (so readers resize once, on their
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgeloop.core.errors import EdgeloopError
-from edgeloop.core.model_card import PROBS_OUTPUT
+from edgeloop.core.model_card import CLASSIFICATION, DETECTION, PROBS_OUTPUT
 from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,9 @@ class Prediction:
     label: str
     score: float
     probabilities: np.ndarray  # float32 [C], in the order of ``Predictor.labels`` when known
+    # a detection model's answer: the frame's detections (label, score, x, y, width, height) in the
+    # pixels of the frame it was given (the model's input size); None for a classifier
+    detections: list[dict[str, Any]] | None = None
 
 
 class Predictor(Protocol):
@@ -49,6 +53,16 @@ class Predictor(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def _detections(per_image: list[list[dict[str, Any]]]) -> list[Prediction]:
+    """Per frame, the detections; ``label``/``score`` are its most confident one's (``""``/0 when none)."""
+    out = []
+    for dets in per_image:
+        best = max(dets, key=lambda d: d["score"], default=None)
+        label, score = (best["label"], float(best["score"])) if best else ("", 0.0)
+        out.append(Prediction(label, score, np.zeros(0, dtype=np.float32), detections=dets))
+    return out
 
 
 def _predictions(
@@ -78,7 +92,10 @@ class OnnxPredictor:
         from edgeloop.core.model_loader import OrtSettings, ThreadSessions, open_model
 
         model = open_model(
-            model_dir, OrtSettings(providers=["cpu"], intra_op_threads=intra_op_threads), sessions=sessions
+            model_dir,
+            OrtSettings(providers=["cpu"], intra_op_threads=intra_op_threads),
+            sessions=sessions,
+            tasks=(CLASSIFICATION, DETECTION),
         )
         self._sessions = ThreadSessions([model.session, *model.extra_sessions])
         self.card = model.card
@@ -88,6 +105,7 @@ class OnnxPredictor:
         self.preprocess = Preprocess(model.card.preprocessing)
         self.resize_evidence = model.card.stream_resize
         self._input = model.card.input_name
+        self._detects = model.card.task == DETECTION
 
     @property
     def sessions(self) -> int:
@@ -95,6 +113,14 @@ class OnnxPredictor:
 
     def predict(self, frames: np.ndarray) -> list[Prediction]:
         x = self.preprocess.normalize_batch(frames)
+        if self._detects:
+            from edgeloop.serving import detection
+
+            size = self.preprocess.size
+            res = detection.run_padded(self._sessions.get(), self._input, x)
+            names = np.array([lbl.encode() for lbl in self.labels], dtype=object)
+            dets = detection.outputs(res, [(size, size)] * len(x), size, names)
+            return _detections(dets.per_image())
         (probs,) = self._sessions.get().run([PROBS_OUTPUT], {self._input: x})
         return _predictions(np.asarray(probs, dtype=np.float32), self.labels)
 
@@ -176,6 +202,8 @@ class GrpcPredictor:
         except ClientError as e:
             raise PredictorError(f"model server {self.address}: {e}") from e
         self.model_version = pred.model_version or self.model_version
+        if pred.detections is not None:
+            return _detections(pred.detections)
         probs = np.asarray(pred.probabilities, dtype=np.float32)
         return _predictions(probs, self.labels, list(pred.labels) if pred.labels else None)
 

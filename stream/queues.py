@@ -37,6 +37,8 @@ class Frame:
     t_capture: float  # time.monotonic() at the same moment; latency is measured from here
     media_time: float | None = None  # presentation time in the stream, seconds
     meta: dict[str, str] = field(default_factory=dict)
+    # (width, height) of the frame as decoded, before the resize: detection boxes are given in these pixels
+    source_size: tuple[int, int] | None = None
 
 
 class FrameQueue:

@@ -12,7 +12,7 @@ import numpy as np
 from edgeloop.stream.predictors import Prediction
 from edgeloop.stream.queues import Frame
 
-SCHEMA_ID = "edgeloop.stream.result/v2"
+SCHEMA_ID = "edgeloop.stream.result/v3"
 SCHEMA_FILE = "result.schema.json"
 TOP_K = 3
 
@@ -63,14 +63,7 @@ def build_result(
     labels: list[str] | None,
     latency_s: float,
 ) -> dict[str, Any]:
-    probs = pred.probabilities
-    k = min(TOP_K, len(probs))
-    if labels and len(labels) == len(probs) and k:
-        idx = np.argsort(-probs)[:k]
-        top = [{"label": labels[i], "score": _unit(float(probs[i]))} for i in idx]
-    else:
-        top = [{"label": pred.label, "score": _unit(pred.score)}]
-    return {
+    message: dict[str, Any] = {
         "schema": SCHEMA_ID,
         "message_id": message_id(run_id, frame.source, frame.index),
         "run_id": run_id,
@@ -80,10 +73,45 @@ def build_result(
         "frame_time": round(frame.captured_at, 6),
         "media_time": None if frame.media_time is None else round(float(frame.media_time), 6),
         "model": {"name": model_name, "version": model_version},
-        "label": pred.label,
-        "score": _unit(pred.score),
-        "top": top,
-        "latency_ms": round(latency_s * 1e3, 3),
+    }
+    if pred.detections is not None:
+        message.update(_detection_fields(frame, pred.detections))
+    else:
+        message.update(_classification_fields(pred, labels))
+    message["latency_ms"] = round(latency_s * 1e3, 3)
+    return message
+
+
+def _classification_fields(pred: Prediction, labels: list[str] | None) -> dict[str, Any]:
+    probs = pred.probabilities
+    k = min(TOP_K, len(probs))
+    if labels and len(labels) == len(probs) and k:
+        idx = np.argsort(-probs)[:k]
+        top = [{"label": labels[i], "score": _unit(float(probs[i]))} for i in idx]
+    else:
+        top = [{"label": pred.label, "score": _unit(pred.score)}]
+    return {"task": "classification", "label": pred.label, "score": _unit(pred.score), "top": top}
+
+
+def _detection_fields(frame: Frame, detections: list[dict[str, Any]]) -> dict[str, Any]:
+    """The detections, from the pixels of the frame the model saw to those of the frame as decoded."""
+    seen_h, seen_w = frame.image.shape[:2]
+    width, height = frame.source_size or (seen_w, seen_h)
+    sx, sy = width / seen_w, height / seen_h
+    return {
+        "task": "detection",
+        "frame_size": {"width": int(width), "height": int(height)},
+        "detections": [
+            {
+                "label": d["label"],
+                "score": _unit(float(d["score"])),
+                "x": round(float(d["x"]) * sx, 2),
+                "y": round(float(d["y"]) * sy, 2),
+                "width": round(float(d["width"]) * sx, 2),
+                "height": round(float(d["height"]) * sy, 2),
+            }
+            for d in detections
+        ],
     }
 
 

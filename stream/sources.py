@@ -304,10 +304,12 @@ class SourceReader(threading.Thread):
         media_time: float | None,
         decode_s: float,
         resize_s: float | None = None,
+        source_size: tuple[int, int] | None = None,
     ) -> None:
         self.stats.on_decoded(True, decode_s, resize_s)
         self.queue.put(
-            Frame(self.spec.name, index, image, captured_at, t_capture, media_time), self._stop_event
+            Frame(self.spec.name, index, image, captured_at, t_capture, media_time, source_size=source_size),
+            self._stop_event,
         )
 
     # -- video through PyAV ---------------------------------------------------------------
@@ -443,7 +445,16 @@ class SourceReader(threading.Thread):
                     t1 = time.monotonic()
                     image = self.frame_resize(frame)
                     resize_s = time.monotonic() - t1
-                    self._emit(image, index, captured_at, t0, frame.time, decode_share + resize_s, resize_s)
+                    self._emit(
+                        image,
+                        index,
+                        captured_at,
+                        t0,
+                        frame.time,
+                        decode_share + resize_s,
+                        resize_s,
+                        (frame.width, frame.height),
+                    )
         except SourceError:
             raise
         except Exception as e:
@@ -477,6 +488,7 @@ class SourceReader(threading.Thread):
             self._next_index += 1
             try:
                 with Image.open(path) as img:
+                    source_size = img.size
                     image = self.resize(img.convert("RGB"))
             except Exception as e:  # PIL raises many kinds for a bad file
                 self.stats.on_decoded(True)
@@ -484,7 +496,7 @@ class SourceReader(threading.Thread):
                 self.stats.on_error("decode_error", f"{path}: {type(e).__name__}: {e}")
                 log.warning("source %s: cannot read image %s (%s); skipped", self.spec.name, path, e)
                 continue
-            self._emit(image, index, captured_at, t0, media_t, time.monotonic() - t0)
+            self._emit(image, index, captured_at, t0, media_t, time.monotonic() - t0, None, source_size)
 
 
 def _image_files(directory: Path) -> Iterator[Path]:

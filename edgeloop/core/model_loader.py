@@ -565,19 +565,20 @@ def open_model(
     settings: OrtSettings | None = None,
     expected_digest: str | Sequence[str] = (),
     sessions: int = 1,
+    tasks: Sequence[str] = (CLASSIFICATION,),
 ) -> OpenModel:
     """:func:`verify_model`, then :func:`open_session` on the verified bytes (``sessions`` of
     them laid out by :func:`session_layout`).
 
     Raises :class:`IntegrityError` for a model that fails the integrity rule (or a pinned
     ``expected_digest``), :class:`InvalidModelError` (or its :class:`ModelSessionError`) for one
-    that cannot be opened.
+    that cannot be opened or whose card's task is not in ``tasks`` (what the caller can run).
     """
     verified = verify_model(directory, expected_digest=expected_digest)
-    if verified.card.task != CLASSIFICATION:
+    if verified.card.task not in tasks:
         raise InvalidModelError(
-            f"the model in {verified.directory} is a {verified.card.task} model: serving, streams and batch "
-            "scoring take classification models only so far"
+            f"the model in {verified.directory} is a {verified.card.task} model: this step takes "
+            f"{' or '.join(tasks)} models only (the stream and the model server take detection models too)"
         )
     try:
         n, each = session_layout(settings or OrtSettings(), max(1, sessions))

@@ -16,8 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from edgeloop.core.model_card import EMBEDDING_OUTPUT, INPUT_NAME, MODEL_FILE, PROBS_OUTPUT, ModelCard
-from edgeloop.core.preprocessing import PreprocessConfig
+from edgeloop.core.model_card import (
+    EMBEDDING_OUTPUT,
+    INPUT_NAME,
+    MODEL_CARD_FILE,
+    MODEL_FILE,
+    PROBS_OUTPUT,
+    ModelCard,
+)
+from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
 
 LABELS = ["ok", "scratch", "dent", "stain"]
 
@@ -262,3 +269,48 @@ def build_detection_model_dir(
     card = detector_card(name, "fasterrcnn_tiny_fpn", DEFECT_CLASSES, PreprocessConfig(size=size))
     write_card(card.model_copy(update={"version": version}), out)
     return out
+
+
+def reference_detections(
+    model_dir: Path, frames: Sequence[np.ndarray], threshold: float = 0.5
+) -> list[list[tuple[Any, ...]]]:
+    """What a detection model's graph finds on each uint8 HWC frame (resized by the card's
+    preprocessing, as the server and the stream resize), in the frame's own pixels:
+    per frame, (label, score, x, y, width, height) at or above ``threshold``. Needs onnxruntime."""
+    import onnxruntime as ort
+
+    card = ModelCard.model_validate_json((Path(model_dir) / MODEL_CARD_FILE).read_text())
+    session = ort.InferenceSession(str(Path(model_dir) / MODEL_FILE), providers=["CPUExecutionProvider"])
+    pre = Preprocess(card.preprocessing)
+    size = pre.size
+    out = []
+    for f in frames:
+        h, w = f.shape[:2]
+        boxes, scores, labels = session.run(None, {card.input_name: pre.batch([pre.resize(f)])})
+        keep = scores >= threshold
+        b = boxes[keep] * np.array([w / size, h / size, w / size, h / size], dtype=np.float32)
+        out.append(
+            [
+                (card.labels[k - 1], float(s), x0, y0, x1 - x0, y1 - y0)
+                for (x0, y0, x1, y1), s, k in zip(b, scores[keep], labels[keep], strict=True)
+            ]
+        )
+    return out
+
+
+def as_tuples(per_image: Sequence[Sequence[dict[str, Any]]]) -> list[list[tuple[Any, ...]]]:
+    """Detections as dicts (the server's, the stream's) -> the tuples of :func:`reference_detections`."""
+    return [
+        [(d["label"], d["score"], d["x"], d["y"], d["width"], d["height"]) for d in img] for img in per_image
+    ]
+
+
+def assert_same_detections(
+    got: Sequence[Sequence[tuple[Any, ...]]], want: Sequence[Sequence[tuple[Any, ...]]]
+) -> None:
+    """Same detections per image, in order, with scores and coordinates within 0.02 (rounding)."""
+    assert [len(g) for g in got] == [len(w) for w in want], (got, want)
+    for g_img, w_img in zip(got, want, strict=True):
+        for g, w in zip(g_img, w_img, strict=True):
+            assert g[0] == w[0], (g, w)
+            np.testing.assert_allclose(g[1:], w[1:], atol=0.02)

@@ -7,13 +7,16 @@ import base64
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 
-from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
 from edgeloop.serving.launcher import running_server
 from edgeloop.testing.media import encode_png, random_frames
-from edgeloop.testing.models import build_detection_model_dir
+from edgeloop.testing.models import (
+    as_tuples,
+    assert_same_detections,
+    build_detection_model_dir,
+    reference_detections,
+)
 
 SIZE = 96
 CLASSES = ["scratch", "dent", "stain"]
@@ -32,55 +35,22 @@ def det_server(detector_dir):
         yield srv
 
 
-def reference(detector_dir, frames, threshold=0.5):
-    """What the graph finds on each frame (resized as the server resizes), in the frame's pixels."""
-    session = ort.InferenceSession(str(detector_dir / "model.onnx"))
-    pre = Preprocess(PreprocessConfig(size=SIZE))
-    out = []
-    for f in frames:
-        h, w = f.shape[:2]
-        boxes, scores, labels = session.run(None, {"images": pre.batch([pre.resize(f)])})
-        keep = scores >= threshold
-        b = boxes[keep] * np.array([w / SIZE, h / SIZE, w / SIZE, h / SIZE], dtype=np.float32)
-        out.append(
-            [
-                (CLASSES[k - 1], float(s), x0, y0, x1 - x0, y1 - y0)
-                for (x0, y0, x1, y1), s, k in zip(b, scores[keep], labels[keep], strict=True)
-            ]
-        )
-    return out
-
-
-def as_tuples(per_image):
-    return [
-        [(d["label"], d["score"], d["x"], d["y"], d["width"], d["height"]) for d in img] for img in per_image
-    ]
-
-
-def assert_same(got, want):
-    assert [len(g) for g in got] == [len(w) for w in want]
-    for g_img, w_img in zip(got, want, strict=True):
-        for g, w in zip(g_img, w_img, strict=True):
-            assert g[0] == w[0]
-            np.testing.assert_allclose(g[1:], w[1:], atol=0.02)
-
-
 def test_rest_and_grpc_answer_the_graphs_boxes_in_the_pixels_of_the_frames_sent(det_server, detector_dir):
     frames = np.ascontiguousarray(
         random_frames(3, 160, seed=5)[:, :120]
     )  # 160 wide, 120 high: not the model's 96 x 96
-    want = reference(detector_dir, frames)
+    want = reference_detections(detector_dir, frames)
     assert sum(map(len, want)) > 0, "the test detector should find boxes"
     with det_server.rest_client() as r, det_server.grpc_client() as g:
         for pred in (r.infer_frames(frames), g.infer_frames(frames)):
             assert pred.detections is not None and pred.model_version == "1"
-            assert_same(as_tuples(pred.detections), want)
+            assert_same_detections(as_tuples(pred.detections), want)
             assert all(d["x"] >= 0 and d["x"] + d["width"] <= 160.01 for img in pred.detections for d in img)
 
 
 def test_json_v2_gives_flat_tensors_and_a_count_per_image(det_server, detector_dir):
     frames = random_frames(2, SIZE, seed=6)
-    want = reference(detector_dir, frames, threshold=0.9)
+    want = reference_detections(detector_dir, frames, threshold=0.9)
     body = {
         "inputs": [
             {
@@ -104,13 +74,13 @@ def test_json_v2_gives_flat_tensors_and_a_count_per_image(det_server, detector_d
 
 def test_v1_json_form_lists_each_images_detections(det_server, detector_dir):
     frames = random_frames(2, 128, seed=7)
-    want = reference(detector_dir, frames)
+    want = reference_detections(detector_dir, frames)
     body = {"instances": [{"b64": base64.b64encode(encode_png(f)).decode()} for f in frames]}
     r = httpx.post(f"{det_server.rest_url}/v1/models/inspection:predict", json=body, timeout=30)
     assert r.status_code == 200, r.text
     preds = r.json()["predictions"]
     assert [p["count"] for p in preds] == [len(w) for w in want]
-    assert_same(as_tuples([p["detections"] for p in preds]), want)
+    assert_same_detections(as_tuples([p["detections"] for p in preds]), want)
 
 
 def test_metadata_names_the_detection_outputs(det_server):

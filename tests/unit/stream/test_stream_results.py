@@ -70,6 +70,72 @@ def test_schema_rejects_broken_results(breaks):
         jsonschema.validate(result, result_schema())
 
 
+def _detection_result(detections, source_size=(640, 480)):
+    frame = Frame(
+        "cam-1", 7, np.zeros((96, 96, 3), np.uint8), time.time(), time.monotonic(), source_size=source_size
+    )
+    best = max(detections, key=lambda d: d["score"], default=None)
+    pred = Prediction(
+        best["label"] if best else "", best["score"] if best else 0.0, np.zeros(0, np.float32), detections
+    )
+    return build_result(
+        frame,
+        pred,
+        run_id="0123456789abcdef",
+        line="line1",
+        model_name="tags",
+        model_version="2",
+        labels=["scratch", "dent", "stain"],
+        latency_s=0.01,
+    )
+
+
+def test_detection_result_gives_boxes_in_source_frame_pixels():
+    seen = [{"label": "dent", "score": 0.91, "x": 12.0, "y": 48.0, "width": 24.0, "height": 6.0}]
+    result = _detection_result(seen)
+    jsonschema.validate(json.loads(encode(result)), result_schema())
+    assert result["task"] == "detection" and result["frame_size"] == {"width": 640, "height": 480}
+    # 96 px model input -> 640 x 480: x scaled by 640/96, y by 480/96
+    assert result["detections"] == [
+        {"label": "dent", "score": 0.91, "x": 80.0, "y": 240.0, "width": 160.0, "height": 30.0}
+    ]
+    assert "label" not in result and "top" not in result
+
+
+def test_a_frame_without_defects_is_a_valid_detection_result_with_none():
+    result = _detection_result([], source_size=None)
+    jsonschema.validate(result, result_schema())
+    assert result["detections"] == [] and result["frame_size"] == {"width": 96, "height": 96}
+
+
+@pytest.mark.parametrize(
+    "breaks",
+    [
+        lambda r: r.pop("detections"),
+        lambda r: r.update(label="dent"),
+        lambda r: r["detections"].append(
+            {"label": "dent", "score": 0.5, "x": 1, "y": 1, "width": -2, "height": 1}
+        ),
+        lambda r: r["detections"][0].pop("x"),
+        lambda r: r.update(task="segmentation"),
+    ],
+)
+def test_schema_rejects_broken_detection_results(breaks):
+    result = _detection_result(
+        [{"label": "dent", "score": 0.9, "x": 1.0, "y": 2.0, "width": 3.0, "height": 4.0}]
+    )
+    breaks(result)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(result, result_schema())
+
+
+def test_a_classification_result_cannot_carry_detections():
+    result = _result()
+    result["detections"] = []
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(result, result_schema())
+
+
 def test_topic():
     assert topic_for("edgeloop/results/", "line1", "cam-1") == "edgeloop/results/line1/cam-1"
 
