@@ -14,6 +14,7 @@ import time
 
 BENCHMARKS = {
     "serving": "benchmarks.serving_bench",
+    "detection-serving": "benchmarks.detection_serving",
     "stream": "benchmarks.stream_bench",
     "training": "benchmarks.training_steps",
     "batch": "benchmarks.batch_bench",

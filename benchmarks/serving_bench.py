@@ -42,8 +42,17 @@ CONNECTIONS = 16
 
 
 # ----------------------------------------------------------------------------- bare ONNX Runtime
-def bare_ort(model_dir: Path, size: int, batch: int, sessions: int, seconds: float) -> dict:
-    """Images/s of back-to-back runs: ``sessions`` sessions side by side, each with cores/sessions threads."""
+def bare_ort(
+    model_dir: Path,
+    size: int,
+    batch: int,
+    sessions: int,
+    seconds: float,
+    outputs: list[str] | None = None,
+) -> dict:
+    """Images/s of back-to-back runs: ``sessions`` sessions side by side, each with cores/sessions
+    threads. ``outputs``: the graph outputs fetched (default ``probabilities``; None of a detection
+    graph's three is skipped: its post-processing is part of the work)."""
     import onnxruntime as ort
 
     from edgeloop.core.model_loader import OrtSettings, available_cpus
@@ -57,9 +66,10 @@ def bare_ort(model_dir: Path, size: int, batch: int, sessions: int, seconds: flo
         for _ in range(sessions)
     ]
     x = np.random.default_rng(0).normal(size=(batch, 3, size, size)).astype(np.float32)
+    names = outputs or ["probabilities"]
     for s in sess:
         for _ in range(3):
-            s.run(["probabilities"], {"images": x})
+            s.run(names, {"images": x})
     counts = [0] * sessions
     times: list[float] = []
     stop = time.perf_counter() + seconds
@@ -67,7 +77,7 @@ def bare_ort(model_dir: Path, size: int, batch: int, sessions: int, seconds: flo
     def loop(i: int) -> None:
         while time.perf_counter() < stop:
             t = time.perf_counter()
-            sess[i].run(["probabilities"], {"images": x})
+            sess[i].run(names, {"images": x})
             times.append(time.perf_counter() - t)
             counts[i] += batch
 
