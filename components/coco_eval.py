@@ -97,6 +97,15 @@ def _coco_eval(gt_doc: dict, results: list[dict], iou_thresholds: Sequence[float
     return ev
 
 
+def _map50(
+    truth: Sequence[Sequence[Box]],
+    predicted: Sequence[Sequence[Detection]],
+    classes: Sequence[str],
+    order: list[int],
+) -> float:
+    return max(0.0, float(_coco_eval(*_documents(truth, predicted, classes, order)).stats[1]))
+
+
 def _mean_valid(a: np.ndarray) -> float:
     valid = a[a > -1]
     return float(valid.mean()) if valid.size else 0.0
@@ -143,8 +152,65 @@ def evaluate_detections(
         draws = []
         for _ in range(bootstrap):
             sample = rng.integers(0, len(truth), len(truth)).tolist()
-            draws.append(max(0.0, float(_coco_eval(*_documents(truth, predicted, classes, sample)).stats[1])))
+            draws.append(_map50(truth, predicted, classes, sample))
         low, high = np.percentile(draws, [2.5, 97.5])
         metrics.map_50_ci95 = (round(float(low), 4), round(float(high), 4))
         metrics.bootstrap = bootstrap
     return metrics
+
+
+def iou(a: Box, b: Box) -> float:
+    w = min(a.x + a.w, b.x + b.w) - max(a.x, b.x)
+    h = min(a.y + a.h, b.y + b.h) - max(a.y, b.y)
+    inter = max(0.0, w) * max(0.0, h)
+    union = a.w * a.h + b.w * b.h - inter
+    return inter / union if union > 0 else 0.0
+
+
+def image_correct(
+    truth: Sequence[Box],
+    predicted: Sequence[Detection],
+    score_threshold: float = OPERATING_THRESHOLD,
+    iou_threshold: float = 0.5,
+) -> bool:
+    """Would the line act rightly on this image: every defect found (a detection of its class at or
+    above the threshold, IoU >= ``iou_threshold``, each used once, best scores first) and no
+    detection above the threshold left over (a false alarm)."""
+    kept = sorted((d for d in predicted if d.score >= score_threshold), key=lambda d: -d.score)
+    unmatched = list(truth)
+    for d in kept:
+        best = max(
+            (b for b in unmatched if b.label == d.box.label),
+            key=lambda b: iou(b, d.box),
+            default=None,
+        )
+        if best is None or iou(best, d.box) < iou_threshold:
+            return False
+        unmatched.remove(best)
+    return not unmatched
+
+
+def paired_map_difference(
+    truth: Sequence[Sequence[Box]],
+    candidate: Sequence[Sequence[Detection]],
+    champion: Sequence[Sequence[Detection]],
+    classes: Sequence[str],
+    *,
+    bootstrap: int = 200,
+    seed: int = 0,
+) -> tuple[float, tuple[float, float]]:
+    """Candidate minus champion mAP@0.5 on the same images, and its 95 % interval from a paired
+    bootstrap (each draw resamples images once and scores both models on them)."""
+    if not len(truth) == len(candidate) == len(champion):
+        raise ValueError("the candidate, the champion and the ground truth must cover the same images")
+    order = list(range(len(truth)))
+    diff = _map50(truth, candidate, classes, order) - _map50(truth, champion, classes, order)
+    if not bootstrap or len(truth) < 2:
+        return round(diff, 4), (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(bootstrap):
+        sample = rng.integers(0, len(truth), len(truth)).tolist()
+        draws.append(_map50(truth, candidate, classes, sample) - _map50(truth, champion, classes, sample))
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return round(diff, 4), (round(float(low), 4), round(float(high), 4))

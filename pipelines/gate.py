@@ -17,6 +17,7 @@ is divided by the number of classes, Bonferroni). A one-image difference is neve
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,6 +30,8 @@ from edgeloop.components.stats import (
 )
 
 if TYPE_CHECKING:  # this module is imported by the pipeline compiler: keep it free of numpy
+    from edgeloop.components.coco_eval import Detection
+    from edgeloop.core.boxes import Box
     from edgeloop.pipelines.evaluation import Estimate, EvaluationReport
 
 MAX_FLIPS_IN_DETAIL = 10
@@ -293,6 +296,22 @@ def paired_comparison(
     )
 
 
+def _paired_result(
+    name: str, paired: PairedComparison, t: GateThresholds, passed: bool, detail: str, decided: bool
+) -> RuleResult:
+    return RuleResult(
+        name=name,
+        passed=passed,
+        detail=detail,
+        decided=decided,
+        n=paired.n,
+        value=paired.drop,
+        ci95=paired.drop_interval(),
+        threshold=t.max_regression,
+        p_value=paired.p_value,
+    )
+
+
 def _regression_rule(
     candidate: EvaluationReport, champion: EvaluationReport, t: GateThresholds, enough: bool
 ) -> RuleResult:
@@ -314,17 +333,7 @@ def _regression_rule(
     )
 
     def result(passed: bool, detail: str, decided: bool = True) -> RuleResult:
-        return RuleResult(
-            name=name,
-            passed=passed,
-            detail=detail,
-            decided=decided,
-            n=overall.n,
-            value=overall.drop,
-            ci95=overall.drop_interval(),
-            threshold=t.max_regression,
-            p_value=overall.p_value,
-        )
+        return _paired_result(name, overall, t, passed, detail, decided)
 
     if not enough:  # the min_eval_images rule has failed the gate already
         return result(False, f"not decided (insufficient evidence): {head}", decided=False)
@@ -349,3 +358,55 @@ def _regression_rule(
     return result(
         not regressions, "; ".join(regressions) if regressions else f"no significant regression: {head}"
     )
+
+
+def detection_regression_rule(
+    truth: Sequence[Sequence[Box]],
+    candidate: Sequence[Sequence[Detection]],
+    champion: Sequence[Sequence[Detection]],
+    classes: Sequence[str],
+    t: GateThresholds = GATE,
+    *,
+    score_threshold: float | None = None,
+    bootstrap: int = 200,
+) -> RuleResult:
+    """``no_regression_vs_champion`` for detection models, on the same test images: an image is
+    right when the line would act rightly on it at the operating threshold (every defect found,
+    no false alarm: :func:`~edgeloop.components.coco_eval.image_correct`); the paired test is the
+    classification gate's (McNemar exact, drop > ``max_regression``), and the detail gives the
+    mAP@0.5 difference with its paired-bootstrap interval."""
+    from edgeloop.components.coco_eval import OPERATING_THRESHOLD, image_correct, paired_map_difference
+
+    threshold = OPERATING_THRESHOLD if score_threshold is None else score_threshold
+    name = "no_regression_vs_champion"
+    if not len(truth) == len(candidate) == len(champion):
+        raise ValueError("the candidate, the champion and the ground truth must cover the same images")
+    counts = {(True, True): 0, (True, False): 0, (False, True): 0, (False, False): 0}
+    for boxes, cand, champ in zip(truth, candidate, champion, strict=True):
+        counts[(image_correct(boxes, champ, threshold), image_correct(boxes, cand, threshold))] += 1
+    paired = PairedComparison(
+        n=len(truth),
+        both=counts[(True, True)],
+        champion_only=counts[(True, False)],
+        candidate_only=counts[(False, True)],
+        neither=counts[(False, False)],
+    )
+    diff, (low, high) = paired_map_difference(truth, candidate, champion, classes, bootstrap=bootstrap)
+    head = (
+        f"images handled rightly at score >= {threshold:g} {paired.text()}; mAP@0.5 candidate minus "
+        f"champion {diff:+.4f} (paired bootstrap 95% CI {low:+.4f} to {high:+.4f}); a regression needs "
+        f"drop > {t.max_regression:.4f} and p < {t.regression_alpha:g}"
+    )
+
+    def result(passed: bool, detail: str, decided: bool = True) -> RuleResult:
+        return _paired_result(name, paired, t, passed, detail, decided)
+
+    if paired.n < t.min_eval_images:
+        return result(
+            False,
+            f"not decided (insufficient evidence): {paired.n} test images "
+            f"(< min_eval_images {t.min_eval_images}): {head}",
+            decided=False,
+        )
+    regressed = paired.is_regression(t.max_regression, t.regression_alpha)
+    return result(not regressed, ("regression: " if regressed else "") + head)
