@@ -4,11 +4,15 @@ JSON form, in the pixels of the images as they were sent, checked against ONNX R
 from __future__ import annotations
 
 import base64
+import json
+import subprocess
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
 from edgeloop.serving.launcher import running_server
 from edgeloop.testing.media import encode_png, random_frames
 from edgeloop.testing.models import (
@@ -107,3 +111,47 @@ def test_unknown_outputs_name_the_detection_ones(det_server):
     }
     r = httpx.post(f"{det_server.rest_url}/v2/models/inspection/infer", json=body, timeout=30)
     assert r.status_code == 400 and "boxes" in r.text and "count" in r.text
+
+
+TRITON_PYTHON = Path(__file__).resolve().parents[3] / ".tools" / "triton-client" / "bin" / "python"
+TRITON_INFER = Path(__file__).resolve().parents[2] / "containers" / "triton_infer.py"
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_tritons_clients_read_the_detections(det_server, detector_dir, protocol, tmp_path):
+    if not TRITON_PYTHON.exists():
+        pytest.fail(f"{TRITON_PYTHON} is missing: run `make setup` (Triton's clients live in their own venv)")
+    frames = random_frames(2, SIZE, seed=8)
+    pre = Preprocess(PreprocessConfig(size=SIZE))
+    np.save(tmp_path / "x.npy", pre.batch(list(frames)))  # Triton clients send the FP32 tensor
+    port = (
+        det_server.rest_url.rsplit(":", 1)[1]
+        if protocol == "http"
+        else det_server.grpc_target.rsplit(":", 1)[1]
+    )
+    r = subprocess.run(
+        [
+            str(TRITON_PYTHON),
+            str(TRITON_INFER),
+            protocol,
+            f"127.0.0.1:{port}",
+            "inspection",
+            str(tmp_path / "x.npy"),
+        ]
+        + ["--outputs", "boxes,scores,labels,count"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout)
+    assert got["ready"] and got["model_version"] == "1"
+    out = got["outputs"]
+    want = reference_detections(detector_dir, frames)
+    assert out["count"] == [len(w) for w in want] and sum(out["count"]) > 0
+    flat = [(lbl, s, *box) for lbl, s, box in zip(out["labels"], out["scores"], out["boxes"], strict=True)]
+    per_image, start = [], 0
+    for n in out["count"]:
+        per_image.append(flat[start : start + n])
+        start += n
+    assert_same_detections(per_image, want)
