@@ -17,7 +17,7 @@ is divided by the number of classes, Bonferroni). A one-image difference is neve
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -248,6 +248,20 @@ class PairedComparison(BaseModel):
     candidate_only: int
     neither: int
 
+    @classmethod
+    def from_pairs(cls, pairs: Iterable[tuple[bool, bool]]) -> PairedComparison:
+        """From (champion right, candidate right) per image."""
+        counts = {(True, True): 0, (True, False): 0, (False, True): 0, (False, False): 0}
+        for pair in pairs:
+            counts[pair] += 1
+        return cls(
+            n=sum(counts.values()),
+            both=counts[(True, True)],
+            champion_only=counts[(True, False)],
+            candidate_only=counts[(False, True)],
+            neither=counts[(False, False)],
+        )
+
     @property
     def drop(self) -> float:
         """Champion accuracy minus candidate accuracy on these images."""
@@ -283,17 +297,7 @@ def paired_comparison(
         k = candidate.labels.index(label)
         keep = {i for i, y in zip(candidate.image_ids, candidate.y_true, strict=True) if y == k}
         cand = {i: v for i, v in cand.items() if i in keep}
-    ids = [i for i in cand if i in champ]
-    counts = {(True, True): 0, (True, False): 0, (False, True): 0, (False, False): 0}
-    for i in ids:
-        counts[(champ[i], cand[i])] += 1
-    return PairedComparison(
-        n=len(ids),
-        both=counts[(True, True)],
-        champion_only=counts[(True, False)],
-        candidate_only=counts[(False, True)],
-        neither=counts[(False, False)],
-    )
+    return PairedComparison.from_pairs((champ[i], cand[i]) for i in cand if i in champ)
 
 
 def _paired_result(
@@ -381,15 +385,9 @@ def detection_regression_rule(
     name = "no_regression_vs_champion"
     if not len(truth) == len(candidate) == len(champion):
         raise ValueError("the candidate, the champion and the ground truth must cover the same images")
-    counts = {(True, True): 0, (True, False): 0, (False, True): 0, (False, False): 0}
-    for boxes, cand, champ in zip(truth, candidate, champion, strict=True):
-        counts[(image_correct(boxes, champ, threshold), image_correct(boxes, cand, threshold))] += 1
-    paired = PairedComparison(
-        n=len(truth),
-        both=counts[(True, True)],
-        champion_only=counts[(True, False)],
-        candidate_only=counts[(False, True)],
-        neither=counts[(False, False)],
+    paired = PairedComparison.from_pairs(
+        (image_correct(boxes, champ, threshold), image_correct(boxes, cand, threshold))
+        for boxes, cand, champ in zip(truth, candidate, champion, strict=True)
     )
     diff, (low, high) = paired_map_difference(truth, candidate, champion, classes, bootstrap=bootstrap)
     head = (

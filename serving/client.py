@@ -169,16 +169,11 @@ def _prediction(name: str, version: str, outputs: dict[str, tuple[str, list[int]
         return _split_bytes(bytes(data)) if isinstance(data, bytes | bytearray | memoryview) else list(data)
 
     probs = arr("probabilities")
-    count = arr(detection.COUNT)
     found = None
-    if count is not None and all(k in outputs for k in (detection.BOXES, detection.SCORES, detection.LABELS)):
-        boxes, scores = arr(detection.BOXES), arr(detection.SCORES)
-        found = detection.Detections(
-            boxes if boxes is not None else np.empty((0, 4), np.float32),
-            scores if scores is not None else np.empty(0, np.float32),
-            np.array([s.encode() for s in strings(detection.LABELS)], dtype=object),
-            count,
-        ).per_image()
+    boxes, scores, count = arr(detection.BOXES), arr(detection.SCORES), arr(detection.COUNT)
+    if boxes is not None and scores is not None and count is not None:
+        labels = np.array([s.encode() for s in strings(detection.LABELS)], dtype=object)
+        found = detection.Detections(boxes.reshape(-1, 4), scores, labels, count).per_image()
     return Prediction(
         strings("label"),
         probs if probs is not None else np.empty((0, 0), np.float32),

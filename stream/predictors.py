@@ -106,6 +106,7 @@ class OnnxPredictor:
         self.resize_evidence = model.card.stream_resize
         self._input = model.card.input_name
         self._detects = model.card.task == DETECTION
+        self._label_bytes = np.array([lbl.encode() for lbl in self.labels], dtype=object)
 
     @property
     def sessions(self) -> int:
@@ -118,8 +119,7 @@ class OnnxPredictor:
 
             size = self.preprocess.size
             res = detection.run_padded(self._sessions.get(), self._input, x)
-            names = np.array([lbl.encode() for lbl in self.labels], dtype=object)
-            dets = detection.outputs(res, [(size, size)] * len(x), size, names)
+            dets = detection.outputs(res, [(size, size)] * len(x), size, self._label_bytes)
             return _detections(dets.per_image())
         (probs,) = self._sessions.get().run([PROBS_OUTPUT], {self._input: x})
         return _predictions(np.asarray(probs, dtype=np.float32), self.labels)

@@ -15,9 +15,11 @@ from edgeloop.stream.result import build_result, encode, result_schema, topic_fo
 from edgeloop.stream.stats import LatencyHistogram
 
 
-def _result(**overrides):
-    frame = Frame("cam-1", 42, np.zeros((2, 2, 3), np.uint8), time.time(), time.monotonic(), media_time=1.4)
-    pred = Prediction("scratch", 0.7, np.array([0.2, 0.7, 0.1], np.float32))
+def _result(frame=None, pred=None, **overrides):
+    frame = frame or Frame(
+        "cam-1", 42, np.zeros((2, 2, 3), np.uint8), time.time(), time.monotonic(), media_time=1.4
+    )
+    pred = pred or Prediction("scratch", 0.7, np.array([0.2, 0.7, 0.1], np.float32))
     kwargs = dict(
         run_id="0123456789abcdef",
         line="line1",
@@ -78,16 +80,7 @@ def _detection_result(detections, source_size=(640, 480)):
     pred = Prediction(
         best["label"] if best else "", best["score"] if best else 0.0, np.zeros(0, np.float32), detections
     )
-    return build_result(
-        frame,
-        pred,
-        run_id="0123456789abcdef",
-        line="line1",
-        model_name="tags",
-        model_version="2",
-        labels=["scratch", "dent", "stain"],
-        latency_s=0.01,
-    )
+    return _result(frame, pred, labels=["scratch", "dent", "stain"])
 
 
 def test_detection_result_gives_boxes_in_source_frame_pixels():
