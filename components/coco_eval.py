@@ -40,6 +40,7 @@ class DetectionMetrics:
     boxes_per_class: dict[str, int]
     map_50_ci95: tuple[float, float] = (float("nan"), float("nan"))
     bootstrap: int = 0
+    recall_per_class: dict[str, float | None] = field(default_factory=dict)  # None: no box of the class
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -146,6 +147,9 @@ def evaluate_detections(
         images=len(truth),
         boxes=total,
         boxes_per_class=counts,
+        recall_per_class={
+            c: (max(0.0, float(recall[k])) if counts[c] else None) for k, c in enumerate(classes)
+        },
     )
     if bootstrap and len(truth) > 1:
         rng = np.random.default_rng(seed)

@@ -126,6 +126,7 @@ def package_detector(
     name: str,
     score_threshold: float = 0.5,
     box_tol: float = 1.0,
+    lineage: dict[str, str] | None = None,
 ) -> Any:
     """``model.pt`` of a detection run -> ``out_dir`` with ``model.onnx`` and its card (task detection,
     outputs boxes/scores/labels, the run's metrics, the parity on the validation images, every file's
@@ -168,6 +169,9 @@ def package_detector(
         parity_record,
         meta.get("dataset_version"),
     )
+    from edgeloop.components.export import training_lineage
+
+    card = card.model_copy(update={"lineage": {**training_lineage(meta), **(lineage or {})}})
     return write_card(card, out_dir)
 
 

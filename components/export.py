@@ -213,6 +213,12 @@ def export_and_verify(
     )
 
 
+def _task_of(model_file: Path) -> str:
+    import torch
+
+    return str(torch.load(model_file, map_location="cpu", weights_only=True).get("task", "classification"))
+
+
 def training_lineage(meta: dict[str, Any]) -> dict[str, str]:
     """What a trained model records about how it was made: the seed and the machine it trained on
     (CPU model, SIMD flags, torch's kernel level), for the model card's lineage."""
@@ -237,7 +243,9 @@ def export_model(
     lineage: dict[str, str] | None = None,
 ):
     """Training output (directory holding ``model.pt``, or the file) -> model directory with the fp32
-    ``model.onnx`` and its card (metrics, parity, dataset version). Raises :class:`ParityError`.
+    ``model.onnx`` and its card (metrics, parity, dataset version); a detector's ``model.pt`` is
+    exported with its post-processing (:func:`~edgeloop.components.detection_export.package_detector`).
+    Raises :class:`ParityError`.
     Returns the :class:`~edgeloop.core.model_card.ModelCard`."""
     from edgeloop.components.card import write_model_card
     from edgeloop.components.modeling import MODEL_FILE as MODEL_PT
@@ -245,6 +253,10 @@ def export_model(
 
     model_file = Path(model) / MODEL_PT if Path(model).is_dir() else Path(model)
     out_dir = Path(out_dir)
+    if _task_of(model_file) == "detection":
+        from edgeloop.components.detection_export import package_detector
+
+        return package_detector(model_file, dataset_dir, out_dir, name, lineage=lineage)
     path, parity, _ = export_and_verify(
         model_file,
         out_dir / MODEL_FILE,

@@ -78,9 +78,12 @@ class PrecisionDecision:
 
 
 def decide_precision(
-    measurements: list[PrecisionMeasurement], bounds: PrecisionBounds = PrecisionBounds()
+    measurements: list[PrecisionMeasurement],
+    bounds: PrecisionBounds = PrecisionBounds(),
+    quality: str = "accuracy",
 ) -> tuple[Precision, list[str]]:
-    """The fastest (batch-1 median) variant within the bounds; fp32 is the baseline and always eligible."""
+    """The fastest (batch-1 median) variant within the bounds; fp32 is the baseline and always eligible.
+    ``quality``: what ``accuracy`` measures (a detector's is mAP@0.5), named in the reasons."""
     by = {m.precision: m for m in measurements}
     if Precision.FP32 not in by:
         raise PrecisionError("precision selection needs the fp32 measurement as its baseline")
@@ -94,10 +97,10 @@ def decide_precision(
         speedup = base.latency_ms_b1 / m.latency_ms_b1 if m.latency_ms_b1 > 0 else 0.0
         why = (
             f"{m.precision.value}: batch-1 {m.latency_ms_b1:.3f} ms vs fp32 {base.latency_ms_b1:.3f} ms "
-            f"(x{speedup:.2f}), accuracy drop {drop:+.4f}, disagreement {disagreement:.4f}"
+            f"(x{speedup:.2f}), {quality} drop {drop:+.4f}, disagreement {disagreement:.4f}"
         )
         if drop > bounds.max_accuracy_drop:
-            reasons.append(f"{why}: rejected, accuracy drop above {bounds.max_accuracy_drop}")
+            reasons.append(f"{why}: rejected, {quality} drop above {bounds.max_accuracy_drop}")
         elif disagreement > bounds.max_disagreement:
             reasons.append(f"{why}: rejected, disagreement above {bounds.max_disagreement}")
         elif speedup < bounds.min_speedup:
@@ -162,7 +165,13 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration) -> Path:
 
 
 def measure_latencies(
-    paths: dict[Precision, Path], size: int, batch: int, provider: str, runs: int = 50, warmup: int = 5
+    paths: dict[Precision, Path],
+    size: int,
+    batch: int,
+    provider: str,
+    runs: int = 50,
+    warmup: int = 5,
+    x: np.ndarray | None = None,
 ) -> dict[Precision, tuple[float, float, tuple[float, float]]]:
     """(median, p90, 95 % interval of the median) milliseconds per call for a batch of ``batch``
     images, per variant.
@@ -175,7 +184,8 @@ def measure_latencies(
     from edgeloop.components.export import onnx_session
 
     sessions = {p: onnx_session(path, provider) for p, path in paths.items()}
-    x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
+    if x is None:  # a detector's cost depends on what it finds: it is timed on real images (``x``)
+        x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
     for sess in sessions.values():
         for _ in range(warmup):
             sess.run(None, {"images": x})
@@ -311,14 +321,18 @@ def select_precision(
     )
 
 
-def chosen_metrics(m: PrecisionMeasurement) -> dict[str, float]:
+def chosen_metrics(m: PrecisionMeasurement, quality: str = "onnx_val_accuracy") -> dict[str, float]:
     """The chosen variant's figures for the model card, each with its sample size and interval:
-    validation accuracy (Wilson) and batch-1 / batch-8 median latency (order statistics)."""
-    return {
-        **proportion_fields("onnx_val_accuracy", round(m.accuracy * m.images), m.images),
-        **metric_fields("latency_ms_b1", m.latency_ms_b1, m.latency_runs_b1, *m.latency_ms_b1_ci95),
-        **metric_fields("latency_ms_b8", m.latency_ms_b8, m.latency_runs_b8, *m.latency_ms_b8_ci95),
-    }
+    validation accuracy (Wilson; a detector's mAP@0.5 without one) and batch-1 / batch-8 median
+    latency (order statistics; a detector's graph takes one image: no batch-8 figure)."""
+    if quality == "onnx_val_accuracy":
+        out = proportion_fields(quality, round(m.accuracy * m.images), m.images)
+    else:
+        out = {quality: m.accuracy, f"{quality}.n": float(m.images)}
+    out |= metric_fields("latency_ms_b1", m.latency_ms_b1, m.latency_runs_b1, *m.latency_ms_b1_ci95)
+    if m.latency_runs_b8:
+        out |= metric_fields("latency_ms_b8", m.latency_ms_b8, m.latency_runs_b8, *m.latency_ms_b8_ci95)
+    return out
 
 
 def provider_for_target(target: str) -> str:
@@ -336,6 +350,90 @@ def provider_for_target(target: str) -> str:
     return "CPUExecutionProvider"
 
 
+def select_detection_precision(
+    card: Any,
+    fp32_path: Path,
+    dataset_dir: Path,
+    out_dir: Path,
+    *,
+    provider: str = "CPUExecutionProvider",
+    bounds: PrecisionBounds = PrecisionBounds(),
+    calibration_images: int = 64,
+    latency_runs: int = 30,
+) -> PrecisionDecision:
+    """:func:`select_precision` for a detector (``card`` task detection): quality is mAP@0.5 on the
+    validation images (pycocotools), agreement the share of them on which the variant's detections at
+    the operating threshold match fp32's one to one (same class, IoU >= 0.5); latency is one image per
+    call (the graph's input), on validation images."""
+    import numpy as np
+
+    from edgeloop.components.coco_eval import evaluate_detections
+    from edgeloop.components.dataset import load_rows
+    from edgeloop.components.detection_runtime import DetectorRunner, same_detections, truth_of
+    from edgeloop.core.preprocessing import decode_image
+
+    out_dir = Path(out_dir)
+    work = out_dir.parent / f"{out_dir.name}-variants"
+    work.mkdir(parents=True, exist_ok=True)
+    rows = load_rows(Path(dataset_dir), "val")
+    images = [np.asarray(decode_image((Path(dataset_dir) / r.file).read_bytes())) for r in rows]
+    truth = truth_of(rows)
+    fp32_copy = work / "model.fp32.onnx"
+    shutil.copyfile(fp32_path, fp32_copy)
+    paths: dict[Precision, Path] = {Precision.FP32: fp32_copy}
+    errors: dict[str, str] = {}
+    runner = DetectorRunner(card, fp32_copy, provider=provider)
+    train = load_rows(Path(dataset_dir), "train")[:calibration_images]
+    x_cal = runner.pre.batch([decode_image((Path(dataset_dir) / r.file).read_bytes()) for r in train])
+    try:
+        paths[Precision.INT8] = quantize_int8(fp32_copy, work / "model.int8.onnx", x_cal)
+    except Exception as e:  # an op the quantizer cannot handle: record it and stay in fp32
+        errors[Precision.INT8.value] = f"{type(e).__name__}: {e}"
+    found: dict[Precision, list] = {}
+    for prec, path in list(paths.items()):
+        try:
+            found[prec] = DetectorRunner(card, path, provider=provider).detect(images)
+        except Exception as e:  # e.g. the provider cannot run this variant
+            if prec is Precision.FP32:
+                raise
+            errors[prec.value] = f"{type(e).__name__}: {e}"
+            del paths[prec]
+    quality = {
+        p: evaluate_detections(truth, dets, card.labels, bootstrap=0).map_50 if truth else float("nan")
+        for p, dets in found.items()
+    }
+    agreement = {
+        p: float(np.mean([same_detections(a, b) for a, b in zip(found[Precision.FP32], dets, strict=True)]))
+        if images
+        else 1.0
+        for p, dets in found.items()
+    }
+    x = x_cal[:1] if len(x_cal) else None
+    b1 = measure_latencies(paths, runner.pre.size, 1, provider, latency_runs, x=x)
+    measurements = [
+        PrecisionMeasurement(
+            precision=p,
+            path=str(path),
+            latency_ms_b1=b1[p][0],
+            latency_ms_b1_p90=b1[p][1],
+            latency_ms_b8=0.0,
+            accuracy=quality[p],
+            agreement_with_fp32=agreement[p],
+            size_bytes=Path(path).stat().st_size,
+            images=len(images),
+            latency_runs_b1=latency_runs,
+            latency_ms_b1_ci95=b1[p][2],
+        )
+        for p, path in paths.items()
+    ]
+    chosen, reasons = decide_precision(measurements, bounds, quality="mAP@0.5")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(paths[chosen], out_dir / MODEL_FILE)
+    return PrecisionDecision(
+        chosen, str(out_dir / MODEL_FILE), provider, reasons, measurements, bounds, errors
+    )
+
+
 def choose_precision(
     onnx_dir: Path,
     out_dir: Path,
@@ -348,24 +446,37 @@ def choose_precision(
     """Model directory in (fp32 ``model.onnx`` + card, from :func:`edgeloop.components.export.export_model`),
     model directory out: the chosen variant as ``model.onnx`` and a card with precision, provider,
     evidence and fresh file digests. Returns the new :class:`~edgeloop.core.model_card.ModelCard`."""
-    from edgeloop.core.model_card import ModelCard
+    from edgeloop.core.model_card import DETECTION, ModelCard
 
     card = ModelCard.load(Path(onnx_dir))
     provider = provider_for_target(target)
-    decision = select_precision(
-        Path(onnx_dir) / MODEL_FILE,
-        dataset_dir,
-        out_dir,
-        labels=card.labels,
-        size=card.preprocessing.size,
-        provider=provider,
-        bounds=bounds,
-        calibration_images=calibration_images,
-        preprocessing=card.preprocessing,
-    )
+    detector = card.task == DETECTION
+    if detector:
+        decision = select_detection_precision(
+            card,
+            Path(onnx_dir) / MODEL_FILE,
+            dataset_dir,
+            out_dir,
+            provider=provider,
+            bounds=bounds,
+            calibration_images=calibration_images,
+        )
+    else:
+        decision = select_precision(
+            Path(onnx_dir) / MODEL_FILE,
+            dataset_dir,
+            out_dir,
+            labels=card.labels,
+            size=card.preprocessing.size,
+            provider=provider,
+            bounds=bounds,
+            calibration_images=calibration_images,
+            preprocessing=card.preprocessing,
+        )
     chosen = next(m for m in decision.measurements if m.precision is decision.precision)
     evidence = {**decision.evidence(), "target": target}
-    metrics = {**card.metrics, **chosen_metrics(chosen)}
+    quality = "onnx_val_map_50" if detector else "onnx_val_accuracy"
+    metrics = {**card.metrics, **chosen_metrics(chosen, quality)}
     new = card.model_copy(
         update={
             "precision": decision.precision,

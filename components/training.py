@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeloop.components.defaults import TRAINING
+from edgeloop.components.defaults import DETECTION, TRAINING
 from edgeloop.components.errors import TrainingError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +81,77 @@ class TrainConfig:
 
 
 @dataclass
+class DetectionTrainConfig:
+    """A detector's run (:mod:`edgeloop.components.train_detection`'s flags); what is not set is
+    :data:`~edgeloop.components.defaults.DETECTION`."""
+
+    arch: str = DETECTION.detector
+    size: int = DETECTION.size
+    epochs: int = DETECTION.epochs
+    batch_size: int = DETECTION.batch_size
+    lr: float = DETECTION.lr
+    seed: int = TRAINING.seed
+    score_threshold: float = 0.5
+    device: str = "auto"
+    extra_args: list[str] = field(default_factory=list)
+
+    def argv(self) -> list[str]:
+        return [
+            "--detector",
+            self.arch,
+            "--size",
+            str(self.size),
+            "--epochs",
+            str(self.epochs),
+            "--batch-size",
+            str(self.batch_size),
+            "--lr",
+            str(self.lr),
+            "--seed",
+            str(self.seed),
+            "--score-threshold",
+            str(self.score_threshold),
+            "--device",
+            self.device,
+            *self.extra_args,
+        ]
+
+
+def config_for_task(
+    task: str,
+    arch: str = "",
+    size: int = 0,
+    epochs: int = 0,
+    batch_size: int = 0,
+    lr: float = 0.0,
+    seed: int = TRAINING.seed,
+) -> TrainConfig | DetectionTrainConfig:
+    """The run's settings for a dataset of ``task``; an empty or zero value is that task's default
+    (the pipeline's parameters are shared by both tasks)."""
+    from edgeloop.components.defaults import ARCHS, DETECTORS
+
+    detection = task == "detection"
+    kind, choices = (DetectionTrainConfig, DETECTORS) if detection else (TrainConfig, ARCHS)
+    if arch and arch not in choices:
+        raise TrainingError(
+            f"architecture {arch!r} cannot train a {task} dataset; choose one of {', '.join(choices)} "
+            "(or leave it empty for the default)"
+        )
+    base = kind()
+    cfg = kind(
+        arch=arch or base.arch,
+        size=size or base.size,
+        epochs=epochs or base.epochs,
+        batch_size=batch_size or base.batch_size,
+        lr=lr or base.lr,
+        seed=seed,
+    )
+    if isinstance(cfg, TrainConfig):
+        cfg.min_epochs = min(cfg.epochs, TrainConfig.min_epochs)
+    return cfg
+
+
+@dataclass
 class TrainResult:
     model_path: str
     checkpoint_path: str
@@ -94,6 +165,11 @@ class TrainResult:
     @property
     def val_accuracy(self) -> float:
         return float(self.metrics.get("val_accuracy", float("nan")))
+
+    @property
+    def val_score(self) -> float:
+        """What training selected the model on: validation accuracy, or mAP@0.5 for a detector."""
+        return float(self.metrics.get("val_accuracy", self.metrics.get("val_map_50", float("nan"))))
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,7 +193,7 @@ def torchrun_prefix(nproc_per_node: int = TRAINING.nproc_per_node) -> list[str]:
 def torchrun_command(
     dataset_dir: Path,
     out_dir: Path,
-    config: TrainConfig,
+    config: TrainConfig | DetectionTrainConfig,
     nproc_per_node: int = TRAINING.nproc_per_node,
     mlflow_tracking_uri: str | None = None,
     mlflow_experiment: str = "edgeloop",
@@ -153,7 +229,7 @@ def torchrun_command(
 def run_training(
     dataset_dir: Path,
     out_dir: Path,
-    config: TrainConfig | None = None,
+    config: TrainConfig | DetectionTrainConfig | None = None,
     *,
     nproc_per_node: int = TRAINING.nproc_per_node,
     mlflow_tracking_uri: str | None = None,

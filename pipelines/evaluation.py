@@ -133,6 +133,17 @@ class EvaluationReport(BaseModel):
     def estimate(self, name: str) -> Estimate | None:
         return self.estimates.get(name)
 
+    def confusion(self) -> tuple[list[str], list[list[int]]]:
+        """(class names, matrix: rows true, columns predicted)."""
+        return list(self.labels), self.confusion_matrix
+
+    def headline(self) -> str:
+        acc, ece = self.estimate("accuracy"), self.estimate("ece")
+        return (
+            f"accuracy {acc.text(4) if acc else f'{self.accuracy:.4f}'}, "
+            f"ECE {ece.text(4) if ece else f'{self.ece:.4f}'}"
+        )
+
     def flat_metrics(self) -> dict[str, float]:
         """Scalar metrics with stable names, for MLflow and KFP Metrics; each figure that has an
         :class:`Estimate` also gets ``<name>.n``, ``<name>.ci95_low`` and ``<name>.ci95_high``."""
@@ -427,6 +438,26 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def render_rules(decision: Any | None) -> list[str]:
+    """The gate's verdict and its rules as Markdown lines (none without a decision)."""
+    if decision is None:
+        return []
+    lines = [f"**Gate: {'PASS' if decision.passed else 'FAIL'}**", ""]
+    lines += ["| rule | result | detail |", "|---|---|---|"]
+    lines += [f"| {r.name} | {r.status} | {_cell(r.detail)} |" for r in decision.results]
+    return [*lines, ""]
+
+
+def load_report(data: dict[str, Any]) -> Any:
+    """An evaluation report from its JSON form: a :class:`EvaluationReport`, or a detector's
+    :class:`~edgeloop.pipelines.detection_evaluation.DetectionReport`."""
+    if data.get("task") == "detection":
+        from edgeloop.pipelines.detection_evaluation import DetectionReport
+
+        return DetectionReport.model_validate(data)
+    return EvaluationReport.model_validate(data)
+
+
 def render_markdown(
     report: EvaluationReport,
     decision: Any | None = None,
@@ -435,13 +466,7 @@ def render_markdown(
 ) -> str:
     """The evidence report a reviewer reads before approving (also stored in MLflow): every figure
     with the number of images (or requests) behind it and its 95 % interval."""
-    lines = [f"# {title}", ""]
-    if decision is not None:
-        verdict = "PASS" if decision.passed else "FAIL"
-        lines += [f"**Gate: {verdict}**", ""]
-        lines += ["| rule | result | detail |", "|---|---|---|"]
-        lines += [f"| {r.name} | {r.status} | {_cell(r.detail)} |" for r in decision.results]
-        lines.append("")
+    lines = [f"# {title}", "", *render_rules(decision)]
     champ = (
         f" (champion on the same images: {_est(champion, 'accuracy', champion.accuracy, 4)})"
         if champion

@@ -32,7 +32,8 @@ from edgeloop.components.stats import (
 if TYPE_CHECKING:  # this module is imported by the pipeline compiler: keep it free of numpy
     from edgeloop.components.coco_eval import Detection
     from edgeloop.core.boxes import Box
-    from edgeloop.pipelines.evaluation import Estimate, EvaluationReport
+    from edgeloop.pipelines.detection_evaluation import DetectionReport
+    from edgeloop.pipelines.evaluation import Estimate, EvaluationReport, LatencySummary
 
 MAX_FLIPS_IN_DETAIL = 10
 
@@ -43,7 +44,8 @@ class GateThresholds(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    min_accuracy: float = Field(default=0.70, ge=0, le=1)
+    min_accuracy: float = Field(default=0.70, ge=0, le=1, description="a classifier's test accuracy")
+    min_map_50: float = Field(default=0.70, ge=0, le=1, description="a detector's test mAP@0.5")
     max_regression: float = Field(
         default=0.02, ge=0, le=1, description="allowed drop vs the champion (accuracy, recall)"
     )
@@ -115,36 +117,74 @@ def _ci(e: Estimate | None) -> tuple[float, float] | None:
     return (e.low, e.high) if e is not None else None
 
 
+class _RuleBook:
+    """The rules of one decision; a rule judged on the test images is not decided (and fails) while
+    they are fewer than ``min_eval_images``."""
+
+    def __init__(self, n: int, t: GateThresholds):
+        self.t, self.n, self.enough = t, n, n >= t.min_eval_images
+        self.results: list[RuleResult] = []
+
+    def rule(
+        self, name: str, ok: bool, detail: str, *, judged_on_test_images: bool = True, **evidence
+    ) -> None:
+        decided = self.enough or not judged_on_test_images
+        if not decided:
+            detail = f"not decided (insufficient evidence): {detail}"
+        self.results.append(
+            RuleResult(name=name, passed=bool(ok) and decided, detail=detail, decided=decided, **evidence)
+        )
+
+    def evidence(self, figure: str = "accuracy") -> None:
+        t, n = self.t, self.n
+        self.rule(
+            "min_eval_images",
+            self.enough,
+            f"{n} test images >= {t.min_eval_images}"
+            if self.enough
+            else f"insufficient evidence: {n} test images < min_eval_images {t.min_eval_images}; "
+            f"one image would move {figure} by {1 / max(n, 1):.1%}. Label more images (or give the "
+            "test split a larger share) before a gate decides",
+            judged_on_test_images=False,
+            n=n,
+            threshold=float(t.min_eval_images),
+        )
+
+    def latency(self, latency: LatencySummary | None, p95: Estimate | None) -> None:
+        t = self.t
+        if latency is None:
+            self.rule(
+                "latency_budget",
+                False,
+                "no latency was measured through the staging server",
+                judged_on_test_images=False,
+            )
+            return
+        self.rule(
+            "latency_budget",
+            latency.p95_ms <= t.max_latency_p95_ms,
+            f"p95 {_text(p95, latency.p95_ms, latency.n, 2, 'ms', 'requests')} "
+            f"(budget {t.max_latency_p95_ms:.2f} ms)",
+            judged_on_test_images=False,
+            n=latency.n,
+            value=latency.p95_ms,
+            ci95=_ci(p95),
+            threshold=t.max_latency_p95_ms,
+        )
+
+    def decision(self) -> GateDecision:
+        return GateDecision(passed=all(r.passed for r in self.results), results=self.results)
+
+
 def evaluate_rules(
     candidate: EvaluationReport,
     champion: EvaluationReport | None = None,
     thresholds: GateThresholds | None = None,
 ) -> GateDecision:
     t = thresholds or GATE
-    results: list[RuleResult] = []
-    enough = candidate.n >= t.min_eval_images
-
-    def rule(name: str, ok: bool, detail: str, *, judged_on_test_images: bool = True, **evidence) -> None:
-        decided = enough or not judged_on_test_images
-        if not decided:
-            detail = f"not decided (insufficient evidence): {detail}"
-        results.append(
-            RuleResult(name=name, passed=bool(ok) and decided, detail=detail, decided=decided, **evidence)
-        )
-
-    rule(
-        "min_eval_images",
-        enough,
-        f"{candidate.n} test images >= {t.min_eval_images}"
-        if enough
-        else f"insufficient evidence: {candidate.n} test images < min_eval_images {t.min_eval_images}; "
-        "one image would move accuracy by "
-        f"{1 / max(candidate.n, 1):.1%}. Label more images (or give the test split a larger share) "
-        "before a gate decides",
-        judged_on_test_images=False,
-        n=candidate.n,
-        threshold=float(t.min_eval_images),
-    )
+    book = _RuleBook(candidate.n, t)
+    rule, results, enough = book.rule, book.results, book.enough
+    book.evidence()
 
     acc = candidate.estimate("accuracy")
     ok = candidate.accuracy >= t.min_accuracy
@@ -187,26 +227,7 @@ def evaluate_rules(
         threshold=t.max_ece,
     )
 
-    if candidate.latency is None:
-        rule(
-            "latency_budget",
-            False,
-            "no latency was measured through the staging server",
-            judged_on_test_images=False,
-        )
-    else:
-        lat = candidate.latency
-        p95 = candidate.estimate("latency_p95_ms")
-        rule(
-            "latency_budget",
-            lat.p95_ms <= t.max_latency_p95_ms,
-            f"p95 {_text(p95, lat.p95_ms, lat.n, 2, 'ms', 'requests')} (budget {t.max_latency_p95_ms:.2f} ms)",
-            judged_on_test_images=False,
-            n=lat.n,
-            value=lat.p95_ms,
-            ci95=_ci(p95),
-            threshold=t.max_latency_p95_ms,
-        )
+    book.latency(candidate.latency, candidate.estimate("latency_p95_ms"))
 
     if candidate.parity is not None:
         pa = candidate.parity
@@ -235,7 +256,7 @@ def evaluate_rules(
     else:
         results.append(_regression_rule(candidate, champion, t, enough))
 
-    return GateDecision(passed=all(r.passed for r in results), results=results)
+    return book.decision()
 
 
 class PairedComparison(BaseModel):
@@ -408,3 +429,90 @@ def detection_regression_rule(
         )
     regressed = paired.is_regression(t.max_regression, t.regression_alpha)
     return result(not regressed, ("regression: " if regressed else "") + head)
+
+
+def evaluate_detection_rules(
+    candidate: DetectionReport,
+    thresholds: GateThresholds | None = None,
+    *,
+    truth: Sequence[Sequence[Box]] | None = None,
+    predicted: Sequence[Sequence[Detection]] | None = None,
+    champion: Sequence[Sequence[Detection]] | None = None,
+    champion_version: str | None = None,
+    champion_problem: str = "",
+) -> GateDecision:
+    """The gate for a detector: evidence, ``min_map_50``, ``class_recall_floor`` (recall at the
+    operating threshold per class), the latency budget, parity with fp32 (share of images with the
+    same detections >= ``min_top1_agreement``) and no regression vs the champion's detections on the
+    same images (:func:`detection_regression_rule`). ``champion_problem``: why the champion cannot be
+    compared (a classifier under the same registered model): the regression rule fails with it."""
+    t = thresholds or GATE
+    book = _RuleBook(candidate.n, t)
+    book.evidence("the share of images handled rightly")
+    e = candidate.estimate("map_50")
+    ok = candidate.map_50 >= t.min_map_50
+    book.rule(
+        "min_map_50",
+        ok,
+        f"mAP@0.5 {_text(e, candidate.map_50, candidate.n, 4, what='images')} "
+        f"{'>=' if ok else '<'} {t.min_map_50:.4f}",
+        n=candidate.n,
+        value=candidate.map_50,
+        ci95=_ci(e),
+        threshold=t.min_map_50,
+    )
+    low, parts = [], []
+    for name, recall in candidate.recall_per_class.items():
+        if recall is None:
+            continue
+        floor = t.class_recall_floors.get(name, t.min_class_recall)
+        shown = f"{name} {recall:.3f} (n={candidate.boxes_per_class.get(name, 0)} boxes)"
+        parts.append(shown)
+        if recall < floor:
+            low.append(f"{shown} < {floor:.3f}")
+    book.rule(
+        "class_recall_floor",
+        not low,
+        f"recall at score >= {candidate.score_threshold:g}: "
+        + (
+            "; ".join(low)
+            if low
+            else f"every class >= its floor (default {t.min_class_recall:.3f}): " + "; ".join(parts)
+        ),
+        n=candidate.boxes,
+        threshold=t.min_class_recall,
+    )
+    book.latency(candidate.latency, candidate.estimate("latency_p95_ms"))
+    if candidate.parity is not None:
+        pa = candidate.parity
+        agree = candidate.estimate("parity_agreement")
+        shown = ", ".join(i[:12] for i in pa.images[:MAX_FLIPS_IN_DETAIL])
+        book.rule(
+            "precision_parity",
+            pa.agreement >= t.min_top1_agreement,
+            f"{pa.chosen_precision} (served) vs {pa.reference_precision}: {pa.disagreeing} of {pa.n} images "
+            f"with other detections at score >= {candidate.score_threshold:g}"
+            + (f" [{shown}]" if shown else "")
+            + f", agreement {_text(agree, pa.agreement, pa.n, 4)} (min {t.min_top1_agreement:.4f})",
+            n=pa.n,
+            value=pa.agreement,
+            ci95=_ci(agree),
+            threshold=t.min_top1_agreement,
+        )
+    name = "no_regression_vs_champion"
+    if champion_problem:
+        book.rule(name, False, champion_problem, judged_on_test_images=False)
+    elif champion is None:
+        book.rule(name, True, "no champion yet: first model", judged_on_test_images=False)
+    else:
+        if truth is None or predicted is None:
+            raise ValueError(
+                "a champion comparison needs the test images' boxes and the candidate's detections"
+            )
+        r = detection_regression_rule(
+            truth, predicted, champion, candidate.labels, t, score_threshold=candidate.score_threshold
+        )
+        if champion_version:
+            r = r.model_copy(update={"detail": f"vs champion v{champion_version}: {r.detail}"})
+        book.results.append(r)
+    return book.decision()

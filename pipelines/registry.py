@@ -216,9 +216,8 @@ def register_candidate(
         ev = Path(tmp)
         (ev / "evaluation.json").write_text(report.model_dump_json(indent=2))
         (ev / "gate.json").write_text(decision.model_dump_json(indent=2))
-        (ev / "confusion_matrix.json").write_text(
-            json.dumps({"labels": report.labels, "matrix": report.confusion_matrix}, indent=2)
-        )
+        axis, matrix = report.confusion()
+        (ev / "confusion_matrix.json").write_text(json.dumps({"labels": axis, "matrix": matrix}, indent=2))
         if report_markdown:
             (ev / "report.md").write_text(report_markdown)
         if champion_report is not None:
@@ -269,11 +268,8 @@ def register_candidate(
             APPROVAL_MODE: "gate",
             APPROVAL_AT: _now(),
         }
-    acc, ece = report.estimate("accuracy"), report.estimate("ece")
     description = (
-        f"accuracy {acc.text(4) if acc else f'{report.accuracy:.4f}'}, "
-        f"ECE {ece.text(4) if ece else f'{report.ece:.4f}'}; gate "
-        f"{'passed' if decision.passed else 'FAILED: ' + decision.summary()}"
+        f"{report.headline()}; gate {'passed' if decision.passed else 'FAILED: ' + decision.summary()}"
     )
     # Registered only once every file is in the logged model: a version never exists without its card.
     mv = c.create_model_version(
@@ -430,14 +426,15 @@ def _log_confusion_figure(report: EvaluationReport) -> None:
         import mlflow
     except ImportError:  # pragma: no cover
         return
-    n = len(report.labels)
+    axis, matrix = report.confusion()
+    n = len(axis)
     fig, ax = plt.subplots(figsize=(1.2 * n + 2, 1.2 * n + 1.5))
-    ax.imshow(report.confusion_matrix, cmap="Blues")
-    ax.set_xticks(range(n), report.labels, rotation=45)
-    ax.set_yticks(range(n), report.labels)
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), axis, rotation=45)
+    ax.set_yticks(range(n), axis)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    for i, row in enumerate(report.confusion_matrix):
+    for i, row in enumerate(matrix):
         for j, v in enumerate(row):
             ax.text(j, i, str(v), ha="center", va="center")
     fig.tight_layout()
@@ -465,9 +462,11 @@ def download_version(settings: Settings, version: str, dest: Path) -> Path:
 
 
 def download_evaluation(settings: Settings, version: str) -> EvaluationReport | None:
+    """The version's staging evaluation (a detector's is a
+    :class:`~edgeloop.pipelines.detection_evaluation.DetectionReport`), or None without one."""
     import mlflow
 
-    from edgeloop.pipelines.evaluation import EvaluationReport
+    from edgeloop.pipelines.evaluation import load_report
 
     c = client(settings)
     mv = _get_version(c, settings.mlflow.registered_model, version)
@@ -477,7 +476,7 @@ def download_evaluation(settings: Settings, version: str) -> EvaluationReport | 
         text = mlflow.artifacts.load_text(f"runs:/{mv.run_id}/{EVIDENCE_DIR}/evaluation.json")
     except Exception:  # noqa: BLE001 - evidence of a version registered by hand may be missing
         return None
-    return EvaluationReport.model_validate_json(text)
+    return load_report(json.loads(text))
 
 
 # -- identities and decision records -------------------------------------------------------------------------

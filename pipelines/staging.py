@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeloop.core.errors import EdgeloopError
-from edgeloop.pipelines.evaluation import EvaluationReport, evaluate_predictions, render_markdown
+from edgeloop.pipelines.evaluation import EvaluationReport, evaluate_predictions, load_report, render_markdown
 from edgeloop.pipelines.gate import GateDecision, GateThresholds, evaluate_rules
 
 if TYPE_CHECKING:
@@ -80,10 +80,8 @@ class StagingResult:
 
         d = json.loads(text)
         return cls(
-            report=EvaluationReport.model_validate(d["report"]),
-            champion_report=EvaluationReport.model_validate(d["champion_report"])
-            if d["champion_report"]
-            else None,
+            report=load_report(d["report"]),
+            champion_report=load_report(d["champion_report"]) if d["champion_report"] else None,
             champion_version=d["champion_version"],
             decision=GateDecision.model_validate(d["decision"]),
             markdown=d["markdown"],
@@ -125,13 +123,25 @@ def predict_in_process(model_dir: Path, images: Sequence[TestImage]) -> np.ndarr
     return ModelRunner(model_dir).run([_rgb(i.data) for i in images]).probabilities
 
 
+def _probabilities(pred: Any) -> Any:
+    return np.asarray(pred.probabilities[0], dtype=np.float64)
+
+
 def serve_and_measure(
-    model_dir: Path, images: Sequence[TestImage], latency_requests: int = 200, warmup: int = 5
-) -> tuple[np.ndarray, list[float]]:
-    """Start the real model server on ``model_dir``; return per-image probabilities and request latencies (ms).
+    model_dir: Path,
+    images: Sequence[TestImage],
+    latency_requests: int = 200,
+    warmup: int = 5,
+    *,
+    read: Callable[[Any], Any] = _probabilities,
+    parameters: dict[str, Any] | None = None,
+) -> tuple[Any, list[float]]:
+    """Start the real model server on ``model_dir``; return per-image answers (``read`` from each
+    response: by default the probabilities, stacked) and request latencies (ms).
 
     One encoded image per request over REST (OIP v2, binary extension), as a camera client sends them;
     the latencies are what such a client observes, server decode and preprocessing included.
+    ``parameters``: the requests' parameters (a detector's ``score_threshold``).
     """
     from edgeloop.core.model_card import ModelCard
     from edgeloop.serving.launcher import ServerStartError, running_server
@@ -140,18 +150,18 @@ def serve_and_measure(
     try:
         with running_server([model_dir]) as server, server.rest_client(name) as client:
             for i in range(min(warmup, len(images))):
-                client.infer_images([images[i].data])
-            probs, latencies = [], []
+                client.infer_images([images[i].data], parameters=parameters)
+            answers, latencies = [], []
             for k in range(max(latency_requests, len(images))):
                 img = images[k % len(images)]
                 t0 = time.perf_counter()
-                pred = client.infer_images([img.data])
+                pred = client.infer_images([img.data], parameters=parameters)
                 latencies.append((time.perf_counter() - t0) * 1000.0)
                 if k < len(images):
-                    probs.append(np.asarray(pred.probabilities[0], dtype=np.float64))
+                    answers.append(read(pred))
     except ServerStartError as e:
         raise StagingError(f"the staging model server did not start for {model_dir}: {e}") from e
-    return np.stack(probs), latencies
+    return (np.stack(answers) if read is _probabilities else answers), latencies
 
 
 def run_staging_evaluation(
@@ -173,6 +183,19 @@ def run_staging_evaluation(
     card = verify_model(model_dir).card
     if reference_model_dir is not None:
         verify_model(reference_model_dir)  # refused now, not after the server has run
+    if card.task == "detection":
+        from edgeloop.pipelines.detection_staging import run_detection_staging
+
+        return run_detection_staging(
+            settings,
+            dataset_dir,
+            model_dir,
+            card,
+            reference_model_dir,
+            thresholds,
+            latency_requests=latency_requests,
+            compare_with_champion=compare_with_champion,
+        )
     images = load_split_images(dataset_dir, "test")
     if not images:
         raise StagingError(
@@ -269,6 +292,14 @@ def stage_model(model_dir: Path, out_dir: Path, dataset_dir: Path) -> Path:
     if out_dir.exists():
         shutil.rmtree(out_dir)
     shutil.copytree(model_dir, out_dir)
+    from edgeloop.core.model_card import ModelCard
+
+    if ModelCard.load(out_dir).task == "detection":
+        log.info(
+            "a detector: no FFmpeg-resize agreement and no drift reference profile recorded yet "
+            "(the stream keeps the shared preprocessing)"
+        )
+        return out_dir
     record_stream_resize(out_dir, dataset_dir)
     try:
         from edgeloop.monitoring.profile import build_reference_profile

@@ -65,9 +65,10 @@ def train_model(
     config_file: str,
     model: Output[Model],
     metrics: Output[Metrics],
-) -> NamedTuple("Training", [("val_accuracy", float), ("mlflow_run_id", str)]):  # type: ignore[valid-type]
-    """DDP training under torchrun; returns the validation accuracy and the MLflow run of the training
-    (the dataset is its input)."""
+) -> NamedTuple("Training", [("val_score", float), ("mlflow_run_id", str)]):  # type: ignore[valid-type]
+    """DDP training under torchrun of a classifier or a detector (the dataset's task); returns the
+    validation score (accuracy; mAP@0.5 for a detector) and the MLflow run of the training (the
+    dataset is its input)."""
     from edgeloop.pipelines.tasks import train_task
 
     return train_task(
@@ -115,6 +116,7 @@ def staging_evaluation(
     candidate: Input[Model],
     reference: Input[Model],
     min_accuracy: float,
+    min_map_50: float,
     max_regression: float,
     min_class_recall: float,
     class_recall_floors: dict,
@@ -142,6 +144,7 @@ def staging_evaluation(
         candidate,
         reference,
         min_accuracy,
+        min_map_50,
         max_regression,
         min_class_recall,
         class_recall_floors,

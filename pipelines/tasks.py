@@ -25,7 +25,7 @@ log = logging.getLogger("edgeloop.pipeline")
 LabelSnapshot = namedtuple(
     "LabelSnapshot", ["manifest_uri", "labels_digest", "labeled_images", "mlflow_run_id"]
 )
-Training = namedtuple("Training", ["val_accuracy", "mlflow_run_id"])
+Training = namedtuple("Training", ["val_score", "mlflow_run_id"])
 Registration = namedtuple("Registration", ["version", "gate_passed", "evidence_digest"])
 ImageContext = namedtuple("ImageContext", ["image", "content_hash", "needs_build"])
 
@@ -147,22 +147,19 @@ def train_task(
     model: Any,
     metrics: Any,
 ):
-    """Train in an MLflow run of its own that has the dataset as its input; returns (val accuracy, run id)."""
+    """Train in an MLflow run of its own that has the dataset as its input; returns (validation score:
+    accuracy, or mAP@0.5 for a detector; run id). Empty / zero hyperparameters are the defaults of the
+    dataset's task (classification or detection)."""
     from edgeloop.components import tracking
     from edgeloop.components.dataset import DatasetInfo, log_dataset
-    from edgeloop.components.training import TrainConfig, run_training
+    from edgeloop.components.train import dataset_task
+    from edgeloop.components.training import config_for_task, run_training
 
     settings = settings_for(config_file)
     out = _dir(model)
-    cfg = TrainConfig(
-        arch=architecture,
-        size=image_size,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=learning_rate,
-        seed=seed,
-        min_epochs=min(epochs, TrainConfig.min_epochs),
-    )
+    task = dataset_task(Path(dataset.path))
+    cfg = config_for_task(task, architecture, image_size, epochs, batch_size, learning_rate, seed)
+    log.info("training a %s model: %s", task, cfg)
     from edgeloop.core.config import StackNotRunningError
 
     try:
@@ -191,10 +188,11 @@ def train_task(
             metrics.log_metric(k, float(v))
     model.metadata.update(
         {
-            "architecture": architecture,
+            "task": task,
+            "architecture": cfg.arch,
             "framework": "pytorch",
             "dataset_version": dataset.metadata.get("version", ""),
-            "val_accuracy": result.val_accuracy,
+            "val_score": result.val_score,
             "val_images": result.metrics.get("val_images", 0),
             "nproc_per_node": nproc_per_node,
             "seed": seed,
@@ -203,7 +201,7 @@ def train_task(
         }
     )
     _persist(metrics)
-    return Training(float(result.val_accuracy), run_id)
+    return Training(float(result.val_score), run_id)
 
 
 def export_task(model: Any, dataset: Any, onnx_model: Any, parity: Any) -> str:
@@ -274,6 +272,7 @@ def staging_evaluation_task(
     candidate: Any,
     reference: Any,
     min_accuracy: float,
+    min_map_50: float,
     max_regression: float,
     min_class_recall: float,
     class_recall_floors: dict,
@@ -309,6 +308,7 @@ def staging_evaluation_task(
     thresholds = GateThresholds.model_validate(
         {
             "min_accuracy": min_accuracy,
+            "min_map_50": min_map_50,
             "max_regression": max_regression,
             "min_class_recall": min_class_recall,
             "class_recall_floors": {str(k): float(v) for k, v in (class_recall_floors or {}).items()},
@@ -344,7 +344,7 @@ def staging_evaluation_task(
     )
     for k, v in result.report.flat_metrics().items():
         metrics.log_metric(k, float(v))
-    confusion_matrix.log_confusion_matrix(result.report.labels, result.report.confusion_matrix)
+    confusion_matrix.log_confusion_matrix(*result.report.confusion())
     _persist(metrics)
     _persist(confusion_matrix)
     Path(report.path).parent.mkdir(parents=True, exist_ok=True)

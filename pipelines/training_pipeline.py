@@ -31,6 +31,10 @@ from edgeloop.pipelines import steps
 from edgeloop.pipelines.gate import GATE
 
 PIPELINE_NAME = "edgeloop-training"
+#: A training parameter left at this value takes the default of the labels' task
+#: (:data:`~edgeloop.components.defaults.TRAINING` or :data:`~edgeloop.components.defaults.DETECTION`).
+TASK_DEFAULT_STR = ""
+TASK_DEFAULT_NUM = 0
 
 
 @dsl.pipeline(
@@ -42,15 +46,16 @@ def training_pipeline(
     project: str = "",
     label_policy: str = "latest",
     split_fractions: str = format_fractions(SPLIT_FRACTIONS),  # "train,val,test" shares
-    architecture: str = TRAINING.arch,
-    epochs: int = TRAINING.epochs,
-    batch_size: int = TRAINING.batch_size,
-    image_size: int = TRAINING.size,
-    learning_rate: float = TRAINING.lr,
+    architecture: str = TASK_DEFAULT_STR,
+    epochs: int = TASK_DEFAULT_NUM,
+    batch_size: int = TASK_DEFAULT_NUM,
+    image_size: int = TASK_DEFAULT_NUM,
+    learning_rate: float = float(TASK_DEFAULT_NUM),
     nproc_per_node: int = TRAINING.nproc_per_node,
     seed: int = TRAINING.seed,
     target_profile: str = "cpu-avx2",
     min_accuracy: float = GATE.min_accuracy,
+    min_map_50: float = GATE.min_map_50,
     max_regression: float = GATE.max_regression,
     min_class_recall: float = GATE.min_class_recall,
     class_recall_floors: dict = GATE.class_recall_floors,  # KFP reads it; never mutated
@@ -72,10 +77,13 @@ def training_pipeline(
     git_commit: str = "",
     config_file: str = "",
 ) -> None:
-    """Parameters a Kubeflow UI user sets: project (Label Studio project title, empty: the configured one),
-    split_fractions (train/val/test shares of the labeled images; keep them fixed for a project),
-    model architecture, epochs, gate thresholds (min_eval_images: fewer test images fail the gate for
-    insufficient evidence), approval timeout, target hardware profile, auto_approve."""
+    """Parameters a Kubeflow UI user sets: project (Label Studio project title, empty: the configured one;
+    a Choices project trains a classifier, a RectangleLabels project a detector), split_fractions
+    (train/val/test shares of the labeled images; keep them fixed for a project), model architecture,
+    epochs, batch size, image size, learning rate (empty / 0: the default of the project's task),
+    gate thresholds (min_accuracy judges a classifier, min_map_50 a detector; min_eval_images: fewer
+    test images fail the gate for insufficient evidence), approval timeout, target hardware profile,
+    auto_approve."""
     labels = steps.snapshot_labels(
         project=project,
         label_policy=label_policy,
@@ -113,6 +121,7 @@ def training_pipeline(
         candidate=chosen.outputs["chosen_model"],
         reference=exported.outputs["onnx_model"],
         min_accuracy=min_accuracy,
+        min_map_50=min_map_50,
         max_regression=max_regression,
         min_class_recall=min_class_recall,
         class_recall_floors=class_recall_floors,

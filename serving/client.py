@@ -186,11 +186,15 @@ def _prediction(name: str, version: str, outputs: dict[str, tuple[str, list[int]
 
 # ------------------------------------------------------------------------------- REST
 def rest_request(
-    data: np.ndarray | Sequence[bytes], embedding: bool = False, binary: bool = True
+    data: np.ndarray | Sequence[bytes],
+    embedding: bool = False,
+    binary: bool = True,
+    parameters: dict[str, Any] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
-    """An OIP v2 REST body + headers (binary tensor extension, binary outputs) for ``data``."""
+    """An OIP v2 REST body + headers (binary tensor extension, binary outputs) for ``data``;
+    ``parameters``: more request parameters (a detection model's ``score_threshold``)."""
     datatype, shape, raw = _tensor(data)
-    params: dict[str, Any] = {"binary_data_output": binary}
+    params: dict[str, Any] = {"binary_data_output": binary, **(parameters or {})}
     if embedding:
         params["embedding"] = True
     if binary:
@@ -273,9 +277,13 @@ class RestClient:
         )
 
     def infer(
-        self, data: np.ndarray | Sequence[bytes], version: str | None = None, embedding: bool = False
+        self,
+        data: np.ndarray | Sequence[bytes],
+        version: str | None = None,
+        embedding: bool = False,
+        parameters: dict[str, Any] | None = None,
     ) -> Prediction:
-        body, headers = rest_request(data, embedding, self.binary)
+        body, headers = rest_request(data, embedding, self.binary, parameters)
         r = self._http.post(_rest_path(self.model, version), content=body, headers=headers)
         return rest_response(r.status_code, r.headers, r.content)
 
@@ -285,9 +293,13 @@ class RestClient:
         return self.infer(np.asarray(frames, dtype=np.uint8), version, embedding)
 
     def infer_images(
-        self, images: Sequence[bytes], version: str | None = None, embedding: bool = False
+        self,
+        images: Sequence[bytes],
+        version: str | None = None,
+        embedding: bool = False,
+        parameters: dict[str, Any] | None = None,
     ) -> Prediction:
-        return self.infer(list(images), version, embedding)
+        return self.infer(list(images), version, embedding, parameters)
 
     def ready(self) -> bool:
         try:

@@ -90,3 +90,51 @@ def test_process_count_defaults_are_the_training_default():
         assert default == TRAINING.nproc_per_node, fn.__qualname__
     cmd = torchrun_command("d", "o", TrainConfig())
     assert cmd[cmd.index("--nproc-per-node") + 1] == str(TRAINING.nproc_per_node)
+
+
+def test_a_pipeline_left_at_its_task_defaults_trains_each_task_at_its_own_defaults():
+    """The pipeline's shared parameters default to empty / 0: the train step reads them as the
+    labels' task's defaults (TRAINING for a classifier, DETECTION for a detector)."""
+    from edgeloop.components.defaults import DETECTION
+    from edgeloop.components.training import DetectionTrainConfig, config_for_task
+
+    cls = config_for_task("classification")
+    assert isinstance(cls, TrainConfig)
+    assert (cls.arch, cls.size, cls.epochs, cls.batch_size, cls.lr) == (
+        TRAINING.arch,
+        TRAINING.size,
+        TRAINING.epochs,
+        TRAINING.batch_size,
+        TRAINING.lr,
+    )
+    det = config_for_task("detection")
+    assert isinstance(det, DetectionTrainConfig)
+    assert (det.arch, det.size, det.epochs, det.batch_size, det.lr) == (
+        DETECTION.detector,
+        DETECTION.size,
+        DETECTION.epochs,
+        DETECTION.batch_size,
+        DETECTION.lr,
+    )
+    short = config_for_task("detection", epochs=2, size=96)
+    assert (short.epochs, short.size, short.arch) == (2, 96, DETECTION.detector)
+
+
+def test_an_architecture_of_the_other_task_is_refused_with_the_choices():
+    from edgeloop.components.errors import TrainingError
+    from edgeloop.components.training import config_for_task
+
+    with pytest.raises(TrainingError, match="cannot train a detection dataset; choose one of fasterrcnn_tiny_fpn"):
+        config_for_task("detection", arch=TRAINING.arch)
+    with pytest.raises(TrainingError, match="cannot train a classification dataset"):
+        config_for_task("classification", arch="fasterrcnn_tiny_fpn")
+
+
+def test_detection_launcher_argv_reaches_the_detection_entry_point_unchanged():
+    from edgeloop.components import train_detection
+    from edgeloop.components.training import DetectionTrainConfig
+
+    parser = train_detection.get_args_parser()
+    launched = parser.parse_args(["--data", "d", "--out", "o", *DetectionTrainConfig().argv()])
+    defaults = parser.parse_args(["--data", "d", "--out", "o"])
+    assert vars(launched) == vars(defaults)

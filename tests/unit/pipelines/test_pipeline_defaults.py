@@ -15,19 +15,15 @@ from edgeloop.pipelines.runner import COMPILED
 from edgeloop.pipelines.training_pipeline import training_pipeline
 
 # pipeline parameter -> TrainingDefaults field
-TRAINING_PARAMS = {
-    "architecture": "arch",
-    "epochs": "epochs",
-    "batch_size": "batch_size",
-    "image_size": "size",
-    "learning_rate": "lr",
-    "nproc_per_node": "nproc_per_node",
-    "seed": "seed",
-}
+TRAINING_PARAMS = {"nproc_per_node": "nproc_per_node", "seed": "seed"}
+# parameters whose default depends on the labels' task: empty / 0 in the pipeline, resolved by the
+# train step (edgeloop.components.training.config_for_task, tests/unit/components/test_training_defaults.py)
+TASK_PARAMS = {"architecture": "", "epochs": 0, "batch_size": 0, "image_size": 0, "learning_rate": 0.0}
 GATE_PARAMS = list(GateThresholds.model_fields)
 
 EXPECTED = {
     **{param: getattr(TRAINING, field) for param, field in TRAINING_PARAMS.items()},
+    **TASK_PARAMS,
     **{name: getattr(GATE, name) for name in GATE_PARAMS},
 }
 
