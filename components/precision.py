@@ -128,10 +128,15 @@ class _Calibration:
         pass
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, calibration) -> Path:
+def quantize_int8(
+    fp32_path: Path, out_path: Path, calibration, op_types: Sequence[str] | None = None
+) -> Path:
     """Static QDQ int8 (U8 activations, S8 per-channel weights), calibrated on ``calibration`` (NCHW float32).
 
-    Softmax stays in float so probabilities keep their resolution.
+    Softmax stays in float so probabilities keep their resolution. ``op_types``: quantize only these
+    (a detector's box decoding and NMS stay in float: its boxes would move by whole pixels otherwise).
+    A graph whose shapes symbolic inference cannot follow (a detector's data-dependent counts) is
+    prepared with ONNX's own shape inference.
     """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -140,7 +145,10 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration) -> Path:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     pre = out_path.with_name(out_path.stem + ".pre.onnx")
-    quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
+    try:
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
+    except Exception:  # noqa: BLE001 - "Incomplete symbolic shape inference"
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
     softmax = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Softmax"]
 
     class Reader(CalibrationDataReader):
@@ -159,6 +167,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration) -> Path:
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         nodes_to_exclude=softmax,
+        op_types_to_quantize=list(op_types) if op_types else None,
     )
     pre.unlink(missing_ok=True)
     return out_path
@@ -386,7 +395,9 @@ def select_detection_precision(
     train = load_rows(Path(dataset_dir), "train")[:calibration_images]
     x_cal = runner.pre.batch([decode_image((Path(dataset_dir) / r.file).read_bytes()) for r in train])
     try:
-        paths[Precision.INT8] = quantize_int8(fp32_copy, work / "model.int8.onnx", x_cal)
+        paths[Precision.INT8] = quantize_int8(
+            fp32_copy, work / "model.int8.onnx", x_cal, op_types=("Conv", "MatMul", "Gemm")
+        )
     except Exception as e:  # an op the quantizer cannot handle: record it and stay in fp32
         errors[Precision.INT8.value] = f"{type(e).__name__}: {e}"
     found: dict[Precision, list] = {}

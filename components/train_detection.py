@@ -134,8 +134,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps = args.epochs * max(1, len(loader))
+    # the warm-up needs two steps at least: OneCycleLR divides by its length (short runs, few images)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=max(1, len(loader)), pct_start=0.1
+        optimizer, max_lr=args.lr, total_steps=steps, pct_start=min(0.5, max(0.1, 2.5 / steps))
     )
     machine = machine_info()
     tracker = _mlflow(args, rank)
