@@ -94,8 +94,8 @@ down: ## Stop the local stack (data is kept under .edgeloop/)
 status: ## Show the local stack
 	$(EDGELOOP) stack status
 
-demo: setup ## The whole loop on the sample data, locally
-	$(EDGELOOP) demo
+demo: setup ## The whole loop on the sample data, locally (TASK=detection: the defect detector's loop)
+	$(EDGELOOP) demo $(if $(TASK),--task $(TASK))
 
 test: setup test-images ## Run the whole test suite (unit + integration against the real stack + e2e)
 	$(PY) -m pytest tests $(PYTEST_ARGS)

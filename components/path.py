@@ -86,6 +86,14 @@ def run_training_path(
     )
     timings["build_dataset"] = round(time.perf_counter() - t, 2)
     log(f"dataset: {info.summary()}")
+    if info.task == "detection":
+        from edgeloop.components.errors import TrainingError
+
+        raise TrainingError(
+            f"project '{report.project_title}' holds boxes (detection): `edgeloop train` trains classifiers. "
+            f"Train, export, evaluate and gate the detector with the pipeline: `edgeloop pipeline run --local "
+            f"-p project={report.project_title}` (architecture, epochs, ... default to the detector's)"
+        )
     for w in info.warnings:
         log(f"warning: {w}")
 

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeloop.core import labelstudio as lsx
 from edgeloop.core.blob import BlobStore
+from edgeloop.core.boxes import Box
 
 if TYPE_CHECKING:
     from edgeloop.core.config import Settings
@@ -100,9 +101,37 @@ class RelabelItem:
     flag_score: float
     labels: list[str]  # the model's classes (the project's choices must include them)
     metadata: dict[str, Any] = field(default_factory=dict)
+    # a detector's: its detections (label, score, x, y, width, height in the image's pixels) and
+    # the image's size; the task is then a RectangleLabels task pre-annotated with those boxes
+    detections: list[dict[str, Any]] | None = None
+    width: int | None = None
+    height: int | None = None
+
+    @property
+    def task_type(self) -> str:
+        return lsx.CLASSIFICATION if self.detections is None else lsx.DETECTION
+
+    def _prediction(self) -> dict[str, Any]:
+        if self.detections is None:
+            return {
+                "result": lsx.choice_result(self.predicted_label),
+                "score": float(self.score),
+                "model_version": self.model_version,
+            }
+        if not (self.width and self.height):
+            raise ItemError(f"image {self.sha256[:12]}: a box task needs the image's width and height")
+        boxes = [
+            Box(str(d["label"]), float(d["x"]), float(d["y"]), float(d["width"]), float(d["height"]))
+            for d in self.detections
+        ]
+        result = lsx.rectangle_result(boxes, self.width, self.height)
+        for region, d in zip(result, self.detections, strict=True):
+            region["score"] = float(d["score"])
+        return {"result": result, "score": float(self.score), "model_version": self.model_version}
 
     def task(self) -> dict[str, Any]:
-        """The Label Studio import payload: data + prediction, created in one request."""
+        """The Label Studio import payload: data + prediction (the model's class, or its boxes as
+        pre-annotated regions a labeler corrects), created in one request."""
         data = {
             "image": self.image_url,
             "blob_uri": self.blob_uri,
@@ -117,12 +146,9 @@ class RelabelItem:
             "source": self.metadata.get("source") or "relabel",
             **{k: v for k, v in self.metadata.items() if k != "source"},
         }
-        prediction = {
-            "result": lsx.choice_result(self.predicted_label),
-            "score": float(self.score),
-            "model_version": self.model_version,
-        }
-        return {"data": data, "predictions": [prediction]}
+        if self.detections is not None:
+            data |= {"width": self.width, "height": self.height}
+        return {"data": data, "predictions": [self._prediction()]}
 
 
 @dataclass
@@ -425,7 +451,13 @@ class RelabelQueue:
         labels: list[str] = []
         for item in items:
             labels.extend(c for c in item.labels if c not in labels)
-        proj = lsx.ensure_project(ls, project, labels)
+        kinds = {item.task_type for item in items}
+        if len(kinds) > 1:
+            raise lsx.LabelingTaskError(
+                f"project '{project}' was offered class and box tasks at once: one task type per project "
+                "(queue a detector's flagged images for a project of their own)"
+            )
+        proj = lsx.ensure_project(ls, project, labels, task=kinds.pop() if kinds else lsx.CLASSIFICATION)
         existing = {sha: t.id for sha, t in lsx.tasks_by_sha(ls, proj.id).items()}
         store = BlobStore.from_settings(settings)
         todo: list[tuple[RelabelItem, dict[str, Any]]] = []

@@ -43,7 +43,7 @@ class DetectionParity(BaseModel):
 
 
 class DetectionReport(BaseModel):
-    task: Literal["detection"] = DETECTION
+    task: Literal["detection"] = "detection"
     labels: list[str]
     n: int = Field(description="test images")
     boxes: int = Field(description="ground-truth boxes on them")
@@ -181,8 +181,9 @@ def evaluate_detection_predictions(
     if parity is not None:
         estimates["parity_agreement"] = Estimate.of(proportion(parity.n - parity.disagreeing, parity.n))
     latency = latency_summary(latencies_ms) if latencies_ms else None
-    for q in (50, 95, 99) if latencies_ms else ():
-        estimates[f"latency_p{q}_ms"] = quantile_estimate(latencies_ms, q / 100)
+    if latencies_ms:
+        for q in (50, 95, 99):
+            estimates[f"latency_p{q}_ms"] = quantile_estimate(latencies_ms, q / 100)
     return DetectionReport(
         labels=list(labels),
         n=n,

@@ -50,8 +50,11 @@ if TYPE_CHECKING:
     from edgeloop.core.config import Settings
     from edgeloop.core.model_card import ModelCard
     from edgeloop.pipelines.attestation import Statement
+    from edgeloop.pipelines.detection_evaluation import DetectionReport
     from edgeloop.pipelines.evaluation import EvaluationReport
     from edgeloop.pipelines.gate import GateDecision
+
+    Report = EvaluationReport | DetectionReport
 
 log = logging.getLogger(__name__)
 
@@ -169,11 +172,11 @@ def _get_version(c: MlflowClient, name: str, version: str):
 def register_candidate(
     settings: Settings,
     model_dir: Path,
-    report: EvaluationReport,
+    report: Report,
     decision: GateDecision,
     *,
     report_markdown: str = "",
-    champion_report: EvaluationReport | None = None,
+    champion_report: Report | None = None,
     lineage: Mapping[str, str] | None = None,
     params: Mapping[str, Any] | None = None,
     extra_evidence: Mapping[str, Path] | None = None,
@@ -416,7 +419,7 @@ def _upload_model(settings: Settings, name: str, digest: str, model_dir: Path) -
     return f"az://{container}/{prefix}"
 
 
-def _log_confusion_figure(report: EvaluationReport) -> None:
+def _log_confusion_figure(report: Report) -> None:
     """A PNG of the confusion matrix in the run's evidence (best effort: matplotlib may be missing)."""
     try:
         import matplotlib
@@ -461,7 +464,7 @@ def download_version(settings: Settings, version: str, dest: Path) -> Path:
     return fetch_verified(uri, settings, cache_dir=Path(dest)).directory
 
 
-def download_evaluation(settings: Settings, version: str) -> EvaluationReport | None:
+def download_evaluation(settings: Settings, version: str) -> Report | None:
     """The version's staging evaluation (a detector's is a
     :class:`~edgeloop.pipelines.detection_evaluation.DetectionReport`), or None without one."""
     import mlflow

@@ -28,6 +28,7 @@ from edgeloop.pipelines.gate import GateDecision, GateThresholds, evaluate_rules
 
 if TYPE_CHECKING:
     from edgeloop.core.config import Settings
+    from edgeloop.pipelines.detection_evaluation import DetectionReport
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,8 @@ class TestImage:
 
 @dataclass
 class StagingResult:
-    report: EvaluationReport
-    champion_report: EvaluationReport | None
+    report: EvaluationReport | DetectionReport
+    champion_report: EvaluationReport | DetectionReport | None
     champion_version: str | None
     decision: GateDecision
     markdown: str

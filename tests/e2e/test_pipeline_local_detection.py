@@ -47,14 +47,26 @@ def test_a_detection_project_trains_gates_and_serves_a_detector(stack_settings, 
     from edgeloop.serving.launcher import running_server
 
     seed_directory(stack_settings, detection_sample, source="det-e2e", project_title=PROJECT, progress=False)
-    params = [a for k, v in {**SMALL, "gitops_dir": str(tmp_path / "gitops")}.items() for a in ("-p", f"{k}={v}")]
+    params = [
+        a for k, v in {**SMALL, "gitops_dir": str(tmp_path / "gitops")}.items() for a in ("-p", f"{k}={v}")
+    ]
     env = {
         **os.environ,
         "EDGELOOP_STATE_DIR": str(stack_settings.state_dir),
         "EDGELOOP_MLFLOW__REGISTERED_MODEL": MODEL,
     }
     r = subprocess.run(
-        [sys.executable, "-m", "edgeloop.cli", "pipeline", "run", "--local", "--auto-approve", "--json", *params],
+        [
+            sys.executable,
+            "-m",
+            "edgeloop.cli",
+            "pipeline",
+            "run",
+            "--local",
+            "--auto-approve",
+            "--json",
+            *params,
+        ],
         env=env,
         capture_output=True,
         text=True,

@@ -124,7 +124,9 @@ def test_an_architecture_of_the_other_task_is_refused_with_the_choices():
     from edgeloop.components.errors import TrainingError
     from edgeloop.components.training import config_for_task
 
-    with pytest.raises(TrainingError, match="cannot train a detection dataset; choose one of fasterrcnn_tiny_fpn"):
+    with pytest.raises(
+        TrainingError, match="cannot train a detection dataset; choose one of fasterrcnn_tiny_fpn"
+    ):
         config_for_task("detection", arch=TRAINING.arch)
     with pytest.raises(TrainingError, match="cannot train a classification dataset"):
         config_for_task("classification", arch="fasterrcnn_tiny_fpn")

@@ -74,7 +74,10 @@ def test_too_few_test_images_leave_the_figures_undecided_and_the_gate_failed():
     decision = evaluate_detection_rules(report, GateThresholds(min_eval_images=200))
     assert not decision.passed
     by = {r.name: r for r in decision.results}
-    assert not by["min_eval_images"].passed and "insufficient evidence: 12 test images" in by["min_eval_images"].detail
+    assert (
+        not by["min_eval_images"].passed
+        and "insufficient evidence: 12 test images" in by["min_eval_images"].detail
+    )
     assert not by["min_map_50"].decided and by["latency_budget"].decided
 
 
