@@ -56,9 +56,12 @@ def flag_images(
     embeddings: np.ndarray,
     sha256s: Sequence[str],
     ood_scores: np.ndarray | None = None,
+    confidence_margin: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[Flag]:
-    """One :class:`Flag` per image that trips at least one rule (unsorted)."""
-    conf, margin = confidence_and_margin(probabilities)
+    """One :class:`Flag` per image that trips at least one rule (unsorted). ``confidence_margin``:
+    per image, computed elsewhere (a detector's, :func:`~edgeloop.monitoring.profile.detection_summary`)
+    instead of from ``probabilities``."""
+    conf, margin = confidence_margin or confidence_and_margin(probabilities)
     ood = profile.ood_scores(embeddings) if ood_scores is None else np.asarray(ood_scores)
     ood_thr = max(profile.ood_threshold, 1e-12)
     flags = []

@@ -23,6 +23,12 @@ standard deviation (no single wide feature dominates). The kNN index needs at le
 :data:`MIN_REFERENCE_IMAGES` images to be stable; fewer still build a profile, with a warning
 and ``profile.calibration["sufficient"] = False`` (the scan says so).
 
+A detector's profile (``task`` detection) has no embeddings; per image it keeps the top
+detection score as the confidence, the distance of its least certain detection from the operating
+threshold as the margin (:func:`detection_summary`) and the number of detections at the threshold
+(0, 1, 2, 3+) as the "predicted class", so the same drift tests watch confidence, box counts and
+image statistics, and the small-margin flag marks images with a detection the model is unsure of.
+
 For the training / pipeline step, one call::
 
     from edgeloop.monitoring.profile import build_reference_profile
@@ -57,6 +63,27 @@ NO_EMBEDDING = (
     "the model has no embedding output (an imported model without --embedding): embedding MMD "
     "and the out-of-distribution flag need one; image statistics, confidence and predictions are monitored"
 )
+
+
+#: A detector's "classes" in its profile: the number of detections at the operating threshold.
+BOX_COUNT_LABELS = ["0 boxes", "1 box", "2 boxes", "3+ boxes"]
+DETECTION = "detection"
+
+
+def detection_summary(
+    per_image: Sequence[Sequence[dict[str, Any]]], threshold: float = 0.5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A detector's answers (per image: dicts with ``score``) -> (confidence: the top score, 0
+    without a detection; margin: min |score - threshold| / max(threshold, 1 - threshold) over the
+    image's detections, 1 without any; box-count bucket: detections at the threshold, capped at 3)."""
+    scale = max(threshold, 1.0 - threshold)
+    conf, margin, count = [], [], []
+    for dets in per_image:
+        scores = [float(d["score"]) for d in dets]
+        conf.append(max(scores, default=0.0))
+        margin.append(min((abs(x - threshold) / scale for x in scores), default=1.0))
+        count.append(min(sum(x >= threshold for x in scores), len(BOX_COUNT_LABELS) - 1))
+    return np.asarray(conf, float), np.asarray(margin, float), np.asarray(count, int)
 
 
 class ProfileError(FileNotFoundError):
@@ -140,6 +167,8 @@ class ReferenceProfile:
     embedding_center: np.ndarray | None = None
     embedding_scale: np.ndarray | None = None
     calibration: dict[str, Any] = field(default_factory=dict)  # how ood_threshold was calibrated
+    task: str = "classification"  # detection: see the module docstring
+    score_threshold: float = 0.5  # a detector's operating threshold
 
     @property
     def ood_false_flag_rate(self) -> float:
@@ -190,6 +219,8 @@ class ReferenceProfile:
             "created_at": self.created_at,
             "image_stat_names": list(IMAGE_STAT_NAMES),
             "calibration": self.calibration,
+            "task": self.task,
+            "score_threshold": self.score_threshold,
             "format": 2,
         }
 
@@ -244,6 +275,8 @@ class ReferenceProfile:
                 embedding_center=z["embedding_center"] if "embedding_center" in z.files else None,
                 embedding_scale=z["embedding_scale"] if "embedding_scale" in z.files else None,
                 calibration=meta.get("calibration", {}),
+                task=meta.get("task", "classification"),
+                score_threshold=meta.get("score_threshold", 0.5),
             )
 
 
@@ -351,9 +384,12 @@ def build_reference_profile(
     and MMD; fewer (at least 10) still build a profile, with a warning. All of them form the kNN
     index; the out-of-distribution threshold is cross-fitted on them at ``ood_false_flag_rate``.
     """
+    from edgeloop.core.model_card import ModelCard
     from edgeloop.monitoring.model import ModelRunner, to_rgb_array
 
     model_dir = Path(model_dir)
+    if ModelCard.load(model_dir).task == DETECTION:
+        return build_detection_reference_profile(model_dir, images, save=save, flag_quantile=flag_quantile)
     runner = ModelRunner(model_dir)
     arrays = [to_rgb_array(im) for im in images]
     out = runner.run(arrays)
@@ -373,6 +409,47 @@ def build_reference_profile(
         seed=seed,
         stats_size=size,
         calibration_folds=calibration_folds,
+    )
+    if save:
+        profile.save(model_dir / PROFILE_FILE)
+    return profile
+
+
+def build_detection_reference_profile(
+    model_dir: Path | str, images: Iterable[Any], *, save: bool = True, flag_quantile: float = 0.05
+) -> ReferenceProfile:
+    """A detector's profile (see the module docstring) from held-out ``images``; the small-margin
+    threshold is their ``flag_quantile`` quantile, so about that share of in-distribution images
+    is flagged for a detection near the operating threshold."""
+    from edgeloop.components.detection_runtime import DetectorRunner
+    from edgeloop.core.payload_log import LOG_SCORE_FLOOR
+    from edgeloop.monitoring.model import to_rgb_array
+
+    model_dir = Path(model_dir)
+    runner = DetectorRunner.from_dir(model_dir)
+    arrays = [to_rgb_array(im) for im in images]
+    if len(arrays) < 10:
+        raise ValueError(f"a reference profile needs at least 10 images, got {len(arrays)}")
+    found = runner.detect(arrays, threshold=LOG_SCORE_FLOOR)
+    threshold = float(runner.card.parity.get("score_threshold", 0.5))
+    conf, margin, count = detection_summary([[{"score": d.score} for d in img] for img in found], threshold)
+    size = runner.pre.size
+    profile = ReferenceProfile(
+        model=runner.card.name,
+        version=runner.card.version,
+        labels=list(BOX_COUNT_LABELS),
+        embeddings=np.zeros((0, 0)),
+        confidence=conf,
+        margin=margin,
+        image_stats=image_stats_batch(arrays, size),
+        predicted=count,
+        stats_size=size,
+        low_confidence_threshold=-1.0,  # a clean tag has no detection: a low top score is no doubt
+        small_margin_threshold=float(np.quantile(margin, flag_quantile)),
+        n_images=len(arrays),
+        calibration={"method": "off", "reason": "a detector has no embedding output", "sufficient": False},
+        task=DETECTION,
+        score_threshold=threshold,
     )
     if save:
         profile.save(model_dir / PROFILE_FILE)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeloop.monitoring.profile import IMAGE_STAT_NAMES, NO_EMBEDDING, confidence_and_margin
+from edgeloop.monitoring.profile import IMAGE_STAT_NAMES, NO_EMBEDDING
 
 if TYPE_CHECKING:
     from edgeloop.monitoring.flags import Flag
@@ -77,7 +77,7 @@ def _figures(profile: ReferenceProfile, window: Window, selected: list[Flag]) ->
         ax.legend(fontsize=8)
         figs["pca"] = _png(fig)
 
-    conf, _ = confidence_and_margin(window.probabilities)
+    conf, _ = window.confidence_margin()
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     bins = np.linspace(0, 1, 26).tolist()
     ax.hist(profile.confidence, bins=bins, alpha=0.6, density=True, label="reference")

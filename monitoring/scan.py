@@ -25,11 +25,13 @@ from edgeloop.core.payload_log import PayloadRecord, read_window
 from edgeloop.monitoring.drift import CategoricalDrift, DriftResult, KSDrift, MMDDrift, PSIDrift
 from edgeloop.monitoring.flags import Flag, flag_images, select_for_labeling
 from edgeloop.monitoring.profile import (
+    DETECTION,
     IMAGE_STAT_NAMES,
     MIN_REFERENCE_IMAGES,
     NO_EMBEDDING,
     ReferenceProfile,
     confidence_and_margin,
+    detection_summary,
     image_stats,
 )
 
@@ -70,10 +72,29 @@ class Window:
     records_dropped: int = 0  # no embedding logged and no image to compute one from
     images_missing: int = 0  # images the payload log names but storage could not return
     records_malformed: int = 0  # payload-log lines that are not valid records (skipped)
+    score_threshold: float | None = None  # set: a detector's window (its records carry detections)
+
+    @property
+    def detector(self) -> bool:
+        return self.score_threshold is not None
+
+    def confidence_margin(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per record: (confidence, margin), a classifier's top-1 / top-1 minus top-2, a detector's
+        top score / distance of its least certain detection from the threshold."""
+        if self.detector:
+            conf, margin, _ = detection_summary(self._detections(), self.score_threshold or 0.5)
+            return conf, margin
+        return confidence_and_margin(self.probabilities)
 
     @property
     def predicted(self) -> np.ndarray:
+        """A classifier's top-1 class per record; a detector's box-count bucket (0, 1, 2, 3+)."""
+        if self.detector:
+            return detection_summary(self._detections(), self.score_threshold or 0.5)[2]
         return self.probabilities.argmax(axis=1) if len(self.probabilities) else np.zeros(0, int)
+
+    def _detections(self) -> list[list[dict[str, Any]]]:
+        return [r.detections or [] for r in self.records]
 
 
 @dataclass
@@ -231,10 +252,12 @@ def load_window(
     max_stat_images: int = 200,
     seed: int = 0,
     stats_size: int = 128,
+    score_threshold: float | None = None,
 ) -> Window:
     """Read the window's records (of ``version`` unless None), fill in missing embeddings with
     ``runner`` (a :class:`edgeloop.monitoring.model.ModelRunner`), and compute image statistics on a sample.
-    Malformed payload-log lines are skipped and counted."""
+    Malformed payload-log lines are skipped and counted. ``score_threshold``: a detector's window
+    (no embeddings; its records' detections, judged at that threshold)."""
     malformed: list[tuple[str, int]] = []
 
     def skip(blob: str, line: int, error: Exception) -> None:
@@ -256,12 +279,15 @@ def load_window(
         if shas
         else []
     )
-    need = {shas[i] for i in sample} | {r.image_sha256 for r in records if r.embedding is None}
+    detector = score_threshold is not None
+    need = {shas[i] for i in sample} | {
+        r.image_sha256 for r in records if r.embedding is None and not detector
+    }
     images = _download_images(store, [records[by_sha[s][0]] for s in sorted(need)])
     images_missing = len(need) - len(images)
 
     probs: np.ndarray = np.array([r.probabilities for r in records], dtype=np.float64).reshape(n, -1)
-    missing = [i for i, r in enumerate(records) if r.embedding is None]
+    missing = [] if detector else [i for i, r in enumerate(records) if r.embedding is None]
     if missing and runner is None:
         raise ValueError("payload records carry no embeddings and no model was given to compute them")
     dim = len(next((r.embedding for r in records if r.embedding is not None), [])) or None
@@ -273,6 +299,8 @@ def load_window(
         computed = dict(zip(have, out.embeddings, strict=True))
     emb: np.ndarray = np.zeros((n, dim or 0))
     for i, r in enumerate(records):
+        if detector:
+            continue
         if r.embedding is not None:
             emb[i] = r.embedding
         elif i in computed:
@@ -295,7 +323,17 @@ def load_window(
     if len(malformed) > 1:
         log.warning("%d malformed payload-log lines skipped in all", len(malformed))
     return Window(
-        records, probs, emb, stats_arr, stat_rows, other, images, dropped, images_missing, len(malformed)
+        records,
+        probs,
+        emb,
+        stats_arr,
+        stat_rows,
+        other,
+        images,
+        dropped,
+        images_missing,
+        len(malformed),
+        score_threshold,
     )
 
 
@@ -311,7 +349,7 @@ def detectors(profile: ReferenceProfile, options: ScanOptions) -> list[Any]:
 
 
 def run_detectors(profile: ReferenceProfile, window: Window, options: ScanOptions) -> list[DriftResult]:
-    conf, _ = confidence_and_margin(window.probabilities)
+    conf, _ = window.confidence_margin()
     mmd, psi, ks, cat = detectors(profile, options)
     embedding = (
         mmd.predict(window.embeddings)
@@ -323,8 +361,13 @@ def run_detectors(profile: ReferenceProfile, window: Window, options: ScanOption
             mmd.p_val,
             float("nan"),
             0,
-            len(window.probabilities),
-            {"skipped": f"off: {NO_EMBEDDING}"},
+            len(window.records),
+            {
+                "skipped": "off: a detector has no embedding output; its confidence, box counts (prediction_chi2) "
+                "and image statistics are monitored"
+                if profile.task == DETECTION
+                else f"off: {NO_EMBEDDING}"
+            },
         )
     )
     return [
@@ -372,17 +415,22 @@ def scan_window(
         max_stat_images=options.max_stat_images,
         seed=options.seed,
         stats_size=profile.stats_size,
+        score_threshold=profile.score_threshold if profile.task == DETECTION else None,
     )
     results = run_detectors(profile, window, options)
 
     shas = [r.image_sha256 for r in window.records]
     drift = any(r.is_drift for r in results)
-    flags = flag_images(profile, window.probabilities, window.embeddings, shas)
+    flags = flag_images(
+        profile, window.probabilities, window.embeddings, shas, confidence_margin=window.confidence_margin()
+    )
     selected = select_for_labeling(flags, window.embeddings, options.budget, drift=drift)
     distinct = {f.sha256: f for f in flags}  # an image served twice is flagged (and counted) once
     reasons = _count_reasons(distinct.values())
     warnings = []
-    if not profile.has_embeddings:
+    if profile.task == DETECTION:
+        pass  # a detector has no embeddings: confidence, box counts and image statistics are watched
+    elif not profile.has_embeddings:
         warnings.append(f"detectors off: embedding_mmd and the out_of_distribution flag: {NO_EMBEDDING}")
     elif len(profile.embeddings) < MIN_REFERENCE_IMAGES:
         warnings.append(
@@ -397,7 +445,7 @@ def scan_window(
     queue = RelabelQueue.for_settings(settings)
     project = options.project_title or settings.labelstudio.project_title
     if options.queue and selected:
-        items = [_relabel_item(store, card, window.records[f.index], f) for f in selected]
+        items = [_relabel_item(store, card, window.records[f.index], f, window) for f in selected]
         enqueue_report = queue.enqueue(project, items)
         queued = set(enqueue_report.enqueued_sha256)
     if options.deliver:
@@ -463,7 +511,14 @@ class _LazyRunner:
         return self._runner.run(images)
 
 
-def _relabel_item(store: BlobStore, card: Any, record: PayloadRecord, flag: Flag) -> Any:
+#: A detector's detections from this score up pre-annotate its relabel task (a labeler sees the
+#: doubtful ones, each with its score, and keeps, moves or deletes them).
+RELABEL_SCORE_FLOOR = 0.25
+
+
+def _relabel_item(
+    store: BlobStore, card: Any, record: PayloadRecord, flag: Flag, window: Window | None = None
+) -> Any:
     from edgeloop.monitoring.relabel import RelabelItem
 
     meta: dict[str, Any] = {
@@ -472,18 +527,35 @@ def _relabel_item(store: BlobStore, card: Any, record: PayloadRecord, flag: Flag
     }
     if record.source:
         meta["stream"] = record.source
-    return RelabelItem(
-        sha256=record.image_sha256,
-        blob_uri=record.image_uri,
-        image_url=store.sas_url(record.image_uri),
-        predicted_label=record.label,
-        score=record.score,
-        model_version=f"{record.model}:{record.version}",
-        flag_reason=flag.reason,
-        flag_score=flag.value,
-        labels=list(card.labels),
-        metadata=meta,
-    )
+    fields: dict[str, Any] = {
+        "sha256": record.image_sha256,
+        "blob_uri": record.image_uri,
+        "image_url": store.sas_url(record.image_uri),
+        "predicted_label": record.label,
+        "score": record.score,
+        "model_version": f"{record.model}:{record.version}",
+        "flag_reason": flag.reason,
+        "flag_score": flag.value,
+        "labels": list(card.labels),
+        "metadata": meta,
+    }
+    if window is not None and window.detector:
+        fields |= _box_task(card, record)
+    return RelabelItem(**fields)
+
+
+def _box_task(card: Any, record: PayloadRecord) -> dict[str, Any]:
+    """A detector's record as a box task: its detections worth a look, in the logged image's pixels
+    (the model's input size)."""
+    dets = [d for d in record.detections or [] if float(d["score"]) >= RELABEL_SCORE_FLOOR]
+    found = len(dets)
+    size = card.preprocessing.size
+    return {
+        "detections": dets,
+        "width": size,
+        "height": size,
+        "predicted_label": f"{found} defect{'s' if found != 1 else ''} (top {record.label or 'none'})",
+    }
 
 
 def _selected_row(record: PayloadRecord, flag: Flag) -> dict[str, Any]:

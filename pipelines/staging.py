@@ -297,11 +297,10 @@ def stage_model(model_dir: Path, out_dir: Path, dataset_dir: Path) -> Path:
 
     if ModelCard.load(out_dir).task == "detection":
         log.info(
-            "a detector: no FFmpeg-resize agreement and no drift reference profile recorded yet "
-            "(the stream keeps the shared preprocessing)"
+            "a detector: no FFmpeg-resize agreement recorded (the stream keeps the shared preprocessing)"
         )
-        return out_dir
-    record_stream_resize(out_dir, dataset_dir)
+    else:
+        record_stream_resize(out_dir, dataset_dir)
     try:
         from edgeloop.monitoring.profile import build_reference_profile
     except ImportError:  # pragma: no cover - monitoring not installed

@@ -82,7 +82,7 @@ ALIAS_INFO = Gauge(
 )
 PAYLOAD_LOG = Counter(
     "edgeloop_serving_payload_log_records_total",
-    "Payload log records, by outcome (written, dropped, failed, unsupported: a detection model's, not logged yet)",
+    "Payload log records, by outcome (written, dropped, failed)",
     ["outcome"],
 )
 INFLIGHT = Gauge(

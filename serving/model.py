@@ -38,6 +38,7 @@ from edgeloop.core.model_loader import (
     session_layout,
     verify_model,
 )
+from edgeloop.core.payload_log import LOG_SCORE_FLOOR
 from edgeloop.core.preprocessing import Preprocess
 from edgeloop.serving import codec, detection, metrics
 from edgeloop.serving.batching import DirectRunner, DynamicBatcher, per_core_cpus
@@ -492,6 +493,31 @@ class OnnxImageModel(Model):
             rows=rows,
         )
 
+    def _log_detections(
+        self, lv: LoadedVersion, res: list[np.ndarray], inputs: codec.ModelInput, rows, rid
+    ) -> None:
+        """The payload log keeps the model-size image, so its detections are logged in those pixels,
+        from :data:`~edgeloop.core.payload_log.LOG_SCORE_FLOOR` up (the monitor sees the uncertain ones)."""
+        n = len(res[0])
+        logged = detection.outputs(res, [(lv.size, lv.size)] * n, lv.size, lv.labels, LOG_SCORE_FLOOR)
+        per_image = logged.per_image()
+        labels = [max(d, key=lambda x: x["score"])["label"] if d else "" for d in per_image]
+        pre = lv.card.preprocessing
+        self.payload_logger.offer(
+            self.name,
+            lv.version,
+            labels,
+            np.zeros((n, 0), dtype=np.float32),
+            None,
+            inputs.frames,
+            inputs.x if inputs.frames is None else None,
+            pre.mean,
+            pre.std,
+            rid,
+            rows=rows,
+            detections=per_image,
+        )
+
     def _start_comparison(
         self, result: Prepared, other: LoadedVersion, rows: list[int], rid: str | None
     ) -> None:
@@ -744,11 +770,11 @@ class OnnxImageModel(Model):
         )
         n = len(found.count)
         self._count_request(result, n)
-        # the payload log and shadow / canary comparisons record classifications only so far: counted
         if self.payload_logger is not None:
-            kept = len(self.payload_logger.sample(n))
-            if kept:
-                metrics.PAYLOAD_LOG.labels("unsupported").inc(kept)
+            rows = self.payload_logger.sample(n)
+            if rows:
+                self._log_detections(lv, res, result.inputs, rows, result.request_id)
+        # shadow / canary comparisons compare classifications only so far: counted
         other = self._comparison(result)
         if other is not None:
             metrics.SHADOW_IMAGES.labels(self.name, other.version, "incompatible").inc(n)

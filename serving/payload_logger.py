@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +40,7 @@ class _Item:
     mean: tuple[float, float, float] | None
     std: tuple[float, float, float] | None
     request_id: str | None
+    detections: list[dict[str, Any]] | None = None  # a detector's, in the logged image's pixels
 
 
 class PayloadLogger:
@@ -90,9 +92,11 @@ class PayloadLogger:
         std: tuple[float, float, float],
         request_id: str | None = None,
         rows: Sequence[int] | None = None,
+        detections: Sequence[list[dict[str, Any]]] | None = None,
     ) -> int:
         """Queue the rows of one answered request (``rows``, else a sample of them); never blocks.
-        Returns rows queued."""
+        Returns rows queued. ``detections``: a detector's answer per image (in the pixels of the
+        logged image, the model's input), instead of probabilities."""
         now, queued = time.time(), 0
         for i in self.sample(len(labels)) if rows is None else rows:
             image, m, s = (frames[i], None, None) if frames is not None else (x[i], mean, std)  # type: ignore[index]
@@ -107,6 +111,7 @@ class PayloadLogger:
                 m,
                 s,
                 request_id,
+                None if detections is None else detections[i],
             )
             try:
                 self._queue.put_nowait(item)
@@ -172,13 +177,15 @@ class PayloadLogger:
         sha = sha256_bytes(png)
         images[sha] = png
         probs = it.probabilities.astype(float).tolist()
+        score = max(probs) if probs else max((float(d["score"]) for d in it.detections or []), default=0.0)
         return PayloadRecord(
             ts=it.ts,
             model=model,
             version=it.version,
             label=it.label,
-            score=max(probs),
+            score=score,
             probabilities=probs,
+            detections=it.detections,
             embedding=None if it.embedding is None else it.embedding.astype(float).tolist(),
             image_sha256=sha,
             image_uri=f"az://{self.container}/{image_blob_name(sha)}",

@@ -16,7 +16,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -24,6 +24,10 @@ from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
     from edgeloop.core.blob import BlobStore
+
+
+#: A detector's detections below this score are not logged (the graph's own floor is 0.05).
+LOG_SCORE_FLOOR = 0.1
 
 
 class PayloadRecord(BaseModel):
@@ -39,6 +43,10 @@ class PayloadRecord(BaseModel):
     image_uri: str  # az://payloads/images/<sha256>.png
     source: str | None = None  # camera / stream id when known
     request_id: str | None = None
+    # a detector's record: its detections (label, score, x, y, width, height in the pixels of the
+    # logged image) from LOG_SCORE_FLOOR up; ``probabilities`` is empty, ``label`` the top detection's
+    # class ("" for none) and ``score`` its score
+    detections: list[dict[str, Any]] | None = None
 
 
 def image_blob_name(sha256: str) -> str:
