@@ -23,7 +23,8 @@ standard deviation (no single wide feature dominates). The kNN index needs at le
 :data:`MIN_REFERENCE_IMAGES` images to be stable; fewer still build a profile, with a warning
 and ``profile.calibration["sufficient"] = False`` (the scan says so).
 
-A detector's profile (``task`` detection) has no embeddings; per image it keeps the top
+A detector's profile (``task`` detection) has no embedding output: its image statistics take the
+embeddings' place (kNN out-of-distribution flag, MMD); per image it keeps the top
 detection score as the confidence, the distance of its least certain detection from the operating
 threshold as the margin (:func:`detection_summary`) and the number of detections at the threshold
 (0, 1, 2, 3+) as the "predicted class", so the same drift tests watch confidence, box counts and
@@ -316,7 +317,6 @@ def profile_from_outputs(
         "image_stats": np.asarray(stats, dtype=np.float64),
         "predicted": np.asarray(probabilities).argmax(1),
         "stats_size": stats_size,
-        "knn_k": knn_k,
         "low_confidence_threshold": float(np.quantile(conf, flag_quantile)),
         "small_margin_threshold": float(np.quantile(margin, flag_quantile)),
         "n_images": n,
@@ -324,7 +324,25 @@ def profile_from_outputs(
     if np.asarray(embeddings).size == 0:
         log.warning("reference profile without embeddings: %s", NO_EMBEDDING)
         off = {"method": "off", "reason": NO_EMBEDDING, "sufficient": False}
-        return ReferenceProfile(embeddings=np.zeros((0, 0)), calibration=off, **common)
+        return ReferenceProfile(embeddings=np.zeros((0, 0)), calibration=off, knn_k=knn_k, **common)
+    return ReferenceProfile(
+        **common,
+        **_knn_fields(embeddings, max_embeddings, knn_k, ood_false_flag_rate, seed, calibration_folds),
+    )
+
+
+def _knn_fields(
+    embeddings: np.ndarray,
+    max_embeddings: int,
+    knn_k: int,
+    ood_false_flag_rate: float,
+    seed: int,
+    calibration_folds: int,
+    what: str = "embeddings",
+) -> dict[str, Any]:
+    """The kNN reference (a seeded subsample of ``embeddings``, standardised) and its
+    out-of-distribution threshold, cross-fitted at ``ood_false_flag_rate``."""
+    n = len(embeddings)
     rng = np.random.default_rng(seed)
     keep = np.sort(rng.choice(n, size=min(n, max_embeddings), replace=False))
     emb = np.asarray(embeddings, dtype=np.float64)[keep]
@@ -345,7 +363,7 @@ def profile_from_outputs(
             MIN_REFERENCE_IMAGES,
         )
     calibration = {
-        "method": "cross-fitted kNN on standardised embeddings",
+        "method": f"cross-fitted kNN on standardised {what}",
         "folds": folds,
         "n_reference": len(emb),
         "false_flag_rate": ood_false_flag_rate,
@@ -353,15 +371,15 @@ def profile_from_outputs(
         "sufficient": sufficient,
     }
     ood_quantile = 1.0 - ood_false_flag_rate
-    return ReferenceProfile(
-        embeddings=emb,
-        ood_quantile=ood_quantile,
-        ood_threshold=float(np.quantile(held_out, ood_quantile)),
-        embedding_center=center,
-        embedding_scale=scale,
-        calibration=calibration,
-        **common,
-    )
+    return {
+        "embeddings": emb,
+        "knn_k": knn_k,
+        "ood_quantile": ood_quantile,
+        "ood_threshold": float(np.quantile(held_out, ood_quantile)),
+        "embedding_center": center,
+        "embedding_scale": scale,
+        "calibration": calibration,
+    }
 
 
 def build_reference_profile(
@@ -416,7 +434,13 @@ def build_reference_profile(
 
 
 def build_detection_reference_profile(
-    model_dir: Path | str, images: Iterable[Any], *, save: bool = True, flag_quantile: float = 0.05
+    model_dir: Path | str,
+    images: Iterable[Any],
+    *,
+    save: bool = True,
+    flag_quantile: float = 0.05,
+    ood_false_flag_rate: float = 0.05,
+    seed: int = 0,
 ) -> ReferenceProfile:
     """A detector's profile (see the module docstring) from held-out ``images``; the small-margin
     threshold is their ``flag_quantile`` quantile, so about that share of in-distribution images
@@ -434,22 +458,24 @@ def build_detection_reference_profile(
     threshold = float(runner.card.parity.get("score_threshold", 0.5))
     conf, margin, count = detection_summary([[{"score": d.score} for d in img] for img in found], threshold)
     size = runner.pre.size
+    stats = image_stats_batch(arrays, size)
     profile = ReferenceProfile(
         model=runner.card.name,
         version=runner.card.version,
         labels=list(BOX_COUNT_LABELS),
-        embeddings=np.zeros((0, 0)),
         confidence=conf,
         margin=margin,
-        image_stats=image_stats_batch(arrays, size),
+        image_stats=stats,
         predicted=count,
         stats_size=size,
         low_confidence_threshold=-1.0,  # a clean tag has no detection: a low top score is no doubt
         small_margin_threshold=float(np.quantile(margin, flag_quantile)),
         n_images=len(arrays),
-        calibration={"method": "off", "reason": "a detector has no embedding output", "sufficient": False},
         task=DETECTION,
         score_threshold=threshold,
+        # no embedding output: the image statistics are the space of the kNN out-of-distribution
+        # flag and of the MMD test, so a shifted site's images are flagged even when the model is silent
+        **_knn_fields(stats, 1000, 5, ood_false_flag_rate, seed, 5, what="image statistics"),
     )
     if save:
         profile.save(model_dir / PROFILE_FILE)

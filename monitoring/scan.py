@@ -279,10 +279,10 @@ def load_window(
         if shas
         else []
     )
+    # a detector's records carry no embedding: its image statistics stand in (every image is needed)
     detector = score_threshold is not None
-    need = {shas[i] for i in sample} | {
-        r.image_sha256 for r in records if r.embedding is None and not detector
-    }
+    need = set(shas) if detector else {shas[i] for i in sample}
+    need |= {r.image_sha256 for r in records if r.embedding is None and not detector}
     images = _download_images(store, [records[by_sha[s][0]] for s in sorted(need)])
     images_missing = len(need) - len(images)
 
@@ -297,11 +297,15 @@ def load_window(
         out = runner.run([images[records[i].image_sha256] for i in have])
         dim = dim or out.embeddings.shape[1]
         computed = dict(zip(have, out.embeddings, strict=True))
+    stats_of: dict[str, np.ndarray] = {}
+    if detector:
+        dim = len(IMAGE_STAT_NAMES)
+        stats_of = {sha: image_stats(images[sha], stats_size) for sha in shas if sha in images}
     emb: np.ndarray = np.zeros((n, dim or 0))
     for i, r in enumerate(records):
         if detector:
-            continue
-        if r.embedding is not None:
+            emb[i] = stats_of.get(r.image_sha256, np.nan)
+        elif r.embedding is not None:
             emb[i] = r.embedding
         elif i in computed:
             emb[i] = computed[i]
@@ -362,12 +366,7 @@ def run_detectors(profile: ReferenceProfile, window: Window, options: ScanOption
             float("nan"),
             0,
             len(window.records),
-            {
-                "skipped": "off: a detector has no embedding output; its confidence, box counts (prediction_chi2) "
-                "and image statistics are monitored"
-                if profile.task == DETECTION
-                else f"off: {NO_EMBEDDING}"
-            },
+            {"skipped": f"off: {NO_EMBEDDING}"},
         )
     )
     return [
@@ -428,9 +427,7 @@ def scan_window(
     distinct = {f.sha256: f for f in flags}  # an image served twice is flagged (and counted) once
     reasons = _count_reasons(distinct.values())
     warnings = []
-    if profile.task == DETECTION:
-        pass  # a detector has no embeddings: confidence, box counts and image statistics are watched
-    elif not profile.has_embeddings:
+    if not profile.has_embeddings:
         warnings.append(f"detectors off: embedding_mmd and the out_of_distribution flag: {NO_EMBEDDING}")
     elif len(profile.embeddings) < MIN_REFERENCE_IMAGES:
         warnings.append(

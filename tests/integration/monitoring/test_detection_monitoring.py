@@ -15,6 +15,7 @@ from edgeloop.core import labelstudio as lsx
 from edgeloop.core.blob import BlobStore
 from edgeloop.core.payload_log import LOG_SCORE_FLOOR, read_window
 from edgeloop.local.sample_data import generate_detection_dataset
+from edgeloop.monitoring.flags import OOD
 from edgeloop.monitoring.profile import BOX_COUNT_LABELS, build_detection_reference_profile
 from edgeloop.monitoring.scan import RELABEL_SCORE_FLOOR, ScanOptions, scan_window
 from edgeloop.serving.launcher import running_server
@@ -54,7 +55,8 @@ def _serve(settings, model_dir, paths, name: str):
 def test_the_reference_profile_of_a_detector_watches_confidence_and_box_counts(detector):
     _, profile, _ = detector
     assert profile.task == "detection" and profile.labels == BOX_COUNT_LABELS
-    assert profile.n_images == 200 and not profile.has_embeddings
+    assert profile.n_images == 200 and profile.has_embeddings  # image statistics stand in for them
+    assert profile.embeddings.shape == (200, 6) and profile.ood_threshold > 0
     assert len(profile.confidence) == len(profile.margin) == len(profile.predicted) == 200
     assert 0.0 < profile.small_margin_threshold < 1.0 and profile.low_confidence_threshold < 0
 
@@ -71,6 +73,7 @@ def test_a_shifted_site_is_drift_and_its_flagged_images_become_box_tasks(stack_s
     )
     print(same.summary())
     assert same.records == 80 and not same.drift
+    assert same.flagged <= 0.15 * same.records  # the calibrated false-flag rates: about 5 % each
 
     start, end = _serve(settings, model_dir, sets["shifted"], name)
     store = BlobStore.from_settings(settings)
@@ -85,7 +88,11 @@ def test_a_shifted_site_is_drift_and_its_flagged_images_become_box_tasks(stack_s
     print(report.summary())
     assert report.records == 80 and report.drift
     assert any(r.is_drift for r in report.results if r.name.startswith("image_stats"))
-    assert 0 < len(report.selected) <= 4 and report.delivery["delivered"] == len(report.selected)
+    # the shifted site's images lie outside the reference's image statistics: flagged, and the
+    # labelers' budget goes to them
+    assert report.flag_reasons.get(OOD, 0) >= 0.5 * report.records
+    assert len(report.selected) == 4 and report.delivery["delivered"] == 4
+    assert all(OOD in s["reason"] and s["priority"] == "drift" for s in report.selected)
 
     by_sha = {r.image_sha256: r for r in records}
     ls = lsx.client(settings)
