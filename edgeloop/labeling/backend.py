@@ -44,11 +44,12 @@ if TYPE_CHECKING:
 
     from edgeloop.core.blob import BlobStore
     from edgeloop.core.config import Settings
-    from edgeloop.monitoring.model import ModelRunner
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a /predict of a few thousand tasks is well under this
+#: A detector's boxes from this score up pre-annotate a task (each region shows its score).
+BOX_SCORE_FLOOR = 0.25
 MAX_IMAGE_BYTES = 32 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
 IMAGE_FORMATS = ("JPEG", "PNG")
@@ -87,12 +88,14 @@ class TaskError(Exception):
 # --------------------------------------------------------------------------- the labeling config
 @dataclass(frozen=True)
 class Interface:
-    """The parts of a project's labeling config a classification prediction fills in."""
+    """The parts of a project's labeling config a prediction fills in: a classification's
+    ``<Choices>`` or a detection's ``<RectangleLabels>``."""
 
-    from_name: str  # the <Choices> tag's name
+    from_name: str  # the <Choices> / <RectangleLabels> tag's name
     to_name: str  # the <Image> tag it labels
     value_key: str  # the task data key holding the image (``$image`` -> ``image``)
-    choices: tuple[str, ...]
+    choices: tuple[str, ...]  # the choices, or the box labels
+    task: str = "classification"
 
     @classmethod
     def parse(cls, config_xml: str | None) -> Interface:
@@ -106,21 +109,26 @@ class Interface:
         except ET.ParseError as e:
             raise BackendError(f"the labeling config is not valid XML: {e}") from e
         images = {el.get("name"): el.get("value", "") for el in root.iter("Image")}
-        for choices in root.iter("Choices"):
-            to_name = choices.get("toName", "")
-            if choices.get("name") and to_name in images and images[to_name].startswith("$"):
-                values = tuple(c.get("value", "") for c in choices.iter("Choice"))
-                return cls(choices.get("name", ""), to_name, images[to_name][1:], values)
+        for tag, item, task in (
+            ("Choices", "Choice", "classification"),
+            ("RectangleLabels", "Label", "detection"),
+        ):
+            for control in root.iter(tag):
+                to_name = control.get("toName", "")
+                if control.get("name") and to_name in images and images[to_name].startswith("$"):
+                    values = tuple(c.get("value", "") for c in control.iter(item))
+                    return cls(control.get("name", ""), to_name, images[to_name][1:], values, task)
         raise BackendError(
-            'the labeling config has no <Choices> for an <Image value="$...">: this backend '
-            "pre-annotates image classification projects (edgeloop.core.labelstudio.label_config)"
+            'the labeling config has no <Choices> or <RectangleLabels> for an <Image value="$...">: this '
+            "backend pre-annotates image classification and defect box projects "
+            "(edgeloop.core.labelstudio.label_config)"
         )
 
 
 # --------------------------------------------------------------------------- the model
 @dataclass
 class LoadedModel:
-    runner: ModelRunner
+    runner: Any  # a ModelRunner, or a detector's DetectorRunner
     version: str  # what predictions are tagged with: "<card name>:<card version>"
     source: str  # the URI or directory it came from
     registry_version: str | None = None
@@ -194,8 +202,15 @@ class ModelSource:
             fetched = fetch_model(self.uri, self.settings, self.cache_dir)
             if previous is not None and fetched.registry_version == previous.registry_version:
                 return previous
-            verify_model(fetched.directory, expected_digest=pinned_digests(fetched))
-            runner = ModelRunner(fetched.directory)
+            verified = verify_model(fetched.directory, expected_digest=pinned_digests(fetched))
+            runner: Any
+            if verified.card.task == "detection":
+                from edgeloop.components.detection_runtime import DetectorRunner
+                from edgeloop.core.model_card import MODEL_FILE
+
+                runner = DetectorRunner(verified.card, fetched.directory / MODEL_FILE)
+            else:
+                runner = ModelRunner(fetched.directory)
         except ModelError as e:
             if previous is not None:  # the registry is briefly unreachable: keep serving what we have
                 log.warning("could not refresh %s (%s); still serving %s", self.uri, e, previous.version)
@@ -333,7 +348,7 @@ class Predictor:
 
     def setup(self, label_config: str | None) -> dict[str, Any]:
         model = self.source.current()
-        ui = Interface.parse(label_config)
+        ui = self._interface(model, label_config)
         missing = [c for c in model.runner.card.labels if c not in ui.choices]
         if missing:
             raise BackendError(
@@ -342,9 +357,20 @@ class Predictor:
             )
         return {"model_version": model.version}
 
+    @staticmethod
+    def _interface(model: LoadedModel, label_config: str | None) -> Interface:
+        ui = Interface.parse(label_config)
+        task = model.runner.card.task
+        if ui.task != task:
+            raise BackendError(
+                f"the model ({model.version}) is a {task} model and the project a {ui.task} one: connect a "
+                f"backend serving a {ui.task} model to this project (--model-dir / --model-uri)"
+            )
+        return ui
+
     def predict(self, tasks: Sequence[dict[str, Any]], label_config: str | None) -> list[dict[str, Any]]:
         model = self.source.current()
-        ui = Interface.parse(label_config)
+        ui = self._interface(model, label_config)
         out: list[dict[str, Any]] = [{} for _ in tasks]
         for start in range(0, len(tasks), self.batch_size):
             part = list(enumerate(tasks))[start : start + self.batch_size]
@@ -355,6 +381,12 @@ class Predictor:
                 except TaskError as e:
                     out[i] = self._failed(task, str(e))
             if not ok:
+                continue
+            if ui.task == "detection":
+                for (i, img), dets in zip(
+                    ok, model.runner.detect([img for _, img in ok], BOX_SCORE_FLOOR), strict=True
+                ):
+                    out[i] = self._boxes(ui, model, img, dets)
                 continue
             probs = model.runner.run([img for _, img in ok]).probabilities
             for (i, _), p in zip(ok, probs, strict=True):
@@ -378,6 +410,24 @@ class Predictor:
                 with self._lock:
                     self.counters.predicted += 1
         return out
+
+    def _boxes(
+        self, ui: Interface, model: LoadedModel, image: np.ndarray, dets: Sequence[Any]
+    ) -> dict[str, Any]:
+        """A detector's boxes as pre-annotated regions (each with its score), in the image's pixels."""
+        from edgeloop.core import labelstudio as lsx
+
+        h, w = image.shape[:2]
+        result = lsx.rectangle_result([d.box for d in dets], w, h)
+        for region, d in zip(result, dets, strict=True):
+            region |= {"from_name": ui.from_name, "to_name": ui.to_name, "score": float(d.score)}
+        with self._lock:
+            self.counters.predicted += 1
+        return {
+            "result": result,
+            "score": max((float(d.score) for d in dets), default=0.0),
+            "model_version": model.version,
+        }
 
     def _failed(self, task: dict[str, Any], why: str) -> dict[str, Any]:
         msg = f"task {task.get('id')}: {why}"

@@ -131,3 +131,71 @@ def test_wrong_credentials_are_refused_when_connecting(stack_settings, tmp_path)
         assert c.state == "Connected" and c.model_version == "inspection:None" and c.created
         again = connect(stack_settings, backend.url, title, credentials=("edgeloop-ml", "right-password"))
         assert again.backend_id == c.backend_id and not again.created  # reconnecting updates, no duplicate
+
+
+def test_a_detector_backend_pre_annotates_a_box_project_with_its_boxes(stack_settings, tmp_path):
+    """The same backend serving a detector joins a RectangleLabels project; "retrieve predictions"
+    gives every task the detector's boxes (in the image's pixels, each region with its score)."""
+    from edgeloop.components.detection_runtime import DetectorRunner
+    from edgeloop.labeling.backend import BOX_SCORE_FLOOR
+    from edgeloop.local.sample_data import generate_detection_dataset
+    from edgeloop.local.seed import seed_directory
+    from edgeloop.testing.models import build_detection_model_dir
+
+    title = f"mlb-det-{uuid.uuid4().hex[:8]}"
+    settings = stack_settings.model_copy(
+        update={"labelstudio": stack_settings.labelstudio.model_copy(update={"project_title": title})}
+    )
+    model = build_detection_model_dir(tmp_path / "model", size=96, seed=3, version="2")
+    images = tmp_path / "images"
+    generate_detection_dataset(images, images=4, seed=5, size=96)
+    seeded = seed_directory(settings, images, source="mlb-det", project_title=title, progress=False)
+    assert seeded.task == lsx.DETECTION and seeded.tasks_created == 4
+
+    env = {
+        **os.environ,
+        "EDGELOOP_STATE_DIR": str(stack_settings.state_dir),
+        "EDGELOOP_LABELSTUDIO__PROJECT_TITLE": title,
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgeloop.cli",
+            "labeling",
+            "backend",
+            "serve",
+            "--model-dir",
+            str(model),
+            "--connect",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        url = read_line(proc.stdout, 120, "the URL `edgeloop labeling backend serve` prints first").strip()
+        assert url.startswith("http://127.0.0.1:"), proc.stderr.read() if proc.poll() is not None else url
+        ls = lsx.client(settings)
+        project = lsx.find_project(ls, title)
+        _wait_connected(ls, project.id, settings.labelstudio_url())
+        assert request_predictions(settings) == 4
+        runner = DetectorRunner.from_dir(model)
+        from PIL import Image
+
+        for task in lsx.tasks_by_sha(ls, project.id).values():
+            (pred,) = ls.predictions.list(task=task.id)
+            assert pred.model_version == "inspection:2"
+            image = np.asarray(Image.open(images / task.data["source_file"]).convert("RGB"))
+            want = runner.detect([image], BOX_SCORE_FLOOR)[0]
+            assert want, "the seeded detector should find boxes"
+            shown = lsx.boxes_of(pred.result)
+            assert [b.label for b in shown] == [d.box.label for d in want]
+            for b, d, region in zip(shown, want, pred.result, strict=True):
+                assert b.x == pytest.approx(d.box.x, abs=0.05) and b.h == pytest.approx(d.box.h, abs=0.05)
+                assert region["type"] == "rectanglelabels" and region["score"] == pytest.approx(d.score)
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(20)

@@ -90,3 +90,16 @@ def test_it_never_runs_open(tmp_path: Path):
     model = build_tiny_model_dir(tmp_path / "m")
     with pytest.raises(ValueError, match="never runs open"):
         create_app(build_predictor(None, model), ("edgeloop-ml", ""))
+
+
+def test_a_classifier_backend_refuses_a_box_project_naming_the_fix(client: TestClient):
+    boxes = lsx.label_config(LABELS, lsx.DETECTION)
+    r = client.post("/setup", auth=CREDS, json={"project": "1.0", "schema": boxes})
+    assert r.status_code == 400
+    assert "a classification model and the project a detection one" in r.json()["error"]
+    assert "--model-dir" in r.json()["error"]
+
+
+def test_a_box_config_is_understood_as_a_detection_interface():
+    ui = Interface.parse(lsx.label_config(["scratch", "dent"], lsx.DETECTION))
+    assert ui.task == "detection" and ui.choices == ("scratch", "dent") and ui.value_key == "image"
