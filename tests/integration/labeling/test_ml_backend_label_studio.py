@@ -4,10 +4,12 @@ it is opened; seeded tasks get theirs through "retrieve predictions"; wrong cred
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,32 @@ def _wait_connected(ls, project_id: int, ls_url: str, timeout_s: float = 60) -> 
     )
 
 
+@contextlib.contextmanager
+def _backend(stack_settings, model: Path, title: str) -> Iterator[str]:
+    """`edgeloop labeling backend serve --model-dir MODEL --connect` for project ``title``; yields its URL."""
+    env = {
+        **os.environ,
+        "EDGELOOP_STATE_DIR": str(stack_settings.state_dir),
+        "EDGELOOP_LABELSTUDIO__PROJECT_TITLE": title,
+    }
+    cmd = ["labeling", "backend", "serve", "--model-dir", str(model), "--connect"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeloop.cli", *cmd],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        url = read_line(proc.stdout, 120, "the URL `edgeloop labeling backend serve` prints first").strip()
+        assert url.startswith("http://127.0.0.1:"), proc.stderr.read() if proc.poll() is not None else url
+        yield url
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(20)
+
+
 def test_imported_and_seeded_tasks_arrive_pre_annotated(stack_settings, blob_store, tmp_path):
     from edgeloop.local.seed import seed_directory
 
@@ -50,32 +78,7 @@ def test_imported_and_seeded_tasks_arrive_pre_annotated(stack_settings, blob_sto
     seeded = seed_directory(settings, images, source="mlb", progress=False)  # labeled tasks, no predictions
     assert seeded.tasks_created == 4
 
-    env = {
-        **os.environ,
-        "EDGELOOP_STATE_DIR": str(stack_settings.state_dir),
-        "EDGELOOP_LABELSTUDIO__PROJECT_TITLE": title,
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edgeloop.cli",
-            "labeling",
-            "backend",
-            "serve",
-            "--model-dir",
-            str(model),
-            "--connect",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        url = read_line(proc.stdout, 120, "the URL `edgeloop labeling backend serve` prints first").strip()
-        assert url.startswith("http://127.0.0.1:"), proc.stderr.read() if proc.poll() is not None else url
+    with _backend(stack_settings, model, title) as url:
         ls = lsx.client(settings)
         project = lsx.find_project(ls, title)
         (backend,) = _wait_connected(ls, project.id, settings.labelstudio_url())
@@ -108,9 +111,6 @@ def test_imported_and_seeded_tasks_arrive_pre_annotated(stack_settings, blob_sto
         # asking again creates nothing new: Label Studio skips tasks with this model version's prediction
         request_predictions(settings)
         assert len(list(ls.predictions.list(project=project.id))) == 5
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(20)
 
 
 def _meta(directory: Path) -> list[dict]:
@@ -152,32 +152,7 @@ def test_a_detector_backend_pre_annotates_a_box_project_with_its_boxes(stack_set
     seeded = seed_directory(settings, images, source="mlb-det", project_title=title, progress=False)
     assert seeded.task == lsx.DETECTION and seeded.tasks_created == 4
 
-    env = {
-        **os.environ,
-        "EDGELOOP_STATE_DIR": str(stack_settings.state_dir),
-        "EDGELOOP_LABELSTUDIO__PROJECT_TITLE": title,
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edgeloop.cli",
-            "labeling",
-            "backend",
-            "serve",
-            "--model-dir",
-            str(model),
-            "--connect",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        url = read_line(proc.stdout, 120, "the URL `edgeloop labeling backend serve` prints first").strip()
-        assert url.startswith("http://127.0.0.1:"), proc.stderr.read() if proc.poll() is not None else url
+    with _backend(stack_settings, model, title):
         ls = lsx.client(settings)
         project = lsx.find_project(ls, title)
         _wait_connected(ls, project.id, settings.labelstudio_url())
@@ -196,6 +171,3 @@ def test_a_detector_backend_pre_annotates_a_box_project_with_its_boxes(stack_set
             for b, d, region in zip(shown, want, pred.result, strict=True):
                 assert b.x == pytest.approx(d.box.x, abs=0.05) and b.h == pytest.approx(d.box.h, abs=0.05)
                 assert region["type"] == "rectanglelabels" and region["score"] == pytest.approx(d.score)
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(20)
