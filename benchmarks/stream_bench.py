@@ -1,7 +1,11 @@
 """How many concurrent 30 fps 720p H.264 cameras does the stream processor sustain, per resize path?
 
     .venv/bin/python -m benchmarks.stream_bench [--mode auto|server|inprocess] [--paths shared,ffmpeg]
-        [--trial-s 8] [--hwaccel auto] [--decode-threads 1] [--out benchmarks/results/stream.json]
+        [--task classification|detection] [--trial-s 8] [--hwaccel auto] [--decode-threads 1]
+        [--out benchmarks/results/stream.json]
+
+``--task detection`` feeds a defect detector instead (192x192, boxes per frame published in each
+result; results/stream_detection.json).
 
 A camera is a generated 720p H.264 clip looped and paced to 30 fps; frames are resized to
 224x224 (mobilenet_v3_small, random weights: realistic compute) and classified in batches
@@ -36,15 +40,47 @@ import os
 import platform
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 FPS = 30
-SIZE = 224
 PATHS = ("shared", "ffmpeg")
 RESULTS = Path(__file__).resolve().parent / "results" / "stream.json"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The model the cameras feed: its task, input size, outputs and the batch of the bare timing."""
+
+    task: str
+    size: int
+    outputs: tuple[str, ...]
+    batch: int
+    description: str
+    results: Path
+
+
+CLASSIFICATION = Workload(
+    "classification",
+    224,
+    ("probabilities",),
+    8,
+    "mobilenet_v3_small (random weights), fp32, 224x224",
+    RESULTS,
+)
+DETECTION = Workload(
+    "detection",
+    192,
+    ("boxes", "scores", "labels"),
+    1,  # the graph takes one image
+    "fasterrcnn_tiny_fpn (seeded weights raised to detect on every frame), fp32, 192x192, box decoding "
+    "and NMS in the graph",
+    RESULTS.with_name("stream_detection.json"),
+)
+WORKLOADS = {w.task: w for w in (CLASSIFICATION, DETECTION)}
 
 
 def load() -> list[float]:
@@ -70,20 +106,24 @@ def cpu_seconds(server: Any = None) -> float:
     return total
 
 
-def bare_ort(model_dir: Path, batch: int = 8, seconds: float = 3.0) -> dict[str, float]:
-    """Images/s of ONNX Runtime alone on already-normalised 224x224 input (default threads)."""
+def _input(w: Workload) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((w.batch, 3, w.size, w.size)).astype(np.float32)
+
+
+def bare_ort(model_dir: Path, w: Workload = CLASSIFICATION, seconds: float = 3.0) -> dict[str, float]:
+    """Images/s of ONNX Runtime alone on already-normalised input (default threads)."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((batch, 3, SIZE, SIZE)).astype(np.float32)
+    x = _input(w)
     for _ in range(3):
-        sess.run(["probabilities"], {"images": x})
+        sess.run(list(w.outputs), {"images": x})
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        sess.run(["probabilities"], {"images": x})
-        n += batch
+        sess.run(list(w.outputs), {"images": x})
+        n += w.batch
     dt = time.perf_counter() - t0
-    return {"images_per_s": n / dt, "ms_per_image_batch8": dt / n * 1e3}
+    return {"images_per_s": n / dt, f"ms_per_image_batch{w.batch}": dt / n * 1e3}
 
 
 class _PathCost:
@@ -138,9 +178,10 @@ class _PathCost:
 
 
 class _InferCost:
-    """Bare ONNX Runtime on one thread, batch 8, timed in thread CPU time (per image)."""
+    """Bare ONNX Runtime on one thread at the workload's batch (8; a detector's graph: 1), timed in
+    thread CPU time (per image)."""
 
-    def __init__(self, model_dir: Path, batch: int = 8):
+    def __init__(self, model_dir: Path, w: Workload = CLASSIFICATION):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -149,14 +190,14 @@ class _InferCost:
         self.sess = ort.InferenceSession(
             str(model_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"]
         )
-        self.x = np.random.default_rng(0).standard_normal((batch, 3, SIZE, SIZE)).astype(np.float32)
-        self.sess.run(["probabilities"], {"images": self.x})
+        self.x, self.outputs = _input(w), list(w.outputs)
+        self.sess.run(self.outputs, {"images": self.x})
         self.images, self.cpu, self.wall = 0, 0.0, 0.0
 
     def chunk(self, n_images: int) -> None:
         while n_images > 0:
             c0, w0 = time.thread_time(), time.perf_counter()
-            self.sess.run(["probabilities"], {"images": self.x})
+            self.sess.run(self.outputs, {"images": self.x})
             self.cpu += time.thread_time() - c0
             self.wall += time.perf_counter() - w0
             self.images += len(self.x)
@@ -172,15 +213,20 @@ class _InferCost:
 
 
 def cost_side_by_side(
-    video: Path, model_dir: Path, paths: tuple[str, ...], seconds: float = 12.0, chunk: int = 30
+    video: Path,
+    model_dir: Path,
+    paths: tuple[str, ...],
+    seconds: float = 12.0,
+    chunk: int = 30,
+    w: Workload = CLASSIFICATION,
 ) -> dict[str, Any]:
     """Per-frame decode + preprocess cost of each path and bare inference cost, interleaved in chunks
     of ``chunk`` frames for ``seconds``, all on this one thread; ratios against inference."""
     from edgeloop.core.preprocessing import Preprocess, PreprocessConfig
 
-    pre = Preprocess(PreprocessConfig(size=SIZE))
+    pre = Preprocess(PreprocessConfig(size=w.size))
     meters = [_PathCost(p, video, pre) for p in paths]
-    infer = _InferCost(model_dir)
+    infer = _InferCost(model_dir, w)
     for m in meters:  # warm up: first open, first graph
         m.chunk(8)
         m.frames, m.cpu, m.wall = 0, dict.fromkeys(m.cpu, 0.0), dict.fromkeys(m.wall, 0.0)
@@ -197,7 +243,7 @@ def cost_side_by_side(
         "what": "per frame on one thread (thread CPU time), paths interleaved chunk by chunk",
         "rounds": rounds,
         "chunk_frames": chunk,
-        "inference_batch8_one_thread": inf,
+        "inference_one_thread": {"batch": w.batch, **inf},
         "load_average_before_after": [load_before, load()],
         "paths": {},
     }
@@ -383,8 +429,9 @@ def plot(result: dict[str, Any], out: Path) -> None:
     pre = [cost["paths"][p]["preprocess_ms_cpu"] for p in names]
     a.bar(names, dec, label="decode")
     a.bar(names, pre, bottom=dec, label="preprocess (resize + normalise)")
-    inf = cost["inference_batch8_one_thread"]["ms_per_image_cpu"]
-    a.axhline(inf, color="k", ls="--", label=f"inference {inf:.2f} ms (bare ORT, batch 8, 1 thread)")
+    inf = cost["inference_one_thread"]["ms_per_image_cpu"]
+    batch = cost["inference_one_thread"].get("batch", 8)
+    a.axhline(inf, color="k", ls="--", label=f"inference {inf:.2f} ms (bare ORT, batch {batch}, 1 thread)")
     for i, p in enumerate(names):
         r = cost["paths"][p]["ratio_decode_preprocess_vs_inference"]
         a.text(i, dec[i] + pre[i], f"{r:.2f}x inference", ha="center", va="bottom")
@@ -429,8 +476,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--max-n", type=int, default=16)
     ap.add_argument("--hwaccel", default="auto", choices=["auto", "none", "cuda", "vaapi"])
     ap.add_argument("--decode-threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument(
+        "--task",
+        choices=sorted(WORKLOADS),
+        default="classification",
+        help="the model the cameras feed: a classifier, or a detector (boxes per frame)",
+    )
+    ap.add_argument(
+        "--out", type=Path, default=None, help="[default: results/stream.json, or stream_detection.json]"
+    )
     args = ap.parse_args(argv)
+    w = WORKLOADS[args.task]
+    args.out = args.out or w.results
     logging.basicConfig(level=logging.WARNING)
     paths = tuple(p.strip() for p in args.paths.split(",") if p.strip())
     if not paths or not set(paths) <= set(PATHS):
@@ -446,7 +503,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t_start = time.monotonic()
     load_start = load()
     print(
-        f"load average {load_start}; generating a 720p H.264 clip and a mobilenet_v3_small model ...",
+        f"load average {load_start}; generating a 720p H.264 clip and the model: {w.description} ...",
         flush=True,
     )
     # longer than warm-up + trial: a looping file's restart (reopen, first key frame) costs its
@@ -455,9 +512,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     video = make_video(
         work / "cam720p.mp4", seconds=seconds, fps=FPS, width=1280, height=720, preset="veryfast", gop=60
     )
-    model_dir = build_model_dir(
-        work / "model", size=SIZE, architecture="mobilenet_v3_small", name="bench", version="1"
-    )
+    if w.task == "detection":
+        from edgeloop.testing.models import build_detection_model_dir
+
+        model_dir = build_detection_model_dir(work / "model", size=w.size, name="bench", version="1")
+    else:
+        model_dir = build_model_dir(
+            work / "model", size=w.size, architecture="mobilenet_v3_small", name="bench", version="1"
+        )
 
     mode = args.mode
     if mode == "auto":
@@ -468,14 +530,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         except ImportError:
             mode = "inprocess"
 
-    bare = bare_ort(model_dir)
-    cost = cost_side_by_side(video, model_dir, paths, seconds=args.cost_s)
-    print(f"bare ONNX Runtime: {bare['images_per_s']:.0f} images/s (batch 8, default threads)", flush=True)
+    bare = bare_ort(model_dir, w)
+    cost = cost_side_by_side(video, model_dir, paths, seconds=args.cost_s, w=w)
+    print(
+        f"bare ONNX Runtime: {bare['images_per_s']:.0f} images/s (batch {w.batch}, default threads)",
+        flush=True,
+    )
     for p, c in cost["paths"].items():
         print(
             f"  {p:7s} decode {c['decode_ms_cpu']:.2f} + preprocess {c['preprocess_ms_cpu']:.2f} ms CPU/frame "
             f"= {c['ratio_decode_preprocess_vs_inference']:.2f}x inference "
-            f"({cost['inference_batch8_one_thread']['ms_per_image_cpu']:.2f} ms); "
+            f"({cost['inference_one_thread']['ms_per_image_cpu']:.2f} ms); "
             f"CPU bound {c['cpu_bound_cameras_on_all_cores']} cameras",
             flush=True,
         )
@@ -539,7 +604,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "whole_pipeline_cpu": _whole_pipeline(trials, p),
         }
     result: dict[str, Any] = {
-        "what": "largest N of concurrent 30 fps 720p H.264 sources (224x224 model input) with <1% dropped "
+        "what": f"largest N of concurrent 30 fps 720p H.264 sources ({w.size}x{w.size} model input) with <1% dropped "
         "and p99 end-to-end latency < 100 ms, per resize path, measured side by side in one run",
         "mode": "model server over gRPC (serving/)" if mode == "server" else "ONNX Runtime in process",
         "sustained_cameras": sustained,
@@ -547,11 +612,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "paths": by_path,
         "cost_side_by_side": cost,
         "bare_ort": {k: round(v, 2) for k, v in bare.items()},
-        "ffmpeg_filter": ffmpeg_filter(PreprocessConfig(size=SIZE)),
+        "ffmpeg_filter": ffmpeg_filter(PreprocessConfig(size=w.size)),
         "ffmpeg": ffmpeg_versions(),
         "decode": {"hwaccel": hw or "none", "hwaccel_reason": hw_why, "threads": args.decode_threads},
         "trials": trials,
-        "model": "mobilenet_v3_small (random weights), fp32, 224x224",
+        "task": w.task,
+        "model": w.description,
         "note": "the machine is shared: absolute camera counts are lower bounds; compare the paths side by side",
         "machine": {
             "cpus": os.cpu_count(),
