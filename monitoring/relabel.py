@@ -137,7 +137,7 @@ class RelabelItem:
             "blob_uri": self.blob_uri,
             "sha256": self.sha256,
             lsx.NOTE: lsx.relabel_note(
-                self.flag_reason, self.flag_score, self.predicted_label, self.model_version
+                self.flag_reason, self.flag_score, self.predicted_label, self.model_version, self.task_type
             ),
             "flag_reason": self.flag_reason,
             "flag_score": round(self.flag_score, 6),

@@ -239,11 +239,18 @@ def annotate(
     return ls.annotations.create(task_id, **kwargs)
 
 
-def relabel_note(reason: str, score: float, predicted: str, model_version: str) -> str:
-    """What a labeler reads above the choices of a relabel task."""
+def relabel_note(
+    reason: str, score: float, predicted: str, model_version: str, task: str = CLASSIFICATION
+) -> str:
+    """What a labeler reads above the choices (or the box labels) of a relabel task."""
+    todo = (
+        "correct the boxes: move or delete the model's, draw one per defect it missed; submit none if the tag is clean"
+        if task == DETECTION
+        else "choose the right label"
+    )
     return (
         f"Flagged for relabeling: {reason} (score {score:.3f}). "
-        f"The model ({model_version}) predicted '{predicted}': choose the right label."
+        f"The model ({model_version}) predicted '{predicted}': {todo}."
     )
 
 

@@ -194,3 +194,96 @@ def _manifest(path):
     from edgeloop.components.labels import read_manifest
 
     return read_manifest(path)
+
+
+@pytest.fixture(scope="module")
+def box_project(settings, tmp_path_factory):
+    """A box project with one relabel task, pre-annotated with a model's boxes (the relabel queue)."""
+    from edgeloop.core.blob import BlobStore
+    from edgeloop.core.model_card import sha256_bytes
+    from edgeloop.local.sample_data import generate_detection_dataset, read_coco_boxes
+    from edgeloop.monitoring.relabel import RelabelItem, RelabelQueue
+
+    out = tmp_path_factory.mktemp("browser-boxes")
+    generate_detection_dataset(out, images=6, seed=4, size=192)
+    file, (w, h, boxes) = next((f, t) for f, t in sorted(read_coco_boxes(out).items()) if t[2])
+    data = (out / file).read_bytes()
+    store = BlobStore.from_settings(settings)
+    store.ensure_container(settings.blob.payloads_container)
+    sha = sha256_bytes(data)
+    uri = store.upload(f"az://{settings.blob.payloads_container}/images/{sha}.png", data)
+    dets = [{"label": b.label, "score": 0.7, "x": b.x, "y": b.y, "width": b.w, "height": b.h} for b in boxes]
+    title = f"{settings.labelstudio.project_title}-boxes"
+    item = RelabelItem(sha, str(uri), "", f"{len(dets)} defects", 0.7, "detector:1", "out_of_distribution",
+                       0.9, ["scratch", "dent", "stain"], detections=dets, width=w, height=h)  # fmt: skip
+    queue = RelabelQueue(tmp_path_factory.mktemp("box-outbox") / "outbox.sqlite")
+    queue.enqueue(title, [item])
+    assert queue.deliver(settings, title).delivered == 1
+    ls = lsx.client(settings)
+    proj = lsx.find_project(ls, title)
+    (task,) = lsx.iter_tasks(ls, proj.id)
+    return {"ls": ls, "id": proj.id, "task": task, "boxes": boxes, "size": (w, h), "title": title}
+
+
+def test_a_box_task_shows_the_models_boxes_and_a_drawn_box_reaches_the_next_export(
+    logged_in, settings, box_project, screenshots, tmp_path
+):
+    """The labeler sees the image and the model's boxes, draws one more (a dent the model missed)
+    and submits; the next import holds the model's boxes the labeler kept and the drawn one."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.by import By
+
+    from edgeloop.components.labels import import_labels
+
+    browser, task, ls = logged_in, box_project["task"], box_project["ls"]
+    page = f"{settings.labelstudio_url()}/projects/{box_project['id']}/data?task={task.id}"
+    browser.get(page)
+    image = _labeling_image(browser)
+    w, h = box_project["size"]
+    assert (image["width"], image["height"]) == (w, h)
+    body = _until(
+        lambda: (t := browser.find_element("tag name", "body").text) and "Regions" in t and t,
+        f"the regions panel at {page}",
+    )
+    assert LOAD_ERROR not in body and "Flagged for relabeling" in body and "correct the boxes" in body
+    for b in box_project["boxes"]:  # each pre-annotated box is listed with its class and score
+        assert b.label in body
+    assert body.count("0.70") >= len(box_project["boxes"])
+    browser.save_screenshot(str(screenshots / "box-task.png"))
+
+    browser.find_element(
+        By.XPATH, "//*[contains(@class,'lsf-label') and starts-with(normalize-space(.),'dent')]"
+    ).click()
+    img = browser.execute_script(
+        """
+        const i = document.querySelector('.lsf-main-view img, .lsf-image img, [class*="image-element"] img')
+            || Array.from(document.querySelectorAll('img')).filter(i => i.src.startsWith('blob:')).pop();
+        return i;
+        """
+    )
+    left, top, width, height = browser.execute_script(
+        "const r = arguments[0].getBoundingClientRect(); return [r.left, r.top, r.width, r.height];", img
+    )
+    sx, sy = width / w, height / h  # displayed pixels per image pixel
+    x0, y0, bw, bh = 130, 20, 40, 30  # in image pixels: a clean corner of the tag
+    drag = ActionBuilder(browser)  # viewport coordinates: where a labeler's mouse goes
+    drag.pointer_action.move_to_location(int(left + x0 * sx), int(top + y0 * sy)).pointer_down()
+    drag.pointer_action.move_to_location(int(left + (x0 + bw) * sx), int(top + (y0 + bh) * sy)).pointer_up()
+    drag.perform()
+    browser.save_screenshot(str(screenshots / "box-task-drawn.png"))
+    browser.find_element(By.XPATH, "//button[normalize-space(.)='Submit']").click()
+    saved = _until(
+        lambda: ls.tasks.get(task.id).annotations,
+        f"the annotation of task {task.id} to be saved in Label Studio at {settings.labelstudio_url()}",
+        timeout_s=30,
+    )
+    assert len(saved[0]["result"]) == len(box_project["boxes"]) + 1, saved[0]["result"]
+
+    import_labels(settings, box_project["title"], tmp_path / "labels.jsonl")
+    (row,) = _manifest(tmp_path / "labels.jsonl")
+    got = row.box_list()
+    drawn = [b for b in got if b.label == "dent" and abs(b.x - x0) < 3 and abs(b.y - y0) < 3]
+    assert len(drawn) == 1, got
+    assert drawn[0].w == pytest.approx(bw, abs=3) and drawn[0].h == pytest.approx(bh, abs=3)
+    kept = [b for b in got if b not in drawn]
+    assert sorted(b.label for b in kept) == sorted(b.label for b in box_project["boxes"])
