@@ -11,8 +11,10 @@ than fp32, so the decision is made per target, never by rule.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -142,13 +144,17 @@ def quantize_int8(
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    out_path = Path(out_path)
+    out_path = Path(out_path).resolve()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     pre = out_path.with_name(out_path.stem + ".pre.onnx")
-    try:
-        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
-    except Exception:  # noqa: BLE001 - "Incomplete symbolic shape inference"
-        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+    fp32 = str(Path(fp32_path).resolve())
+    # Incomplete symbolic inference saves its partial graph (and its weights, as external data) in
+    # the working directory before it raises: run it where that litter is thrown away.
+    with tempfile.TemporaryDirectory(prefix="edgeloop-quant-") as scratch, contextlib.chdir(scratch):
+        try:
+            quant_pre_process(fp32, str(pre), skip_symbolic_shape=False)
+        except Exception:  # noqa: BLE001 - "Incomplete symbolic shape inference"
+            quant_pre_process(fp32, str(pre), skip_symbolic_shape=True)
     softmax = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Softmax"]
 
     class Reader(CalibrationDataReader):

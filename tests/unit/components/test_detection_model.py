@@ -126,3 +126,29 @@ def test_a_detector_whose_onnx_graph_disagrees_is_refused(rows, tmp_path):
     with pytest.raises(ParityError, match="not shipped") as err:
         check_detection_parity(other, session, [ds[i][0] for i in range(4)], score_threshold=0.0)
     assert err.value.report["agreement"] < 1.0
+
+
+def test_the_detector_quantizes_to_int8_without_litter_in_the_working_directory(rows, tmp_path, monkeypatch):
+    """Symbolic shape inference gives up on NMS's data-dependent counts; its partial graph must not
+    land in the directory the user ran edgeloop from."""
+    import onnxruntime as ort
+
+    from edgeloop.components.detection_export import export_detector, run_detector
+    from edgeloop.components.precision import quantize_int8
+
+    root, data = rows
+    ds = BoxDataset(data, root, DEFECT_CLASSES, Preprocess(PreprocessConfig(size=96)))
+    torch.manual_seed(0)
+    fp32 = export_detector(build_detector(DETECTORS[0], len(DEFECT_CLASSES), 96), 96, tmp_path / "m.onnx")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    x = np.stack([ds[i][0].numpy() for i in range(4)])
+    int8 = quantize_int8(fp32, tmp_path / "out" / "m.int8.onnx", x, op_types=("Conv", "MatMul", "Gemm"))
+    assert list(cwd.iterdir()) == []
+    assert sorted(p.name for p in int8.parent.iterdir()) == ["m.int8.onnx"]
+    ops = {n.op_type for n in __import__("onnx").load(str(int8)).graph.node}
+    assert "QuantizeLinear" in ops, sorted(ops)
+    session = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    boxes, scores, labels = run_detector(session, x[0])
+    assert boxes.shape[1:] == (4,) and len(boxes) == len(scores) == len(labels)
