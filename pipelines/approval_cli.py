@@ -91,8 +91,8 @@ _explain = (
     default=0,
     show_default=True,
     help="Refuse unless at least N live images were answered by both VERSION and the champion (serve it as "
-    "a canary or shadow with the payload log on) with no regression: top-1 agreement (a detector: the same "
-    "detections at score 0.5) >= 0.95 and a confidence drop <= 0.02, both at the 95% bound. The comparison is signed with the decision. 0: off.",
+    "a canary or shadow with the payload log on) with no regression: top-1 agreement >= 0.95 and a "
+    "confidence drop <= 0.02, both at the 95% bound. The comparison is signed with the decision. 0: off.",
 )
 @click.option(
     "--canary-window",

@@ -4,11 +4,8 @@ The server logs, for a sampled image, the answering version's record and the oth
 record under one ``request_id`` (a shadow runs champion traffic; the champion re-runs the
 sampled canary traffic), so the two versions are compared on the same images:
 
-* **agreement**: share of paired images with the same top-1 label (a detector: the same detections
-  at the operating threshold, matched one to one by class and IoU >= 0.5), with a Wilson 95 % lower
-  bound;
-* **confidence**: mean top-1 score of each (a detector: its top detection's), and the paired mean
-  difference with its 95 % bound;
+* **agreement**: share of paired images with the same top-1 label, with a Wilson 95 % lower bound;
+* **confidence**: mean top-1 score of each, and the paired mean difference with its 95 % bound;
 * **traffic**: requests each version answered, from the server's ``/metrics`` when given.
 
 ``edgeloop approve`` calls :func:`canary_evidence` (or :func:`compare_versions` over records it
@@ -46,11 +43,6 @@ class CanaryReport:
     confidence_delta_low: float  # its 95 % lower bound
     candidate_requests: int | None = None  # answered by the candidate, from /metrics
     champion_requests: int | None = None
-    task: str = "classification"  # or "detection": what agreement compares
-
-    @property
-    def agreement_name(self) -> str:
-        return "detection agreement" if self.task == "detection" else "top-1 agreement"
 
     def check(
         self, min_pairs: int = 200, min_agreement: float = 0.95, max_confidence_drop: float = 0.02
@@ -68,7 +60,7 @@ class CanaryReport:
             return reasons
         if self.agreement_low < min_agreement:
             reasons.append(
-                f"{self.agreement_name} with the champion is {self.agreement:.3f} "
+                f"top-1 agreement with the champion is {self.agreement:.3f} "
                 f"(95% lower bound {self.agreement_low:.3f} < {min_agreement})"
             )
         if self.confidence_delta_low < -max_confidence_drop:
@@ -106,8 +98,7 @@ def compare_versions(
     a, b = by_version[champion], by_version[candidate]
     keys = sorted(a.keys() & b.keys())
     n = len(keys)
-    detects = any(a[k].detections is not None for k in keys)
-    agree = sum(_detections_agree(a[k], b[k]) if detects else a[k].label == b[k].label for k in keys)
+    agree = sum(a[k].label == b[k].label for k in keys)
     deltas = [b[k].score - a[k].score for k in keys]
     mean_delta = sum(deltas) / n if n else 0.0
     sd = math.sqrt(sum((d - mean_delta) ** 2 for d in deltas) / (n - 1)) if n > 1 else 0.0
@@ -125,16 +116,7 @@ def compare_versions(
         confidence_delta_low=mean_delta - _Z * sd / math.sqrt(n) if n else 0.0,
         candidate_requests=requests.get(candidate) if metrics_text else None,
         champion_requests=requests.get(champion) if metrics_text else None,
-        task="detection" if detects else "classification",
     )
-
-
-def _detections_agree(champion: PayloadRecord, candidate: PayloadRecord) -> bool:
-    """Would the line act the same on both answers (both in the pixels of the one logged image)."""
-    from edgeloop.components.detection_runtime import same_detections, to_detections
-
-    ref, other = to_detections([champion.detections or [], candidate.detections or []])
-    return same_detections(ref, other)
 
 
 def routed_requests(metrics_text: str, model: str) -> dict[str, int]:
@@ -181,6 +163,6 @@ def require_canary(report: CanaryReport, min_pairs: int, **limits: float) -> str
             + "; ".join(reasons)
         )
     return (
-        f"live traffic vs champion v{report.champion}: {report.pairs} images, {report.agreement_name} "
+        f"live traffic vs champion v{report.champion}: {report.pairs} images, top-1 agreement "
         f"{report.agreement:.3f} (95% low {report.agreement_low:.3f}), confidence {report.confidence_delta:+.3f}"
     )

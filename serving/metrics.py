@@ -43,7 +43,7 @@ ROUTED = Counter(
 SHADOW_IMAGES = Counter(
     "edgeloop_serving_shadow_images_total",
     "Images also run on a shadow (or, for canary traffic, on the champion), by outcome: ok, failed, "
-    "dropped (too many in flight), incompatible (other preprocessing, or another task)",
+    "dropped (too many in flight), incompatible (other preprocessing)",
     ["model", "version", "outcome"],
 )
 BATCH_SIZE = Histogram(

@@ -474,26 +474,6 @@ class OnnxImageModel(Model):
         other = self.versions.versions.get(ref)
         return None if other is None or other is result.version else other
 
-    def _log_and_compare(self, result: Prepared, res: list[np.ndarray], n: int) -> None:
-        """Log the sampled images of this request, and run it on the shadow (or, for canary traffic,
-        the champion) whose records share its request id, so the two versions pair up image by image."""
-        if self.payload_logger is None:
-            return
-        other = self._comparison(result)
-        rows = self.payload_logger.sample(n)
-        rid = result.request_id
-        if other is not None and rows and not rid:
-            rid = uuid.uuid4().hex
-        if rows:
-            self._log_version(result.version, res, result.inputs, rows, rid)
-        if other is not None:
-            self._start_comparison(result, other, rows, rid)
-
-    def _log_version(
-        self, lv: LoadedVersion, res: list[np.ndarray], inputs: codec.ModelInput, rows, rid
-    ) -> None:
-        (self._log_detections if lv.detects else self._log)(lv, res, inputs, rows, rid)
-
     def _log(self, lv: LoadedVersion, res: list[np.ndarray], inputs: codec.ModelInput, rows, rid) -> None:
         probs = res[0]
         emb = res[1] if len(res) > 1 else None
@@ -571,7 +551,7 @@ class OnnxImageModel(Model):
                 return
             outcome(self.name, other.version, "ok").inc(n)
             if rows:
-                self._log_version(other, res, inputs, rows, rid)
+                self._log(other, res, inputs, rows, rid)
 
         task = asyncio.get_running_loop().create_task(run())
         self._background.add(task)
@@ -737,7 +717,16 @@ class OnnxImageModel(Model):
         labels = lv.labels[np.argmax(probs, axis=1)]
         n = len(probs)
         self._count_request(result, n)
-        self._log_and_compare(result, res, n)
+        other = self._comparison(result)
+        if self.payload_logger is not None:
+            rows = self.payload_logger.sample(n)
+            rid = result.request_id
+            if other is not None and rows and not rid:
+                rid = uuid.uuid4().hex  # pairs this request's records across versions
+            if rows:
+                self._log(lv, res, result.inputs, rows, rid)
+            if other is not None:
+                self._start_comparison(result, other, rows, rid)
         if result.v1:
             preds = []
             for i in range(n):
@@ -781,7 +770,14 @@ class OnnxImageModel(Model):
         )
         n = len(found.count)
         self._count_request(result, n)
-        self._log_and_compare(result, res, n)
+        if self.payload_logger is not None:
+            rows = self.payload_logger.sample(n)
+            if rows:
+                self._log_detections(lv, res, result.inputs, rows, result.request_id)
+        # shadow / canary comparisons compare classifications only so far: counted
+        other = self._comparison(result)
+        if other is not None:
+            metrics.SHADOW_IMAGES.labels(self.name, other.version, "incompatible").inc(n)
         if result.v1:
             preds = [{"count": len(d), "detections": d} for d in found.per_image()]
             return {"predictions": preds, "model_name": self.name, "model_version": lv.version}
@@ -808,10 +804,7 @@ def _score_threshold(params: dict[str, Any], lv: LoadedVersion) -> float:
 
 def _same_input(inputs: codec.ModelInput, lv: LoadedVersion, other: LoadedVersion) -> bool:
     """Whether ``other`` can take ``inputs`` as they are: frames of its size (it normalises them
-    itself), or a tensor normalised exactly as it expects; a classifier is never compared with a
-    detector."""
-    if other.detects != lv.detects:
-        return False
+    itself), or a tensor normalised exactly as it expects."""
     if inputs.frames is not None:
         return other.size == lv.size
     return other.card.preprocessing == lv.card.preprocessing

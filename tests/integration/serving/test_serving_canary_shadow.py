@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -133,80 +132,3 @@ def test_a_shadow_is_logged_while_the_champion_answers(stack_settings, model_dir
         require_canary(report, min_pairs=200)
     signed = require_canary(report, min_pairs=30, min_agreement=0.0, max_confidence_drop=1.0)
     assert "30 images" in signed and "champion v1" in signed
-
-
-def _shadow_outcomes(metrics_text: str, model: str) -> dict[tuple[str, str], float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return {
-        (s.labels["version"], s.labels["outcome"]): s.value
-        for f in text_string_to_metric_families(metrics_text)
-        if f.name == "edgeloop_serving_shadow_images"
-        for s in f.samples
-        if s.name.endswith("_total") and s.labels.get("model") == model
-    }
-
-
-def test_a_detectors_shadow_is_compared_by_its_boxes(stack_settings, tmp_path):
-    """Version 2 has the champion's weights, version 3 others: paired image by image in the payload
-    log, 2 agrees everywhere and 3 where its boxes at score 0.5 match the champion's."""
-    from edgeloop.components.detection_runtime import same_detections, to_detections
-    from edgeloop.testing.models import build_detection_model_dir, reference_detections
-
-    dirs = {
-        v: build_detection_model_dir(tmp_path / f"v{v}", size=96, seed=seed, version=v)
-        for v, seed in (("1", 3), ("2", 3), ("3", 4))
-    }
-    name = f"det-shadow-{uuid.uuid4().hex[:6]}"
-    frames = random_frames(4, 96, seed=21)  # the model's size: logged images are the frames
-    start = datetime.now(UTC) - timedelta(seconds=5)
-    with (
-        running_server(
-            [dirs["1"], f"{dirs['2']}#alias=twin", f"{dirs['3']}#alias=other"],
-            stack_settings,
-            admin=True,
-            extra_args=["--shadow", "twin", "--payload_log_rate", "1", "--model_name", name],
-        ) as srv,
-        srv.grpc_client(name) as g,
-        srv.rest_client(name) as rest,
-    ):
-        for client in (g, rest):
-            assert client.infer_frames(frames).model_version == "1"
-        r = httpx.put(srv.rest_url + f"/edgeloop/admin/models/{name}/traffic", json={"shadow": "other"})
-        assert r.status_code == 200 and r.json()["shadow"] == "other"
-        for client in (g, rest):
-            assert client.infer_frames(frames).model_version == "1"
-        deadline = time.monotonic() + 30  # shadow runs finish after the champion has answered
-        while True:
-            outcomes = _shadow_outcomes(httpx.get(srv.rest_url + "/metrics").text, name)
-            if sum(outcomes.values()) >= 16 or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-    end = datetime.now(UTC) + timedelta(seconds=5)
-    assert outcomes.get(("2", "ok")) == 8 and outcomes.get(("3", "ok")) == 8, outcomes
-    assert not any(o == "incompatible" and n for (_, o), n in outcomes.items()), outcomes
-
-    records = list(
-        read_window(
-            BlobStore.from_settings(stack_settings), stack_settings.blob.payloads_container, name, start, end
-        )
-    )
-    assert all(r.detections is not None for r in records)
-    twin = compare_versions(records, "1", "2", name)
-    assert (twin.task, twin.pairs, twin.agreement) == ("detection", 8, 1.0)
-    want = {
-        v: to_detections(
-            [
-                [dict(zip(("label", "score", "x", "y", "width", "height"), d, strict=True)) for d in img]
-                for img in reference_detections(dirs[v], frames, threshold=0.0)
-            ]
-        )
-        for v in "13"
-    }
-    expected = float(np.mean([same_detections(a, b) for a, b in zip(want["1"], want["3"], strict=True)]))
-    other = compare_versions(records, "1", "3", name)
-    assert other.pairs == 8 and other.agreement == pytest.approx(expected)
-    assert other.agreement < 1.0, "the test needs a version whose boxes differ"
-    with pytest.raises(CanaryNotReady, match="detection agreement with the champion is"):
-        require_canary(other, min_pairs=8)
-    assert "detection agreement 1.000" in require_canary(twin, min_pairs=8, min_agreement=0.6)
