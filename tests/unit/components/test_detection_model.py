@@ -131,6 +131,7 @@ def test_a_detector_whose_onnx_graph_disagrees_is_refused(rows, tmp_path):
 def test_the_detector_quantizes_to_int8_without_litter_in_the_working_directory(rows, tmp_path, monkeypatch):
     """Symbolic shape inference gives up on NMS's data-dependent counts; its partial graph must not
     land in the directory the user ran edgeloop from."""
+    import onnx
     import onnxruntime as ort
 
     from edgeloop.components.detection_export import export_detector, run_detector
@@ -147,7 +148,7 @@ def test_the_detector_quantizes_to_int8_without_litter_in_the_working_directory(
     int8 = quantize_int8(fp32, tmp_path / "out" / "m.int8.onnx", x, op_types=("Conv", "MatMul", "Gemm"))
     assert list(cwd.iterdir()) == []
     assert sorted(p.name for p in int8.parent.iterdir()) == ["m.int8.onnx"]
-    ops = {n.op_type for n in __import__("onnx").load(str(int8)).graph.node}
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
     assert "QuantizeLinear" in ops, sorted(ops)
     session = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
     boxes, scores, labels = run_detector(session, x[0])
